@@ -1,0 +1,55 @@
+# auditgap: the two commands of the README do every set-up step themselves.
+#   make diagnose   venv + packages, then playbooks/diagnose.yml on this machine
+#   make test       the same, plus the apt packages the tests need, then every test and linter
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PYTHON ?= python3
+# Debian packages: what diagnose can use on this host, and what the tests drive for real.
+APT_RUN := auditd
+APT_TEST := auditd docker.io chromium iproute2 procps util-linux
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_NOCOLOR := 1
+
+.PHONY: diagnose test test-fast lint sanity bench setup apt-run apt-test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -U pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+apt-run:
+	@scripts/apt-ensure $(APT_RUN)
+
+apt-test:
+	@scripts/apt-ensure $(APT_TEST)
+
+diagnose: setup apt-run
+	$(BIN)/ansible-playbook playbooks/diagnose.yml $(ARGS)
+	@echo "Report: $$(readlink -f reports/latest)"
+
+test: setup apt-test
+	CI=$${CI:-} $(BIN)/pytest tests $(PYTEST_ARGS)
+	$(MAKE) lint sanity
+
+test-fast: setup
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ansible-lint --profile production
+	$(BIN)/ruff check plugins auditgap tests benchmarks
+
+sanity: setup
+	@scripts/sanity $(BIN)
+
+bench: setup apt-test
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build .pytest_cache
