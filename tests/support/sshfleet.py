@@ -1,0 +1,290 @@
+"""A fleet of real SSH hosts without VMs, for tests (root only).
+
+Each host is a network namespace with its own ``sshd`` (Debian's
+openssh-server) listening on the namespace's address. The hosts are joined
+by veth pairs to a bridge in a hub namespace; the controller (ansible,
+ansible-playbook) runs inside the hub namespace too (``SSHFleet.cmd()``
+prefixes a command with ``nsenter --net=...``). Addresses come from a small
+private range used only inside these namespaces (10.213.0.0/24 by default):
+nothing outside them is ever contacted, and the root namespace gets no new
+interface or route.
+
+Only the network namespace is switched (``nsenter --net``, not
+``ip netns exec``, which would remount /sys and hide cgroupfs and tracefs):
+the hosts share the machine's filesystem, processes and kernel, so this
+tests fleet fan-out over SSH, not per-host OS changes.
+
+Everything is torn down on exit: sshd processes (killed by pid), the
+namespaces (which takes their veths and the bridge with them) and the
+temporary directory holding host keys, client key, configs and inventory.
+
+Usage::
+
+    with SSHFleet(hosts=3, unreachable=1) as fleet:
+        subprocess.run(fleet.cmd(['ansible', '-i', fleet.inventory, 'all', '-m', 'ping']))
+
+or the pytest fixture ``sshfleet`` (session scope) defined below.
+"""
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+SSHD = '/usr/sbin/sshd'
+PREFIX = 'agf-'
+DEFAULT_NET = '10.213.0'
+
+
+def _run(args, check=True):
+    return subprocess.run(args, check=check, capture_output=True,
+                          text=True)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_stale(prefix=PREFIX + 'f'):
+    """Remove fleet namespaces (``agf-f<pid>-*``) left by a run whose process is gone."""
+    for path in glob.glob(f'/run/netns/{prefix}*'):
+        name = os.path.basename(path)
+        try:
+            pid = int(name[len(prefix):].split('-', 1)[0])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            _run(['ip', 'netns', 'del', name], check=False)
+
+
+class SSHFleet:
+    """N namespace hosts with sshd, plus ``unreachable`` hosts with no sshd."""
+
+    def __init__(self, hosts=3, unreachable=1, net=DEFAULT_NET, group='fleet',
+                 extra_groups=None, python='/usr/bin/python3'):
+        if not 1 <= hosts <= 50 or not 0 <= unreachable <= 10:
+            raise ValueError('hosts must be 1..50 and unreachable 0..10')
+        self.n_hosts = hosts
+        self.n_unreachable = unreachable
+        self.net = net
+        self.group = group
+        self.extra_groups = extra_groups or []
+        self.python = python
+        self.tag = f'{PREFIX}f{os.getpid()}'
+        self.hub = self.tag + '-hub'
+        self.hub_addr = f'{net}.1'
+        self.tmp = None
+        self.hosts = []        # [{name, ns, addr, reachable, proc?, log?}]
+        self.namespaces = []
+        self.inventory = None
+        self.key = None
+
+    # -- commands --------------------------------------------------------
+    def cmd(self, args):
+        """``args`` run inside the hub namespace (the controller's side)."""
+        return ['nsenter', f'--net=/run/netns/{self.hub}'] + list(args)
+
+    @property
+    def reachable(self):
+        return [h['name'] for h in self.hosts if h['reachable']]
+
+    @property
+    def unreachable(self):
+        return [h['name'] for h in self.hosts if not h['reachable']]
+
+    # -- set-up ----------------------------------------------------------
+    def _netns(self, name):
+        _run(['ip', 'netns', 'add', name])
+        self.namespaces.append(name)
+        _run(['ip', '-n', name, 'link', 'set', 'lo', 'up'])
+
+    def start(self):
+        if os.geteuid() != 0:
+            raise PermissionError('SSHFleet needs root (network namespaces)')
+        if not os.path.exists(SSHD):
+            raise FileNotFoundError(f'{SSHD} missing: apt-get install openssh-server')
+        cleanup_stale()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self):
+        self.tmp = tempfile.mkdtemp(prefix='agf-sshfleet-')
+        os.chmod(self.tmp, 0o700)
+        # sshd's privilege separation directory (Debian's init script makes it).
+        os.makedirs('/run/sshd', mode=0o755, exist_ok=True)
+        self.key = os.path.join(self.tmp, 'id_ed25519')
+        _run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'auditgap-sshfleet', '-f', self.key])
+        authorized = os.path.join(self.tmp, 'authorized_keys')
+        shutil.copy(self.key + '.pub', authorized)
+
+        self._netns(self.hub)
+        _run(['ip', '-n', self.hub, 'link', 'add', 'br0', 'type', 'bridge'])
+        _run(['ip', '-n', self.hub, 'addr', 'add', self.hub_addr + '/24', 'dev', 'br0'])
+        _run(['ip', '-n', self.hub, 'link', 'set', 'br0', 'up'])
+
+        total = self.n_hosts + self.n_unreachable
+        for i in range(1, total + 1):
+            reachable = i <= self.n_hosts
+            name = f'fleet-h{i}' if reachable else f'fleet-down{i - self.n_hosts}'
+            addr = f'{self.net}.{10 + i}'
+            host = {'name': name, 'addr': addr, 'reachable': reachable, 'ns': None}
+            self.hosts.append(host)
+            if not reachable:
+                # An address in the range that nobody holds: ssh gets no answer.
+                continue
+            ns = f'{self.tag}-h{i}'
+            host['ns'] = ns
+            self._netns(ns)
+            veth = f'v{i}'
+            _run(['ip', '-n', self.hub, 'link', 'add', veth, 'type', 'veth',
+                  'peer', 'name', 'eth0', 'netns', ns])
+            _run(['ip', '-n', self.hub, 'link', 'set', veth, 'master', 'br0'])
+            _run(['ip', '-n', self.hub, 'link', 'set', veth, 'up'])
+            _run(['ip', '-n', ns, 'addr', 'add', addr + '/24', 'dev', 'eth0'])
+            _run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up'])
+            self._start_sshd(host, authorized)
+
+        deadline = time.monotonic() + 20
+        for host in self.hosts:
+            if host['reachable']:
+                self._wait_listening(host, deadline)
+        self._write_inventory()
+
+    def _start_sshd(self, host, authorized):
+        d = os.path.join(self.tmp, host['name'])
+        os.makedirs(d)
+        hostkey = os.path.join(d, 'ssh_host_ed25519_key')
+        _run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', hostkey])
+        cfg = os.path.join(d, 'sshd_config')
+        with open(cfg, 'w') as f:
+            f.write('\n'.join([
+                'Port 22',
+                f"ListenAddress {host['addr']}",
+                f'HostKey {hostkey}',
+                f"PidFile {os.path.join(d, 'sshd.pid')}",
+                f'AuthorizedKeysFile {authorized}',
+                'PermitRootLogin prohibit-password',
+                'PubkeyAuthentication yes',
+                'PasswordAuthentication no',
+                'KbdInteractiveAuthentication no',
+                'UsePAM no',
+                'StrictModes no',
+                'UseDNS no',
+                'MaxSessions 50',
+                'MaxStartups 50:30:100',
+                'Subsystem sftp /usr/lib/openssh/sftp-server',
+                'LogLevel INFO',
+                '',
+            ]))
+        log = os.path.join(d, 'sshd.log')
+        host['log'] = log
+        host['proc'] = subprocess.Popen(
+            ['nsenter', f"--net=/run/netns/{host['ns']}", SSHD, '-D', '-f', cfg, '-E', log],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+
+    @staticmethod
+    def _wait_listening(host, deadline):
+        while time.monotonic() < deadline:
+            if host['proc'].poll() is not None:
+                break
+            try:
+                with open(host['log']) as f:
+                    if 'Server listening on' in f.read():
+                        return
+            except FileNotFoundError:
+                pass
+            time.sleep(0.1)
+        log = ''
+        if os.path.exists(host['log']):
+            with open(host['log']) as f:
+                log = f.read()
+        raise RuntimeError(f"sshd for {host['name']} did not start: {log.strip()}")
+
+    def _write_inventory(self):
+        self.inventory = os.path.join(self.tmp, 'inventory.ini')
+        lines = [f'[{self.group}]']
+        for host in self.hosts:
+            lines.append(f"{host['name']} ansible_host={host['addr']}")
+        for group in self.extra_groups:
+            lines += ['', f'[{group}:children]', self.group]
+        lines += [
+            '', f'[{self.group}:vars]',
+            'ansible_connection=ssh',
+            'ansible_user=root',
+            'ansible_port=22',
+            f'ansible_ssh_private_key_file={self.key}',
+            ("ansible_ssh_common_args='-o UserKnownHostsFile=/dev/null "
+            "-o StrictHostKeyChecking=no -o ConnectTimeout=5 -o LogLevel=ERROR'"),
+            f'ansible_python_interpreter={self.python}',
+            '',
+        ]
+        with open(self.inventory, 'w') as f:
+            f.write('\n'.join(lines))
+
+    # -- teardown --------------------------------------------------------
+    def stop(self):
+        for host in self.hosts:
+            proc = host.get('proc')
+            if proc is None or proc.poll() is not None:
+                continue
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        # sshd session children (one per open connection) live in the host
+        # namespaces: kill whatever is left in them before deleting them.
+        for ns in self.namespaces:
+            pids = _run(['ip', 'netns', 'pids', ns], check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+        for ns in reversed(self.namespaces):
+            _run(['ip', 'netns', 'del', ns], check=False)
+        self.namespaces = []
+        if self.tmp and os.path.isdir(self.tmp):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+def sshfleet_fixture(hosts=3, unreachable=1, **kwargs):
+    """Make a session-scoped pytest fixture yielding a started SSHFleet.
+
+    In a test module: ``sshfleet = sshfleet_fixture(hosts=3, unreachable=1)``.
+    """
+    import pytest
+
+    @pytest.fixture(scope='session')
+    def _fixture():
+        if os.geteuid() != 0:
+            pytest.skip('SSH fleet needs root (network namespaces)')
+        if not os.path.exists(SSHD):
+            pytest.skip(f'{SSHD} missing: apt-get install openssh-server')
+        with SSHFleet(hosts=hosts, unreachable=unreachable, **kwargs) as fleet:
+            yield fleet
+    return _fixture
