@@ -339,13 +339,13 @@ def narrow_text(text, specs, syscall_names=None):
 
 # -- rules.d as a whole (augenrules semantics) --------------------------------
 
-def _natural_key(name):
+def natural_key(name):
     return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)]
 
 
 def rules_files(names):
     """The ``*.rules`` names in the order augenrules reads them (ls -v)."""
-    return sorted((n for n in names if n.endswith('.rules')), key=_natural_key)
+    return sorted((n for n in names if n.endswith('.rules')), key=natural_key)
 
 
 def read_rules_dir(rules_dir):

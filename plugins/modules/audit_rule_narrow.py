@@ -1,0 +1,317 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: auditgap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: audit_rule_narrow
+short_description: Narrow hot audit syscall rules in the rules.d file where they live
+description:
+  - For each item of I(narrow), finds the C(-a always,exit) rules in the rules.d files that
+    audit the syscall (optionally only rules carrying I(key)) and rewrites them in place
+    (backup kept, diff shown). Without I(scope) the syscall is taken out of the rule (a rule
+    left without syscalls is commented out, never turned into an all-syscalls rule). With
+    I(scope) the syscall moves to its own rule restricted by C(exe), C(uid), C(auid), C(euid)
+    or C(success).
+  - Live, only the affected rules change. Rules carrying a key are reloaded by key
+    (C(auditctl -D -k KEY), then the key's rules from the rules.d files) when every loaded rule
+    of that key comes from a file; otherwise the old rule is deleted exactly (C(auditctl -d))
+    and the new ones added. C(auditctl -D) without a key is never used.
+  - A loaded rule that audits the syscall but is in no rules.d file is reported in
+    C(unmapped) and left alone (it may belong to an agent that loads its own rules).
+  - After the change the loaded rule set must equal the intended one (the rules before, with
+    the old rules replaced by the new ones); otherwise the module fails.
+  - When audit is immutable (C(enabled 2)) the files are rewritten and C(reboot_required) is true.
+version_added: "0.1.0"
+author: auditgap contributors
+options:
+  narrow:
+    description: What to narrow.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      syscall:
+        description: The hot syscall (such as C(accept4)).
+        type: str
+        required: true
+      key:
+        description: Only rules carrying this key.
+        type: str
+      scope:
+        description:
+          - Keep auditing the syscall, restricted by these fields (C(exe), C(uid), C(auid),
+            C(euid), C(success)). A value may start with an operator (C(!=/usr/bin/node),
+            C(>=1000)); without one it means C(=).
+        type: dict
+  rules_dir:
+    description: The rules.d directory whose files are searched and rewritten.
+    type: path
+    default: /etc/audit/rules.d
+  live:
+    description: Change the loaded rules too.
+    type: bool
+    default: true
+  backup:
+    description: Keep a timestamped copy of each file before changing it.
+    type: bool
+    default: true
+notes:
+  - Supports check mode and diff mode.
+'''
+
+EXAMPLES = r'''
+- name: Stop auditing accept4 (the incident's hot syscall)
+  auditgap.fleet.audit_rule_narrow:
+    narrow:
+      - syscall: accept4
+
+- name: Keep accept4 audited except for the web server
+  auditgap.fleet.audit_rule_narrow:
+    narrow:
+      - syscall: accept4
+        key: net
+        scope:
+          exe: "!=/usr/bin/node"
+'''
+
+RETURN = r'''
+audit_rule_narrow:
+  description: What was found and done.
+  returned: always
+  type: dict
+  contains:
+    changes:
+      description: One entry per rewritten rule line (file, line, old, new lines, syscalls).
+      type: list
+      elements: dict
+    files_changed:
+      description: Files rewritten (or to rewrite in check mode).
+      type: list
+      elements: str
+    backups:
+      description: Backup file per changed file.
+      type: dict
+    unmapped:
+      description: Loaded rules auditing a narrowed syscall that no rules.d file holds (left alone).
+      type: list
+      elements: str
+    live_method:
+      description: Per changed rule, how it was reloaded (key:KEY or exact), null in check mode.
+      type: list
+      elements: str
+    loaded_before:
+      description: Loaded syscall rules before (auditctl -l text).
+      type: list
+      elements: str
+    loaded_after:
+      description: Loaded syscall rules after.
+      type: list
+      elements: str
+    loaded_equals_intended:
+      description: After the change, the loaded rules equal the intended set (null when not applied live).
+      type: bool
+    immutable:
+      description: Audit is locked (enabled 2).
+      type: bool
+    reboot_required:
+      description: Files changed but the loaded rules could not be (immutable).
+      type: bool
+'''
+
+import collections
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.auditgap.fleet.plugins.module_utils import rulesfile as rf
+
+
+class Auditctl:
+    def __init__(self, module):
+        self.module = module
+        self.bin = module.get_bin_path('auditctl')
+
+    def run(self, args, fail=True):
+        rc, out, err = self.module.run_command([self.bin] + list(args))
+        if rc != 0 and fail:
+            raise RuntimeError('auditctl %s: %s' % (' '.join(args), (err or out).strip()))
+        return rc, out
+
+    def rules(self):
+        _rc, out = self.run(['-l'])
+        lines = [line.strip() for line in out.splitlines() if line.strip() and line.strip() != 'No rules']
+        return lines, rf.parse_auditctl_list(out)
+
+    def enabled(self):
+        _rc, out = self.run(['-s'])
+        return rf.parse_auditctl_status(out).get('enabled')
+
+
+def write_atomic(module, path, text, mode):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.auditgap-')
+    with os.fdopen(fd, 'w') as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
+    module.atomic_move(tmp, path)
+
+
+def multiset(rules):
+    return collections.Counter(rf.canonical(r) for r in rules)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            narrow=dict(type='list', elements='dict', required=True, options=dict(
+                syscall=dict(type='str', required=True),
+                key=dict(type='str', no_log=False),
+                scope=dict(type='dict'),
+            )),
+            rules_dir=dict(type='path', default='/etc/audit/rules.d'),
+            live=dict(type='bool', default=True),
+            backup=dict(type='bool', default=True),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    out = {'changes': [], 'files_changed': [], 'backups': {}, 'unmapped': [], 'live_method': None,
+           'loaded_before': [], 'loaded_after': [], 'loaded_equals_intended': None,
+           'immutable': False, 'reboot_required': False}
+    result = {'changed': False, 'audit_rule_narrow': out}
+    try:
+        specs = [rf.validate_spec(dict((k, v) for k, v in item.items() if v is not None)) for item in p['narrow']]
+    except rf.RulesError as err:
+        module.fail_json(msg='%s; nothing changed' % err, **result)
+    if not specs:
+        module.fail_json(msg='narrow is empty; nothing to do', **result)
+    if not os.path.isdir(p['rules_dir']):
+        module.fail_json(msg='rules directory %s does not exist; nothing changed' % p['rules_dir'], **result)
+
+    files = rf.read_rules_dir(p['rules_dir'])
+    new_texts = {}
+    file_rules_before = []
+    for name, text in files:
+        for line in text.splitlines():
+            try:
+                rule = rf.parse_rule(line)
+            except rf.RulesError:
+                continue
+            if rule and rule['kind'] == 'syscall' and rule['flag'] in ('-a', '-A'):
+                file_rules_before.append(rule)
+        new_text, changes = rf.narrow_text(text, specs)
+        if changes:
+            for change in changes:
+                out['changes'].append({'file': os.path.join(p['rules_dir'], name), 'line': change['line'],
+                                       'old': change['old'], 'new': change['new'],
+                                       'syscalls': change['syscalls']})
+                change['file'] = name
+            new_texts[name] = (text, new_text, changes)
+    out['files_changed'] = [os.path.join(p['rules_dir'], n) for n in sorted(new_texts)]
+
+    ctl = None
+    loaded = []
+    if p['live']:
+        ctl = Auditctl(module)
+        if not ctl.bin:
+            module.fail_json(msg='auditctl not found (install auditd) or set live=false; nothing changed', **result)
+        try:
+            out['loaded_before'], loaded = ctl.rules()
+            out['immutable'] = ctl.enabled() == 2
+        except RuntimeError as err:
+            module.fail_json(msg='%s; nothing changed' % err, **result)
+        file_canon = set(rf.canonical(r) for r in file_rules_before)
+        for rule in loaded:
+            if any(rf.rule_matches(rule, s) and rf.narrow_rule(rule, s) != [rule] for s in specs) \
+                    and rf.canonical(rule) not in file_canon:
+                out['unmapped'].append(rule['text'])
+    for text in out['unmapped']:
+        module.warn('loaded rule not found in any file under %s, left alone (narrow it where it is loaded): %s'
+                    % (p['rules_dir'], text))
+
+    all_changes = [c for name in sorted(new_texts) for c in new_texts[name][2]]
+    loaded_canon = multiset(loaded)
+    live_changes = [c for c in all_changes if loaded_canon[rf.canonical(c['old_rule'])] > 0] if p['live'] else []
+    if out['immutable'] and live_changes:
+        out['reboot_required'] = True
+        module.warn('audit is immutable (enabled 2): rules files are rewritten, the loaded rules change after a reboot')
+        live_changes = []
+    result['changed'] = bool(all_changes)
+    if module._diff and new_texts:
+        result['diff'] = [{'before_header': os.path.join(p['rules_dir'], n), 'after_header': os.path.join(p['rules_dir'], n),
+                           'before': new_texts[n][0], 'after': new_texts[n][1]} for n in sorted(new_texts)]
+    if module.check_mode or not all_changes:
+        module.exit_json(**result)
+
+    # files first (with backup), then the live rules
+    for name in sorted(new_texts):
+        path = os.path.join(p['rules_dir'], name)
+        if p['backup']:
+            out['backups'][path] = module.backup_local(path)
+        mode = os.stat(path).st_mode & 0o7777
+        write_atomic(module, path, new_texts[name][1], mode)
+    if not live_changes:
+        module.exit_json(**result)
+
+    intended = collections.Counter(loaded_canon)
+    for c in live_changes:
+        intended[rf.canonical(c['old_rule'])] -= 1
+        for r in c['new_rules']:
+            intended[rf.canonical(r)] += 1
+    intended = +intended
+
+    # all rules of the new files, to reload a key from
+    new_file_rules = []
+    for name, text in files:
+        text = new_texts[name][1] if name in new_texts else text
+        for line in text.splitlines():
+            try:
+                rule = rf.parse_rule(line)
+            except rf.RulesError:
+                continue
+            if rule and rule['kind'] == 'syscall' and rule['flag'] in ('-a', '-A'):
+                new_file_rules.append(rule)
+    methods = []
+    reloaded_keys = set()
+    try:
+        for c in live_changes:
+            keys = c['old_rule']['keys']
+            key = keys[0] if len(keys) == 1 else None
+            # reload by key only when the loaded rules of that key are exactly the files' ones
+            key_ok = key is not None and multiset(r for r in loaded if key in r['keys']) == \
+                multiset(r for r in file_rules_before if key in r['keys'])
+            if key_ok:
+                if key in reloaded_keys:
+                    methods.append('key:%s' % key)
+                    continue
+                ctl.run(['-D', '-k', key])
+                for r in new_file_rules:
+                    if key in r['keys']:
+                        ctl.run(rf.rule_argv(r))
+                reloaded_keys.add(key)
+                methods.append('key:%s' % key)
+            else:
+                old = dict(c['old_rule'])
+                old['flag'] = '-d'
+                ctl.run(rf.rule_argv(old))
+                for r in c['new_rules']:
+                    ctl.run(rf.rule_argv(r))
+                methods.append('exact')
+    except RuntimeError as err:
+        out['live_method'] = methods
+        module.fail_json(msg='changing the loaded rules failed: %s (files were rewritten, backups: %s)'
+                         % (err, out['backups']), **result)
+    out['live_method'] = methods
+    out['loaded_after'], after_rules = ctl.rules()
+    out['loaded_equals_intended'] = multiset(after_rules) == intended
+    if not out['loaded_equals_intended']:
+        module.fail_json(msg='the loaded rules differ from the intended set after the change', **result)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
