@@ -1,0 +1,491 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: auditgap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: cpu_limit
+short_description: Raise the CPU limit of the audit consumer (or a named agent)
+description:
+  - Finds the target (by default the process registered as the audit daemon), reads its
+    current CPU limit and raises it to I(limit_cores) through the backend that owns it.
+  - C(docker) updates the container in place (Engine API C(POST /containers/{id}/update),
+    like C(docker update --cpus)); the container keeps running.
+  - C(systemd) writes a drop-in with C(CPUQuota=) and applies it at runtime with
+    C(systemctl set-property --runtime). Needs systemd as PID 1.
+  - C(cgroup) writes the cgroup directly (v1 C(cpu.cfs_quota_us), v2 C(cpu.max)), for
+    processes no manager owns.
+  - C(auto) picks docker for a process in a Docker container, systemd for a process in a
+    C(.service) unit when systemd runs, cgroup otherwise.
+  - Lowering a limit (including limiting an unlimited target) is refused unless I(force).
+    A tighter limit on a parent cgroup is reported in C(limited_by) with a warning, since
+    raising the target alone does not help then.
+version_added: "0.1.0"
+author: auditgap contributors
+options:
+  backend:
+    description: Who applies the limit.
+    type: str
+    choices: [auto, docker, systemd, cgroup]
+    default: auto
+  target:
+    description:
+      - One of C(pid), C(container) (name or id), C(systemd_unit), C(cgroup_path) (path in the
+        cpu hierarchy, as in /proc/PID/cgroup). Empty or C(audit_consumer) means the process
+        registered as the audit daemon.
+    type: dict
+  limit_cores:
+    description: The new limit in CPU cores (0.01..1024).
+    type: float
+    required: true
+  force:
+    description: Allow lowering the limit.
+    type: bool
+    default: false
+  period_us:
+    description: CFS period for the cgroup backend (default keep the current one, else 100000).
+    type: int
+  docker_socket:
+    description: Docker Engine API socket.
+    type: path
+    default: /var/run/docker.sock
+  systemd_dropin_dir:
+    description: Where unit drop-ins go (C(<dir>/<unit>.d/50-auditgap-cpu.conf)).
+    type: path
+    default: /etc/systemd/system
+notes:
+  - Supports check mode and diff mode.
+  - Kubernetes DaemonSets are changed through their spec, not on the node; see docs/remediation.md.
+'''
+
+EXAMPLES = r'''
+- name: Give the audit consumer two cores, whatever owns it
+  auditgap.fleet.cpu_limit:
+    limit_cores: 2
+
+- name: A named container
+  auditgap.fleet.cpu_limit:
+    backend: docker
+    target: {container: ids-agent}
+    limit_cores: 1.5
+'''
+
+RETURN = r'''
+cpu_limit:
+  description: What was found and done.
+  returned: always
+  type: dict
+  contains:
+    backend:
+      description: The backend used (docker, systemd or cgroup).
+      type: str
+    target:
+      description: The target as resolved (kind, name, pid, container, systemd_unit, cgroup_path, cgroup_version).
+      type: dict
+    before:
+      description: The limit before (limit_cores null = unlimited, quota_us, period_us, or the backend's own fields).
+      type: dict
+    after:
+      description: The limit after (as requested in check mode).
+      type: dict
+    limited_by:
+      description: An ancestor cgroup whose limit is tighter than the new one (path, limit_cores), or null.
+      type: dict
+    dropin:
+      description: The systemd drop-in path (systemd backend), else null.
+      type: str
+'''
+
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups as cg
+from ansible_collections.auditgap.fleet.plugins.module_utils import procinfo
+from ansible_collections.auditgap.fleet.plugins.module_utils import rulesfile
+
+try:
+    from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
+except ImportError:
+    auditnl = None
+try:
+    from ansible_collections.auditgap.fleet.plugins.module_utils import dockerctl
+except ImportError:
+    dockerctl = None
+
+TARGET_KINDS = ('pid', 'container', 'systemd_unit', 'cgroup_path', 'audit_consumer')
+DEFAULT_PERIOD_US = 100000
+DROPIN_NAME = '50-auditgap-cpu.conf'
+
+
+class Failure(Exception):
+    pass
+
+
+def audit_consumer_pid(module):
+    if auditnl is not None:
+        try:
+            return int(auditnl.get_status().get('pid') or 0)
+        except Exception:
+            pass
+    auditctl = module.get_bin_path('auditctl')
+    if not auditctl:
+        raise Failure('cannot find the audit consumer: no netlink helper and no auditctl; name agent_cpu_target')
+    rc, out, err = module.run_command([auditctl, '-s'])
+    if rc != 0:
+        raise Failure('auditctl -s failed: %s' % (err or out).strip())
+    return int(rulesfile.parse_auditctl_status(out).get('pid') or 0)
+
+
+def resolve_target(module, target):
+    """-> {kind, name, pid, info (procinfo), container, systemd_unit}"""
+    target = dict((k, v) for k, v in (target or {}).items() if v not in (None, ''))
+    unknown = sorted(set(target) - set(TARGET_KINDS))
+    if unknown or len(target) > 1:
+        raise Failure('target must name exactly one of %s, got %s' % (', '.join(TARGET_KINDS), sorted(target)))
+    kind, name = (list(target.items())[0] if target else ('audit_consumer', True))
+    out = {'kind': kind, 'name': str(name), 'pid': None, 'info': None, 'container': None, 'systemd_unit': None}
+    if kind == 'audit_consumer':
+        pid = audit_consumer_pid(module)
+        if not pid:
+            raise Failure('no audit consumer is registered (audit pid 0); name the agent with agent_cpu_target')
+        out['name'] = str(pid)
+        kind = 'pid'
+        name = pid
+    if kind == 'pid':
+        try:
+            pid = int(name)
+        except (TypeError, ValueError):
+            raise Failure('target pid must be a number, got %r' % (name,))
+        info = procinfo.read_process(pid)
+        if info is None:
+            raise Failure('target process %d not found' % pid)
+        out.update(pid=pid, info=info, container=info['container'], systemd_unit=info['systemd_unit'])
+    elif kind == 'container':
+        out['container'] = {'runtime': 'docker', 'id': str(name)}
+    elif kind == 'systemd_unit':
+        out['systemd_unit'] = str(name)
+    elif kind == 'cgroup_path':
+        if not str(name).startswith('/'):
+            raise Failure('target cgroup_path must be absolute (as in /proc/PID/cgroup), got %r' % (name,))
+    return out
+
+
+def systemd_running():
+    return os.path.isdir('/run/systemd/system')
+
+
+def pick_backend(requested, tgt):
+    if requested != 'auto':
+        return requested
+    if tgt['kind'] == 'container':
+        return 'docker'
+    if tgt['kind'] == 'systemd_unit':
+        return 'systemd'
+    if tgt['kind'] == 'cgroup_path':
+        return 'cgroup'
+    container = tgt.get('container')
+    if container and container.get('runtime') == 'docker':
+        return 'docker'
+    unit = tgt.get('systemd_unit') or ''
+    if unit.endswith('.service') and systemd_running():
+        return 'systemd'
+    return 'cgroup'
+
+
+def fmt_cores(cores):
+    return 'unlimited' if cores is None else '%g cores' % cores
+
+
+def decide(before_cores, wanted, force):
+    """(change?, error) for a limit change; None = unlimited."""
+    if before_cores is not None and abs(before_cores - wanted) < 1e-6:
+        return False, None
+    lowering = before_cores is None or wanted < before_cores
+    if lowering and not force:
+        return False, ('refusing to lower the CPU limit from %s to %s (set agent_cpu_force / force=true to allow)'
+                       % (fmt_cores(before_cores), fmt_cores(wanted)))
+    return True, None
+
+
+# -- cgroup backend -----------------------------------------------------------
+
+def cgroup_backend(module, tgt, wanted, result):
+    with open('/proc/self/mountinfo') as handle:
+        hier = cg.discover_hierarchies(handle.read())
+    if not hier['supported'] or not hier['cpu_controller']:
+        raise Failure('no cgroup cpu controller here: %s' % (hier.get('reason') or 'cgroup2 without the cpu controller'))
+    if tgt['kind'] == 'cgroup_path':
+        path = tgt['name']
+    else:
+        path = cg.cpu_path_of(tgt['info']['cgroups'], hier)
+        if not path:
+            raise Failure('process %s has no cpu cgroup' % tgt['pid'])
+    group = cg.read_group(hier, path)
+    if group is None:
+        raise Failure('cgroup %s not found in the cpu hierarchy' % path)
+    version = hier['version']
+    mount = hier['cpu'] if version == 1 else hier['v2']
+    directory = cg.dir_for(mount, path)
+    if path.strip('/') == '':
+        raise Failure('the target is in the root cpu cgroup, which has no CPU limit to raise (move it into its own group or use backend docker/systemd)')
+    result['target'].update(cgroup_path=group['path'], cgroup_version=version, directory=directory)
+    period = module.params['period_us'] or group['period_us'] or DEFAULT_PERIOD_US
+    if not 1000 <= period <= 1000000:
+        raise Failure('period_us %d out of range 1000..1000000' % period)
+    quota = int(round(wanted * period))
+    if quota < 1000:
+        raise Failure('limit %g cores at period %d us gives a quota below the kernel minimum 1000 us' % (wanted, period))
+    before = {'limit_cores': group['limit_cores'], 'quota_us': group['quota_us'], 'period_us': group['period_us']}
+    after = {'limit_cores': cg.limit_cores(quota, period), 'quota_us': quota, 'period_us': period}
+    chain = cg.limited_chain(hier, path)
+    parents = [g for g in chain[1:] if g['limit_cores'] is not None and g['limit_cores'] < wanted]
+    tight = cg.tightest(parents)
+    if tight:
+        result['limited_by'] = {'path': tight['path'], 'limit_cores': tight['limit_cores']}
+    change, err = decide(group['limit_cores'], wanted, module.params['force'])
+    if change is False and err is None and group['period_us'] != period and module.params['period_us']:
+        change = True
+    if err:
+        raise Failure(err)
+
+    def describe(v):
+        return 'cgroup v%d %s: %s (quota %s us / period %s us)\n' % (
+            version, directory, fmt_cores(v['limit_cores']), v['quota_us'] if v['quota_us'] is not None else 'max', v['period_us'])
+    apply = None
+    if change:
+        def apply():
+            if version == 1:
+                qfile = os.path.join(directory, 'cpu.cfs_quota_us')
+                pfile = os.path.join(directory, 'cpu.cfs_period_us')
+                # the kernel checks quota/period against parents on each write:
+                # raise the quota first when growing, the period first when shrinking it
+                old_period = group['period_us']
+                old_quota = group['quota_us'] if group['quota_us'] is not None else -1
+                try:
+                    if old_period != period:
+                        _write(qfile, '-1')
+                        _write(pfile, str(period))
+                    _write(qfile, str(quota))
+                except (IOError, OSError):
+                    # never leave a half-applied change: put the old values back
+                    for fname, value in ((qfile, '-1'), (pfile, str(old_period)), (qfile, str(old_quota))):
+                        try:
+                            _write(fname, value)
+                        except (IOError, OSError):
+                            pass
+                    raise
+            else:
+                _write(os.path.join(directory, 'cpu.max'), '%d %d' % (quota, period))
+
+    def reread():
+        g = cg.read_group(hier, path)
+        return {'limit_cores': g['limit_cores'], 'quota_us': g['quota_us'], 'period_us': g['period_us']}
+    return before, after, change, describe, apply, reread
+
+
+def _write(path, value):
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+# -- docker backend -----------------------------------------------------------
+
+def docker_backend(module, tgt, wanted, result):
+    if dockerctl is None:
+        raise Failure('the dockerctl helper is missing')
+    sock = module.params['docker_socket']
+    ref = tgt['container']['id'] if tgt.get('container') else None
+    if not ref:
+        raise Failure('target %s %s is not in a Docker container (use backend cgroup or systemd)' % (tgt['kind'], tgt['name']))
+    try:
+        info = dockerctl.container_by_name_or_id(ref, socket_path=sock)
+    except dockerctl.DockerUnavailable as err:
+        raise Failure('Docker is not running (or not reachable): %s' % err)
+    except dockerctl.DockerError as err:
+        raise Failure('Docker error: %s' % err)
+    if info is None:
+        raise Failure('container %s not found' % ref)
+    result['target'].update(container={'runtime': 'docker', 'id': info['id'], 'name': info['name']},
+                            running=info['running'], pid=tgt.get('pid') or info['pid'])
+    use_quota = bool(info['cpu_quota_us']) and not info['nano_cpus']
+    if info['nano_cpus']:
+        current = info['nano_cpus'] / 1e9
+    elif info['cpu_quota_us'] and info['cpu_quota_us'] > 0:
+        current = info['cpu_quota_us'] / float(info['cpu_period_us'] or DEFAULT_PERIOD_US)
+    else:
+        current = None
+    before = {'limit_cores': round(current, 6) if current is not None else None, 'nano_cpus': info['nano_cpus'],
+              'cpu_quota_us': info['cpu_quota_us'], 'cpu_period_us': info['cpu_period_us']}
+    if use_quota:
+        period = info['cpu_period_us'] or DEFAULT_PERIOD_US
+        body = {'CpuQuota': int(round(wanted * period)), 'CpuPeriod': period}
+        after = dict(before, limit_cores=round(body['CpuQuota'] / float(period), 6), cpu_quota_us=body['CpuQuota'],
+                     cpu_period_us=period)
+    else:
+        body = {'NanoCpus': int(round(wanted * 1e9))}
+        after = dict(before, limit_cores=round(wanted, 6), nano_cpus=body['NanoCpus'])
+    change, err = decide(before['limit_cores'], wanted, module.params['force'])
+    if err:
+        raise Failure(err)
+
+    def describe(v):
+        return 'docker container %s (%s): %s\n' % (info['name'], info['id'][:12], fmt_cores(v['limit_cores']))
+
+    def apply():
+        try:
+            dockerctl.docker_api('POST', '/containers/%s/update' % info['id'], body=body, socket_path=sock)
+        except dockerctl.DockerError as err2:
+            raise Failure('docker update failed: %s' % err2)
+
+    def reread():
+        new = dockerctl.container_by_name_or_id(info['id'], socket_path=sock)
+        cores = new['nano_cpus'] / 1e9 if new['nano_cpus'] else (
+            new['cpu_quota_us'] / float(new['cpu_period_us'] or DEFAULT_PERIOD_US) if new['cpu_quota_us'] else None)
+        return {'limit_cores': round(cores, 6) if cores is not None else None, 'nano_cpus': new['nano_cpus'],
+                'cpu_quota_us': new['cpu_quota_us'], 'cpu_period_us': new['cpu_period_us']}
+    return before, after, change, describe, apply if change else None, reread
+
+
+# -- systemd backend ----------------------------------------------------------
+
+def parse_timespan_us(text):
+    """systemd timespan (``1s``, ``500ms``, ``1.500000s``, ``infinity``) -> us or None."""
+    text = (text or '').strip()
+    if not text or text == 'infinity':
+        return None
+    units = (('min', 60e6), ('ms', 1e3), ('us', 1.0), ('s', 1e6))
+    total = 0.0
+    for part in text.split():
+        for suffix, factor in units:
+            if part.endswith(suffix):
+                total += float(part[:-len(suffix)]) * factor
+                break
+        else:
+            total += float(part)
+    return int(round(total))
+
+
+def quota_percent(cores):
+    pct = cores * 100
+    return ('%d%%' % round(pct)) if abs(pct - round(pct)) < 1e-9 else ('%.2f%%' % pct)
+
+
+def dropin_text(unit, cores):
+    section = 'Scope' if unit.endswith('.scope') else ('Slice' if unit.endswith('.slice') else 'Service')
+    return ('# Managed by auditgap (agent_cpu role): CPU limit of the audit consumer.\n'
+            '[%s]\nCPUQuota=%s\n' % (section, quota_percent(cores)))
+
+
+def systemd_backend(module, tgt, wanted, result):
+    unit = tgt.get('systemd_unit')
+    if not unit:
+        raise Failure('target %s %s is not in a systemd unit (use backend cgroup or docker)' % (tgt['kind'], tgt['name']))
+    if not systemd_running():
+        raise Failure('systemd is not running on this host (PID 1 is not systemd); use backend cgroup')
+    systemctl = module.get_bin_path('systemctl')
+    if not systemctl:
+        raise Failure('systemctl not found')
+    rc, out, err = module.run_command([systemctl, 'show', unit, '-p', 'LoadState', '-p', 'CPUQuotaPerSecUSec'])
+    if rc != 0:
+        raise Failure('systemctl show %s failed: %s' % (unit, (err or out).strip()))
+    props = dict(line.split('=', 1) for line in out.splitlines() if '=' in line)
+    if props.get('LoadState') in ('not-found', None, ''):
+        raise Failure('systemd unit %s not found' % unit)
+    per_sec = parse_timespan_us(props.get('CPUQuotaPerSecUSec'))
+    current = round(per_sec / 1e6, 6) if per_sec is not None else None
+    path = os.path.join(module.params['systemd_dropin_dir'], unit + '.d', DROPIN_NAME)
+    result['dropin'] = path
+    try:
+        with open(path) as handle:
+            old_text = handle.read()
+    except (IOError, OSError):
+        old_text = None
+    new_text = dropin_text(unit, wanted)
+    before = {'limit_cores': current, 'cpu_quota': quota_percent(current) if current else 'infinity', 'dropin': old_text}
+    after = {'limit_cores': round(wanted, 6), 'cpu_quota': quota_percent(wanted), 'dropin': new_text}
+    change, err = decide(current, wanted, module.params['force'])
+    if err:
+        raise Failure(err)
+    change = change or old_text != new_text
+
+    def describe(v):
+        return 'systemd unit %s: CPUQuota=%s\n%s' % (unit, v['cpu_quota'], v['dropin'] or '')
+
+    def apply():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.auditgap-')
+        with os.fdopen(fd, 'w') as handle:
+            handle.write(new_text)
+        os.chmod(tmp, 0o644)
+        module.atomic_move(tmp, path)
+        for args in ([systemctl, 'daemon-reload'],
+                     [systemctl, 'set-property', '--runtime', unit, 'CPUQuota=%s' % quota_percent(wanted)]):
+            rc2, out2, err2 = module.run_command(args)
+            if rc2 != 0:
+                raise Failure('%s failed: %s' % (' '.join(args), (err2 or out2).strip()))
+
+    def reread():
+        _rc, o, _e = module.run_command([systemctl, 'show', unit, '-p', 'CPUQuotaPerSecUSec'])
+        us = parse_timespan_us(o.split('=', 1)[1] if '=' in o else '')
+        cores = round(us / 1e6, 6) if us is not None else None
+        return {'limit_cores': cores, 'cpu_quota': quota_percent(cores) if cores else 'infinity', 'dropin': new_text}
+    return before, after, change, describe, apply if change else None, reread
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            backend=dict(type='str', default='auto', choices=['auto', 'docker', 'systemd', 'cgroup']),
+            target=dict(type='dict'),
+            limit_cores=dict(type='float', required=True),
+            force=dict(type='bool', default=False),
+            period_us=dict(type='int'),
+            docker_socket=dict(type='path', default='/var/run/docker.sock'),
+            systemd_dropin_dir=dict(type='path', default='/etc/systemd/system'),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    out = {'backend': None, 'target': {}, 'before': None, 'after': None, 'limited_by': None, 'dropin': None}
+    result = {'changed': False, 'cpu_limit': out}
+    wanted = p['limit_cores']
+    try:
+        if not 0.01 <= wanted <= 1024:
+            raise Failure('limit_cores %g out of range 0.01..1024' % wanted)
+        tgt = resolve_target(module, p['target'])
+        out['target'] = {'kind': tgt['kind'], 'name': tgt['name'], 'pid': tgt['pid'],
+                         'container': tgt['container'], 'systemd_unit': tgt['systemd_unit']}
+        out['backend'] = pick_backend(p['backend'], tgt)
+        backend = {'cgroup': cgroup_backend, 'docker': docker_backend, 'systemd': systemd_backend}[out['backend']]
+        before, after, change, describe, apply, reread = backend(module, tgt, wanted, out)
+    except Failure as err:
+        module.fail_json(msg='%s; nothing changed' % err, **result)
+    out['before'] = before
+    out['after'] = after if change else before
+    if out['limited_by']:
+        module.warn('a parent cgroup %s limits the target to %g cores, below the %g asked: raise it too'
+                    % (out['limited_by']['path'], out['limited_by']['limit_cores'], wanted))
+    result['changed'] = bool(change)
+    if change and module._diff:
+        result['diff'] = {'before_header': 'cpu limit', 'after_header': 'cpu limit',
+                          'before': describe(before), 'after': describe(after)}
+    if not change or module.check_mode:
+        module.exit_json(**result)
+    try:
+        apply()
+    except (Failure, IOError, OSError) as err:
+        module.fail_json(msg='applying the CPU limit failed: %s' % err, **result)
+    out['after'] = reread()
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
