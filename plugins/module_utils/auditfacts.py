@@ -1,0 +1,249 @@
+# -*- coding: utf-8 -*-
+# Copyright: auditgap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""audit_status facts: reading status/rules/consumer, sampling, the contract shape.
+
+``gather(...)`` builds the ``audit_status`` dict of docs/contracts.md; the
+module is a thin wrapper around it. Pure helpers (``build_status``,
+``summarize_sample``, ``validate_params``) are unit-tested without root.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import os
+import time
+
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, auditparse, kernelhz, procinfo
+
+SOURCES = ('auto', 'netlink', 'auditctl')
+MAX_SAMPLE_SECONDS = 300
+MIN_INTERVAL_MS = 10
+MAX_INTERVAL_MS = 60000
+
+
+def validate_params(source, sample_seconds, sample_interval_ms):
+    """Error message for bad options, or None."""
+    if source not in SOURCES:
+        return 'source must be one of %s, got %r' % (', '.join(SOURCES), source)
+    try:
+        seconds = float(sample_seconds)
+    except (TypeError, ValueError):
+        return 'sample_seconds must be a number, got %r' % (sample_seconds,)
+    if seconds != seconds or seconds < 0 or seconds > MAX_SAMPLE_SECONDS:
+        return 'sample_seconds must be between 0 and %d, got %s' % (MAX_SAMPLE_SECONDS, sample_seconds)
+    try:
+        interval = int(sample_interval_ms)
+    except (TypeError, ValueError):
+        return 'sample_interval_ms must be an integer, got %r' % (sample_interval_ms,)
+    if interval < MIN_INTERVAL_MS or interval > MAX_INTERVAL_MS:
+        return 'sample_interval_ms must be between %d and %d, got %s' % (
+            MIN_INTERVAL_MS, MAX_INTERVAL_MS, sample_interval_ms)
+    return None
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ')
+
+
+def build_status(raw, hz):
+    """Raw status (auditnl.decode_status / auditparse.parse_status) -> contract ``status``."""
+    enabled = raw.get('enabled')
+    wait = raw.get('backlog_wait_time')
+    actual = raw.get('backlog_wait_time_actual')
+    bitmap = raw.get('feature_bitmap')
+    status = {
+        'enabled': enabled,
+        'immutable': enabled == 2,
+        'failure': raw.get('failure'),
+        'pid': raw.get('pid'),
+        'rate_limit': raw.get('rate_limit'),
+        'backlog_limit': raw.get('backlog_limit'),
+        'lost': raw.get('lost'),
+        'backlog': raw.get('backlog'),
+        'backlog_wait_time_jiffies': wait,
+        'backlog_wait_time_ms': kernelhz.jiffies_to_ms(wait, hz),
+        'backlog_wait_time_actual_jiffies': actual,
+        'backlog_wait_time_actual_ms': kernelhz.jiffies_to_ms(actual, hz),
+        'feature_bitmap': bitmap,
+        'features': auditnl.features_from_bitmap(bitmap),
+    }
+    if 'loginuid_immutable' in raw:
+        status['loginuid_immutable'] = raw['loginuid_immutable']
+    return status
+
+
+def _counter_delta(first, last):
+    """Growth of a u32 kernel counter; a reset (auditd clearing lost) counts from 0."""
+    if first is None or last is None:
+        return None
+    if last >= first:
+        return last - first
+    return last
+
+
+def summarize_sample(timeline, hz, backlog_limit, interval_ms):
+    """Timeline entries ``{t_s, backlog, lost, backlog_wait_time_actual_jiffies}`` -> ``sample``."""
+    if not timeline:
+        return None
+    seconds = timeline[-1]['t_s'] - timeline[0]['t_s']
+    backlogs = [entry['backlog'] for entry in timeline if entry['backlog'] is not None]
+    peak = max(backlogs) if backlogs else None
+    lost_delta = _counter_delta(timeline[0]['lost'], timeline[-1]['lost'])
+    actual_delta = _counter_delta(timeline[0]['backlog_wait_time_actual_jiffies'],
+                                  timeline[-1]['backlog_wait_time_actual_jiffies'])
+    return {
+        'seconds': round(seconds, 3),
+        'samples': len(timeline),
+        'interval_ms': interval_ms,
+        'backlog_peak': peak,
+        'backlog_peak_ratio': (round(float(peak) / backlog_limit, 4)
+                               if peak is not None and backlog_limit else None),
+        'lost_delta': lost_delta,
+        'lost_per_s': (round(lost_delta / seconds, 3)
+                       if lost_delta is not None and seconds > 0 else None),
+        'backlog_wait_time_actual_delta_jiffies': actual_delta,
+        'backlog_wait_time_actual_delta_ms': kernelhz.jiffies_to_ms(actual_delta, hz),
+        'timeline': timeline,
+    }
+
+
+class StatusReader:
+    """Reads raw status and rules from netlink or auditctl, keeping one socket open."""
+
+    def __init__(self, source, run_command, auditctl_path):
+        self.source = source
+        self.run_command = run_command
+        self.auditctl = auditctl_path
+        self.sock = None
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def status(self):
+        if self.source == 'netlink':
+            if self.sock is None:
+                self.sock = auditnl.AuditSocket()
+            return self.sock.get_status()
+        return auditparse.parse_status(self._auditctl('-s'))
+
+    def rules(self):
+        if self.source == 'netlink':
+            if self.sock is None:
+                self.sock = auditnl.AuditSocket()
+            return self.sock.list_rules()
+        return auditparse.parse_rules(self._auditctl('-l'))
+
+    def _auditctl(self, flag):
+        rc, out, err = self.run_command([self.auditctl, flag])
+        if rc != 0:
+            raise RuntimeError('auditctl %s failed (rc=%s): %s' % (flag, rc, (err or out).strip()))
+        return out
+
+
+def _open_reader(source, run_command, auditctl_path):
+    """(reader, raw status, errors): the first source that answers, in order."""
+    order = ['netlink', 'auditctl'] if source == 'auto' else [source]
+    errors = []
+    for name in order:
+        if name == 'auditctl' and not auditctl_path:
+            errors.append('auditctl: not installed')
+            continue
+        reader = StatusReader(name, run_command, auditctl_path)
+        try:
+            return reader, reader.status(), errors
+        except (auditnl.AuditNetlinkError, RuntimeError, ValueError, OSError) as err:
+            reader.close()
+            errors.append('%s: %s' % (name, err))
+    return None, None, errors
+
+
+def read_consumer(pid, proc_root='/proc'):
+    """The registered consumer's identity (contract ``consumer``), or None without one."""
+    if not pid:
+        return None
+    info = procinfo.read_process(pid, proc_root)
+    if info is None:
+        return {'pid': pid, 'found': False, 'comm': None, 'exe': None, 'cmdline': None,
+                'cgroups': {'v1': {}, 'v2': None}, 'container': None, 'systemd_unit': None}
+    info['found'] = True
+    return info
+
+
+def run_sample(reader, seconds, interval_ms, hz, backlog_limit, clock=time.monotonic,
+               sleep=time.sleep):
+    """Poll the status every ``interval_ms`` for ``seconds``; contract ``sample``."""
+    timeline = []
+    start = clock()
+    tick = 0
+    while True:
+        now = clock()
+        raw = reader.status()
+        timeline.append({'t_s': round(now - start, 4), 'backlog': raw.get('backlog'),
+                         'lost': raw.get('lost'),
+                         'backlog_wait_time_actual_jiffies': raw.get('backlog_wait_time_actual')})
+        if raw.get('backlog_limit') is not None:
+            backlog_limit = raw['backlog_limit']
+        if now - start >= seconds:
+            break
+        tick += 1
+        target = start + min(tick * interval_ms / 1000.0, seconds)
+        delay = target - clock()
+        if delay > 0:
+            sleep(delay)
+    return summarize_sample(timeline, hz, backlog_limit, interval_ms)
+
+
+def unsupported(reason, hz=None):
+    return {'supported': False, 'reason': reason, 'source': None, 'status': None,
+            'hz': hz, 'rules': [], 'rules_source': None, 'consumer': None, 'sample': None,
+            'collected_at': utc_now()}
+
+
+def gather(source='auto', sample_seconds=0, sample_interval_ms=100, rules=True, consumer=True,
+           run_command=None, auditctl_path=None, proc_root='/proc', root='/', euid=None):
+    """The ``audit_status`` facts. Never raises for a host that lacks audit or root."""
+    hz = kernelhz.detect_hz(root)
+    if euid is None:
+        euid = os.geteuid()
+    if euid != 0:
+        return unsupported('needs root (CAP_AUDIT_CONTROL) to read the audit status; '
+                           'run with become: true', hz)
+    reader, raw, errors = _open_reader(source, run_command, auditctl_path)
+    if reader is None:
+        return unsupported('audit status not readable: %s' % '; '.join(errors), hz)
+    try:
+        facts = {
+            'supported': True,
+            'source': reader.source,
+            'hz': hz,
+            'status': build_status(raw, hz['value']),
+            'rules': [],
+            'rules_source': None,
+            'consumer': None,
+            'sample': None,
+            'collected_at': utc_now(),
+        }
+        if errors:
+            facts['source_errors'] = errors
+        if rules:
+            try:
+                facts['rules'] = reader.rules()
+                facts['rules_source'] = reader.source
+            except (auditnl.AuditNetlinkError, RuntimeError, ValueError, OSError) as err:
+                facts['rules_error'] = str(err)
+        if consumer:
+            facts['consumer'] = read_consumer(raw.get('pid'), proc_root)
+        if sample_seconds and float(sample_seconds) > 0:
+            try:
+                facts['sample'] = run_sample(reader, float(sample_seconds), int(sample_interval_ms),
+                                             hz['value'], raw.get('backlog_limit'))
+            except (auditnl.AuditNetlinkError, RuntimeError, ValueError, OSError) as err:
+                facts['sample_error'] = str(err)
+        return facts
+    finally:
+        reader.close()
