@@ -1,0 +1,181 @@
+# -*- coding: utf-8 -*-
+# Copyright: auditgap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: UP001, UP009, UP010, UP031, UP008
+"""Controller-side step of diagnose.yml: read every diagnosed host's results
+from hostvars, compute findings, write the fleet reports (docs/reports.md).
+
+Runs entirely in the controller process (no module is shipped anywhere), so
+one task writes the reports of one host or of thousands.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import os
+
+from ansible.errors import AnsibleError
+from ansible.module_utils.common.text.converters import to_text
+from ansible.plugins.action import ActionBase
+from ansible_collections.auditgap.fleet.plugins.filter.findings import (
+    auditgap_host_summary,
+)
+from ansible_collections.auditgap.fleet.plugins.module_utils import report
+
+GATHERED = ('audit_status', 'cgroup_throttle', 'ftrace_sample')
+_ARGS = frozenset(('report_dir', 'hosts', 'thresholds', 'timeline_svg', 'latest_link', 'formats'))
+FORMATS = ('json', 'md', 'html', 'prom')
+
+
+def plain(value):
+    """Builtin types only (hostvars hand out lazy/tagged containers)."""
+    if isinstance(value, dict) or hasattr(value, 'items'):
+        return {to_text(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return to_text(value)
+
+
+def host_entry(host, results, thresholds):
+    """One host's summary from its registered task results."""
+    facts, error, reachable = {}, None, True
+    for name in GATHERED:
+        res = results.get(name)
+        if not isinstance(res, dict) or res.get('skipped'):
+            continue
+        if res.get('unreachable'):
+            reachable = False
+            error = to_text(res.get('msg') or 'unreachable')
+            break
+        if res.get('failed'):
+            error = error or '%s: %s' % (name, to_text(res.get('msg') or 'failed'))
+            continue
+        if isinstance(res.get(name), dict):
+            facts[name] = res[name]
+    if reachable and error is None and not facts:
+        error = 'no facts gathered (the diagnose tasks did not run on this host)'
+    return auditgap_host_summary(facts, host, thresholds, error=error, reachable=reachable)
+
+
+def write_atomic(path, text):
+    tmp = '%s.tmp.%d' % (path, os.getpid())
+    with open(tmp, 'w', encoding='utf-8') as handle:
+        handle.write(text)
+    os.rename(tmp, path)
+
+
+def default_report_dir(now, base='reports'):
+    stamp = now.strftime('%Y%m%dT%H%M%SZ')
+    path = os.path.join(base, stamp)
+    suffix = 1
+    while os.path.exists(path):
+        suffix += 1
+        path = os.path.join(base, '%s-%d' % (stamp, suffix))
+    return path
+
+
+def point_latest(report_dir):
+    """<parent>/latest -> report_dir (relative, replaced atomically)."""
+    parent = os.path.dirname(os.path.abspath(report_dir))
+    link = os.path.join(parent, 'latest')
+    tmp = '%s.tmp.%d' % (link, os.getpid())
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(os.path.basename(os.path.abspath(report_dir)), tmp)
+    os.rename(tmp, link)
+    return link
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _VALID_ARGS = _ARGS
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        task_vars = task_vars or {}
+        args = self._task.args
+        unknown = set(args) - _ARGS
+        if unknown:
+            raise AnsibleError('diagnose_report: unsupported option(s): %s' % ', '.join(sorted(unknown)))
+        hostvars = task_vars.get('hostvars') or {}
+        hosts = args.get('hosts')
+        if hosts is None:
+            hosts = [h for h in (task_vars.get('groups') or {}).get('all', [])
+                     if h in hostvars and 'diagnose_gathered' in hostvars[h]]
+        if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)):
+            raise AnsibleError('diagnose_report: hosts must be a list of inventory host names')
+        formats = args.get('formats') or list(FORMATS)
+        bad = [f for f in formats if f not in FORMATS]
+        if bad:
+            raise AnsibleError('diagnose_report: unknown format(s) %s (known: %s)' % (bad, ', '.join(FORMATS)))
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        report_dir = args.get('report_dir')
+        latest = args.get('latest_link')
+        if not report_dir:
+            report_dir = default_report_dir(now)
+            latest = True if latest is None else latest
+        report_dir = os.path.expanduser(to_text(report_dir))
+        arg_thresholds = plain(args.get('thresholds') or {})
+
+        entries = []
+        for host in hosts:
+            hv = hostvars.get(host, {})
+            results = {}
+            for name in GATHERED:
+                value = hv.get('diagnose_%s_result' % name)
+                if value is not None:
+                    results[name] = plain(value)
+            thresholds = dict(plain(hv.get('diagnose_thresholds') or {}))
+            thresholds.update(arg_thresholds)
+            try:
+                entries.append(host_entry(host, results, thresholds))
+            except Exception as exc:  # noqa: BLE001 -- a bad fact must never lose the fleet report
+                entries.append({'host': host, 'reachable': True, 'status': 'failed', 'severity': None,
+                                'error': 'findings failed: %s' % to_text(exc), 'findings': [], 'chain': None,
+                                'facts': results, 'metrics': {}})
+
+        timeline_svg = None
+        svg_path = args.get('timeline_svg') or os.path.join(report_dir, 'lab-timeline.svg')
+        if os.path.isfile(svg_path):
+            with open(svg_path, encoding='utf-8') as handle:
+                timeline_svg = handle.read()
+        generated_at = now.strftime('%Y-%m-%dT%H:%M:%SZ')
+        doc = report.fleet_document(entries, generated_at, thresholds=arg_thresholds,
+                                    report_dir=os.path.abspath(report_dir))
+        os.makedirs(report_dir, exist_ok=True)
+        files = []
+        for entry in doc['hosts']:
+            path = os.path.join(report_dir, report.safe_filename(entry['host']) + '.json')
+            write_atomic(path, report.to_json(dict(entry, generated_at=generated_at,
+                                                   auditgap_version=report.AUDITGAP_VERSION)))
+            files.append(path)
+        renderers = {'json': ('fleet.json', report.to_json),
+                     'md': ('fleet.md', getattr(report, 'render_markdown', None)),
+                     'html': ('fleet.html', getattr(report, 'render_html', None)),
+                     'prom': ('fleet.prom', getattr(report, 'render_prometheus', None))}
+        for fmt in formats:
+            name, render = renderers[fmt]
+            if render is None:
+                continue
+            path = os.path.join(report_dir, name)
+            if fmt == 'html':
+                write_atomic(path, render(doc, timeline_svg=timeline_svg))
+            else:
+                write_atomic(path, render(doc))
+            files.append(path)
+        if latest:
+            result['latest'] = point_latest(report_dir)
+        result.update({'changed': False, 'report_dir': os.path.abspath(report_dir), 'files': files,
+                       'summary': doc['summary'], 'summary_lines': report.summary_lines(doc)})
+        return result

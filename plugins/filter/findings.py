@@ -1,0 +1,660 @@
+# -*- coding: utf-8 -*-
+# Copyright: auditgap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: UP001, UP009, UP010, UP031, UP004
+"""Findings: one host's facts (audit_status, cgroup_throttle, ftrace_sample) in,
+findings out. Pure Python, no I/O; each rule is one small function.
+
+Filters (``auditgap.fleet.<name>``):
+
+- ``auditgap_findings(host_facts, hostname, thresholds=None)`` -> [finding]
+- ``auditgap_host_summary(host_facts, hostname, thresholds=None, error=None,
+  reachable=True)`` -> {host, reachable, error, status, severity, findings,
+  chain, metrics, facts}
+- ``auditgap_stall_suspected(audit_status, thresholds=None)`` -> bool (drives
+  ``diagnose_trace: auto``)
+
+A finding (docs/contracts.md):
+``{id, severity: critical|warning|info, host, summary, evidence, remediation:
+null | {role, vars}}``. Ids are stable; docs/findings.md documents each one.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import math
+
+SEVERITIES = ('critical', 'warning', 'info')
+SEVERITY_RANK = {'critical': 0, 'warning': 1, 'info': 2, 'ok': 3}
+
+DEFAULT_THRESHOLDS = {
+    # backlog peak / backlog_limit at or above which the backlog is "saturated"
+    'backlog_saturated_ratio': 0.8,
+    # consumer throttled ratio (nr_throttled / nr_periods) for a warning / critical
+    'throttled_ratio_warn': 0.2,
+    'throttled_ratio_crit': 0.5,
+    # an audited syscall is "hot" at this many calls per second in the trace ...
+    'hot_syscall_per_s': 50.0,
+    # ... or when its p99 latency reaches this many ms
+    'slow_syscall_p99_ms': 10.0,
+    # CPU suggested for a throttled consumer is at least this many cores
+    'consumer_min_cores': 0.5,
+    # backlog_limit suggested when the backlog saturates or events are lost
+    'backlog_limit_suggested': 8192,
+}
+
+# Syscalls a busy service makes per request/IO: auditing them on every call is
+# what turns a slow consumer into user-visible latency.
+HOT_SYSCALLS = frozenset((
+    'accept', 'accept4', 'connect', 'read', 'write', 'readv', 'writev',
+    'pread64', 'pwrite64', 'recvfrom', 'sendto', 'recvmsg', 'sendmsg',
+    'recvmmsg', 'sendmmsg', 'open', 'openat', 'openat2', 'close', 'stat',
+    'fstat', 'lstat', 'newfstatat', 'statx', 'poll', 'ppoll', 'epoll_wait',
+    'epoll_pwait', 'select', 'pselect6', 'futex', 'mmap', 'munmap', 'brk',
+    'clone', 'clone3', 'fork', 'vfork', 'execve', 'socket', 'getdents64',
+    'lseek', 'fcntl', 'ioctl', 'nanosleep', 'clock_nanosleep', 'sendfile',
+    'splice', 'io_uring_enter', 'all',
+))
+# Syscalls between "connection established" and "request handled".
+REQUEST_PATH_SYSCALLS = frozenset((
+    'accept', 'accept4', 'connect', 'read', 'write', 'readv', 'writev', 'recvfrom', 'sendto',
+    'recvmsg', 'sendmsg', 'recvmmsg', 'sendmmsg', 'pread64', 'pwrite64', 'sendfile', 'all',
+))
+# Rule fields that already narrow a rule to some processes or objects.
+NARROWING_FIELDS = frozenset(('exe', 'pid', 'ppid', 'uid', 'euid', 'auid', 'gid',
+                              'egid', 'path', 'dir', 'subj_type', 'obj_type',
+                              'subj_user', 'subj_role', 'comm', 'key_exe'))
+
+FINDING_TITLES = {
+    'audit_backlog_saturated': 'Audit backlog saturated',
+    'audit_events_lost': 'Audit events lost',
+    'audit_wait_time_accrued': 'Audited syscalls slept (backlog wait time accrued)',
+    'audit_consumer_throttled': 'Audit consumer CPU-throttled',
+    'audit_consumer_missing': 'Audit enabled without a consumer',
+    'audited_hot_syscall': 'Hot syscall audited',
+    'syscall_stall_observed': 'Syscall stall observed in audit_log_start',
+    'audit_immutable': 'Audit configuration immutable',
+    'audit_unsupported': 'Audit facts unavailable',
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+def _d(value):
+    return value if isinstance(value, dict) else {}
+
+
+def _num(value):
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if math.isnan(number):
+        return None
+    return number
+
+
+def _fmt(value, digits=2):
+    number = _num(value)
+    if number is None:
+        return '?'
+    if number == int(number):
+        return '%d' % int(number)
+    return ('%.*f' % (digits, number)).rstrip('0').rstrip('.')
+
+
+def _pct(ratio):
+    number = _num(ratio)
+    return '?' if number is None else '%d%%' % round(number * 100)
+
+
+def merge_thresholds(thresholds=None):
+    merged = dict(DEFAULT_THRESHOLDS)
+    for key, value in _d(thresholds).items():
+        if value is not None and value != '':
+            merged[key] = value
+    for key, value in list(merged.items()):
+        if key in DEFAULT_THRESHOLDS and _num(value) is not None:
+            merged[key] = float(value)
+    return merged
+
+
+def _finding(fid, severity, host, summary, evidence, remediation=None):
+    return {'id': fid, 'severity': severity, 'host': host, 'title': FINDING_TITLES.get(fid, fid),
+            'summary': summary, 'evidence': evidence, 'remediation': remediation}
+
+
+class _View:
+    """Read-only accessors over one host's facts (missing parts are None)."""
+
+    def __init__(self, facts):
+        facts = _d(facts)
+        self.audit = _d(facts.get('audit_status'))
+        self.cgroup = _d(facts.get('cgroup_throttle'))
+        self.trace = _d(facts.get('ftrace_sample'))
+        self.audit_ok = bool(self.audit.get('supported'))
+        self.status = _d(self.audit.get('status')) if self.audit_ok else {}
+        self.sample = _d(self.audit.get('sample')) if self.audit_ok else {}
+        self.consumer = self.audit.get('consumer') if self.audit_ok else None
+        self.trace_ok = bool(self.trace.get('supported'))
+
+    @property
+    def enabled(self):
+        return _num(self.status.get('enabled'))
+
+    @property
+    def backlog_limit(self):
+        return _num(self.status.get('backlog_limit'))
+
+    def backlog_peak(self):
+        """(peak, ratio, source): sampled peak when there is a sample, else now."""
+        limit = self.backlog_limit
+        if self.sample and _num(self.sample.get('backlog_peak')) is not None:
+            peak = _num(self.sample.get('backlog_peak'))
+            ratio = _num(self.sample.get('backlog_peak_ratio'))
+            source = 'sample'
+        else:
+            peak = _num(self.status.get('backlog'))
+            ratio = None
+            source = 'status'
+        if ratio is None and peak is not None and limit:
+            ratio = peak / limit
+        return peak, ratio, source
+
+    def consumer_target(self):
+        """The cgroup_throttle target describing the audit consumer, or None."""
+        if not self.cgroup.get('supported'):
+            return None
+        for target in self.cgroup.get('targets') or []:
+            if isinstance(target, dict) and target.get('kind') == 'audit_consumer' and target.get('found'):
+                return target
+        pid = _d(self.consumer).get('pid')
+        for target in self.cgroup.get('targets') or []:
+            if isinstance(target, dict) and target.get('found') and pid is not None \
+                    and pid in (target.get('pids') or []):
+                return target
+        return None
+
+    def throttle(self):
+        """(ratio, source, target) of the consumer: sampled ratio, else since creation."""
+        target = self.consumer_target()
+        if target is None:
+            return None, None, None
+        sample = _d(target.get('sample'))
+        if _num(sample.get('throttled_ratio')) is not None and _num(sample.get('nr_periods_delta')):
+            return _num(sample.get('throttled_ratio')), 'sample', target
+        if _num(target.get('throttled_ratio_total')) is not None:
+            return _num(target.get('throttled_ratio_total')), 'total', target
+        return None, None, target
+
+    def audited_syscall_rules(self):
+        """{syscall: [rule, ...]} for exit/entry rules that record it (not `never`)."""
+        out = {}
+        if not self.audit_ok:
+            return out
+        for rule in self.audit.get('rules') or []:
+            if not isinstance(rule, dict):
+                continue
+            if rule.get('action') not in (None, 'always'):
+                continue
+            if rule.get('list') not in (None, 'exit', 'entry'):
+                continue
+            for name in rule.get('syscalls') or []:
+                out.setdefault(str(name), []).append(rule)
+        return out
+
+    def trace_syscalls(self):
+        return _d(self.trace.get('syscalls')) if self.trace_ok else {}
+
+
+def _consumer_label(view, target=None):
+    consumer = _d(view.consumer)
+    name = consumer.get('comm') or (os_basename(consumer.get('exe')) if consumer.get('exe') else None)
+    pid = consumer.get('pid') or _d(view.status).get('pid')
+    label = 'consumer %s pid %s' % (name or '?', _fmt(pid))
+    if target:
+        path = target.get('limited_by') or target.get('cgroup_path')
+        if path:
+            label += ' in cgroup %s' % path
+    return label
+
+
+def os_basename(path):
+    return str(path).rstrip('/').rsplit('/', 1)[-1]
+
+
+# ---------------------------------------------------------------- remediations
+
+def _round_up(value, step=0.05):
+    return round(math.ceil(value / step - 1e-9) * step, 2)
+
+
+def agent_cpu_remediation(target, thresholds):
+    """agent_cpu role vars raising the consumer's CPU limit."""
+    target = _d(target)
+    sample = _d(target.get('sample'))
+    limit = _num(target.get('limit_cores')) or _num(sample.get('limit_cores')) or 0.0
+    usage = _num(sample.get('cpu_usage_cores')) or 0.0
+    cores = max(float(thresholds['consumer_min_cores']), 4 * limit, 2 * usage)
+    container = _d(target.get('container'))
+    if container.get('id') and container.get('runtime') == 'docker':
+        backend, tgt = 'docker', {'container': container.get('name') or container.get('id')}
+    elif target.get('systemd_unit') and not container:
+        backend, tgt = 'systemd', {'systemd_unit': target.get('systemd_unit')}
+    elif target.get('limited_by') or target.get('cgroup_path'):
+        backend, tgt = 'cgroup', {'cgroup_path': target.get('limited_by') or target.get('cgroup_path')}
+    else:
+        pids = target.get('pids') or []
+        backend, tgt = 'auto', {'pid': pids[0] if pids else None}
+    return {'role': 'agent_cpu', 'vars': {'agent_cpu_backend': backend, 'agent_cpu_target': tgt,
+                                          'agent_cpu_limit_cores': _round_up(cores)}}
+
+
+def audit_backlog_remediation(view, thresholds):
+    limit = view.backlog_limit or 0
+    suggested = int(max(float(thresholds['backlog_limit_suggested']), 4 * limit))
+    return {'role': 'audit_backlog', 'vars': {'audit_backlog_limit': suggested}}
+
+
+def _fix_text(remediation):
+    if not remediation:
+        return None
+    role = remediation.get('role')
+    variables = remediation.get('vars') or {}
+    what = {'agent_cpu': 'raise its CPU limit', 'audit_backlog': 'raise the audit backlog limit',
+            'audit_rules': 'narrow the audit rules'}.get(role, 'apply')
+    rendered = ', '.join('%s=%s' % (k, _compact(v)) for k, v in sorted(variables.items()))
+    return '%s (role %s, vars %s)' % (what, role, rendered)
+
+
+def _compact(value):
+    if isinstance(value, dict):
+        return '{%s}' % ', '.join('%s: %s' % (k, _compact(v)) for k, v in sorted(value.items()))
+    if isinstance(value, list):
+        return '[%s]' % ', '.join(_compact(v) for v in value)
+    return str(value)
+
+
+# ---------------------------------------------------------------- rules
+
+def rule_unsupported(view, host, thr, ctx):
+    if view.audit_ok:
+        return []
+    reason = view.audit.get('reason') if view.audit else 'audit_status was not gathered'
+    return [_finding('audit_unsupported', 'info', host,
+                     'Audit facts unavailable: %s' % (reason or 'unsupported'),
+                     {'reason': reason})]
+
+
+def rule_backlog_saturated(view, host, thr, ctx):
+    if not view.audit_ok or not view.enabled:
+        return []
+    peak, ratio, source = view.backlog_peak()
+    limit = view.backlog_limit
+    if ratio is None or ratio < thr['backlog_saturated_ratio']:
+        return []
+    severity = 'critical' if ratio >= 1.0 else 'warning'
+    ctx['backlog'] = '%s (%s/%s)' % ('audit backlog at limit' if ratio >= 1.0 else 'audit backlog near limit',
+                                     _fmt(peak), _fmt(limit))
+    evidence = {'backlog_peak': peak, 'backlog_limit': limit, 'backlog_peak_ratio': round(ratio, 4),
+                'source': source, 'threshold_ratio': thr['backlog_saturated_ratio']}
+    return [_finding('audit_backlog_saturated', severity, host,
+                     'Audit backlog peaked at %s of %s (%s, threshold %s)'
+                     % (_fmt(peak), _fmt(limit), _pct(ratio), _pct(thr['backlog_saturated_ratio'])),
+                     evidence, audit_backlog_remediation(view, thr))]
+
+
+def rule_events_lost(view, host, thr, ctx):
+    if not view.audit_ok:
+        return []
+    lost = _num(view.status.get('lost'))
+    delta = _num(view.sample.get('lost_delta')) if view.sample else None
+    if delta is not None:
+        if delta <= 0:
+            return []
+        ctx['lost'] = 'lost +%s' % _fmt(delta)
+        evidence = {'lost_delta': delta, 'lost_per_s': view.sample.get('lost_per_s'), 'lost': lost,
+                    'sample_seconds': view.sample.get('seconds')}
+        return [_finding('audit_events_lost', 'warning', host,
+                         'Audit lost %s records in %ss (%s/s)' % (_fmt(delta), _fmt(view.sample.get('seconds')),
+                                                                _fmt(view.sample.get('lost_per_s'))),
+                         evidence, audit_backlog_remediation(view, thr))]
+    if lost:
+        return [_finding('audit_events_lost', 'info', host,
+                         'Audit lost %s records since boot (no sample window: growth unknown)' % _fmt(lost),
+                         {'lost': lost, 'lost_delta': None})]
+    return []
+
+
+def rule_wait_time_accrued(view, host, thr, ctx):
+    if not view.audit_ok:
+        return []
+    actual_ms = view.status.get('backlog_wait_time_actual_ms')
+    delta_j = _num(view.sample.get('backlog_wait_time_actual_delta_jiffies')) if view.sample else None
+    if delta_j is not None:
+        if delta_j <= 0:
+            return []
+        delta_ms = _num(view.sample.get('backlog_wait_time_actual_delta_ms'))
+        ctx['wait'] = 'tasks slept %s ms in audit_log_start during %ss' % (
+            _fmt(delta_ms, 0), _fmt(view.sample.get('seconds')))
+        evidence = {'backlog_wait_time_actual_delta_jiffies': delta_j,
+                    'backlog_wait_time_actual_delta_ms': delta_ms,
+                    'backlog_wait_time_ms': view.status.get('backlog_wait_time_ms'),
+                    'sample_seconds': view.sample.get('seconds'),
+                    'hz': _d(view.audit.get('hz')).get('value')}
+        return [_finding('audit_wait_time_accrued', 'critical', host,
+                         'Audited syscalls slept %s ms in audit_log_start in a %ss window '
+                         '(backlog_wait_time_actual +%s jiffies)'
+                         % (_fmt(delta_ms, 0), _fmt(view.sample.get('seconds')), _fmt(delta_j)),
+                         evidence, ctx.get('cause_remediation') or audit_backlog_remediation(view, thr))]
+    total = _num(view.status.get('backlog_wait_time_actual_jiffies'))
+    if total:
+        return [_finding('audit_wait_time_accrued', 'info', host,
+                         'Audited syscalls have slept %s ms in audit_log_start since boot '
+                         '(no sample window: growth unknown)' % _fmt(actual_ms, 0),
+                         {'backlog_wait_time_actual_jiffies': total,
+                          'backlog_wait_time_actual_ms': actual_ms})]
+    return []
+
+
+def rule_consumer_throttled(view, host, thr, ctx):
+    ratio, source, target = view.throttle()
+    if ratio is None or ratio < thr['throttled_ratio_warn']:
+        return []
+    stalling = bool(ctx.get('stall_signs'))
+    severity = 'critical' if (ratio >= thr['throttled_ratio_crit'] and stalling) else 'warning'
+    limit = target.get('limit_cores')
+    sample = _d(target.get('sample'))
+    label = _consumer_label(view, target)
+    ctx['consumer'] = '%s throttled %s of periods (limit %s CPU)' % (label, _pct(ratio), _fmt(limit, 3))
+    remediation = agent_cpu_remediation(target, thr)
+    evidence = {'throttled_ratio': round(ratio, 4), 'source': source,
+                'cgroup_path': target.get('cgroup_path'), 'limited_by': target.get('limited_by'),
+                'limit_cores': limit, 'cpu_usage_cores': sample.get('cpu_usage_cores'),
+                'nr_periods_delta': sample.get('nr_periods_delta'),
+                'nr_throttled_delta': sample.get('nr_throttled_delta'),
+                'container': target.get('container'), 'systemd_unit': target.get('systemd_unit'),
+                'pids': target.get('pids'), 'threshold_ratio': thr['throttled_ratio_warn'],
+                'probable_cause_of': list(ctx.get('stall_signs') or [])}
+    summary = '%s: throttled in %s of CFS periods%s (limit %s CPU)' % (
+        label, _pct(ratio), '' if source == 'sample' else ' since cgroup creation', _fmt(limit, 3))
+    if stalling:
+        summary += '; probable cause of %s' % ', '.join(ctx['stall_signs'])
+    return [_finding('audit_consumer_throttled', severity, host, summary, evidence, remediation)]
+
+
+def rule_consumer_missing(view, host, thr, ctx):
+    if not view.audit_ok or not view.enabled:
+        return []
+    pid = _num(view.status.get('pid'))
+    if pid:
+        return []
+    _peak, ratio, _source = view.backlog_peak()
+    ctx['consumer'] = 'no audit consumer registered (pid 0)'
+    return [_finding('audit_consumer_missing', 'warning', host,
+                     'Audit is enabled (enabled=%s) but no consumer is registered (pid 0): records go '
+                     'to the kernel log, rate-limited, or are lost' % _fmt(view.enabled),
+                     {'enabled': view.enabled, 'pid': 0, 'backlog': view.status.get('backlog'),
+                      'backlog_limit': view.backlog_limit, 'backlog_peak_ratio': ratio})]
+
+
+def rule_audited_hot_syscall(view, host, thr, ctx):
+    """One finding per host listing the hot syscalls that broad rules audit."""
+    if not view.audit_ok or not view.enabled:
+        return []
+    audited = view.audited_syscall_rules()
+    traced = view.trace_syscalls()
+    duration = _num(view.trace.get('duration_s')) or 0.0
+    entries, narrow, texts = [], [], []
+    severity = 'info'
+    for name in sorted(audited):
+        if name not in HOT_SYSCALLS:
+            continue
+        broad = [r for r in audited[name]
+                 if not any(_d(f).get('name') in NARROWING_FIELDS for f in r.get('fields') or [])]
+        if not broad:
+            continue
+        stats = _d(traced.get(name))
+        count = _num(stats.get('count'))
+        per_s = (count / duration) if (count is not None and duration > 0) else None
+        p99_ms = _num(stats.get('p99_us')) / 1000.0 if _num(stats.get('p99_us')) is not None else None
+        max_ms = _num(stats.get('max_us')) / 1000.0 if _num(stats.get('max_us')) is not None else None
+        frequent = per_s is not None and per_s >= thr['hot_syscall_per_s']
+        slow = p99_ms is not None and p99_ms >= thr['slow_syscall_p99_ms']
+        # a stall is on and this syscall is on a request path: it pays the wait even untraced
+        on_path = name in REQUEST_PATH_SYSCALLS and bool(ctx.get('stall_signs'))
+        if frequent or slow or on_path:
+            severity = 'warning'
+        if slow:
+            ctx.setdefault('symptoms', []).append('%s stalls (p99 %s ms, max %s ms)' % (name, _fmt(p99_ms), _fmt(max_ms)))
+        keys = sorted({str(r.get('key')) for r in broad if r.get('key')})
+        item = {'syscall': name}
+        if keys:
+            item['key'] = keys[0]
+        narrow.append(item)
+        for rule in broad:
+            if rule.get('text') not in texts:
+                texts.append(rule.get('text'))
+        detail = []
+        if per_s is not None:
+            detail.append('%s/s' % _fmt(per_s, 1))
+        if p99_ms is not None:
+            detail.append('p99 %s ms' % _fmt(p99_ms))
+        entries.append({'syscall': name, 'trace_count': count,
+                        'calls_per_s': round(per_s, 2) if per_s is not None else None,
+                        'p99_ms': p99_ms, 'max_ms': max_ms, 'frequent': frequent, 'slow': slow,
+                        'label': '%s%s' % (name, ' (%s)' % ', '.join(detail) if detail else '')})
+    if not entries:
+        return []
+    # the ones that matter first
+    entries.sort(key=lambda e: (not (e['slow'] or e['frequent']), e['syscall'] not in REQUEST_PATH_SYSCALLS,
+                                e['syscall']))
+    narrow.sort(key=lambda n: [e['syscall'] for e in entries].index(n['syscall']))
+    evidence = {'syscalls': entries, 'rules': texts, 'trace_seconds': duration or None,
+                'hot_syscall_per_s': thr['hot_syscall_per_s'], 'slow_syscall_p99_ms': thr['slow_syscall_p99_ms']}
+    return [_finding('audited_hot_syscall', severity, host,
+                     'Rules audit every call of %s: each call queues a record and sleeps when the backlog is full'
+                     % ', '.join(e['label'] for e in entries),
+                     evidence, {'role': 'audit_rules', 'vars': {'audit_rules_narrow': narrow}})]
+
+
+def rule_syscall_stall_observed(view, host, thr, ctx):
+    if not view.trace_ok or not view.trace.get('audit_wait_observed'):
+        return []
+    stacks = [s for s in view.trace.get('offcpu') or []
+              if 'audit_log_start' in (s.get('stack') or []) or 'audit_log_start' in str(s.get('stack_text', ''))]
+    slow_calls = [c for c in _d(view.trace.get('function_graph')).get('slow_calls') or []
+                  if 'audit_log_start' in (c.get('chain') or [])]
+    audited = view.audited_syscall_rules()
+    syscalls = _d(view.trace.get('syscalls'))
+    worst = None
+    for name, stats in syscalls.items():
+        stats = _d(stats)
+        p99 = _num(stats.get('p99_us'))
+        if name in audited and p99 is not None and (worst is None or p99 > _num(syscalls[worst].get('p99_us'))):
+            worst = name
+    max_us = max([_num(s.get('max_us')) or 0 for s in stacks] + [_num(c.get('duration_us')) or 0 for c in slow_calls] + [0])
+    evidence = {'offcpu_stacks': [{'stack_text': s.get('stack_text') or ' <- '.join(s.get('stack') or []),
+                                   'count': s.get('count'), 'total_us': s.get('total_us'), 'max_us': s.get('max_us'),
+                                   'pids': s.get('pids')} for s in stacks[:3]],
+                'slow_calls': slow_calls[:3], 'modes': view.trace.get('modes'),
+                'duration_s': view.trace.get('duration_s'), 'max_sleep_ms': round(max_us / 1000.0, 3)}
+    if worst:
+        stats = _d(syscalls[worst])
+        evidence.update({'syscall': worst, 'p99_ms': _num(stats.get('p99_us')) / 1000.0,
+                         'max_ms': (_num(stats.get('max_us')) or 0) / 1000.0})
+        ctx.setdefault('symptoms', []).insert(0, '%s stalls (p99 %s ms, max %s ms)' % (
+            worst, _fmt(evidence['p99_ms']), _fmt(evidence['max_ms'])))
+    else:
+        ctx.setdefault('symptoms', []).insert(0, 'audited syscalls sleep in audit_log_start (max %s ms)'
+                                                 % _fmt(evidence['max_sleep_ms']))
+    summary = 'Trace saw tasks sleeping in audit_log_start (schedule_timeout) for up to %s ms' % _fmt(evidence['max_sleep_ms'])
+    if worst:
+        summary += '; %s p99 %s ms' % (worst, _fmt(evidence['p99_ms']))
+    return [_finding('syscall_stall_observed', 'critical', host, summary, evidence,
+                     ctx.get('cause_remediation') or audit_backlog_remediation(view, thr))]
+
+
+def rule_immutable(view, host, thr, ctx):
+    if not view.audit_ok or view.enabled != 2:
+        return []
+    return [_finding('audit_immutable', 'info', host,
+                     'Audit configuration is locked (enabled=2): rule and backlog changes need a reboot',
+                     {'enabled': 2})]
+
+
+RULES = (rule_unsupported, rule_backlog_saturated, rule_events_lost, rule_wait_time_accrued,
+         rule_consumer_missing, rule_consumer_throttled, rule_audited_hot_syscall,
+         rule_syscall_stall_observed, rule_immutable)
+
+
+def _stall_signs(view, thr):
+    """Which stall symptoms the audit facts show (names of the finding ids)."""
+    signs = []
+    if not view.audit_ok or not view.enabled:
+        return signs
+    _peak, ratio, _src = view.backlog_peak()
+    if ratio is not None and ratio >= thr['backlog_saturated_ratio']:
+        signs.append('audit_backlog_saturated')
+    if view.sample and (_num(view.sample.get('lost_delta')) or 0) > 0:
+        signs.append('audit_events_lost')
+    if view.sample and (_num(view.sample.get('backlog_wait_time_actual_delta_jiffies')) or 0) > 0:
+        signs.append('audit_wait_time_accrued')
+    if view.trace_ok and view.trace.get('audit_wait_observed'):
+        signs.append('syscall_stall_observed')
+    return signs
+
+
+def stall_suspected(audit_status, thresholds=None):
+    """True when the audit facts alone suggest a stall (wait accrued, backlog near limit, lost growing)."""
+    thr = merge_thresholds(thresholds)
+    return bool(_stall_signs(_View({'audit_status': audit_status}), thr))
+
+
+def _sort_key(finding):
+    return (SEVERITY_RANK.get(finding['severity'], 9), finding['id'])
+
+
+def evaluate(host_facts, hostname, thresholds=None):
+    """(findings, chain) for one host."""
+    thr = merge_thresholds(thresholds)
+    view = _View(host_facts)
+    ctx = {'stall_signs': _stall_signs(view, thr)}
+    ratio, _src, target = view.throttle()
+    if target is not None and ratio is not None and ratio >= thr['throttled_ratio_warn']:
+        ctx['cause_remediation'] = agent_cpu_remediation(target, thr)
+    findings = []
+    for rule in RULES:
+        findings.extend(rule(view, hostname, thr, ctx))
+    chain = build_chain(view, ctx, findings)
+    if chain:
+        for finding in findings:
+            if finding['severity'] != 'info' and finding['id'] != 'audit_unsupported':
+                finding['evidence']['chain'] = chain
+    findings.sort(key=_sort_key)
+    return findings, chain
+
+
+def build_chain(view, ctx, findings):
+    """"symptom <- backlog <- consumer -> fix" from what the rules found (None when healthy)."""
+    serious = [f for f in findings if f['severity'] in ('critical', 'warning')]
+    if not serious:
+        return None
+    links = []
+    symptoms = ctx.get('symptoms') or []
+    if symptoms:
+        links.append(symptoms[0])
+    elif ctx.get('wait'):
+        links.append(ctx['wait'])
+    backlog = ctx.get('backlog')
+    if backlog and ctx.get('lost'):
+        backlog = '%s, %s' % (backlog, ctx['lost'])
+    elif not backlog and ctx.get('lost'):
+        backlog = 'audit records dropped (%s)' % ctx['lost']
+    if backlog:
+        links.append(backlog)
+    if ctx.get('wait') and symptoms:
+        pass
+    if ctx.get('consumer'):
+        links.append(ctx['consumer'])
+    remediation = ctx.get('cause_remediation')
+    if remediation is None:
+        for finding in sorted(serious, key=_sort_key):
+            if finding.get('remediation'):
+                remediation = finding['remediation']
+                break
+    if not links:
+        links.append(serious[0]['summary'])
+    chain = ' <- '.join(links)
+    fix = _fix_text(remediation)
+    if fix:
+        chain += ' -> ' + fix
+    if view.enabled == 2:
+        chain += ' (audit is immutable: reboot to apply audit changes)'
+    return chain
+
+
+def worst_severity(findings):
+    best = 'ok'
+    for finding in findings or []:
+        if SEVERITY_RANK.get(finding.get('severity'), 9) < SEVERITY_RANK[best]:
+            best = finding['severity']
+    return best
+
+
+def auditgap_findings(host_facts, hostname, thresholds=None):
+    return evaluate(host_facts, hostname, thresholds)[0]
+
+
+def auditgap_host_summary(host_facts, hostname, thresholds=None, error=None, reachable=True):
+    """One host's entry of fleet.json (docs/reports.md)."""
+    facts = {k: v for k, v in _d(host_facts).items() if k in ('audit_status', 'cgroup_throttle', 'ftrace_sample')}
+    if not reachable:
+        return {'host': hostname, 'reachable': False, 'error': error or 'unreachable', 'status': 'unreachable',
+                'severity': None, 'findings': [], 'chain': None, 'facts': facts, 'metrics': {}}
+    findings, chain = evaluate(facts, hostname, thresholds)
+    severity = worst_severity(findings)
+    status = 'failed' if error else severity
+    return {'host': hostname, 'reachable': True, 'error': error, 'status': status,
+            'severity': severity, 'findings': findings, 'chain': chain, 'facts': facts,
+            'metrics': host_metrics(facts)}
+
+
+def host_metrics(host_facts):
+    """Flat numbers for charts and Prometheus (None when unknown)."""
+    view = _View(host_facts)
+    peak, ratio, _src = view.backlog_peak()
+    throttle_ratio, throttle_source, target = view.throttle()
+    sample = view.sample
+    return {
+        'audit_supported': 1 if view.audit_ok else 0,
+        'audit_enabled': view.enabled,
+        'audit_consumer_pid': _num(view.status.get('pid')),
+        'audit_backlog': _num(view.status.get('backlog')),
+        'audit_backlog_limit': view.backlog_limit,
+        'audit_lost': _num(view.status.get('lost')),
+        'audit_backlog_wait_time_jiffies': _num(view.status.get('backlog_wait_time_jiffies')),
+        'audit_backlog_wait_time_actual_jiffies': _num(view.status.get('backlog_wait_time_actual_jiffies')),
+        'audit_backlog_peak': peak,
+        'audit_backlog_peak_ratio': ratio,
+        'audit_lost_per_s': _num(sample.get('lost_per_s')) if sample else None,
+        'audit_wait_accrued_ms': _num(sample.get('backlog_wait_time_actual_delta_ms')) if sample else None,
+        'audit_sample_seconds': _num(sample.get('seconds')) if sample else None,
+        'consumer_throttled_ratio': throttle_ratio,
+        'consumer_throttled_ratio_source': throttle_source,
+        'consumer_limit_cores': _num(_d(target).get('limit_cores')) if target else None,
+    }
+
+
+class FilterModule(object):
+    """auditgap findings filters."""
+
+    def filters(self):
+        return {
+            'auditgap_findings': auditgap_findings,
+            'auditgap_host_summary': auditgap_host_summary,
+            'auditgap_stall_suspected': stall_suspected,
+        }

@@ -1,0 +1,98 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: auditgap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: UP001, UP009, UP010
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: diagnose_report
+short_description: Write auditgap's fleet reports from a diagnose run (controller side)
+version_added: 0.1.0
+description:
+  - Action plugin run on the controller (no code is sent to hosts). Reads the results the
+    C(auditgap.fleet.diagnose) role registered on every host (C(diagnose_audit_status_result),
+    C(diagnose_cgroup_throttle_result), C(diagnose_ftrace_sample_result), C(diagnose_thresholds)) from hostvars,
+    computes the findings of each host and writes C(fleet.json), C(fleet.md), C(fleet.html),
+    C(fleet.prom) and one C(<host>.json) per host.
+  - Unreachable or failed hosts are reported with their error; the fleet report is always written.
+  - See docs/reports.md for the schema and docs/findings.md for the findings.
+options:
+  report_dir:
+    description:
+      - Directory for the reports (created). When not given, C(./reports/<UTC timestamp>/) and
+        C(./reports/latest) is pointed at it.
+    type: path
+  hosts:
+    description:
+      - Inventory hosts to report on. Default is every host with C(diagnose_gathered) set in this run.
+    type: list
+    elements: str
+  thresholds:
+    description:
+      - Threshold overrides for every host (keys as in docs/findings.md); per-host values come from
+        the diagnose role's variables.
+    type: dict
+    default: {}
+  timeline_svg:
+    description:
+      - An SVG file embedded in C(fleet.html) (e.g. the incident lab's timeline).
+        Default is C(<report_dir>/lab-timeline.svg) when that file exists.
+    type: path
+  latest_link:
+    description:
+      - Point C(<parent of report_dir>/latest) at the report directory. Default is true when
+        C(report_dir) is not given, false otherwise.
+    type: bool
+  formats:
+    description:
+      - Fleet formats to write besides the per-host JSON files.
+    type: list
+    elements: str
+    choices: [json, md, html, prom]
+    default: [json, md, html, prom]
+author:
+  - auditgap contributors
+notes:
+  - Check mode writes the reports too (they are the controller's output, nothing changes on hosts).
+'''
+
+EXAMPLES = r'''
+- name: Write the fleet reports
+  auditgap.fleet.diagnose_report:
+    report_dir: /var/lib/auditgap/reports/today
+  register: report_result
+
+- name: Print the fleet summary
+  ansible.builtin.debug:
+    msg: "{{ report_result.summary_lines }}"
+'''
+
+RETURN = r'''
+report_dir:
+  description: Absolute path of the report directory.
+  returned: always
+  type: str
+files:
+  description: Files written.
+  returned: always
+  type: list
+  elements: str
+summary:
+  description: The fleet summary of fleet.json (counts by status, severity and finding id).
+  returned: always
+  type: dict
+summary_lines:
+  description: The short fleet summary as lines of text.
+  returned: always
+  type: list
+  elements: str
+latest:
+  description: Path of the C(latest) symlink when it was updated.
+  returned: when the latest link is updated
+  type: str
+'''
