@@ -1,0 +1,513 @@
+# -*- coding: utf-8 -*-
+# Copyright: auditgap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""tracefs access for auditgap: find/mount, lock, private instances, validation.
+
+Everything written to tracefs goes through a RestoreGuard (guard.py) and is
+validated first: pids are ints of live tasks, function names must be listed in
+``available_filter_functions``, syscall names must have
+``events/syscalls/sys_enter_X`` and ``sys_exit_X``, filter expressions are
+built here from validated ints only.
+
+Private instances are named ``auditgap-<pid>``; a SIGKILLed sample leaves its
+instance behind, so every sample first removes the ``auditgap-<pid>``
+instances whose pid is dead.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import fcntl
+import os
+import re
+import select
+import subprocess
+import time
+
+
+CANDIDATES = ('/sys/kernel/tracing', '/sys/kernel/debug/tracing')
+LOCK_PATH = '/run/lock/auditgap-ftrace.lock'
+INSTANCE_PREFIX = 'auditgap-'
+_INSTANCE_RE = re.compile(r'auditgap-(\d+)')
+_SYMBOL_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_.]{0,127}')
+_SYSCALL_RE = re.compile(r'[a-z0-9_]{1,64}')
+MAX_FILTER_PIDS = 64
+
+# Top-level files a sample may change (function_graph mode), restored after.
+TOP_LEVEL_FILES = ('current_tracer', 'tracing_on', 'tracing_thresh', 'buffer_size_kb',
+                   'set_ftrace_pid', 'set_graph_function', 'max_graph_depth')
+# Files read to prove "nothing changed" (tests, and the docs' list).
+SNAPSHOT_FILES = TOP_LEVEL_FILES + ('set_event', 'set_event_pid', 'trace_options',
+                                    'set_ftrace_filter', 'set_ftrace_notrace', 'trace_clock',
+                                    'events/sched/sched_switch/enable',
+                                    'events/sched/sched_switch/filter',
+                                    'events/sched/sched_switch/trigger')
+
+
+class TracefsError(Exception):
+    """A clear, user-facing reason a sample cannot run (nothing was changed)."""
+
+
+class TracerBusy(TracefsError):
+    pass
+
+
+class LockBusy(TracefsError):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# pure helpers (text in, value out)
+
+def parse_mounts(text):
+    """/proc/mounts text -> [(mountpoint, fstype)]."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            out.append((parts[1].replace('\\040', ' '), parts[2]))
+    return out
+
+
+def find_tracefs(mounts_text, isfile=os.path.isfile):
+    """The tracefs directory from /proc/mounts text, or None.
+
+    A tracefs mount first (``/sys/kernel/tracing`` preferred), then
+    ``<debugfs>/tracing``. A directory counts only when it has ``trace``.
+    """
+    mounts = parse_mounts(mounts_text)
+    tracefs = [mp for mp, fs in mounts if fs == 'tracefs']
+    tracefs.sort(key=lambda mp: (mp != CANDIDATES[0], mp))
+    for mountpoint in tracefs:
+        if isfile(os.path.join(mountpoint, 'trace')):
+            return mountpoint
+    for mountpoint, fs in mounts:
+        if fs == 'debugfs' and isfile(os.path.join(mountpoint, 'tracing', 'trace')):
+            return os.path.join(mountpoint, 'tracing')
+    return None
+
+
+def parse_tracers(text):
+    return text.split()
+
+
+def parse_buffer_size_kb(text):
+    """``1408`` -> 1408; ``7 (expanded: 1408)`` -> 1408 (the size in use); ``X`` -> None."""
+    text = text.strip()
+    match = re.search(r'expanded:\s*(\d+)', text)
+    if match:
+        return int(match.group(1))
+    match = re.match(r'^(\d+)', text)
+    return int(match.group(1)) if match else None
+
+
+def parse_pid_file(text):
+    """set_ftrace_pid / set_event_pid text -> [int] (``no pid`` -> [])."""
+    return [int(tok) for tok in text.split() if tok.isdigit()]
+
+
+def parse_function_list(text):
+    """set_graph_function / set_ftrace_filter text -> [names] (the "all" banner -> [])."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith('#'):
+            continue
+        out.append(line.split()[0])
+    return out
+
+
+def parse_triggers(text):
+    """trigger file text -> active trigger lines (comments dropped)."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith('#')]
+
+
+def trigger_removal(line):
+    """``stacktrace:unlimited if X`` -> ``!stacktrace if X`` (what removes it)."""
+    command, _sep, rest = line.partition(' ')
+    command = command.split(':', 1)[0]
+    return ('!%s %s' % (command, rest)).strip()
+
+
+def is_symbol(name):
+    return isinstance(name, str) and bool(_SYMBOL_RE.fullmatch(name))
+
+
+def is_syscall_name(name):
+    return isinstance(name, str) and bool(_SYSCALL_RE.fullmatch(name))
+
+
+def pid_filter(fields, pids, exclude=()):
+    """Event filter text from ints only.
+
+    ``pid_filter(['common_pid'], [1, 2])`` -> ``common_pid == 1 || common_pid == 2``;
+    with no pids, ``exclude`` gives ``common_pid != 3 && ...``; nothing -> ''.
+    """
+    pids = [int(p) for p in pids][:MAX_FILTER_PIDS]
+    exclude = [int(p) for p in exclude][:MAX_FILTER_PIDS]
+    if pids:
+        return ' || '.join('%s == %d' % (field, pid) for field in fields for pid in pids)
+    if exclude:
+        return ' && '.join('%s != %d' % (field, pid) for field in fields for pid in exclude)
+    return ''
+
+
+def offcpu_trigger(pids, exclude=()):
+    """The sched_switch stacktrace trigger: targets' switch-outs, or every
+    uninterruptible (D) switch-out except the excluded tasks when no targets."""
+    if pids:
+        return 'stacktrace if ' + pid_filter(['prev_pid'], pids)
+    cond = 'prev_state & 2'
+    rest = pid_filter(['prev_pid'], [], exclude)
+    return 'stacktrace if ' + cond + (' && ' + rest if rest else '')
+
+
+def instance_pid(name):
+    match = _INSTANCE_RE.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def stale_instances(names, alive, own_pid=None):
+    """``auditgap-<pid>`` instance names whose pid is dead (never our own)."""
+    out = []
+    for name in names:
+        pid = instance_pid(name)
+        if pid is None or pid == own_pid:
+            continue
+        if not alive(pid):
+            out.append(name)
+    return sorted(out)
+
+
+def syscalls_from_rules(rules):
+    """Syscall names the audit rules (dicts with ``syscalls``) name, in order, no ``all``."""
+    seen = []
+    for rule in rules or ():
+        for name in rule.get('syscalls') or ():
+            if name and name != 'all' and name not in seen:
+                seen.append(name)
+    return seen
+
+
+def syscalls_from_auditctl(text):
+    """``auditctl -l`` text -> syscall names named by ``-S`` (fallback when netlink is absent)."""
+    rules = []
+    for line in text.splitlines():
+        tokens = line.split()
+        names = []
+        for i, tok in enumerate(tokens[:-1]):
+            if tok == '-S':
+                names.extend(tokens[i + 1].split(','))
+        rules.append({'syscalls': names})
+    return syscalls_from_rules(rules)
+
+
+# ---------------------------------------------------------------------------
+# host access
+
+def read(path):
+    with open(path, 'r') as handle:
+        return handle.read()
+
+
+def pid_alive(pid):
+    return os.path.exists('/proc/%d' % int(pid))
+
+
+def locate(proc_root='/proc'):
+    try:
+        mounts = read(os.path.join(proc_root, 'mounts'))
+    except (IOError, OSError):
+        mounts = ''
+    return find_tracefs(mounts)
+
+
+def mount(guard, path=CANDIDATES[0]):
+    """Mount tracefs at ``path`` and register the unmount. Returns path or None."""
+    if not os.path.isdir(path):
+        return None
+    proc = subprocess.run(['mount', '-t', 'tracefs', 'nodev', path],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if proc.returncode != 0 or not os.path.isfile(os.path.join(path, 'trace')):
+        return None
+    guard.push(_umount, path, description='umount %s' % path)
+    return path
+
+
+def _umount(path):
+    proc = subprocess.run(['umount', path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        raise OSError(proc.stderr.decode('utf-8', 'replace').strip() or 'umount failed')
+
+
+class Lock:
+    """Host-wide flock so two samples never share tracefs at the same time."""
+
+    def __init__(self, path=LOCK_PATH):
+        self.path = path
+        self.handle = None
+
+    def __enter__(self):
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, 0o755)
+        self.handle = open(self.path, 'a+')
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (IOError, OSError) as err:
+            self.handle.close()
+            self.handle = None
+            if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise LockBusy('another ftrace sample holds %s; try again later' % self.path) from None
+            raise
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write('%d\n' % os.getpid())
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+        return False
+
+
+def available_tracers(root):
+    try:
+        return parse_tracers(read(os.path.join(root, 'available_tracers')))
+    except (IOError, OSError):
+        return []
+
+
+def current_tracer(root):
+    return read(os.path.join(root, 'current_tracer')).strip()
+
+
+def function_traceable(root, name):
+    """True when ``name`` is listed in available_filter_functions (streamed)."""
+    if not is_symbol(name):
+        return False
+    path = os.path.join(root, 'available_filter_functions')
+    with open(path, 'r') as handle:
+        for line in handle:
+            if line.split(' ', 1)[0].rstrip('\n') == name:
+                return True
+    return False
+
+
+def syscall_event_exists(root, name, instance=None):
+    if not is_syscall_name(name):
+        return False
+    base = os.path.join(instance or root, 'events', 'syscalls')
+    return (os.path.isdir(os.path.join(base, 'sys_enter_' + name))
+            and os.path.isdir(os.path.join(base, 'sys_exit_' + name)))
+
+
+def validate_pids(pids, proc_root='/proc'):
+    """Ints of existing processes, or TracefsError naming the bad one."""
+    out = []
+    for pid in pids or ():
+        try:
+            value = int(str(pid).strip())
+        except ValueError:
+            raise TracefsError('pid %r is not an integer' % (pid,)) from None
+        if value <= 0 or not os.path.isdir(os.path.join(proc_root, str(value))):
+            raise TracefsError('pid %s not found' % value)
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def threads_of(pids, proc_root='/proc', limit=MAX_FILTER_PIDS):
+    """The task ids (threads) of the given processes, capped at ``limit``."""
+    out = []
+    for pid in pids:
+        try:
+            tids = sorted(int(t) for t in os.listdir(os.path.join(proc_root, str(pid), 'task')) if t.isdigit())
+        except (IOError, OSError):
+            tids = [pid]
+        if pid in tids:
+            tids.remove(pid)
+        for tid in [pid] + tids:
+            if tid not in out and len(out) < limit:
+                out.append(tid)
+    return out
+
+
+def list_instances(root):
+    try:
+        return sorted(os.listdir(os.path.join(root, 'instances')))
+    except (IOError, OSError):
+        return []
+
+
+def instance_name(pid=None):
+    return INSTANCE_PREFIX + str(os.getpid() if pid is None else int(pid))
+
+
+def remove_instance(root, name):
+    """Quiesce and remove one instance (only ``auditgap-<pid>`` names)."""
+    if instance_pid(name) is None:
+        raise TracefsError('refusing to remove instance %r (not ours)' % name)
+    path = os.path.join(root, 'instances', name)
+    if not os.path.isdir(path):
+        return
+    for rel, value in (('tracing_on', '0'), ('set_event', '')):
+        try:
+            _write(os.path.join(path, rel), value)
+        except (IOError, OSError):
+            pass
+    trigger = os.path.join(path, 'events', 'sched', 'sched_switch', 'trigger')
+    try:
+        for line in parse_triggers(read(trigger)):
+            _append(trigger, trigger_removal(line))
+    except (IOError, OSError):
+        pass
+    last = None
+    for _attempt in range(20):
+        try:
+            os.rmdir(path)
+            return
+        except OSError as err:
+            if err.errno == errno.ENOENT:
+                return
+            last = err
+            time.sleep(0.1)
+    raise last
+
+
+def remove_stale_instances(root, alive=pid_alive):
+    removed = []
+    for name in stale_instances(list_instances(root), alive, own_pid=os.getpid()):
+        remove_instance(root, name)
+        removed.append(name)
+    return removed
+
+
+def create_instance(guard, root, name):
+    """mkdir instances/<name>; the guard removes it. Returns its path."""
+    if instance_pid(name) is None:
+        raise TracefsError('instance names are auditgap-<pid>, not %r' % name)
+    path = os.path.join(root, 'instances', name)
+    if os.path.isdir(path):
+        remove_instance(root, name)
+    guard.push(remove_instance, root, name, description='remove instance %s' % name)
+    os.mkdir(path)
+    return path
+
+
+def _write(path, value):
+    """One write(2) with O_TRUNC (what tracefs wants for settings)."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _append(path, value):
+    """Write without O_TRUNC (trigger files: O_TRUNC would drop every trigger)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def guarded_write(guard, path, value, restore_value):
+    """Write ``value`` after registering ``restore_value`` as its undo."""
+    guard.write_file(path, value, restore_value=restore_value)
+
+
+def guarded_trigger(guard, path, trigger):
+    """Add a trigger; the guard removes exactly that trigger (``!`` form)."""
+    guard.push(_append, path, trigger_removal(trigger), description='remove trigger %s' % path)
+    _append(path, trigger)
+
+
+def top_level_restore_values(root):
+    """What to write back to each top-level file a function_graph sample changes."""
+    values = {}
+    for rel in TOP_LEVEL_FILES:
+        path = os.path.join(root, rel)
+        if not os.path.exists(path):
+            continue
+        try:
+            text = read(path)
+        except (IOError, OSError):
+            text = None
+        if rel == 'buffer_size_kb':
+            size = parse_buffer_size_kb(text or '')
+            values[rel] = str(size) if size else None
+        elif rel == 'set_ftrace_pid':
+            values[rel] = ' '.join(str(p) for p in parse_pid_file(text or ''))
+        elif rel == 'set_graph_function':
+            values[rel] = '\n'.join(parse_function_list(text or ''))
+        else:
+            values[rel] = (text or '').strip() or None
+    return values
+
+
+def snapshot(root, extra=()):
+    """{relative path: content} of the files a sample may touch + the instance list."""
+    out = {}
+    for rel in SNAPSHOT_FILES + tuple(extra):
+        try:
+            out[rel] = read(os.path.join(root, rel))
+        except (IOError, OSError) as err:
+            out[rel] = 'unreadable: %s' % (err.strerror or err)
+    out['instances/'] = ' '.join(list_instances(root))
+    return out
+
+
+class PipeReader:
+    """Non-blocking reader of a trace_pipe that hands out whole lines."""
+
+    def __init__(self, path, chunk=1 << 16):
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self.chunk = chunk
+        self._tail = b''
+        self.bytes = 0
+
+    def read_until(self, deadline, on_line, stop=None):
+        """Feed lines until ``deadline`` (time.monotonic) or ``stop()``."""
+        while time.monotonic() < deadline and not (stop and stop()):
+            ready, _w, _x = select.select([self.fd], [], [], min(0.2, max(0.0, deadline - time.monotonic())))
+            if ready:
+                self._read_some(on_line)
+
+    def drain(self, on_line, max_s=5.0):
+        """Read what is left (after tracing_on=0) until empty or ``max_s``."""
+        end = time.monotonic() + max_s
+        while time.monotonic() < end:
+            if not self._read_some(on_line):
+                break
+        if self._tail:
+            on_line(self._tail.decode('utf-8', 'replace'))
+            self._tail = b''
+
+    def _read_some(self, on_line):
+        try:
+            data = os.read(self.fd, self.chunk)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                return False
+            raise
+        if not data:
+            return False
+        self.bytes += len(data)
+        data = self._tail + data
+        lines = data.split(b'\n')
+        self._tail = lines.pop()
+        for line in lines:
+            on_line(line.decode('utf-8', 'replace'))
+        return True
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -1,0 +1,622 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: auditgap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: ftrace_sample
+short_description: Sample where syscalls of chosen processes lose time in the kernel (ftrace), and restore tracefs
+description:
+  - Runs a short, bounded ftrace sample and returns what it found under C(ftrace_sample).
+  - C(function_graph) mode (where the kernel has the tracer) runs the two recipes that found the
+    original incident, one after the other, each for half of I(duration_s) - slow calls only
+    (C(tracing_thresh), C(set_ftrace_pid)), then C(set_graph_function) I(graph_function) with
+    C(max_graph_depth) I(max_graph_depth) - and returns the slow call chains and the
+    "syscall, then exit work" pairs.
+  - C(syscalls) mode enables C(syscalls:sys_enter_X)/C(sys_exit_X) for the chosen syscalls (default
+    the ones the loaded audit rules name), filtered to the target tasks, in a private tracefs
+    instance C(auditgap-<pid>), and returns per syscall count, p50/p99/max latency and the slowest
+    calls.
+  - C(offcpu) mode enables C(sched:sched_switch) with a C(stacktrace) trigger for the target tasks
+    in the private instance and returns the sleeps grouped by kernel stack (count, total and max
+    off-CPU time, paired with the task's next switch-in).
+  - C(auto) runs C(function_graph) where available, else C(syscalls) and C(offcpu) together.
+  - Safety (model perf-tools funcslower) - a host-wide lock (C(/run/lock/auditgap-ftrace.lock)); refuses
+    when the top-level tracer is not C(nop) unless I(force); bounded duration and buffer; every
+    file it changes is restored and its instance removed on success, error, timeout and SIGTERM
+    (RestoreGuard); instances left by a SIGKILLed sample (dead pid) are removed first; every
+    value written to tracefs is validated (pids, function names, syscall names; filters are
+    built from validated integers only). tracefs is mounted when absent and unmounted after.
+  - Nothing persists, so C(changed) is always false; the sample also runs in check mode.
+version_added: "0.1.0"
+author: auditgap contributors
+options:
+  mode:
+    description: Which sample to run.
+    type: str
+    choices: [auto, function_graph, syscalls, offcpu]
+    default: auto
+  pids:
+    description:
+      - Target process ids (their threads are included, up to 64 tasks in all). With neither
+        I(pids) nor I(process_names) every task except the audit consumer and the module itself
+        is sampled (C(offcpu) then takes stacks of uninterruptible sleeps only).
+    type: list
+    elements: int
+    default: []
+  process_names:
+    description: Target processes by name (C(comm) or executable basename).
+    type: list
+    elements: str
+    default: []
+  include_audit_consumer:
+    description:
+      - Also trace the registered audit consumer (auditd or an agent) when it is among the
+        targets. Off by default, tracing it slows the very process that drains the backlog.
+    type: bool
+    default: false
+  syscalls:
+    description:
+      - Syscall names for C(syscalls) mode (for example C(accept4)). Default - the syscalls the
+        loaded audit rules name (netlink, else C(auditctl -l)). A name without
+        C(events/syscalls/sys_enter_NAME) fails the task.
+    type: list
+    elements: str
+  duration_s:
+    description: Length of the sample in seconds (more than 0, at most 60).
+    type: float
+    default: 5
+  buffer_size_kb:
+    description: Per-CPU ring buffer size for the sample, 64..65536 KiB.
+    type: int
+    default: 4096
+  tracing_thresh_us:
+    description: C(function_graph) slow-calls recipe - only calls at least this long (microseconds).
+    type: int
+    default: 100000
+  graph_function:
+    description: C(function_graph) second recipe - the C(set_graph_function) root; must be traceable.
+    type: str
+    default: do_syscall_64
+  max_graph_depth:
+    description: C(function_graph) second recipe - C(max_graph_depth), 1..16.
+    type: int
+    default: 2
+  top:
+    description: How many slowest calls to return per syscall (and slow chains), 1..100.
+    type: int
+    default: 10
+  force:
+    description: Run even when the top-level tracer is not C(nop) (another user's tracing is then disturbed).
+    type: bool
+    default: false
+notes:
+  - Needs root. Without root or tracefs the result is C(supported=false) with a reason, not a failure.
+  - Bad input (pid or process name not found, tracer busy, function not traceable, unknown syscall,
+    another sample running) fails before tracefs is changed.
+  - See docs/ftrace_sample.md.
+'''
+
+EXAMPLES = r'''
+- name: Sample the web server (auto - function_graph where available, else syscalls + offcpu)
+  auditgap.fleet.ftrace_sample:
+    process_names: [node]
+    duration_s: 5
+  register: sample
+
+- name: Accept latency of one pid, the audited syscalls by default
+  auditgap.fleet.ftrace_sample:
+    mode: syscalls
+    pids: [4242]
+    syscalls: [accept4]
+
+- name: Where does it sleep
+  auditgap.fleet.ftrace_sample:
+    mode: offcpu
+    pids: [4242]
+    duration_s: 10
+'''
+
+RETURN = r'''
+ftrace_sample:
+  description: The sample (see docs/contracts.md, section ftrace_sample).
+  returned: always
+  type: dict
+  contains:
+    supported:
+      description: False when the host cannot be sampled (no root, no tracefs, mode unavailable).
+      type: bool
+    reason:
+      description: Why not supported (or why the task failed); null otherwise.
+      type: str
+    modes:
+      description: The modes that ran (function_graph, syscalls, offcpu).
+      type: list
+      elements: str
+    mode_requested:
+      description: The I(mode) asked for.
+      type: str
+    duration_s:
+      description: Requested sample length in seconds.
+      type: float
+    window_s:
+      description: Time between the first and the last event seen (events modes).
+      type: float
+    tracefs:
+      description: tracefs path used.
+      type: str
+    tracefs_mounted:
+      description: True when the module mounted tracefs itself (and unmounted it after).
+      type: bool
+    instance:
+      description: Name of the private instance used (removed after), or null.
+      type: str
+    available_tracers:
+      description: The kernel's available_tracers.
+      type: list
+      elements: str
+    function_graph_available:
+      description: Whether the kernel has the function_graph tracer.
+      type: bool
+    targets:
+      description: >-
+        C(pids) and C(process_names) asked for, C(resolved_pids) (processes),
+        C(tids) (tasks traced), C(excluded) (pids left out, for example the audit consumer),
+        C(audit_consumer_pid), C(all_tasks) (true when no target was given).
+      type: dict
+    syscalls:
+      description: >-
+        Per syscall name - C(count), C(p50_us), C(p99_us), C(max_us), C(total_us) and
+        C(slowest) [{pid, ts_s, duration_us}]. Percentiles are within 0.5%.
+      type: dict
+    syscalls_traced:
+      description: The syscalls whose events were enabled.
+      type: list
+      elements: str
+    syscalls_source:
+      description: Where the syscall list came from (option, audit_rules_netlink, audit_rules_auditctl, none).
+      type: str
+    syscalls_skipped:
+      description: Syscalls named by audit rules that have no tracepoint on this kernel.
+      type: list
+      elements: str
+    offcpu:
+      description: >-
+        Sleeps grouped by kernel stack, total_us descending - C(stack) (innermost first, tracing and
+        scheduler-core frames removed), C(stack_text) (C(a <- b <- c)), C(count), C(total_us),
+        C(max_us), C(pids), C(states) (prev_state counts).
+      type: list
+      elements: dict
+    offcpu_unstacked:
+      description: Off-CPU time of switch-outs that had no stack (count, total_us, max_us).
+      type: dict
+    function_graph:
+      description: >-
+        C(slow_calls) [{cpu, duration_us, chain (outermost first)}], C(syscall_exits)
+        [{cpu, syscall, syscall_function, syscall_us, exit_work, exit_work_us}],
+        C(exit_work_by_syscall) {name: {count, p50_us, p99_us, max_us}}; null when not run.
+      type: dict
+    audit_wait_observed:
+      description: True when an off-CPU stack or a slow chain passes through audit_log_start.
+      type: bool
+    events:
+      description: Events paired (syscall exits and switch-ins) or calls parsed.
+      type: int
+    lines:
+      description: Trace lines read.
+      type: int
+    stale_instances_removed:
+      description: C(auditgap-<pid>) instances of dead samples that were removed first.
+      type: list
+      elements: str
+    interrupted:
+      description: SIGTERM/SIGINT/SIGHUP/timeout when the sample was cut short, else null.
+      type: str
+    restored:
+      description: True when every change was undone.
+      type: bool
+    restore_errors:
+      description: Undo steps that failed.
+      type: list
+      elements: str
+'''
+
+import os
+import subprocess
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
+from ansible_collections.auditgap.fleet.plugins.module_utils.guard import GuardInterrupted, RestoreGuard
+from ansible_collections.auditgap.fleet.plugins.module_utils.procinfo import find_pids_by_name
+
+try:
+    from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
+except ImportError:  # pragma: no cover - lands separately
+    auditnl = None
+
+MAX_DURATION_S = 60.0
+BUFFER_KB_RANGE = (64, 65536)
+MODES = ('auto', 'function_graph', 'syscalls', 'offcpu')
+ARGUMENT_SPEC = dict(
+    mode=dict(type='str', default='auto', choices=list(MODES)),
+    pids=dict(type='list', elements='int', default=[]),
+    process_names=dict(type='list', elements='str', default=[]),
+    include_audit_consumer=dict(type='bool', default=False),
+    syscalls=dict(type='list', elements='str'),
+    duration_s=dict(type='float', default=5),
+    buffer_size_kb=dict(type='int', default=4096),
+    tracing_thresh_us=dict(type='int', default=100000),
+    graph_function=dict(type='str', default='do_syscall_64'),
+    max_graph_depth=dict(type='int', default=2),
+    top=dict(type='int', default=10),
+    force=dict(type='bool', default=False),
+)
+# what a top-level file is set back to when its old value cannot be read
+_TOP_DEFAULTS = {'current_tracer': 'nop', 'tracing_on': '1', 'tracing_thresh': '0',
+                 'set_ftrace_pid': '', 'set_graph_function': '', 'max_graph_depth': '0',
+                 'buffer_size_kb': '1408'}
+
+
+class SampleError(Exception):
+    """Bad input or a refused sample: the task fails, nothing stays changed."""
+
+
+class Unsupported(Exception):
+    """The host cannot be sampled: supported=false, not a failure."""
+
+
+def validate_params(params):
+    """Range checks before anything is touched; returns a list of problems."""
+    errors = []
+    duration = params['duration_s']
+    if duration is None or not 0 < duration <= MAX_DURATION_S:
+        errors.append('duration_s must be more than 0 and at most %d' % MAX_DURATION_S)
+    low, high = BUFFER_KB_RANGE
+    if not low <= params['buffer_size_kb'] <= high:
+        errors.append('buffer_size_kb must be %d..%d' % (low, high))
+    if not 0 <= params['tracing_thresh_us'] <= 60000000:
+        errors.append('tracing_thresh_us must be 0..60000000')
+    if not 1 <= params['max_graph_depth'] <= 16:
+        errors.append('max_graph_depth must be 1..16')
+    if not 1 <= params['top'] <= 100:
+        errors.append('top must be 1..100')
+    if not tracefs.is_symbol(params['graph_function']):
+        errors.append('graph_function %r is not a kernel symbol name' % (params['graph_function'],))
+    for name in params.get('syscalls') or ():
+        if not tracefs.is_syscall_name(name):
+            errors.append('syscall name %r is invalid (lowercase letters, digits, _)' % (name,))
+    for name in params.get('process_names') or ():
+        if not name or '/' in name or '\n' in name:
+            errors.append('process name %r is invalid' % (name,))
+    return errors
+
+
+def choose_modes(mode, function_graph_available):
+    """-> list of modes to run, or raise Unsupported."""
+    if mode == 'auto':
+        return ['function_graph'] if function_graph_available else ['syscalls', 'offcpu']
+    if mode == 'function_graph' and not function_graph_available:
+        raise Unsupported('the kernel has no function_graph tracer (available_tracers lacks it); '
+                          'use mode syscalls/offcpu or auto')
+    return [mode]
+
+
+def parse_auditctl_status_pid(text):
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == 'pid' and parts[1].isdigit():
+            return int(parts[1])
+    return None
+
+
+def _run(argv):
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.decode('utf-8', 'replace')
+
+
+def audit_consumer_pid():
+    if auditnl is not None:
+        try:
+            pid = auditnl.get_status().get('pid')
+            return int(pid) if pid else None
+        except Exception:  # netlink unavailable: try auditctl
+            pass
+    text = _run(['auditctl', '-s'])
+    pid = parse_auditctl_status_pid(text or '')
+    return pid or None
+
+
+def audit_rule_syscalls():
+    """(names, source) of the syscalls the loaded audit rules name."""
+    if auditnl is not None:
+        try:
+            return tracefs.syscalls_from_rules(auditnl.list_rules()), 'audit_rules_netlink'
+        except Exception:  # netlink unavailable: try auditctl
+            pass
+    text = _run(['auditctl', '-l'])
+    if text is not None:
+        return tracefs.syscalls_from_auditctl(text), 'audit_rules_auditctl'
+    return [], 'none'
+
+
+def resolve_targets(params, consumer_pid, own_pid, proc_root='/proc'):
+    """-> targets dict; raises SampleError for pids/names not found."""
+    try:
+        pids = tracefs.validate_pids(params['pids'], proc_root)
+    except tracefs.TracefsError as err:
+        raise SampleError(str(err)) from None
+    names = list(params['process_names'] or [])
+    if names:
+        found = find_pids_by_name(names, proc_root)
+        missing = [name for name in names if not found.get(name)]
+        if missing:
+            raise SampleError('process name(s) not found: %s' % ', '.join(missing))
+        for name in names:
+            for pid in sorted(found[name]):
+                if pid not in pids:
+                    pids.append(pid)
+    excluded = []
+    if own_pid in pids:
+        pids.remove(own_pid)
+        excluded.append(own_pid)
+    if consumer_pid and not params['include_audit_consumer'] and consumer_pid in pids:
+        pids.remove(consumer_pid)
+        excluded.append(consumer_pid)
+    all_tasks = not params['pids'] and not names
+    if not all_tasks and not pids:
+        raise SampleError('no target left after excluding %s (the audit consumer is traced only with '
+                          'include_audit_consumer=true)' % excluded)
+    exclude_all = [own_pid]
+    if consumer_pid and not params['include_audit_consumer']:
+        exclude_all.append(consumer_pid)
+    return {
+        'pids': list(params['pids']), 'process_names': names, 'resolved_pids': pids,
+        'tids': tracefs.threads_of(pids, proc_root) if pids else [],
+        'excluded': excluded if not all_tasks else exclude_all,
+        'audit_consumer_pid': consumer_pid, 'all_tasks': all_tasks,
+    }
+
+
+def resolve_syscalls(params, root, modes):
+    if 'syscalls' not in modes:
+        return [], 'none', []
+    if params.get('syscalls'):
+        unknown = [name for name in params['syscalls'] if not tracefs.syscall_event_exists(root, name)]
+        if unknown:
+            raise SampleError('unknown syscall name(s) (no events/syscalls/sys_enter_X): %s' % ', '.join(unknown))
+        return list(dict.fromkeys(params['syscalls'])), 'option', []
+    names, source = audit_rule_syscalls()
+    known = [name for name in names if tracefs.syscall_event_exists(root, name)]
+    skipped = [name for name in names if name not in known]
+    return known, source if names else 'none', skipped
+
+
+# ---------------------------------------------------------------------------
+# the sampling itself
+
+def _window(reader, seconds, on_line):
+    reader.read_until(time.monotonic() + seconds, on_line)
+
+
+def sample_events(guard, root, modes, targets, syscalls, params):
+    """syscalls and/or offcpu in a private instance. Returns the EventParser."""
+    name = tracefs.instance_name()
+    inst = tracefs.create_instance(guard, root, name)
+    tracefs._write(os.path.join(inst, 'tracing_on'), '0')
+    tracefs._write(os.path.join(inst, 'buffer_size_kb'), str(params['buffer_size_kb']))
+    tids = targets['tids']
+    exclude = [] if tids else targets['excluded']
+    if 'syscalls' in modes:
+        flt = tracefs.pid_filter(['common_pid'], tids, exclude)
+        for sys_name in syscalls:
+            for prefix in ('sys_enter_', 'sys_exit_'):
+                event = os.path.join(inst, 'events', 'syscalls', prefix + sys_name)
+                if flt:
+                    guard.write_file(os.path.join(event, 'filter'), flt, restore_value='0')
+                guard.write_file(os.path.join(event, 'enable'), '1', restore_value='0')
+    if 'offcpu' in modes:
+        event = os.path.join(inst, 'events', 'sched', 'sched_switch')
+        if tids:
+            flt = tracefs.pid_filter(['prev_pid', 'next_pid'], tids)
+        else:
+            flt = tracefs.pid_filter(['prev_pid'], [], exclude)
+        if flt:
+            guard.write_file(os.path.join(event, 'filter'), flt, restore_value='0')
+        tracefs.guarded_trigger(guard, os.path.join(event, 'trigger'), tracefs.offcpu_trigger(tids, exclude))
+        guard.write_file(os.path.join(event, 'enable'), '1', restore_value='0')
+    parser = traceparse.EventParser(pids=tids or None, syscalls=syscalls or None, top=params['top'])
+    reader = tracefs.PipeReader(os.path.join(inst, 'trace_pipe'))
+    guard.push(reader.close, description='close trace_pipe')
+    tracefs._write(os.path.join(inst, 'tracing_on'), '1')
+    _window(reader, params['duration_s'], parser.feed)
+    tracefs._write(os.path.join(inst, 'tracing_on'), '0')
+    reader.drain(parser.feed)
+    return name, parser.flush()
+
+
+def _top_guarded(guard, root, restore, rel, value):
+    old = restore.get(rel)
+    if old is None:
+        old = _TOP_DEFAULTS[rel]
+    guard.write_file(os.path.join(root, rel), value, restore_value=old)
+
+
+def sample_function_graph(guard, root, targets, params):
+    """The seed's two recipes on the top-level buffer, each for half the duration."""
+    restore = tracefs.top_level_restore_values(root)
+    half = max(0.5, params['duration_s'] / 2.0)
+    tids = targets['tids']
+    results = {}
+    for recipe in ('slow_calls', 'syscall_exits'):
+        inner = RestoreGuard(signals=False)
+        with inner:
+            _top_guarded(inner, root, restore, 'tracing_on', '0')
+            _top_guarded(inner, root, restore, 'current_tracer', 'nop')
+            _top_guarded(inner, root, restore, 'buffer_size_kb', str(params['buffer_size_kb']))
+            if tids:
+                _top_guarded(inner, root, restore, 'set_ftrace_pid', ' '.join(str(t) for t in tids))
+            if recipe == 'slow_calls':
+                _top_guarded(inner, root, restore, 'tracing_thresh', str(params['tracing_thresh_us']))
+            else:
+                _top_guarded(inner, root, restore, 'tracing_thresh', '0')
+                _top_guarded(inner, root, restore, 'set_graph_function', params['graph_function'])
+                _top_guarded(inner, root, restore, 'max_graph_depth', str(params['max_graph_depth']))
+            _top_guarded(inner, root, restore, 'current_tracer', 'function_graph')
+            parser = traceparse.FunctionGraphParser(top=params['top'])
+            reader = tracefs.PipeReader(os.path.join(root, 'trace_pipe'))
+            inner.push(reader.close, description='close trace_pipe')
+            tracefs._write(os.path.join(root, 'tracing_on'), '1')
+            _window(reader, half, parser.feed)
+            tracefs._write(os.path.join(root, 'tracing_on'), '0')
+            reader.drain(parser.feed)
+            results[recipe] = parser.flush().result()
+        guard.restore_errors.extend(inner.restore_errors)
+    return {
+        'slow_calls': results['slow_calls']['slow_calls'],
+        'syscall_exits': results['syscall_exits']['syscall_exits'],
+        'exit_work_by_syscall': results['syscall_exits']['exit_work_by_syscall'],
+        'calls': results['slow_calls']['calls'] + results['syscall_exits']['calls'],
+        'lines': results['slow_calls']['lines'] + results['syscall_exits']['lines'],
+    }
+
+
+def empty_facts(params):
+    return {
+        'supported': False, 'reason': None, 'modes': [], 'mode_requested': params['mode'],
+        'duration_s': params['duration_s'], 'window_s': 0.0, 'tracefs': None, 'tracefs_mounted': False,
+        'instance': None, 'available_tracers': [], 'function_graph_available': False,
+        'targets': {'pids': list(params['pids'] or []), 'process_names': list(params['process_names'] or [])},
+        'syscalls': {}, 'syscalls_traced': [], 'syscalls_source': 'none', 'syscalls_skipped': [],
+        'offcpu': [], 'offcpu_unstacked': {'count': 0, 'total_us': 0.0, 'max_us': 0.0},
+        'function_graph': None, 'audit_wait_observed': False, 'events': 0, 'lines': 0,
+        'stale_instances_removed': [], 'interrupted': None, 'restored': True, 'restore_errors': [],
+    }
+
+
+def split_offcpu(groups):
+    stacked = [g for g in groups if g['stack']]
+    unstacked = {'count': 0, 'total_us': 0.0, 'max_us': 0.0}
+    for group in groups:
+        if not group['stack']:
+            unstacked = {'count': group['count'], 'total_us': group['total_us'], 'max_us': group['max_us']}
+    return stacked, unstacked
+
+
+def run_sample(params, geteuid=os.geteuid):
+    """The whole sample; returns facts or raises SampleError (facts attached)."""
+    facts = empty_facts(params)
+    errors = validate_params(params)
+    if errors:
+        raise SampleError('; '.join(errors) + '; nothing changed')
+    if geteuid() != 0:
+        facts['reason'] = 'ftrace_sample needs root'
+        return facts
+    guard = RestoreGuard(timeout_s=params['duration_s'] * 2 + 60)
+    try:
+        with tracefs.Lock():
+            try:
+                with guard:
+                    _sample(guard, params, facts)
+            except GuardInterrupted as err:
+                facts['interrupted'] = guard.interrupted
+                facts['reason'] = '%s; tracefs restored' % err
+                raise SampleError(facts['reason']) from None
+            finally:
+                facts['restore_errors'] = list(guard.restore_errors)
+                facts['restored'] = not guard.restore_errors
+    except tracefs.LockBusy as err:
+        raise SampleError(str(err)) from None
+    except Unsupported as err:
+        facts['supported'] = False
+        facts['reason'] = str(err)
+        facts['modes'] = []
+    except tracefs.TracefsError as err:
+        error = SampleError('%s; nothing changed' % err)
+        error.facts = facts
+        raise error from None
+    except SampleError as err:
+        err.facts = facts
+        raise
+    return facts
+
+
+def _sample(guard, params, facts):
+    root = tracefs.locate()
+    if root is None:
+        root = tracefs.mount(guard)
+        facts['tracefs_mounted'] = root is not None
+    if root is None:
+        raise Unsupported('tracefs not found (/sys/kernel/tracing, /sys/kernel/debug/tracing) and cannot be mounted')
+    facts['tracefs'] = root
+    facts['stale_instances_removed'] = tracefs.remove_stale_instances(root)
+    tracers = tracefs.available_tracers(root)
+    facts['available_tracers'] = tracers
+    facts['function_graph_available'] = 'function_graph' in tracers
+    modes = choose_modes(params['mode'], facts['function_graph_available'])
+    tracer = tracefs.current_tracer(root)
+    if tracer != 'nop' and not params['force']:
+        raise SampleError('tracer busy: current_tracer is %r, not nop (someone is tracing); '
+                          'set force=true to sample anyway; nothing changed' % tracer)
+    if 'function_graph' in modes and not tracefs.function_traceable(root, params['graph_function']):
+        raise SampleError('function %r is not traceable (not in available_filter_functions); nothing changed'
+                          % params['graph_function'])
+    consumer = audit_consumer_pid()
+    targets = resolve_targets(params, consumer, os.getpid())
+    facts['targets'] = targets
+    syscalls, source, skipped = resolve_syscalls(params, root, modes)
+    facts['syscalls_source'] = source
+    facts['syscalls_skipped'] = skipped
+    facts['syscalls_traced'] = syscalls
+    facts['supported'] = True
+    facts['modes'] = modes
+    if 'function_graph' in modes:
+        graph = sample_function_graph(guard, root, targets, params)
+        facts['function_graph'] = graph
+        facts['events'] = graph['calls']
+        facts['lines'] = graph['lines']
+    else:
+        name, parser = sample_events(guard, root, modes, targets, syscalls, params)
+        facts['instance'] = name
+        result = parser.result()
+        if 'syscalls' in modes:
+            facts['syscalls'] = result['syscalls']
+        if 'offcpu' in modes:
+            facts['offcpu'], facts['offcpu_unstacked'] = split_offcpu(result['offcpu'])
+        facts['events'] = result['events']
+        facts['lines'] = result['lines']
+        facts['window_s'] = result['window_s']
+    graph = facts['function_graph'] or {}
+    facts['audit_wait_observed'] = traceparse.audit_wait_in(facts['offcpu'], graph.get('slow_calls'))
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    params = dict(module.params)
+    try:
+        facts = run_sample(params)
+    except SampleError as err:
+        facts = getattr(err, 'facts', None) or empty_facts(params)
+        facts['supported'] = False
+        facts['reason'] = str(err)
+        module.fail_json(msg=str(err), ftrace_sample=facts)
+    except Exception as err:  # never a traceback: report, the guard has restored
+        module.fail_json(msg='ftrace_sample failed: %s: %s' % (type(err).__name__, err),
+                         ftrace_sample=empty_facts(params))
+    if facts['restore_errors']:
+        module.warn('ftrace_sample could not restore everything: %s' % '; '.join(facts['restore_errors']))
+    module.exit_json(changed=False, ftrace_sample=facts)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,137 @@
+"""tracefs helpers and ftrace_sample decisions that need no root."""
+import os
+
+import pytest
+
+from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs
+from ansible_collections.auditgap.fleet.plugins.modules import ftrace_sample
+
+MOUNTS = """sysfs /sys sysfs rw 0 0
+debugfs /sys/kernel/debug debugfs rw 0 0
+tracefs /sys/kernel/debug/tracing tracefs rw 0 0
+tracefs /sys/kernel/tracing tracefs rw 0 0
+"""
+
+
+def test_find_tracefs_prefers_sys_kernel_tracing():
+    assert tracefs.find_tracefs(MOUNTS, isfile=lambda p: True) == '/sys/kernel/tracing'
+
+
+def test_find_tracefs_debugfs_fallback_and_none():
+    only_debug = 'debugfs /sys/kernel/debug debugfs rw 0 0\n'
+    assert tracefs.find_tracefs(only_debug, isfile=lambda p: True) == '/sys/kernel/debug/tracing'
+    assert tracefs.find_tracefs(only_debug, isfile=lambda p: False) is None
+    assert tracefs.find_tracefs('', isfile=lambda p: True) is None
+
+
+def test_parsers():
+    assert tracefs.parse_buffer_size_kb('7 (expanded: 1408)') == 1408
+    assert tracefs.parse_buffer_size_kb('1410\n') == 1410
+    assert tracefs.parse_buffer_size_kb('X\n') is None
+    assert tracefs.parse_pid_file('no pid\n') == []
+    assert tracefs.parse_pid_file('12\n34\n') == [12, 34]
+    assert tracefs.parse_function_list('#### all functions enabled ####\n') == []
+    assert tracefs.parse_function_list('do_syscall_64\nfoo [mod]\n') == ['do_syscall_64', 'foo']
+    text = '# Available triggers:\n# traceon traceoff\nstacktrace:unlimited if prev_pid == 1\n'
+    assert tracefs.parse_triggers(text) == ['stacktrace:unlimited if prev_pid == 1']
+    assert tracefs.trigger_removal('stacktrace:unlimited if prev_pid == 1') == '!stacktrace if prev_pid == 1'
+    assert tracefs.trigger_removal('stacktrace if prev_pid == 1') == '!stacktrace if prev_pid == 1'
+
+
+def test_filters_are_built_from_ints_only():
+    assert tracefs.pid_filter(['common_pid'], [1, 2]) == 'common_pid == 1 || common_pid == 2'
+    assert tracefs.pid_filter(['prev_pid', 'next_pid'], [5]) == 'prev_pid == 5 || next_pid == 5'
+    assert tracefs.pid_filter(['prev_pid'], [], [7, 8]) == 'prev_pid != 7 && prev_pid != 8'
+    assert tracefs.pid_filter(['common_pid'], []) == ''
+    with pytest.raises(ValueError):
+        tracefs.pid_filter(['common_pid'], ['1 || 1'])
+    assert tracefs.offcpu_trigger([3]) == 'stacktrace if prev_pid == 3'
+    assert tracefs.offcpu_trigger([], [9]) == 'stacktrace if prev_state & 2 && prev_pid != 9'
+    assert len(tracefs.pid_filter(['common_pid'], range(1, 500)).split('||')) == tracefs.MAX_FILTER_PIDS
+
+
+def test_name_validation():
+    assert tracefs.is_symbol('do_syscall_64') and tracefs.is_symbol('do_execveat_common.isra.0')
+    for bad in ('', 'a b', 'x;rm', '*', 'foo\n', '!foo', 'a:mod:b'):
+        assert not tracefs.is_symbol(bad)
+    assert tracefs.is_syscall_name('accept4')
+    for bad in ('Accept4', 'accept4 ', '../x', 'a*', ''):
+        assert not tracefs.is_syscall_name(bad)
+
+
+def test_stale_instances():
+    names = ['auditgap-1', 'auditgap-2', 'auditgap-99', 'other', 'auditgap-x']
+    alive = {1}.__contains__
+    assert tracefs.stale_instances(names, alive, own_pid=99) == ['auditgap-2']
+    with pytest.raises(tracefs.TracefsError):
+        tracefs.remove_instance('/nonexistent', 'someone-else')
+
+
+def test_syscalls_from_rules():
+    rules = [{'syscalls': ['bind', 'listen', 'accept4']}, {'syscalls': ['all']},
+             {'syscalls': ['clone', 'accept4']}, {}]
+    assert tracefs.syscalls_from_rules(rules) == ['bind', 'listen', 'accept4', 'clone']
+    with open(os.path.join(os.path.dirname(__file__), '..', 'fixtures', 'ftrace', 'auditctl-l.seed-rules.txt')) as h:
+        text = h.read()
+    assert tracefs.syscalls_from_auditctl(text) == ['bind', 'listen', 'accept4', 'clone', 'fork', 'execve',
+                                                    'adjtimex', 'settimeofday']
+
+
+def test_validate_pids(tmp_path):
+    (tmp_path / '12').mkdir()
+    assert tracefs.validate_pids([12, '12'], str(tmp_path)) == [12]
+    with pytest.raises(tracefs.TracefsError, match='pid 13 not found'):
+        tracefs.validate_pids([13], str(tmp_path))
+    with pytest.raises(tracefs.TracefsError, match='not an integer'):
+        tracefs.validate_pids(['1; x'], str(tmp_path))
+
+
+def _params(**kw):
+    params = {name: spec.get('default') for name, spec in ftrace_sample.ARGUMENT_SPEC.items()}
+    params.update(kw)
+    return params
+
+
+def test_module_param_validation():
+    assert ftrace_sample.validate_params(_params()) == []
+    errors = ftrace_sample.validate_params(_params(duration_s=61, buffer_size_kb=1, top=0,
+                                                   graph_function='do_sys;x', syscalls=['ACCEPT']))
+    assert len(errors) == 5
+    with pytest.raises(ftrace_sample.SampleError, match='duration_s'):
+        ftrace_sample.run_sample(_params(duration_s=0))
+
+
+def test_module_not_root_is_unsupported():
+    facts = ftrace_sample.run_sample(_params(), geteuid=lambda: 1000)
+    assert facts['supported'] is False and 'root' in facts['reason']
+
+
+def test_choose_modes():
+    assert ftrace_sample.choose_modes('auto', True) == ['function_graph']
+    assert ftrace_sample.choose_modes('auto', False) == ['syscalls', 'offcpu']
+    assert ftrace_sample.choose_modes('offcpu', False) == ['offcpu']
+    with pytest.raises(ftrace_sample.Unsupported):
+        ftrace_sample.choose_modes('function_graph', False)
+
+
+def test_resolve_targets_excludes_consumer(tmp_path):
+    for pid in (10, 20):
+        (tmp_path / str(pid) / 'task' / str(pid)).mkdir(parents=True)
+    (tmp_path / '10' / 'task' / '11').mkdir()
+    targets = ftrace_sample.resolve_targets(_params(pids=[10, 20]), 20, 999, str(tmp_path))
+    assert targets['resolved_pids'] == [10] and targets['excluded'] == [20]
+    assert targets['tids'] == [10, 11]
+    both = ftrace_sample.resolve_targets(_params(pids=[10, 20], include_audit_consumer=True), 20, 999,
+                                         str(tmp_path))
+    assert both['resolved_pids'] == [10, 20]
+    with pytest.raises(ftrace_sample.SampleError, match='no target left'):
+        ftrace_sample.resolve_targets(_params(pids=[20]), 20, 999, str(tmp_path))
+    with pytest.raises(ftrace_sample.SampleError, match='not found'):
+        ftrace_sample.resolve_targets(_params(pids=[30]), 20, 999, str(tmp_path))
+    everyone = ftrace_sample.resolve_targets(_params(), 20, 999, str(tmp_path))
+    assert everyone['all_tasks'] and everyone['excluded'] == [999, 20] and everyone['tids'] == []
+
+
+def test_auditctl_status_pid():
+    assert ftrace_sample.parse_auditctl_status_pid('enabled 1\nfailure 1\npid 6398\nrate_limit 0\n') == 6398
+    assert ftrace_sample.parse_auditctl_status_pid('enabled 0\npid 0\n') == 0

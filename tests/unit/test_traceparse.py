@@ -1,0 +1,160 @@
+"""traceparse on the real captures in tests/fixtures/ftrace/ and on format variants."""
+import os
+
+from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
+
+FIX = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'ftrace')
+AUDIT_STACK = ['schedule_timeout', 'audit_log_start', 'audit_log_exit', '__audit_syscall_exit',
+               'syscall_exit_work', 'do_syscall_64']
+
+
+def _open(name):
+    return open(os.path.join(FIX, name))
+
+
+def test_seed_slow_calls_chain():
+    with _open('seed-function-graph.slow-calls.trace') as handle:
+        res = traceparse.parse_function_graph(handle)
+    assert len(res['slow_calls']) == 1
+    call = res['slow_calls'][0]
+    assert call['cpu'] == 2
+    assert 1.9e6 < call['duration_us'] < 2.1e6
+    assert call['chain'] == ['do_syscall_64', 'syscall_slow_exit_work', '__audit_syscall_exit',
+                             'audit_log_exit', 'audit_log_start', 'schedule_timeout']
+    assert call['chain'][-1] == 'schedule_timeout'
+    assert traceparse.audit_wait_in(slow_calls=res['slow_calls'])
+
+
+def test_seed_depth2_accept4_then_slow_exit_work():
+    with _open('seed-function-graph.depth2.trace') as handle:
+        res = traceparse.parse_function_graph(handle)
+    exits = {e['syscall']: e for e in res['syscall_exits']}
+    assert set(exits) == {'accept4', 'read', 'write'}
+    acc = exits['accept4']
+    assert acc['syscall_function'] == 'SyS_accept4'
+    assert acc['exit_work'] == 'syscall_slow_exit_work'
+    assert abs(acc['exit_work_us'] - 2238253.1) < 0.01
+    assert abs(acc['syscall_us'] - 8.597) < 0.001
+    assert acc['cpu'] == 1
+    # fast read/write
+    assert exits['read']['exit_work_us'] < 10 and exits['write']['exit_work_us'] < 10
+    assert exits['read']['syscall_us'] < 100 and exits['write']['syscall_us'] < 100
+    assert res['syscall_exits'][0]['syscall'] == 'accept4'  # slowest first
+    assert res['slow_calls'][0]['chain'] == ['do_syscall_64', 'syscall_slow_exit_work']
+
+
+def test_parse_line_variants():
+    p = traceparse.parse_function_graph_line
+    leaf = p(' 0)   0.355 us       |    syscall_trace_enter();')
+    assert leaf['kind'] == 'leaf' and leaf['function'] == 'syscall_trace_enter' and leaf['depth'] == 1
+    assert p(' 1) $ 2238253.1 us   |    syscall_slow_exit_work();')['duration_us'] == 2238253.1
+    for mark in '+!#*@$':
+        ev = p(' 3) %s 12.5 us   |  } /* foo */' % mark)
+        assert ev['kind'] == 'exit' and ev['function'] == 'foo' and ev['duration_us'] == 12.5
+    entry = p(' 0)                  |  do_syscall_64() {')
+    assert entry['kind'] == 'entry' and entry['function'] == 'do_syscall_64' and entry['depth'] == 0
+    # funcgraph-proc
+    ev = p(' 0)    node-4242    |   1.234 us    |    SyS_read();')
+    assert ev['proc'] == 'node-4242' and ev['function'] == 'SyS_read' and ev['duration_us'] == 1.234
+    # funcgraph-abstime + proc
+    ev = p(' 1234.567890 |   1)  node-4242   | + 15.1 us   |  }')
+    assert ev['ts_s'] == 1234.56789 and ev['cpu'] == 1 and ev['kind'] == 'exit' and ev['function'] is None
+    # headers, cpu switch lines, context switch markers
+    assert p('# tracer: function_graph') is None
+    assert p(' ------------------------------------------') is None
+    sw = p(' 1)   bash-1234    =>   sshd-5678  ')
+    assert sw['kind'] == 'switch' and sw['next'] == 'sshd-5678'
+
+
+def test_function_graph_with_proc_abstime_and_switches():
+    lines = [
+        '# tracer: function_graph',
+        '#     TIME        CPU  TASK/PID         DURATION                  FUNCTION CALLS',
+        ' 100.000001 |   0)   node-42    |               |  do_syscall_64() {',
+        ' 100.000002 |   0)   node-42    |   0.300 us    |    syscall_trace_enter();',
+        ' 100.000010 |   0)   node-42    |   8.000 us    |    __x64_sys_accept4();',
+        ' ------------------------------------------',
+        ' 0)   node-42    =>   auditd-7  ',
+        ' ------------------------------------------',
+        ' 100.000100 |   0)  auditd-7    |   1.000 us    |  do_syscall_64();',
+        ' ------------------------------------------',
+        ' 0)   auditd-7    =>   node-42  ',
+        ' ------------------------------------------',
+        ' 100.700000 |   0)   node-42    | # 700000.0 us |    syscall_exit_work();',
+        ' 100.700001 |   0)   node-42    | # 700010.0 us |  } /* do_syscall_64 */',
+    ]
+    res = traceparse.parse_function_graph(lines)
+    exits = res['syscall_exits']
+    assert exits[0]['syscall'] == 'accept4' and exits[0]['exit_work'] == 'syscall_exit_work'
+    assert exits[0]['exit_work_us'] == 700000.0
+    slow = res['slow_calls'][0]
+    assert slow['duration_us'] == 700010.0 and slow['chain'] == ['do_syscall_64', 'syscall_exit_work']
+    assert slow['proc'] == 'node-42' and slow['ts_s'] == 100.700001
+
+
+def test_events_reference_capture():
+    with _open('offcpu-and-accept4-events.during-stall.trace') as handle:
+        res = traceparse.parse_events(handle)
+    acc = res['syscalls']['accept4']
+    assert acc['count'] == 1500
+    assert 600000 < acc['max_us'] < 800000       # max about 0.7 s
+    assert 100000 < acc['p99_us'] < 400000        # p99 about 0.2 s
+    assert acc['p50_us'] < 1000
+    assert acc['slowest'][0]['duration_us'] == acc['max_us']
+    assert acc['slowest'][0]['pid'] == 6404
+    stacks = {g['stack_text']: g for g in res['offcpu']}
+    text = ' <- '.join(AUDIT_STACK)
+    assert text in stacks
+    audit = stacks[text]
+    assert audit['stack'] == AUDIT_STACK
+    assert audit['count'] > 10 and audit['pids'] == [6404] and audit['states'] == {'D': audit['count']}
+    assert 300000 < audit['max_us'] < 800000
+    # the audit sleep is the biggest stacked off-CPU group
+    stacked = [g for g in res['offcpu'] if g['stack']]
+    assert stacked[0]['stack'] == AUDIT_STACK
+    assert traceparse.audit_wait_in(offcpu=res['offcpu'])
+
+
+def test_events_pid_filter_and_variants():
+    lines = [
+        '# tracer: nop',
+        '     node-10    [001] .....   10.000000: sys_accept4(fd: 3, upeer_sockaddr: 0x1, '
+        'upeer_addrlen: 0x2, flags: 0x80000)',
+        '   other-11 (   11) [000] .....   10.000001: sys_accept4(fd: 3, upeer_sockaddr: 0x1)',
+        '     node-10    [001] d..2.   10.000002: sched_switch: prev_comm=node prev_pid=10 prev_prio=120 '
+        'prev_state=D ==> next_comm=swapper/1 next_pid=0 next_prio=120',
+        '   other-11 (   11) [000] .....   10.000003: sys_accept4 -> 0x4',
+        '     node-10    [001] d..2.   10.000004: <stack trace>',
+        ' => trace_event_raw_event_sched_switch+0x11/0x20',
+        ' => __schedule+0x1/0x2',
+        ' => schedule+0x1/0x2',
+        ' => schedule_timeout+0x1/0x2',
+        ' => audit_log_start+0x1/0x2',
+        ' => entry_SYSCALL_64_after_hwframe+0x76/0x7e',
+        '  <idle>-0       [001] d..2.   10.500002: sched_switch: prev_comm=swapper/1 prev_pid=0 prev_prio=120 '
+        'prev_state=R ==> next_comm=node next_pid=10 next_prio=120',
+        '     node-10    [001] .....   10.500010: sys_accept4 -> 0x5',
+    ]
+    res = traceparse.parse_events(lines, pids=[10])
+    assert res['syscalls']['accept4']['count'] == 1
+    assert abs(res['syscalls']['accept4']['max_us'] - 500010) < 1
+    assert res['offcpu'][0]['stack'] == ['schedule_timeout', 'audit_log_start']
+    assert abs(res['offcpu'][0]['max_us'] - 500000) < 1
+    res_all = traceparse.parse_events(lines)
+    assert res_all['syscalls']['accept4']['count'] == 2
+
+
+def test_latency_stats_percentiles_close():
+    stats = traceparse.LatencyStats(top=3)
+    for i in range(1, 10001):
+        stats.add(float(i), i)
+    assert abs(stats.percentile(0.5) - 5000) / 5000 < 0.006
+    assert abs(stats.percentile(0.99) - 9900) / 9900 < 0.006
+    assert stats.max == 10000 and stats.slowest() == [10000, 9999, 9998]
+    assert len(stats.buckets) < 2000
+
+
+def test_clean_stack():
+    assert traceparse.clean_stack(['__traceiter_sched_switch', '__schedule', 'schedule', 'io_schedule',
+                                   'ksys_read', 'do_syscall_64', 'entry_SYSCALL_64_after_hwframe']) == [
+        'io_schedule', 'ksys_read', 'do_syscall_64']
