@@ -13,10 +13,16 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import datetime
+import math
 import os
 import time
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, auditparse, kernelhz, procinfo
+from ansible_collections.auditgap.fleet.plugins.module_utils import (
+    auditnl,
+    auditparse,
+    kernelhz,
+    procinfo,
+)
 
 SOURCES = ('auto', 'netlink', 'auditctl')
 MAX_SAMPLE_SECONDS = 300
@@ -32,7 +38,7 @@ def validate_params(source, sample_seconds, sample_interval_ms):
         seconds = float(sample_seconds)
     except (TypeError, ValueError):
         return 'sample_seconds must be a number, got %r' % (sample_seconds,)
-    if seconds != seconds or seconds < 0 or seconds > MAX_SAMPLE_SECONDS:
+    if math.isnan(seconds) or seconds < 0 or seconds > MAX_SAMPLE_SECONDS:
         return 'sample_seconds must be between 0 and %d, got %s' % (MAX_SAMPLE_SECONDS, sample_seconds)
     try:
         interval = int(sample_interval_ms)

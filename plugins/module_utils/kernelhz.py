@@ -80,6 +80,8 @@ def measure_hz(root='/', interval_s=0.2, sleep=time.sleep, clock=time.monotonic)
     """Count jiffies over ``interval_s`` of CLOCK_MONOTONIC; snapped HZ or None."""
     for rel in ('proc/timer_list', 'proc/schedstat'):
         path = os.path.join(root, rel)
+        if not os.path.exists(path):
+            continue
         try:
             t0 = clock()
             j0 = parse_jiffies(_read_text(path))

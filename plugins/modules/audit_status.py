@@ -3,7 +3,8 @@
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-from __future__ import (absolute_import, division, print_function)
+from __future__ import absolute_import, division, print_function
+
 __metaclass__ = type
 
 DOCUMENTATION = r'''
@@ -305,7 +306,6 @@ audit_status:
 '''
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts
 
 
