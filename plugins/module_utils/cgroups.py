@@ -254,15 +254,16 @@ def _read_int(path):
 def read_group(hier, cgroup_path, root='/'):
     """One cgroup's CPU limit and counters, or None when it does not exist.
 
-    ``hier`` is ``discover_hierarchies`` output. Returns ``{path, exists,
+    ``hier`` is ``discover_hierarchies`` output. Returns ``{path,
     quota_us, period_us, burst_us, limit_cores, nr_periods, nr_throttled,
-    throttled_us, nr_bursts, usage_us, pressure}`` (unit: microseconds;
+    throttled_us, nr_bursts, usage_us, usage_source, pressure}`` (unit: microseconds;
     v1 throttled_time ns and cpuacct.usage ns are converted).
     """
     path = '/' + cgroup_path.strip('/') if cgroup_path.strip('/') else '/'
     group = {'path': path, 'quota_us': None, 'period_us': None, 'burst_us': None,
              'limit_cores': None, 'nr_periods': None, 'nr_throttled': None,
-             'throttled_us': None, 'nr_bursts': None, 'usage_us': None, 'pressure': None}
+             'throttled_us': None, 'nr_bursts': None, 'usage_us': None, 'usage_source': None,
+             'pressure': None}
     if hier.get('version') == 1:
         directory = dir_for(hier['cpu'], path, root)
         if not os.path.isdir(directory):
@@ -277,6 +278,13 @@ def read_group(hier, cgroup_path, root='/'):
         if 'cpuacct' not in hier['cpu']['controllers'] and hier.get('cpuacct'):
             usage_dir = dir_for(hier['cpuacct'], path, root)
         usage_ns = _read_int(os.path.join(usage_dir, 'cpuacct.usage'))
+        if usage_ns is not None:
+            group['usage_source'] = 'cpuacct.usage'
+        else:
+            # no cpuacct group at this path (made in the cpu hierarchy only):
+            # the tasks' own on-CPU time, this group and its descendants
+            usage_ns = tasks_cpu_ns(directory, host_path(root, '/proc'))
+            group['usage_source'] = 'tasks' if usage_ns is not None else None
         stat['usage_us'] = usage_ns / 1000.0 if usage_ns is not None else None
         # PSI lives in the v2 tree only; on hybrid hosts read it there
         if hier.get('v2'):
@@ -291,12 +299,33 @@ def read_group(hier, cgroup_path, root='/'):
         group['burst_us'] = _read_int(os.path.join(directory, 'cpu.max.burst'))
         stat = parse_cpu_stat(_read_text(os.path.join(directory, 'cpu.stat')), 2)
         group['pressure'] = parse_pressure(_read_text(os.path.join(directory, 'cpu.pressure')))
+        group['usage_source'] = 'cpu.stat' if stat.get('usage_us') is not None else None
     else:
         return None
     for key in ('nr_periods', 'nr_throttled', 'throttled_us', 'nr_bursts', 'usage_us'):
         group[key] = stat.get(key)
     group['limit_cores'] = limit_cores(group['quota_us'], group['period_us'])
     return group
+
+
+def tasks_cpu_ns(directory, proc_root='/proc'):
+    """Sum of on-CPU ns (``/proc/<tid>/schedstat``) of the threads in a v1 group tree.
+
+    None when the group has no ``tasks`` file. Threads that exited are not
+    counted: a fallback for groups without a cpuacct counterpart.
+    """
+    if not os.path.exists(os.path.join(directory, 'tasks')):
+        return None
+    total = 0
+    for dirpath, _dirnames, _files in os.walk(directory):
+        for tid in (_read_text(os.path.join(dirpath, 'tasks')) or '').split():
+            text = _read_text(proc_root + '/' + tid + '/schedstat')
+            if text:
+                try:
+                    total += int(text.split()[0])
+                except (ValueError, IndexError):
+                    continue
+    return total
 
 
 def ancestors(cgroup_path):

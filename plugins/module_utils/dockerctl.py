@@ -293,10 +293,20 @@ def _stop_pid(pid, timeout=20):
         except OSError:  # not our child
             pass
         if not _pid_alive(pid):
+            _reap(pid)
             return
         time.sleep(0.1)
     try:
         os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    _reap(pid)
+
+
+def _reap(pid):
+    """Collect our child's exit status (no zombie left); others' children are skipped."""
+    try:
+        os.waitpid(pid, 0)
     except OSError:
         pass
 

@@ -360,3 +360,24 @@ def test_validate_options_ok():
     assert cgroups.validate_options({'pids': [1], 'process_names': ['auditd'], 'containers': ['/ids'],
                                      'systemd_units': ['auditd.service', 'user@1000.service'],
                                      'cgroup_paths': ['/'], 'sample_seconds': 0}) is None
+
+
+def test_v1_usage_falls_back_to_tasks_schedstat(tmp_path):
+    """A group made in the cpu hierarchy only (no cpuacct twin): usage from its threads."""
+    root = str(tmp_path / 'v1')
+    shutil.copytree(V1, root, symlinks=True)
+    shutil.rmtree(os.path.join(root, 'sys/fs/cgroup/cpuacct/auditgap-free'))
+    group = os.path.join(root, 'sys/fs/cgroup/cpu/auditgap-free')
+    os.makedirs(os.path.join(group, 'leaf'))
+    with open(os.path.join(group, 'tasks'), 'w') as handle:
+        handle.write('4242\n')
+    with open(os.path.join(group, 'leaf', 'tasks'), 'w') as handle:
+        handle.write('5151\n')
+    for tid, ns in (('4242', 123456789), ('5151', 1000000)):
+        with open(os.path.join(root, 'proc', tid, 'schedstat'), 'w') as handle:
+            handle.write('%d 5000 7\n' % ns)
+    hier = cgroups.discover_hierarchies(_mountinfo(root), root)
+    group = cgroups.read_group(hier, '/auditgap-free', root)
+    assert group['usage_source'] == 'tasks'
+    assert group['usage_us'] == pytest.approx(124456.789)
+    assert cgroups.read_group(hier, '/docker/' + CID, root)['usage_source'] == 'cpuacct.usage'
