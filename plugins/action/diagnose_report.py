@@ -49,6 +49,7 @@ def plain(value):
 def host_entry(host, results, thresholds):
     """One host's summary from its registered task results."""
     facts, error, reachable = {}, None, True
+    errors, core_failed = [], False
     for name in GATHERED:
         res = results.get(name)
         if not isinstance(res, dict) or res.get('skipped'):
@@ -58,13 +59,21 @@ def host_entry(host, results, thresholds):
             error = to_text(res.get('msg') or 'unreachable')
             break
         if res.get('failed'):
-            error = error or '%s: %s' % (name, to_text(res.get('msg') or 'failed'))
-            continue
+            errors.append('%s: %s' % (name, to_text(res.get('msg') or 'failed')))
+            if name == 'audit_status':
+                core_failed = True
+            # a failing module may still return its facts (supported: false + reason)
         if isinstance(res.get(name), dict):
             facts[name] = res[name]
-    if reachable and error is None and not facts:
-        error = 'no facts gathered (the diagnose tasks did not run on this host)'
-    return auditgap_host_summary(facts, host, thresholds, error=error, reachable=reachable)
+    if reachable and not errors and not facts:
+        errors.append('no facts gathered (the diagnose tasks did not run on this host)')
+        core_failed = True
+    entry = auditgap_host_summary(facts, host, thresholds, error=error or ('; '.join(errors) or None),
+                                  reachable=reachable)
+    if reachable and errors and not core_failed and entry['status'] == 'failed':
+        # cgroup_throttle / ftrace_sample failed: the audit findings still stand
+        entry['status'] = entry['severity']
+    return entry
 
 
 def write_atomic(path, text):

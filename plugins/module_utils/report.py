@@ -17,6 +17,8 @@ __metaclass__ = type
 import json
 import re
 
+from ansible_collections.auditgap.fleet.plugins.module_utils import svgchart
+
 AUDITGAP_VERSION = '0.1.0'
 SCHEMA = 'auditgap.fleet/v1'
 STATUS_ORDER = ('critical', 'warning', 'failed', 'unreachable', 'info', 'ok')
@@ -110,3 +112,321 @@ def summary_lines(doc, limit=20):
 def _one_line(text, width=300):
     text = ' '.join(str(text or '').split())
     return text if len(text) <= width else text[:width - 3] + '...'
+
+
+# ---------------------------------------------------------------- helpers
+
+def _esc(text):
+    return (str('' if text is None else text).replace('&', '&amp;').replace('<', '&lt;')
+            .replace('>', '&gt;').replace('"', '&quot;'))
+
+
+def _num(value):
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _fmt(value):
+    return svgchart.fmt_num(value) if _num(value) is not None else '-'
+
+
+def _pct(ratio):
+    number = _num(ratio)
+    return '-' if number is None else '%d%%' % round(number * 100)
+
+
+def _vars_text(remediation):
+    if not remediation:
+        return ''
+    return '%s: %s' % (remediation.get('role'), json.dumps(remediation.get('vars') or {}, sort_keys=True))
+
+
+def _status_counts_line(summ):
+    st = summ['by_status']
+    return ', '.join('%s %d' % (s, st.get(s, 0)) for s in STATUS_ORDER)
+
+
+# ---------------------------------------------------------------- Markdown
+
+def render_markdown(doc):
+    summ = doc['summary']
+    out = ['# auditgap fleet report', '',
+           'Generated %s by auditgap %s. %d host(s): %s.' % (doc.get('generated_at'), doc.get('auditgap_version'),
+                                                          summ['hosts'], _status_counts_line(summ)), '']
+    out += ['| status | hosts |', '|---|---|']
+    out += ['| %s | %d |' % (s, summ['by_status'].get(s, 0)) for s in STATUS_ORDER]
+    out.append('')
+    if summ['by_id']:
+        out += ['## Findings by id', '', '| id | critical | warning | info | hosts |', '|---|---|---|---|---|']
+        for fid in sorted(summ['by_id']):
+            row = summ['by_id'][fid]
+            hosts = ', '.join(row['hosts'][:10]) + (' ...' if len(row['hosts']) > 10 else '')
+            out.append('| `%s` | %d | %d | %d | %s |' % (fid, row['critical'], row['warning'], row['info'], hosts))
+        out.append('')
+    out += ['## Hosts (worst first)', '']
+    quiet = []
+    for entry in doc['hosts']:
+        status = entry.get('status')
+        if status in ('ok',) and not entry.get('error'):
+            quiet.append(entry['host'])
+            continue
+        out.append('### %s: %s' % (entry['host'], status.upper() if status else '?'))
+        out.append('')
+        if entry.get('error'):
+            out += ['**Error:** `%s`' % _md_inline(entry['error']), '']
+        if entry.get('chain'):
+            out += ['**Chain:** %s' % _md_inline(entry['chain']), '']
+        metrics = entry.get('metrics') or {}
+        if metrics.get('audit_supported'):
+            out += ['Backlog peak %s / limit %s (%s), lost %s (%s/s in window), wait accrued %s ms, '
+                    'consumer pid %s throttled %s.' % (
+                        _fmt(metrics.get('audit_backlog_peak')), _fmt(metrics.get('audit_backlog_limit')),
+                        _pct(metrics.get('audit_backlog_peak_ratio')), _fmt(metrics.get('audit_lost')),
+                        _fmt(metrics.get('audit_lost_per_s')), _fmt(metrics.get('audit_wait_accrued_ms')),
+                        _fmt(metrics.get('audit_consumer_pid')), _pct(metrics.get('consumer_throttled_ratio'))), '']
+        for finding in entry.get('findings') or []:
+            out.append('- **%s** `%s`: %s' % (finding['severity'], finding['id'], _md_inline(finding['summary'])))
+            if finding.get('remediation'):
+                out.append('  - fix: role `%s`, vars `%s`' % (
+                    finding['remediation'].get('role'),
+                    json.dumps(finding['remediation'].get('vars') or {}, sort_keys=True)))
+        out.append('')
+    if quiet:
+        out += ['## Healthy hosts (%d)' % len(quiet), '', ', '.join(quiet), '']
+    return '\n'.join(out)
+
+
+def _md_inline(text):
+    return ' '.join(str(text).split()).replace('|', '\\|')
+
+
+# ---------------------------------------------------------------- Prometheus
+
+_PROM_GAUGES = (
+    ('audit_supported', 'auditgap_audit_supported', 'Audit facts could be read (1) or not (0).'),
+    ('audit_enabled', 'auditgap_audit_enabled', 'Audit status enabled (0 off, 1 on, 2 immutable).'),
+    ('audit_consumer_pid', 'auditgap_audit_consumer_pid', 'PID of the registered audit consumer (0 none).'),
+    ('audit_backlog', 'auditgap_audit_backlog', 'Audit backlog (records queued) at collection time.'),
+    ('audit_backlog_limit', 'auditgap_audit_backlog_limit', 'Audit backlog_limit.'),
+    ('audit_lost', 'auditgap_audit_lost', 'Audit records lost since boot (kernel counter).'),
+    ('audit_backlog_wait_time_jiffies', 'auditgap_audit_backlog_wait_time_jiffies', 'Audit backlog_wait_time.'),
+    ('audit_backlog_wait_time_actual_jiffies', 'auditgap_audit_backlog_wait_time_actual_jiffies',
+     'Total time tasks waited for backlog space (kernel counter, jiffies).'),
+    ('audit_lost_per_s', 'auditgap_audit_lost_per_second', 'Audit records lost per second during the sample window.'),
+    ('audit_backlog_peak_ratio', 'auditgap_audit_backlog_peak_ratio', 'Peak backlog / backlog_limit in the window.'),
+    ('audit_wait_accrued_ms', 'auditgap_audit_wait_accrued_milliseconds',
+     'backlog_wait_time_actual growth during the sample window (ms tasks slept).'),
+    ('audit_sample_seconds', 'auditgap_audit_sample_seconds', 'Length of the audit sample window.'),
+    ('consumer_throttled_ratio', 'auditgap_consumer_throttled_ratio',
+     'Share of CFS periods in which the audit consumer was throttled.'),
+    ('consumer_limit_cores', 'auditgap_consumer_cpu_limit_cores', 'Tightest CPU limit of the audit consumer (cores).'),
+)
+_SEVERITY_VALUE = {'ok': 0, 'info': 1, 'warning': 2, 'critical': 3}
+
+
+def _label(value):
+    return str(value).replace('\\', '\\\\').replace('\n', '\\n').replace('"', '\\"')
+
+
+def _prom_value(value):
+    number = float(value)
+    if number == int(number) and abs(number) < 1e15:
+        return '%d' % int(number)
+    return repr(number)
+
+
+def render_prometheus(doc, generated_epoch=None):
+    """node_exporter textfile-collector format (one sample per host and metric)."""
+    out = []
+
+    def family(name, help_text, samples):
+        if not samples:
+            return
+        out.append('# HELP %s %s' % (name, help_text))
+        out.append('# TYPE %s gauge' % name)
+        out.extend(samples)
+
+    family('auditgap_host_reachable', 'Host answered the diagnose run (1) or not (0).',
+           ['auditgap_host_reachable{host="%s"} %d' % (_label(e['host']), 1 if e.get('reachable') else 0)
+            for e in doc['hosts']])
+    family('auditgap_host_severity', 'Worst finding severity (0 ok, 1 info, 2 warning, 3 critical; -1 no data).',
+           ['auditgap_host_severity{host="%s",status="%s"} %d' % (
+               _label(e['host']), _label(e.get('status')), _SEVERITY_VALUE.get(e.get('severity'), -1))
+            for e in doc['hosts']])
+    for key, name, help_text in _PROM_GAUGES:
+        samples = []
+        for entry in doc['hosts']:
+            value = _num((entry.get('metrics') or {}).get(key))
+            if value is not None:
+                samples.append('%s{host="%s"} %s' % (name, _label(entry['host']), _prom_value(value)))
+        family(name, help_text, samples)
+    samples = []
+    for entry in doc['hosts']:
+        counts = {}
+        for finding in entry.get('findings') or []:
+            k = (finding['id'], finding['severity'])
+            counts[k] = counts.get(k, 0) + 1
+        for (fid, sev), count in sorted(counts.items()):
+            samples.append('auditgap_findings{host="%s",id="%s",severity="%s"} %d'
+                           % (_label(entry['host']), _label(fid), _label(sev), count))
+    family('auditgap_findings', 'Findings by host, id and severity.', samples)
+    family('auditgap_fleet_hosts', 'Hosts of the last diagnose run by status.',
+           ['auditgap_fleet_hosts{status="%s"} %d' % (s, doc['summary']['by_status'].get(s, 0)) for s in STATUS_ORDER])
+    if generated_epoch is None:
+        generated_epoch = _epoch(doc.get('generated_at'))
+    if generated_epoch is not None:
+        family('auditgap_report_timestamp_seconds', 'When the report was generated (Unix time).',
+               ['auditgap_report_timestamp_seconds %d' % generated_epoch])
+    return '\n'.join(out) + '\n'
+
+
+def _epoch(stamp):
+    import calendar
+    import time
+    try:
+        return calendar.timegm(time.strptime(str(stamp), '%Y-%m-%dT%H:%M:%SZ'))
+    except (TypeError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:sans-serif;margin:1.5em;color:#222;max-width:1100px}
+h1{margin-bottom:.2em} .meta{color:#666;font-size:.9em}
+.cards{display:flex;gap:.6em;flex-wrap:wrap;margin:1em 0}
+.card{border:1px solid #ccc;border-radius:6px;padding:.5em .9em;min-width:6em;text-align:center}
+.card b{display:block;font-size:1.6em}
+.critical{background:#fde2e1;border-color:#d62728}.warning{background:#fff3d6;border-color:#ff9f0e}
+.info{background:#e8f1fb;border-color:#1f77b4}.ok{background:#e6f5e6;border-color:#2ca02c}
+.unreachable,.failed{background:#eee;border-color:#555}
+.badge{display:inline-block;padding:.1em .5em;border-radius:4px;font-size:.85em;border:1px solid #999}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+table.findings{table-layout:fixed;width:100%}table.findings col.sev{width:6em}table.findings col.id{width:14em}table.findings col.fix{width:22em}
+section.host{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;margin:1em 0}
+.chain{overflow-wrap:anywhere;font-family:monospace;background:#f6f6f6;padding:.5em;border-left:4px solid #d62728;white-space:pre-wrap}
+.error{font-family:monospace;background:#f6f6f6;padding:.5em;border-left:4px solid #555;white-space:pre-wrap}
+.charts{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start}
+pre{white-space:pre-wrap;font-size:.8em;max-height:30em;overflow:auto;background:#fafafa}
+code{background:#f3f3f3}
+"""
+
+
+def render_html(doc, timeline_svg=None, max_bars=40):
+    """Self-contained HTML: inline CSS and SVG, no scripts, no external assets."""
+    summ = doc['summary']
+    parts = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+             '<title>auditgap fleet report %s</title>' % _esc(doc.get('generated_at')),
+             '<style>%s</style></head><body>' % _CSS,
+             '<h1>auditgap fleet report</h1>',
+             '<p class="meta">Generated %s by auditgap %s &middot; %d host(s) &middot; report dir %s</p>' % (
+                 _esc(doc.get('generated_at')), _esc(doc.get('auditgap_version')), summ['hosts'],
+                 _esc(doc.get('report_dir') or '-'))]
+    parts.append('<h2>Fleet summary</h2><div class="cards">')
+    for status in STATUS_ORDER:
+        parts.append('<div class="card %s" id="count-%s"><b>%d</b>%s</div>'
+                     % (status, status, summ['by_status'].get(status, 0), status))
+    parts.append('</div>')
+    if summ['by_id']:
+        parts.append('<table id="by-id"><tr><th>finding</th><th>critical</th><th>warning</th><th>info</th>'
+                     '<th>hosts</th></tr>')
+        for fid in sorted(summ['by_id'], key=lambda f: (-summ['by_id'][f]['critical'], -summ['by_id'][f]['warning'], f)):
+            row = summ['by_id'][fid]
+            parts.append('<tr><td><code>%s</code></td><td>%d</td><td>%d</td><td>%d</td><td>%s</td></tr>' % (
+                _esc(fid), row['critical'], row['warning'], row['info'],
+                _esc(', '.join(row['hosts'][:12]) + (' ...' if len(row['hosts']) > 12 else ''))))
+        parts.append('</table>')
+    reachable = [e for e in doc['hosts'] if e.get('reachable') and (e.get('metrics') or {}).get('audit_supported')]
+    backlog_items = sorted(((e['host'], (e.get('metrics') or {}).get('audit_backlog_peak_ratio')) for e in reachable),
+                           key=lambda item: -(_num(item[1]) or 0))[:max_bars]
+    throttle_items = sorted(((e['host'], (e.get('metrics') or {}).get('consumer_throttled_ratio')) for e in reachable
+                             if (e.get('metrics') or {}).get('consumer_throttled_ratio') is not None),
+                            key=lambda item: -(_num(item[1]) or 0))[:max_bars]
+    thresholds = doc.get('thresholds') or {}
+    backlog_thr = _num(thresholds.get('backlog_saturated_ratio')) or 0.8
+    throttle_thr = _num(thresholds.get('throttled_ratio_warn')) or 0.2
+    parts.append('<div class="charts">')
+    if backlog_items:
+        parts.append(svgchart.bar_chart(_colored(backlog_items, backlog_thr), 'Backlog peak / backlog_limit',
+                                        x_max=1, width=520, thresholds=[{'x': backlog_thr, 'label': 'saturated'}]))
+    if throttle_items:
+        parts.append(svgchart.bar_chart(_colored(throttle_items, throttle_thr), 'Audit consumer throttled ratio',
+                                        x_max=1, width=520, thresholds=[{'x': throttle_thr, 'label': 'warn'}]))
+    parts.append('</div>')
+    if timeline_svg:
+        parts.append('<h2>Incident lab timeline</h2><div class="timeline">%s</div>' % _strip_xml_decl(timeline_svg))
+    parts.append('<h2>Hosts (worst first)</h2>')
+    quiet = []
+    for entry in doc['hosts']:
+        if entry.get('status') == 'ok' and not entry.get('error'):
+            quiet.append(entry)
+            continue
+        parts.append(_html_host(entry))
+    if quiet:
+        parts.append('<h2>Healthy hosts (%d)</h2><table id="healthy"><tr><th>host</th><th>backlog peak</th>'
+                     '<th>limit</th><th>consumer pid</th><th>throttled</th></tr>' % len(quiet))
+        for entry in quiet:
+            m = entry.get('metrics') or {}
+            parts.append('<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>' % (
+                _esc(entry['host']), _fmt(m.get('audit_backlog_peak')), _fmt(m.get('audit_backlog_limit')),
+                _fmt(m.get('audit_consumer_pid')), _pct(m.get('consumer_throttled_ratio'))))
+        parts.append('</table>')
+    parts.append('</body></html>\n')
+    return ''.join(parts)
+
+
+def _colored(items, threshold):
+    return [{'label': label, 'value': value,
+             'color': '#d62728' if (_num(value) or 0) >= threshold else '#1f77b4'} for label, value in items]
+
+
+def _strip_xml_decl(svg):
+    return re.sub(r'^\s*<\?xml[^>]*\?>', '', svg)
+
+
+def _html_host(entry):
+    status = entry.get('status') or 'ok'
+    host_id = 'host-' + safe_filename(entry['host'])
+    parts = ['<section class="host" id="%s"><h3>%s <span class="badge %s">%s</span></h3>'
+             % (_esc(host_id), _esc(entry['host']), _esc(status), _esc(status.upper()))]
+    if entry.get('error'):
+        parts.append('<div class="error">Error: %s</div>' % _esc(entry['error']))
+    if entry.get('chain'):
+        parts.append('<p><b>Causal chain</b></p><div class="chain">%s</div>' % _esc(entry['chain']))
+    metrics = entry.get('metrics') or {}
+    charts = []
+    if metrics.get('audit_supported'):
+        charts.append(svgchart.gauge(metrics.get('audit_backlog_peak'), metrics.get('audit_backlog_limit'),
+                                     'backlog peak / limit', warn_ratio=0.8))
+        if metrics.get('consumer_throttled_ratio') is not None:
+            charts.append(svgchart.gauge(metrics.get('consumer_throttled_ratio'), 1, 'consumer throttled',
+                                         warn_ratio=0.2, text=_pct(metrics.get('consumer_throttled_ratio'))))
+    timeline = (((entry.get('facts') or {}).get('audit_status') or {}).get('sample') or {}).get('timeline') or []
+    if timeline and metrics.get('audit_backlog_limit'):
+        limit = metrics.get('audit_backlog_limit')
+        charts.append(svgchart.line_chart(
+            [{'name': 'backlog', 'points': [(p.get('t_s'), p.get('backlog')) for p in timeline]},
+             {'name': 'lost (since start)', 'points': [(p.get('t_s'), (_num(p.get('lost')) or 0) - (_num(timeline[0].get('lost')) or 0))
+                                                   for p in timeline]}],
+            'Backlog against limit during the sample', 'records', width=460, height=200,
+            y_max=max(limit * 1.1, max([_num(p.get('backlog')) or 0 for p in timeline] + [1])),
+            hlines=[{'y': limit, 'label': 'backlog_limit %s' % _fmt(limit)}]))
+    if charts:
+        parts.append('<div class="charts">%s</div>' % ''.join(charts))
+    if entry.get('findings'):
+        parts.append('<table class="findings"><col class="sev"><col class="id"><col><col class="fix"><tr><th>severity</th><th>finding</th><th>summary</th><th>fix</th></tr>')
+        for finding in entry['findings']:
+            rem = finding.get('remediation')
+            parts.append('<tr class="%s"><td>%s</td><td><b>%s</b><br><code>%s</code></td><td>%s</td><td>%s</td></tr>' % (
+                _esc(finding['severity']), _esc(finding['severity']), _esc(finding.get('title') or finding['id']),
+                _esc(finding['id']), _esc(finding['summary']),
+                ('role <code>%s</code><br><code>%s</code>' % (_esc(rem.get('role')), _esc(json.dumps(rem.get('vars') or {}, sort_keys=True)))) if rem else '-'))
+        parts.append('</table>')
+        parts.append('<details><summary>Evidence</summary><pre>%s</pre></details>' % _esc(json.dumps(
+            {f['id']: f.get('evidence') for f in entry['findings']}, indent=1, sort_keys=True, default=str)))
+    parts.append('</section>')
+    return ''.join(parts)

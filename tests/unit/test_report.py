@@ -1,0 +1,160 @@
+"""Fleet report rendering (pure) and the controller-side report step's pieces."""
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+
+from ansible_collections.auditgap.fleet.plugins.action import diagnose_report as action
+from ansible_collections.auditgap.fleet.plugins.filter import findings as F
+from ansible_collections.auditgap.fleet.plugins.module_utils import report as R
+
+FIX = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'findings')
+NAMES = ('healthy', 'seed_incident', 'no_audit', 'immutable', 'consumer_missing', 'throttled_only',
+         'hot_syscall', 'lab_stall')
+
+
+def load(name):
+    with open(os.path.join(FIX, name + '.json')) as handle:
+        return json.load(handle)
+
+
+def fleet():
+    hosts = [F.auditgap_host_summary(load(n), n) for n in NAMES]
+    hosts.append(F.auditgap_host_summary({}, 'bogus', error='ssh: connect to host 127.0.0.1 port 1: Connection refused',
+                                         reachable=False))
+    return R.fleet_document(hosts, '2026-11-25T20:00:00Z', F.merge_thresholds(), '/tmp/r')
+
+
+def test_fleet_document_sorted_and_counted():
+    doc = fleet()
+    assert doc['schema'] == 'auditgap.fleet/v1' and doc['auditgap_version'] == R.AUDITGAP_VERSION
+    statuses = [h['status'] for h in doc['hosts']]
+    assert statuses[:2] == ['critical', 'critical']
+    assert statuses[-1] == 'ok'
+    assert statuses.index('unreachable') > statuses.index('warning')
+    summ = doc['summary']
+    assert summ['hosts'] == 9 and summ['unreachable'] == 1 and summ['reachable'] == 8
+    assert summ['by_status']['critical'] == 2 and summ['by_status']['ok'] == 1
+    assert summ['by_id']['audit_consumer_throttled']['hosts'] == ['lab_stall', 'seed_incident', 'throttled_only']
+    assert summ['worst_status'] == 'critical'
+    json.loads(R.to_json(doc))
+
+
+def test_version_matches_galaxy():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    with open(os.path.join(root, 'galaxy.yml')) as handle:
+        assert re.search(rf'^version:\s*{re.escape(R.AUDITGAP_VERSION)}\s*$', handle.read(), re.MULTILINE)
+
+
+def test_summary_lines():
+    lines = R.summary_lines(fleet())
+    assert lines[0].startswith('auditgap 2026-11-25T20:00:00Z: 9 host(s): 2 critical, 3 warning')
+    text = '\n'.join(lines)
+    assert 'UNREACHABLE bogus: ssh: connect to host 127.0.0.1 port 1' in text
+    assert '-> raise its CPU limit (role agent_cpu' in text
+    assert 'healthy' not in text
+    assert R.summary_lines(fleet(), limit=1)[-2] == '... and more: see fleet.md'
+
+
+def test_markdown():
+    md = R.render_markdown(fleet())
+    assert md.startswith('# auditgap fleet report')
+    assert '### seed_incident: CRITICAL' in md
+    assert '**Chain:** accept4 stalls (p99 212 ms' in md
+    assert '**Error:** `ssh: connect to host 127.0.0.1 port 1: Connection refused`' in md
+    assert '| `audit_backlog_saturated` | 2 | 0 | 0 | lab_stall, seed_incident |' in md
+    assert '## Healthy hosts (1)' in md
+
+
+def test_prometheus_textfile_format():
+    text = R.render_prometheus(fleet())
+    assert text.endswith('\n')
+    line_re = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? -?[0-9.e+-]+$')
+    typed = set()
+    for line in text.splitlines():
+        if line.startswith('# TYPE '):
+            name = line.split()[2]
+            assert name not in typed, f'family {name} declared twice'
+            typed.add(name)
+        elif not line.startswith('# HELP '):
+            assert line_re.match(line), line
+            assert line.split('{')[0].split(' ')[0] in typed
+    assert 'auditgap_host_reachable{host="bogus"} 0' in text
+    assert 'auditgap_audit_backlog_peak_ratio{host="seed_incident"} 1' in text
+    assert 'auditgap_consumer_throttled_ratio{host="seed_incident"} 0.97' in text
+    assert 'auditgap_audit_wait_accrued_milliseconds{host="lab_stall"} 3608' in text
+    assert 'auditgap_audit_lost_per_second{host="seed_incident"} 1' in text
+    assert 'auditgap_findings{host="seed_incident",id="audit_consumer_throttled",severity="critical"} 1' in text
+    assert 'auditgap_fleet_hosts{status="unreachable"} 1' in text
+    assert 'auditgap_report_timestamp_seconds 1795636800' in text
+
+
+def test_prometheus_label_escaping():
+    doc = R.fleet_document([F.auditgap_host_summary({}, 'we"ird\\host', error='x', reachable=False)], 'x')
+    assert 'auditgap_host_reachable{host="we\\"ird\\\\host"} 0' in R.render_prometheus(doc)
+
+
+def test_html_self_contained_and_complete():
+    html = R.render_html(fleet(), timeline_svg='<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><title>lab timeline</title></svg>')
+    assert html.startswith('<!DOCTYPE html>')
+    assert '<script' not in html
+    assert not re.search(r'(src|href)\s*=\s*["\']?(https?:|//)', html)
+    assert '<link' not in html
+    assert html.count('<svg') >= 10
+    assert '<?xml' not in html
+    assert 'lab timeline' in html
+    assert html.index('id="count-critical"') < html.index('id="host-seed_incident"')
+    assert html.index('id="host-lab_stall"') < html.index('id="host-bogus"')
+    assert 'Audit consumer CPU-throttled' in html
+    assert 'Connection refused' in html
+    assert 'accept4 stalls (p99 212 ms' in html
+    # every inline SVG is well-formed XML
+    for svg in re.findall(r'<svg.*?</svg>', html, re.DOTALL):
+        ET.fromstring(svg)
+
+
+def test_html_escapes_host_names_and_text():
+    doc = R.fleet_document([F.auditgap_host_summary({}, '<b>x</b>', error='<script>alert(1)</script>', reachable=False)], 'x')
+    html = R.render_html(doc)
+    assert '<script>' not in html and '&lt;script&gt;' in html
+
+
+def test_safe_filename():
+    assert R.safe_filename('web-01.example.com') == 'web-01.example.com'
+    assert R.safe_filename('../etc/passwd') == '_etc_passwd'
+    assert R.safe_filename('a/b') == 'a_b'
+    assert R.safe_filename('') == '_'
+
+
+def test_action_host_entry_from_registered_results():
+    seed = load('seed_incident')
+    results = {'audit_status': {'changed': False, 'audit_status': seed['audit_status']},
+               'cgroup_throttle': {'changed': False, 'cgroup_throttle': seed['cgroup_throttle']},
+               'ftrace_sample': {'skipped': True}}
+    entry = action.host_entry('web-01', results, {})
+    assert entry['status'] == 'critical' and 'ftrace_sample' not in entry['facts']
+    down = action.host_entry('bogus', {'audit_status': load('unreachable_result')}, {})
+    assert down['status'] == 'unreachable' and 'port 1' in down['error']
+    failed = action.host_entry('x', {'audit_status': {'failed': True, 'msg': 'boom'}}, {})
+    assert failed['status'] == 'failed' and failed['error'] == 'audit_status: boom'
+    # a failing trace does not hide the audit findings
+    results['ftrace_sample'] = {'failed': True, 'msg': 'tracer busy',
+                                'ftrace_sample': {'supported': False, 'reason': 'tracer busy'}}
+    entry = action.host_entry('web-01', results, {})
+    assert entry['status'] == 'critical' and entry['error'] == 'ftrace_sample: tracer busy'
+    nothing = action.host_entry('y', {}, {})
+    assert nothing['status'] == 'failed'
+
+
+def test_action_report_dir_and_latest(tmp_path):
+    import datetime
+    now = datetime.datetime(2026, 11, 25, 20, 0, 0, tzinfo=datetime.UTC)
+    first = action.default_report_dir(now, base=str(tmp_path))
+    assert first.endswith('20261125T200000Z')
+    os.makedirs(first)
+    second = action.default_report_dir(now, base=str(tmp_path))
+    assert second.endswith('20261125T200000Z-2')
+    os.makedirs(second)
+    link = action.point_latest(first)
+    link = action.point_latest(second)
+    assert os.readlink(link) == os.path.basename(second)
