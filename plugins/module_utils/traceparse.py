@@ -92,17 +92,6 @@ def _round(value, digits=1):
 # function_graph
 
 _DURATION_MARKS = '+!#*@$'
-# "  1234.567890 |" (funcgraph-abstime), " 0)", "  bash-1234   |" (funcgraph-proc),
-# "$ 2238253.1 us" (duration with its marker), "|", the indented function text.
-_FG_LINE = re.compile(
-    r'^\s*(?:(?P<ts>\d+\.\d+)\s*\|\s*)?'
-    r'(?P<cpu>\d+)\)\s*'
-    r'(?:(?P<proc>[^|]*?-\d+)\s*\|\s*)?'
-    r'(?:(?P<mark>[-+!#*@$])\s*)?'
-    r'(?:(?P<dur>\d+(?:\.\d+)?)\s*us\s*)?'
-    r'\|(?P<indent> *)(?P<text>\S.*?)\s*$')
-_FG_SWITCH = re.compile(r'^\s*(?:\d+\.\d+\s*\|\s*)?\d+\)\s*(?P<prev>\S.*?)\s+=>\s+(?P<next>\S.*?)\s*$')
-_CLOSE_COMMENT = re.compile(r'^\}\s*(?:/\*\s*(?P<name>[^*]+?)\s*\*/)?')
 _SYSCALL_FN = re.compile(r'^(?:SyS_|sys_|__x64_sys_|__ia32_sys_|__arm64_sys_|__se_sys_|__do_sys_|ksys_|__sys_)'
                          r'(?P<name>\w+)$')
 _EXIT_WORK_FN = re.compile(r'(?:exit_work|exit_to_user_mode|syscall_exit)')
@@ -114,48 +103,111 @@ def syscall_from_function(function):
     return match.group('name') if match else None
 
 
+def _fg_fields(line):
+    """Split one function_graph line: (cpu, ts, proc, duration, kind, function, indent) or None.
+
+    kind: 'entry', 'leaf', 'exit', 'switch' (then function is "prev => next"). Split on '|'
+    rather than a regex: the columns are ``[abstime |] cpu) [proc |] [mark] [duration us] | text``.
+    """
+    parts = line.split('|')
+    n = len(parts)
+    if n < 2:
+        arrow = line.find('=>')
+        if arrow > 0 and ')' in line[:arrow] and not line.lstrip().startswith('#'):
+            close = line.find(')')
+            try:
+                cpu = int(line[:close].rsplit(None, 1)[-1])
+            except (ValueError, IndexError):
+                return None
+            return (cpu, None, None, None, 'switch',
+                    '%s => %s' % (line[close + 1:arrow].strip(), line[arrow + 2:].strip()), 0)
+        return None
+    first = parts[0]
+    if first.lstrip()[:1] == '#':
+        return None
+    close = first.find(')')
+    ts = None
+    c = 0
+    if close < 0:
+        if n < 3:
+            return None
+        try:
+            ts = float(first)
+        except ValueError:
+            return None
+        c = 1
+        first = parts[1]
+        close = first.find(')')
+        if close < 0:
+            return None
+    try:
+        cpu = int(first[:close])
+    except ValueError:
+        return None
+    rest = first[close + 1:].strip()
+    proc = None
+    if n == c + 3:
+        proc = rest or None
+        rest = parts[c + 1].strip()
+    elif n != c + 2:
+        return None
+    duration = None
+    if rest:
+        if rest[0] in _DURATION_MARKS or rest[0] == '-':
+            rest = rest[1:].lstrip()
+        if rest.endswith('us'):
+            rest = rest[:-2]
+        try:
+            duration = float(rest)
+        except ValueError:
+            return None
+    raw = parts[-1]
+    text = raw.strip()
+    if not text:
+        return None
+    indent = len(raw) - len(raw.lstrip(' '))
+    last = text[-1]
+    if text[0] == '}':
+        function = None
+        open_c = text.find('/*')
+        if open_c > 0:
+            close_c = text.find('*/', open_c)
+            function = text[open_c + 2:close_c if close_c > 0 else None].strip() or None
+        kind = 'exit'
+    elif last == '{':
+        kind = 'entry'
+        function = text[:-1].strip()
+        if function.endswith('()'):
+            function = function[:-2]
+    elif last == ';':
+        kind = 'leaf'
+        function = text[:-1].strip()
+        if function.endswith('()'):
+            function = function[:-2]
+    else:
+        return None  # comments (trace_printk, "/* event */"), irq markers: not calls
+    return (cpu, ts, proc, duration, kind, function, indent)
+
+
 def parse_function_graph_line(line):
     """One function_graph line as a dict, or None for headers and noise.
 
     kinds: ``entry`` (``func() {``), ``leaf`` (``func();``), ``exit``
     (``}`` or ``} /* func */``), ``switch`` (``=>`` context switch marker).
+    Handles ``funcgraph-abstime``, ``funcgraph-proc``, the duration markers
+    ``+ ! # * @ $``, ``} /* name */`` closing comments and CPU switch lines.
     """
-    if not line or line[0] == '#':
+    if not line:
         return None
-    stripped = line.strip()
-    if not stripped or stripped.startswith('---') or stripped.startswith('#'):
+    fields = _fg_fields(line)
+    if fields is None:
         return None
-    match = _FG_LINE.match(line)
-    if match is None:
-        sw = _FG_SWITCH.match(line)
-        if sw and '|' not in line:
-            return {'kind': 'switch', 'prev': sw.group('prev'), 'next': sw.group('next')}
-        return None
-    text = match.group('text')
-    indent = len(match.group('indent'))
-    event = {
-        'cpu': int(match.group('cpu')),
-        'depth': max(0, (indent - 1) // 2),
-        'duration_us': float(match.group('dur')) if match.group('dur') is not None else None,
-        'ts_s': float(match.group('ts')) if match.group('ts') else None,
-        'proc': match.group('proc').strip() if match.group('proc') else None,
-    }
-    if text.startswith('}'):
-        close = _CLOSE_COMMENT.match(text)
-        event['kind'] = 'exit'
-        event['function'] = close.group('name') if close and close.group('name') else None
-    elif text.endswith('{'):
-        event['kind'] = 'entry'
-        event['function'] = text[:-1].strip().rstrip('()').strip()
-    elif text.endswith(';'):
-        event['kind'] = 'leaf'
-        event['function'] = text[:-1].strip()
-        if event['function'].endswith('()'):
-            event['function'] = event['function'][:-2]
-    else:
-        # comments (trace_printk, "/* event */"), irq markers: not calls
-        return None
-    return event
+    cpu, ts, proc, duration, kind, function, indent = fields
+    if kind == 'switch':
+        prev, _sep, nxt = function.partition(' => ')
+        return {'kind': 'switch', 'cpu': cpu, 'prev': prev, 'next': nxt}
+    return {'cpu': cpu, 'depth': max(0, (indent - 1) // 2), 'duration_us': duration, 'ts_s': ts,
+            'proc': proc, 'kind': kind, 'function': function}
 
 
 class _Agg:
@@ -199,29 +251,33 @@ class FunctionGraphParser:
 
     def feed(self, line):
         self.lines += 1
-        event = parse_function_graph_line(line)
-        if event is None or event['kind'] == 'switch':
+        fields = _fg_fields(line) if line else None
+        if fields is None:
             return None
-        key = self._key(event)
-        stack = self._open.setdefault(key, [])
-        depth = event['depth']
-        if event['kind'] == 'entry':
+        cpu, ts, proc, duration, kind, function, indent = fields
+        if kind == 'switch':
+            return None
+        key = (cpu, proc) if proc else cpu
+        stack = self._open.get(key)
+        if stack is None:
+            stack = self._open[key] = []
+        depth = (indent - 1) // 2 if indent > 1 else 0
+        if kind == 'entry':
             # an entry at depth d closes nothing, but drops stale deeper entries
             while stack and stack[-1][0] >= depth:
                 stack.pop()
-            stack.append((depth, event['function'], event['ts_s']))
+            stack.append((depth, function, ts))
             return None
-        function = event['function']
-        if event['kind'] == 'exit':
+        if kind == 'exit':
             while stack and stack[-1][0] > depth:
                 stack.pop()
             if stack and stack[-1][0] == depth:
-                _d, opened, _ts = stack.pop()
+                opened = stack.pop()[1]
                 function = function or opened
-        if event['duration_us'] is None:
+        if duration is None:
             return None
-        call = {'cpu': event['cpu'], 'duration_us': event['duration_us'], 'depth': depth,
-                'function': function or '?', 'ts_s': event['ts_s'], 'proc': event['proc']}
+        call = {'cpu': cpu, 'duration_us': duration, 'depth': depth,
+                'function': function or '?', 'ts_s': ts, 'proc': proc}
         self._finish(key, call)
         return call
 
@@ -242,13 +298,18 @@ class FunctionGraphParser:
             stats[0] += 1
             stats[1] += call['duration_us']
             stats[2] = max(stats[2], call['duration_us'])
-        pending = self._pending.setdefault(key, {})
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = {}
         # children: the finished calls at the nearest deeper level
         child = None
-        for child_depth in sorted(d for d in pending if d > depth):
-            agg = pending.pop(child_depth)
-            if child is None:
-                child = agg
+        if pending:
+            deeper = [d for d in pending if d > depth]
+            if deeper:
+                deeper.sort()
+                child = pending.pop(deeper[0])
+                for d in deeper[1:]:
+                    del pending[d]
         chain = [name] + (child.best_chain if child is not None and child.best_chain else [])
         if depth == 0 or (child is not None and child.syscall and child.exit_work):
             self._top_level(call, chain, child)
@@ -380,87 +441,109 @@ class EventParser:
         self._groups = {}      # stack tuple -> [count, total, max, set(pids), states{}]
         self.unpaired_exits = 0
         self.stacks_overflow = 0
+        self._clean_cache = {}
 
     # -- line dispatch -------------------------------------------------------
     def feed(self, line):
-        self.lines += 1
-        if not line:
-            return
-        # stack frames " => func" follow a "<stack trace>" line
-        first = line.lstrip()
-        if first.startswith('=>'):
-            if self._stack_frames is not None:
-                self._stack_frames.append(first[2:].strip())
-            return
-        if self._stack_frames is not None:
-            self._end_stack()
-        if first[:1] == '#' or not first:
-            return
-        bracket = line.find('] ')
-        if bracket < 0:
-            return
-        open_b = line.rfind(' [', 0, bracket)
-        if open_b < 0:
-            return
-        head = line[:open_b].rstrip()
-        if head.endswith(')'):  # record-tgid: "comm-pid (tgid)"
-            head = head[:head.rfind('(')].rstrip()
-        dash = head.rfind('-')
-        if dash < 0:
-            return
-        try:
-            pid = int(head[dash + 1:])
-        except ValueError:
-            return
-        rest = line[bracket + 2:]
-        colon = rest.find(': ')
-        if colon < 0:
-            return
-        try:
-            ts = float(rest[:colon].rsplit(None, 1)[-1])
-        except (ValueError, IndexError):
-            return
-        body = rest[colon + 2:]
-        if self.first_ts is None:
-            self.first_ts = ts
-        self.last_ts = ts
-        if body.startswith('sys_'):
-            self._syscall(pid, ts, body)
-        elif body.startswith('sched_switch: '):
-            self._switch(ts, body)
-        elif body.startswith('<stack trace>'):
-            self._stack_pid = pid
-            self._stack_frames = []
+        self.feed_lines((line,))
 
     def feed_lines(self, lines):
-        feed = self.feed
+        """Feed an iterable of lines (the hot loop: str methods only, no regex, inlined)."""
+        switch = self._switch
+        enter = self._enter
+        pids = self.pids
+        count = 0
+        frames = self._stack_frames
         for line in lines:
-            feed(line)
+            count += 1
+            if line[1:3] == '=>' or line[:2] == '=>':
+                # a stack frame of the "<stack trace>" above
+                if frames is not None:
+                    frames.append(line[line.find('=>') + 2:].strip())
+                continue
+            if frames is not None:
+                self._stack_frames = frames
+                self._end_stack()
+                frames = None
+            bracket = line.find('] ')
+            if bracket < 0:
+                first = line.lstrip()
+                if first.startswith('=>') and frames is not None:
+                    frames.append(first[2:].strip())
+                continue
+            colon = line.find(': ', bracket)
+            if colon < 0:
+                continue
+            try:
+                ts = float(line[line.rfind(' ', bracket, colon) + 1:colon])
+            except ValueError:
+                continue
+            if self.first_ts is None:
+                self.first_ts = ts
+            self.last_ts = ts
+            head = line[colon + 2:colon + 6]
+            if head == 'sys_':
+                # comm-pid [cpu] ...: the pid; (comm-pid (tgid) [cpu] with record-tgid)
+                open_b = line.rfind(' [', 0, bracket)
+                task = line[:open_b].rstrip()
+                if task[-1:] == ')':
+                    task = task[:task.rfind('(')].rstrip()
+                try:
+                    pid = int(task[task.rfind('-') + 1:])
+                except ValueError:
+                    continue
+                arrow = line.find(' -> ', colon)
+                if arrow < 0:
+                    paren = line.find('(', colon)
+                    if paren > 0:
+                        enter[pid] = (line[colon + 6:paren], ts)
+                    continue
+                name = line[colon + 6:arrow]
+                entered = enter.pop(pid, None)
+                if entered is None or entered[0] != name:
+                    self.unpaired_exits += 1
+                    continue
+                if pids is not None and pid not in pids:
+                    continue
+                self._exit(pid, name, entered[1], ts)
+            elif head == 'sche':
+                body = line[colon + 2:]
+                if body.startswith('sched_switch: '):
+                    switch(ts, body)
+            elif head == '<sta':
+                pid = self._task_pid(line, bracket)
+                if pid is not None:
+                    self._stack_pid = pid
+                    frames = self._stack_frames = []
+        self._stack_frames = frames
+        self.lines += count
         return self
 
+    @staticmethod
+    def _task_pid(line, bracket):
+        """The pid of ``comm-pid [cpu]`` (also ``comm-pid (tgid) [cpu]``)."""
+        open_b = line.rfind(' [', 0, bracket)
+        if open_b < 0:
+            return None
+        head = line[:open_b].rstrip()
+        if head.endswith(')'):  # record-tgid
+            head = head[:head.rfind('(')].rstrip()
+        dash = head.rfind('-')
+        try:
+            return int(head[dash + 1:])
+        except ValueError:
+            return None
+
     # -- syscalls ------------------------------------------------------------
-    def _syscall(self, pid, ts, body):
-        arrow = body.find(' -> ')
-        if arrow > 0:
-            name = body[4:arrow]
-            entered = self._enter.pop(pid, None)
-            if entered is None or entered[0] != name:
-                self.unpaired_exits += 1
-                return
-            if self.pids is not None and pid not in self.pids:
-                return
-            if self.syscalls is not None and name not in self.syscalls:
-                return
-            self.events += 1
-            duration = (ts - entered[1]) * 1e6
-            stats = self._sys.get(name)
-            if stats is None:
-                stats = self._sys[name] = LatencyStats(top=self.top)
-            stats.add(duration, (pid, entered[1], duration))
+    def _exit(self, pid, name, start_ts, ts):
+        if self.syscalls is not None and name not in self.syscalls:
             return
-        paren = body.find('(')
-        if paren > 4:
-            self._enter[pid] = (body[4:paren], ts)
+        self.events += 1
+        duration = (ts - start_ts) * 1e6
+        stats = self._sys.get(name)
+        if stats is None:
+            stats = self._sys[name] = LatencyStats(top=self.top)
+        stats.add(duration, (pid, start_ts, duration))
 
     # -- sched_switch --------------------------------------------------------
     def _switch(self, ts, body):
@@ -494,7 +577,13 @@ class EventParser:
         self._stack_pid = None
         pending = self._out.get(pid)
         if pending is not None and pending[2] is None:
-            pending[2] = tuple(clean_stack(frames))
+            raw = tuple(frames)
+            stack = self._clean_cache.get(raw)
+            if stack is None:
+                stack = tuple(clean_stack(frames))
+                if len(self._clean_cache) < 4096:
+                    self._clean_cache[raw] = stack
+            pending[2] = stack
 
     def _account(self, pid, seconds, state, stack):
         if stack is None:
@@ -525,7 +614,12 @@ class EventParser:
         return self
 
     def syscalls_result(self):
+        """Per syscall stats; every name in ``syscalls`` appears (count 0 when unseen)."""
         out = {}
+        for name in sorted(self.syscalls or ()):
+            if name not in self._sys:
+                out[name] = {'count': 0, 'p50_us': None, 'p99_us': None, 'max_us': None,
+                             'total_us': 0.0, 'slowest': []}
         for name, stats in sorted(self._sys.items()):
             out[name] = {
                 'count': stats.count,

@@ -1,0 +1,138 @@
+"""Parser throughput on a generated 1 GB trace, memory flat.
+
+Generates /tmp/auditgap-bench-<pid>.trace (default 1 GiB) by repeating the real
+capture tests/fixtures/ftrace/offcpu-and-accept4-events.during-stall.trace
+(sys_enter/sys_exit accept4, sched_switch, stack traces), then in the same run:
+
+- baseline: plain line iteration over the file (what reading alone costs);
+- EventParser over the whole file (the syscalls + offcpu parser);
+- FunctionGraphParser over a function_graph file built from the seed traces
+  (size --fg-mb, default 100 MB; reported, goal --fg-goal).
+
+Prints lines/s, the ratio to the baseline and peak RSS (getrusage) before and
+after each parse. Exit 1 when the event parser is below --goal lines/s (default
+500000) or RSS grew by more than --max-rss-growth-mb (default 64) while parsing.
+The generated files are deleted afterwards.
+
+    .venv/bin/python benchmarks/bench_traceparse.py [--size-mb 1024]
+"""
+import argparse
+import os
+import resource
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'collections'))
+
+from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse  # noqa: E402
+
+FIX = os.path.join(ROOT, 'tests', 'fixtures', 'ftrace')
+
+
+def rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def generate(path, source_files, size_mb, skip_headers=True):
+    chunk = []
+    for name in source_files:
+        with open(os.path.join(FIX, name)) as handle:
+            for line in handle:
+                if skip_headers and line.startswith('#'):
+                    continue
+                chunk.append(line)
+    block = ''.join(chunk).encode()
+    target = size_mb * 1024 * 1024
+    written = 0
+    with open(path, 'wb') as out:
+        while written < target:
+            out.write(block)
+            written += len(block)
+    return written
+
+
+def timed(fn, path):
+    """-> (lines, cpu seconds, wall seconds). Rates use CPU time: the test hosts are shared."""
+    start, cpu = time.perf_counter(), time.process_time()
+    lines = fn(path)
+    return lines, time.process_time() - cpu, time.perf_counter() - start
+
+
+def iterate(path):
+    count = 0
+    with open(path, 'r', buffering=1 << 20) as handle:
+        for _line in handle:
+            count += 1
+    return count
+
+
+def parse_events(path):
+    parser = traceparse.EventParser(top=10)
+    with open(path, 'r', buffering=1 << 20) as handle:
+        parser.feed_lines(handle)
+    result = parser.result()
+    assert result['syscalls']['accept4']['count'] > 0
+    assert any('audit_log_start' in g['stack'] for g in result['offcpu'])
+    return parser.lines
+
+
+def parse_graph(path):
+    parser = traceparse.FunctionGraphParser(top=10)
+    with open(path, 'r', buffering=1 << 20) as handle:
+        parser.feed_lines(handle)
+    result = parser.flush().result()
+    assert result['syscall_exits'][0]['syscall'] == 'accept4'
+    return parser.lines
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--size-mb', type=int, default=1024)
+    ap.add_argument('--fg-mb', type=int, default=100)
+    ap.add_argument('--goal', type=float, default=500000.0)
+    ap.add_argument('--fg-goal', type=float, default=150000.0)
+    ap.add_argument('--max-rss-growth-mb', type=float, default=64.0)
+    args = ap.parse_args()
+    events_path = '/tmp/auditgap-bench-%d.trace' % os.getpid()
+    graph_path = '/tmp/auditgap-bench-%d.fg.trace' % os.getpid()
+    ok = True
+    try:
+        size = generate(events_path, ['offcpu-and-accept4-events.during-stall.trace'], args.size_mb)
+        generate(graph_path, ['seed-function-graph.depth2.trace', 'seed-function-graph.slow-calls.trace'],
+                 args.fg_mb)
+        print('generated %.0f MB events trace, %d MB function_graph trace' % (size / 1048576.0, args.fg_mb))
+        base_lines, base_s, base_wall = timed(iterate, events_path)
+        base_rate = base_lines / base_s
+        print('baseline (plain iteration): %d lines in %.1f s CPU (%.1f s wall) = %.0f lines/s'
+              % (base_lines, base_s, base_wall, base_rate))
+        rss0 = rss_mb()
+        ev_lines, ev_s, ev_wall = timed(parse_events, events_path)
+        rss1 = rss_mb()
+        ev_rate = ev_lines / ev_s
+        print('EventParser: %d lines in %.1f s CPU (%.1f s wall) = %.0f lines/s (%.1fx the baseline time); '
+              'peak RSS %.1f -> %.1f MB' % (ev_lines, ev_s, ev_wall, ev_rate, ev_s / base_s, rss0, rss1))
+        fg_lines, fg_s, fg_wall = timed(parse_graph, graph_path)
+        rss2 = rss_mb()
+        fg_rate = fg_lines / fg_s
+        print('FunctionGraphParser: %d lines in %.1f s CPU (%.1f s wall) = %.0f lines/s; peak RSS %.1f MB'
+              % (fg_lines, fg_s, fg_wall, fg_rate, rss2))
+        if ev_rate < args.goal:
+            print('GOAL MISSED: EventParser %.0f < %.0f lines/s' % (ev_rate, args.goal))
+            ok = False
+        if fg_rate < args.fg_goal:
+            print('GOAL MISSED: FunctionGraphParser %.0f < %.0f lines/s' % (fg_rate, args.fg_goal))
+            ok = False
+        if rss2 - rss0 > args.max_rss_growth_mb:
+            print('GOAL MISSED: RSS grew %.1f MB while parsing (limit %.0f)' % (rss2 - rss0, args.max_rss_growth_mb))
+            ok = False
+        print('OK' if ok else 'FAILED')
+    finally:
+        for path in (events_path, graph_path):
+            if os.path.exists(path):
+                os.unlink(path)
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
