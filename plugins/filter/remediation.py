@@ -1,0 +1,225 @@
+# -*- coding: utf-8 -*-
+# Copyright: auditgap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: UP001, UP009, UP010, UP031, UP004
+"""remediate.yml's pure parts: which fixes a host gets, and the before/after record.
+
+Filters (``auditgap.fleet.<name>``):
+
+- ``auditgap_fleet_findings(fleet_doc)`` -> every finding of fleet.json
+- ``auditgap_remediation_plan(findings, host, only=None)`` ->
+  ``{role: {vars, findings: [ids]}}`` for the remediations the host's findings name
+  (items may also be explicit remediations ``{role, vars}``, applied to every host)
+- ``auditgap_remediation_host(before, plan, outcomes, after_results, host, thresholds, applied)``
+  -> one host's record of remediation.json
+- ``auditgap_remediation_document(records, generated_at, report_dir, applied)`` -> remediation.json
+- ``auditgap_remediation_markdown(doc)`` -> remediation.md
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.auditgap.fleet.plugins.filter.findings import auditgap_findings
+
+ROLES = ('audit_backlog', 'agent_cpu', 'audit_rules')
+SEVERITY_RANK = {'critical': 0, 'warning': 1, 'info': 2}
+GATHERED = ('audit_status', 'cgroup_throttle', 'ftrace_sample')
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def auditgap_fleet_findings(fleet_doc):
+    """All findings of a fleet.json document (``hosts`` as a list or a mapping)."""
+    doc = _plain(fleet_doc) or {}
+    hosts = doc.get('hosts') or []
+    if isinstance(hosts, dict):
+        hosts = [dict(v, host=v.get('host', k)) for k, v in hosts.items()]
+    out = []
+    for entry in hosts:
+        for finding in entry.get('findings') or []:
+            finding = dict(finding)
+            finding.setdefault('host', entry.get('host'))
+            out.append(finding)
+    return out
+
+
+def auditgap_remediation_plan(findings, host, only=None):
+    """``{role: {vars, findings}}`` for one host.
+
+    The most severe finding naming a role sets its vars; ``audit_rules``
+    narrow items from several findings are merged (unique by syscall+key).
+    ``only`` restricts to some roles.
+    """
+    plan = {}
+    items = []
+    for item in _plain(findings) or []:
+        if isinstance(item, dict) and 'role' in item and 'remediation' not in item:
+            # an explicit remediation {role, vars}: applies to every host
+            item = {'id': 'explicit:%s' % item['role'], 'severity': 'info', 'host': None, 'remediation': item}
+        if isinstance(item, dict):
+            items.append(item)
+    mine = [f for f in items if f.get('host') in (host, None)]
+    mine.sort(key=lambda f: SEVERITY_RANK.get(f.get('severity'), 3))
+    for finding in mine:
+        rem = finding.get('remediation')
+        if not isinstance(rem, dict) or rem.get('role') not in ROLES:
+            continue
+        role = rem['role']
+        if only and role not in only:
+            continue
+        entry = plan.get(role)
+        if entry is None:
+            plan[role] = {'vars': dict(rem.get('vars') or {}), 'findings': [finding.get('id')]}
+            continue
+        if finding.get('id') not in entry['findings']:
+            entry['findings'].append(finding.get('id'))
+        if role == 'audit_rules':
+            have = entry['vars'].setdefault('audit_rules_narrow', [])
+            for item in (rem.get('vars') or {}).get('audit_rules_narrow') or []:
+                if not any(i.get('syscall') == item.get('syscall') and i.get('key') == item.get('key') for i in have):
+                    have.append(item)
+    return plan
+
+
+def _after_facts(after_results):
+    facts = {}
+    for name in GATHERED:
+        res = (after_results or {}).get(name)
+        if isinstance(res, dict) and isinstance(res.get(name), dict):
+            facts[name] = res[name]
+    return facts
+
+
+def _brief(finding):
+    if not finding:
+        return None
+    return {'severity': finding.get('severity'), 'summary': finding.get('summary'),
+            'evidence': finding.get('evidence')}
+
+
+def auditgap_remediation_host(before, plan, outcomes, after_results, host, thresholds=None, applied=False):
+    """One host's before/after record.
+
+    ``before``: the host's findings from the diagnosis; ``outcomes``:
+    ``{role: {changed, failed, msg, result}}`` of the roles run;
+    ``after_results``: the re-sample's registered results (keys as in
+    diagnose: audit_status, cgroup_throttle, ftrace_sample), None in a dry run.
+    A finding is ``fixed`` when it is gone after, ``not_fixed`` when it is
+    still there, ``not_remediated`` when no role ran for it, ``pending``
+    in a dry run; findings only present after are ``new``.
+    """
+    before = [f for f in (_plain(before) or []) if f.get('host') in (host, None)]
+    plan = _plain(plan) or {}
+    outcomes = _plain(outcomes) or {}
+    after = None
+    after_error = None
+    if applied and after_results:
+        facts = _after_facts(_plain(after_results))
+        if 'audit_status' in facts:
+            after = auditgap_findings(facts, host, thresholds or None)
+        else:
+            after_error = 'the re-sample gathered no audit status'
+    by_role = {}
+    for role, entry in plan.items():
+        for fid in entry.get('findings') or []:
+            by_role[fid] = role
+    records = []
+    after_ids = {f['id']: f for f in after or []}
+    for finding in before:
+        fid = finding.get('id')
+        role = by_role.get(fid)
+        outcome = outcomes.get(role) if role else None
+        if not applied:
+            status = 'pending' if role else 'not_remediated'
+        elif after is None:
+            status = 'unknown'
+        elif fid in after_ids:
+            status = 'not_fixed' if role else 'not_remediated'
+        else:
+            status = 'fixed'
+        records.append({'id': fid, 'role': role, 'status': status,
+                        'role_failed': bool(outcome and outcome.get('failed')),
+                        'before': _brief(finding), 'after': _brief(after_ids.get(fid)) if after is not None else None})
+    before_ids = {f.get('id') for f in before}
+    for finding in after or []:
+        if finding['id'] not in before_ids:
+            records.append({'id': finding['id'], 'role': None, 'status': 'new', 'role_failed': False,
+                            'before': None, 'after': _brief(finding)})
+    remediations = []
+    for role in ROLES:
+        if role not in plan:
+            continue
+        outcome = outcomes.get(role) or {}
+        remediations.append({'role': role, 'vars': plan[role].get('vars'), 'findings': plan[role].get('findings'),
+                             'changed': bool(outcome.get('changed')), 'failed': bool(outcome.get('failed')),
+                             'msg': outcome.get('msg'), 'result': outcome.get('result')})
+    return {'host': host, 'applied': bool(applied), 'remediations': remediations, 'findings': records,
+            'after_error': after_error,
+            'fixed': sum(1 for r in records if r['status'] == 'fixed'),
+            'not_fixed': sum(1 for r in records if r['status'] == 'not_fixed')}
+
+
+def auditgap_remediation_document(records, generated_at, report_dir=None, applied=False):
+    records = _plain(records) or []
+    summary = {'hosts': len(records), 'fixed': 0, 'not_fixed': 0, 'new': 0, 'not_remediated': 0, 'failed_roles': 0}
+    for rec in records:
+        for f in rec.get('findings') or []:
+            if f['status'] in summary:
+                summary[f['status']] += 1
+        summary['failed_roles'] += sum(1 for r in rec.get('remediations') or [] if r.get('failed'))
+    return {'generated_at': generated_at, 'mode': 'applied' if applied else 'dry-run',
+            'report_dir': report_dir, 'summary': summary, 'hosts': records}
+
+
+def _md_cell(value):
+    return str(value if value is not None else '').replace('|', '\\|').replace('\n', ' ')
+
+
+def auditgap_remediation_markdown(doc):
+    doc = _plain(doc) or {}
+    s = doc.get('summary') or {}
+    lines = ['# auditgap remediation (%s)' % doc.get('mode'), '',
+             'Generated %s from the diagnosis in `%s`.' % (doc.get('generated_at'), doc.get('report_dir')), '',
+             '%s host(s): %s fixed, %s not fixed, %s new, %s not remediated, %s failed role run(s).' % (
+                 s.get('hosts', 0), s.get('fixed', 0), s.get('not_fixed', 0), s.get('new', 0),
+                 s.get('not_remediated', 0), s.get('failed_roles', 0)), '']
+    for rec in doc.get('hosts') or []:
+        lines += ['## %s' % rec.get('host'), '']
+        if rec.get('remediations'):
+            lines += ['| role | changed | failed | vars | message |', '|---|---|---|---|---|']
+            for r in rec['remediations']:
+                lines.append('| %s | %s | %s | `%s` | %s |' % (r['role'], r['changed'], r['failed'],
+                                                                _md_cell(r.get('vars')), _md_cell(r.get('msg'))))
+            lines.append('')
+        else:
+            lines += ['No remediation named for this host.', '']
+        if rec.get('after_error'):
+            lines += ['After: %s' % rec['after_error'], '']
+        if rec.get('findings'):
+            lines += ['| finding | status | before | after |', '|---|---|---|---|']
+            for f in rec['findings']:
+                b = f.get('before') or {}
+                a = f.get('after') or {}
+                lines.append('| %s | **%s** | %s %s | %s %s |' % (
+                    f['id'], f['status'], _md_cell(b.get('severity')), _md_cell(b.get('summary')),
+                    _md_cell(a.get('severity')), _md_cell(a.get('summary'))))
+            lines.append('')
+    return '\n'.join(lines) + '\n'
+
+
+class FilterModule(object):
+    def filters(self):
+        return {
+            'auditgap_fleet_findings': auditgap_fleet_findings,
+            'auditgap_remediation_plan': auditgap_remediation_plan,
+            'auditgap_remediation_host': auditgap_remediation_host,
+            'auditgap_remediation_document': auditgap_remediation_document,
+            'auditgap_remediation_markdown': auditgap_remediation_markdown,
+        }
