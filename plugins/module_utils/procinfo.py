@@ -151,27 +151,40 @@ def find_pids_by_name(names, proc_root='/proc'):
 
     Reads ``comm`` first; ``exe`` only when comm does not match (comm is
     truncated to 15 characters and can be renamed by the process).
+    Built for hosts with many processes: raw ``os.open``/``os.read`` (no
+    buffered text file per process) and one ``readlink`` per non-matching
+    process; processes that vanish or deny access are skipped.
     """
     wanted = set(names)
     found = dict((name, []) for name in wanted)
+    wanted_bytes = dict((name.encode('utf-8', 'surrogateescape'), name) for name in wanted)
+    o_rdonly = os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0)
+    deleted = ' (deleted)'
     for entry in os.listdir(proc_root):
         if not entry.isdigit():
             continue
         base = proc_root + '/' + entry
         try:
-            with open(base + '/comm', 'r') as handle:
-                comm = handle.read().rstrip('\n')
-        except (IOError, OSError):
-            continue
-        if comm in wanted:
-            found[comm].append(int(entry))
+            fd = os.open(base + '/comm', o_rdonly)
+        except OSError:
             continue
         try:
-            exe = os.path.basename(os.readlink(base + '/exe'))
-        except (IOError, OSError):
+            comm = os.read(fd, 64).rstrip(b'\n')
+        except OSError:
             continue
-        if exe.endswith(' (deleted)'):
-            exe = exe[:-len(' (deleted)')]
+        finally:
+            os.close(fd)
+        name = wanted_bytes.get(comm)
+        if name is not None:
+            found[name].append(int(entry))
+            continue
+        try:
+            exe = os.readlink(base + '/exe')
+        except OSError:
+            continue
+        exe = exe[exe.rfind('/') + 1:]
+        if exe.endswith(deleted):
+            exe = exe[:-len(deleted)]
         if exe in wanted:
             found[exe].append(int(entry))
     for pids in found.values():
