@@ -1,0 +1,151 @@
+"""Cost of a `syscalls` sample on a loopback accept loop (goal: at most 5% fewer accepts/s).
+
+Same run, alternating: a window untraced, then a window while ftrace_sample
+(mode syscalls, accept4, filtered to the server pid, in its private instance)
+is sampling, ROUNDS times. Prints accepts/s of each window, the medians and
+the ratio traced/untraced. Exit 1 when the ratio is below 1 - --max-loss
+(default 0.05) or the sample reported no accept4.
+
+Needs root. Takes the host-wide kernel test lock (other tests change tracefs
+too) for the whole run; the module restores tracefs itself.
+
+    .venv/bin/python benchmarks/bench_ftrace_sample.py [--window-s 3] [--rounds 3]
+"""
+import argparse
+import fcntl
+import json
+import multiprocessing
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULE = os.path.join(ROOT, 'plugins', 'modules', 'ftrace_sample.py')
+KERNEL_LOCK = '/run/lock/auditgap-kernel-tests.lock'
+TRACEFS = '/sys/kernel/tracing'
+
+
+def server(counter, port_q, stop):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(('127.0.0.1', 0))
+    sock.listen(1024)
+    sock.settimeout(0.5)
+    port_q.put(sock.getsockname()[1])
+    while not stop.is_set():
+        try:
+            conn, _addr = sock.accept()
+        except socket.timeout:
+            continue
+        conn.close()
+        counter.value += 1
+
+
+def client(port, stop):
+    while not stop.is_set():
+        try:
+            conn = socket.create_connection(('127.0.0.1', port), timeout=1)
+            conn.close()
+        except OSError:
+            time.sleep(0.001)
+
+
+def rate(counter, seconds):
+    start_n, start_t = counter.value, time.monotonic()
+    time.sleep(seconds)
+    return (counter.value - start_n) / (time.monotonic() - start_t)
+
+
+def start_sample(server_pid, seconds, workdir):
+    args = os.path.join(workdir, 'args.json')
+    with open(args, 'w') as handle:
+        json.dump({'ANSIBLE_MODULE_ARGS': {'mode': 'syscalls', 'pids': [server_pid], 'syscalls': ['accept4'],
+                                           'duration_s': seconds}}, handle)
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, 'collections'))
+    return subprocess.Popen([sys.executable, MODULE, args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, cwd=ROOT)
+
+
+def wait_live(proc, timeout_s=15.0):
+    tracing_on = os.path.join(TRACEFS, 'instances', 'auditgap-%d' % proc.pid, 'tracing_on')
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with open(tracing_on) as handle:
+                if handle.read().strip() == '1':
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return False
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--window-s', type=float, default=3.0)
+    ap.add_argument('--rounds', type=int, default=3)
+    ap.add_argument('--max-loss', type=float, default=0.05)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print('needs root')
+        return 2
+    ctx = multiprocessing.get_context('fork')
+    counter = ctx.RawValue('q', 0)
+    stop = ctx.Event()
+    port_q = ctx.Queue()
+    srv = ctx.Process(target=server, args=(counter, port_q, stop), daemon=True)
+    srv.start()
+    port = port_q.get(timeout=10)
+    cli = ctx.Process(target=client, args=(port, stop), daemon=True)
+    cli.start()
+    untraced, traced, counts = [], [], []
+    ok = True
+    with open(KERNEL_LOCK, 'w') as lock, tempfile.TemporaryDirectory() as workdir:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            time.sleep(1.0)  # warm up
+            for rnd in range(args.rounds):
+                untraced.append(rate(counter, args.window_s))
+                proc = start_sample(srv.pid, args.window_s + 1.5, workdir)
+                if not wait_live(proc):
+                    out, err = proc.communicate(timeout=60)
+                    print('sample did not start: %s %s' % (out[-500:], err[-500:]))
+                    return 1
+                time.sleep(0.3)
+                traced.append(rate(counter, args.window_s))
+                out, _err = proc.communicate(timeout=120)
+                facts = json.loads(out.decode())['ftrace_sample']
+                acc = facts['syscalls'].get('accept4', {})
+                counts.append(acc.get('count', 0))
+                print('round %d: untraced %.0f accepts/s, traced %.0f accepts/s (sample saw %d accept4, '
+                      'p50 %s us, p99 %s us, restored %s)' % (rnd + 1, untraced[-1], traced[-1], counts[-1],
+                                                              acc.get('p50_us'), acc.get('p99_us'),
+                                                              facts['restored']))
+                if not facts['restored']:
+                    ok = False
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            stop.set()
+            cli.join(5)
+            srv.join(5)
+    base = statistics.median(untraced)
+    with_sample = statistics.median(traced)
+    ratio = with_sample / base if base else 0.0
+    print('median untraced %.0f accepts/s, median traced %.0f accepts/s, ratio %.3f (goal >= %.2f)'
+          % (base, with_sample, ratio, 1 - args.max_loss))
+    if ratio < 1 - args.max_loss:
+        print('GOAL MISSED: the sample cost %.1f%% of accepts/s' % ((1 - ratio) * 100))
+        ok = False
+    if not all(counts):
+        print('GOAL MISSED: a sample saw no accept4')
+        ok = False
+    print('OK' if ok else 'FAILED')
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
