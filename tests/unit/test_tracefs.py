@@ -135,3 +135,53 @@ def test_resolve_targets_excludes_consumer(tmp_path):
 def test_auditctl_status_pid():
     assert ftrace_sample.parse_auditctl_status_pid('enabled 1\nfailure 1\npid 6398\nrate_limit 0\n') == 6398
     assert ftrace_sample.parse_auditctl_status_pid('enabled 0\npid 0\n') == 0
+
+
+def _fake_tracefs(tmp_path):
+    """A directory shaped like tracefs (regular files) with the seed traces as trace_pipe."""
+    files = {'tracing_on': '1\n', 'current_tracer': 'nop\n', 'buffer_size_kb': '7 (expanded: 1408)\n',
+             'tracing_thresh': '0\n', 'set_ftrace_pid': 'no pid\n',
+             'set_graph_function': '#### all functions enabled ####\n', 'max_graph_depth': '0\n'}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    fix = os.path.join(os.path.dirname(__file__), '..', 'fixtures', 'ftrace')
+    trace = ''
+    for name in ('seed-function-graph.slow-calls.trace', 'seed-function-graph.depth2.trace'):
+        with open(os.path.join(fix, name)) as handle:
+            trace += handle.read()
+    (tmp_path / 'trace_pipe').write_text(trace)
+    return files
+
+
+def test_function_graph_path_on_fake_tracefs_restores_every_file(tmp_path, monkeypatch):
+    from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
+    _fake_tracefs(tmp_path)
+    written = []
+    real_write = tracefs._write
+
+    def spy(path, value):
+        written.append((os.path.basename(path), value))
+        real_write(path, value)
+
+    monkeypatch.setattr(tracefs, '_write', spy)
+    monkeypatch.setattr(guard_mod, '_write', spy)
+    with guard_mod.RestoreGuard(signals=False) as guard:
+        graph = ftrace_sample.sample_function_graph(
+            guard, str(tmp_path), {'tids': [4242, 4243]},
+            _params(duration_s=1, tracing_thresh_us=1000000, max_graph_depth=2))
+    assert guard.restore_errors == []
+    chains = [c['chain'] for c in graph['slow_calls']]
+    assert ['do_syscall_64', 'syscall_slow_exit_work', '__audit_syscall_exit', 'audit_log_exit',
+            'audit_log_start', 'schedule_timeout'] in chains
+    assert graph['syscall_exits'][0]['syscall'] == 'accept4'
+    assert graph['syscall_exits'][0]['exit_work_us'] > 2e6
+    # what was set during the sample (the seed's recipes)
+    state = {}
+    for name in ('tracing_thresh', 'set_ftrace_pid', 'set_graph_function', 'max_graph_depth'):
+        state[name] = [v for n, v in written if n == name]
+    assert '1000000' in state['tracing_thresh'] and '4242 4243' in state['set_ftrace_pid']
+    assert 'do_syscall_64' in state['set_graph_function'] and '2' in state['max_graph_depth']
+    # ... and everything is back (in tracefs' write format)
+    after = {p.name: p.read_text() for p in tmp_path.iterdir() if p.name != 'trace_pipe'}
+    assert after == {'tracing_on': '1', 'current_tracer': 'nop', 'buffer_size_kb': '1408', 'tracing_thresh': '0',
+                     'set_ftrace_pid': '', 'set_graph_function': '', 'max_graph_depth': '0'}
