@@ -259,7 +259,7 @@ def validate_status_fields(fields, allow_immutable=False):
     unknown = sorted(set(fields) - set(settable))
     if unknown:
         raise ValueError('cannot set audit status field(s) %s; settable: %s'
-                         % (', '.join(unknown), ', '.join(name for name, _ in SETTABLE)))
+                         % (', '.join(unknown), ', '.join(name for name, _bit in SETTABLE)))
     mask = 0
     values = {}
     for name, value in fields.items():
@@ -421,7 +421,7 @@ def render_rule(rule):
     syscall_text = ['-S', ','.join(rule['syscalls'])] if rule['syscalls'] else []
     for field in rule['fields']:
         if field['name'] == 'compare':
-            left, _, right = field['value'].partition(':')
+            left, _sep, right = field['value'].partition(':')
             parts.extend(['-C', '%s%s%s' % (left, field['op'], right)])
         else:
             parts.extend(['-F', '%s%s%s' % (field['name'], field['op'], field['value'])])

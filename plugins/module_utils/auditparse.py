@@ -79,7 +79,7 @@ def parse_status(text):
 
 
 def _split_list_action(text):
-    first, _, second = text.partition(',')
+    first, _sep, second = text.partition(',')
     if first in _LISTS or second in _ACTIONS:
         return first, second
     return second, first

@@ -25,7 +25,7 @@ description:
   - Read-only. Without root, or without audit in the kernel or the container,
     returns C(supported=false) with a reason instead of failing.
 author:
-  - auditgap contributors
+  - auditgap contributors (@auditgap)
 options:
   source:
     description:
@@ -66,8 +66,10 @@ seealso:
     link: https://man7.org/linux/man-pages/man8/auditctl.8.html
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 '''
 
