@@ -338,6 +338,11 @@ def _syscalls_from_mask(words, arch):
     return names
 
 
+def machine_arch():
+    """'b64' on x86_64, 'b32' on i386/i686, else None (syscalls stay numeric)."""
+    return {'x86_64': 'b64', 'i386': 'b32', 'i686': 'b32'}.get(os.uname()[4])
+
+
 def decode_rule(payload, default_arch='b64'):
     """struct audit_rule_data -> rule dict (the shape ``auditparse.parse_rules`` returns)."""
     if len(payload) < RULE_HEADER_SIZE:
@@ -380,7 +385,8 @@ def decode_rule(payload, default_arch='b64'):
         fields.append({'name': name, 'op': op, 'value': value})
 
     list_name = FILTER_LISTS.get(flags & ~AUDIT_FILTER_PREPEND & 0xFF, 'list_%d' % flags)
-    syscall_arch = arch if arch in ('b64', 'b32') else default_arch
+    # names only where the table fits: an explicit b64/b32, or this machine's arch
+    syscall_arch = arch if arch is not None else default_arch
     if list_name in ('exit', 'entry'):
         syscalls = _syscalls_from_mask(mask, syscall_arch)
     else:
@@ -529,8 +535,10 @@ class AuditSocket:
             if msg_type == AUDIT_GET:
                 return decode_status(payload)
 
-    def list_rules(self, default_arch='b64'):
+    def list_rules(self, default_arch=None):
         """AUDIT_LIST_RULES -> [rule dict] in kernel order."""
+        if default_arch is None:
+            default_arch = machine_arch()
         seq = self._send(AUDIT_LIST_RULES)
         rules = []
         for msg_type, _flags, payload in self._replies(seq):
@@ -585,7 +593,7 @@ def get_status(timeout_s=2.0):
         return sock.get_status()
 
 
-def list_rules(timeout_s=2.0, default_arch='b64'):
+def list_rules(timeout_s=2.0, default_arch=None):
     """The loaded audit rules, decoded."""
     with AuditSocket(timeout_s) as sock:
         return sock.list_rules(default_arch)

@@ -308,3 +308,21 @@ def test_decode_rule_synthetic_exclude_list():
     assert rule['list'] == 'exclude' and rule['action'] == 'never'
     assert rule['syscalls'] == []
     assert rule['text'] == '-a never,exclude -F msgtype=1307'
+
+
+def synthetic_rule(fields, values, flags, mask, action=2, list_flags=4):
+    count = len(fields)
+    pad = [0] * (64 - count)
+    words = [list_flags, action, count] + mask + fields + pad + values + pad + flags + pad + [0]
+    return struct.pack('=%dI' % len(words), *words)
+
+
+def test_decode_rule_foreign_arch_keeps_syscall_numbers():
+    mask = [1 << 5] + [0] * 63
+    payload = synthetic_rule([11], [0xC00000B7], [0x40000000], mask)   # arch=aarch64
+    rule = auditnl.decode_rule(payload)
+    assert rule['arch'] == '0xc00000b7' and rule['syscalls'] == ['5']
+    b64 = auditnl.decode_rule(synthetic_rule([11], [auditnl.AUDIT_ARCH_X86_64], [0x40000000], mask))
+    assert b64['syscalls'] == ['fstat']
+    no_arch = auditnl.decode_rule(synthetic_rule([], [], [], mask), default_arch=None)
+    assert no_arch['syscalls'] == ['5'] and no_arch['arch'] is None
