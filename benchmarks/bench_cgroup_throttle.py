@@ -21,7 +21,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import procinfo  # noqa: E402
+from ansible_collections.auditgap.fleet.plugins.module_utils import procinfo
 
 NAMES = ['auditd', 'ids-agent', 'falco', 'no-such-process-name', 'bench-target']
 TARGETS = 3
@@ -112,10 +112,10 @@ def main():
     # correctness: exactly the renamed targets, nothing for an unknown name
     ok = found['bench-target'] == sorted(pids[:TARGETS]) and found['no-such-process-name'] == []
     ratio = find_t / base_t if base_t else float('inf')
-    print('processes in /proc: %d (%d extra), comm files read by baseline: %d' % (visible, args.extra, comms))
-    print('baseline (listdir + read every comm): %.3f s' % base_t)
-    print('find_pids_by_name(%d names):          %.3f s  (ratio %.2fx baseline)' % (len(names), find_t, ratio))
-    print('goal < %.2f s: %s; lookup correct: %s' % (args.goal, 'met' if find_t < args.goal else 'MISSED', ok))
+    print(f'processes in /proc: {visible} ({args.extra} extra), comm files read by baseline: {comms}')
+    print(f'baseline (listdir + read every comm): {base_t:.3f} s')
+    print(f'find_pids_by_name({len(names)} names):          {find_t:.3f} s  (ratio {ratio:.2f}x baseline)')
+    print('goal < {:.2f} s: {}; lookup correct: {}'.format(args.goal, 'met' if find_t < args.goal else 'MISSED', ok))
     return 0 if (find_t < args.goal and ok) else 1
 
 

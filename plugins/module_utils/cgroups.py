@@ -573,7 +573,7 @@ class Collector:
         return self._group_dirs
 
     def pid_cgroups(self, pid):
-        text = _read_text('%s/%d/cgroup' % (self.proc_root, pid))
+        text = _read_text(f'{self.proc_root}/{pid}/cgroup')
         return procinfo.parse_proc_cgroup(text) if text is not None else None
 
     # entries
@@ -642,14 +642,14 @@ class Collector:
         if not pid:
             return [self._not_found('audit_consumer', 'audit_consumer',
                                     reason or 'no audit consumer registered')]
-        if not os.path.isdir('%s/%d' % (self.proc_root, pid)):
+        if not os.path.isdir(f'{self.proc_root}/{pid}'):
             return [self._not_found('audit_consumer', str(pid),
-                                    'audit consumer pid %d is registered but not running' % pid)]
+                                    f'audit consumer pid {pid} is registered but not running')]
         return self._by_pids('audit_consumer', str(pid), [pid])
 
     def pid(self, pid):
-        if not os.path.isdir('%s/%d' % (self.proc_root, pid)):
-            return [self._not_found('pid', str(pid), 'no process with pid %d' % pid)]
+        if not os.path.isdir(f'{self.proc_root}/{pid}'):
+            return [self._not_found('pid', str(pid), f'no process with pid {pid}')]
         return self._by_pids('pid', str(pid), [pid])
 
     def process_names(self, names):

@@ -229,7 +229,7 @@ def _cgroup_parents(cgroup_root='/sys/fs/cgroup'):
 
 def ensure_dockerd(socket_path=DOCKER_SOCK, log_path=DEFAULT_LOG, timeout=60,
                    dockerd='dockerd', extra_args=(), state_dir=STATE_DIR,
-                   lock_path=LOCK_PATH):
+                   lock_path=LOCK_PATH, cgroup_root='/sys/fs/cgroup'):
     """Make sure a Docker daemon answers; start Debian's dockerd if not.
 
     Returns True when this call started the daemon, False when one was
@@ -250,7 +250,7 @@ def ensure_dockerd(socket_path=DOCKER_SOCK, log_path=DEFAULT_LOG, timeout=60,
             binary = shutil.which(dockerd) if hasattr(shutil, 'which') else dockerd
             if not binary:
                 raise DockerUnavailable('dockerd not found (install docker.io)')
-            pre_existing = [path for path in _cgroup_parents() if os.path.isdir(path)]
+            pre_existing = [path for path in _cgroup_parents(cgroup_root) if os.path.isdir(path)]
             log_dir = os.path.dirname(log_path)
             if log_dir and not os.path.isdir(log_dir):
                 os.makedirs(log_dir)
@@ -266,7 +266,7 @@ def ensure_dockerd(socket_path=DOCKER_SOCK, log_path=DEFAULT_LOG, timeout=60,
             with open(_state_file(state_dir, 'daemon.json'), 'w') as handle:
                 json.dump({'pid': proc.pid, 'argv': argv, 'log': log_path,
                            'socket': socket_path, 'started_at': time.time(),
-                           'cgroups_before': pre_existing}, handle)
+                           'cgroups_before': pre_existing, 'cgroup_root': cgroup_root}, handle)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if ping(socket_path):
@@ -337,7 +337,7 @@ def stop_dockerd(state_dir=STATE_DIR, lock_path=LOCK_PATH, force=False):
         pid = int(state.get('pid', 0))
         if not pid or not _pid_alive(pid):
             _forget_daemon(state_dir)
-            _remove_docker_cgroups(state.get('cgroups_before', []))
+            _remove_docker_cgroups(state)
             return False
         if _live_leases(state_dir) and not force:
             return False
@@ -347,12 +347,13 @@ def stop_dockerd(state_dir=STATE_DIR, lock_path=LOCK_PATH, force=False):
         while time.time() < deadline and os.path.exists(state.get('socket', DOCKER_SOCK)):
             time.sleep(0.1)
         _forget_daemon(state_dir)
-        _remove_docker_cgroups(state.get('cgroups_before', []))
+        _remove_docker_cgroups(state)
         return True
 
 
-def _remove_docker_cgroups(keep):
-    for path in _cgroup_parents():
+def _remove_docker_cgroups(state):
+    keep = state.get('cgroups_before') or []
+    for path in _cgroup_parents(state.get('cgroup_root') or '/sys/fs/cgroup'):
         if path in keep or not os.path.isdir(path):
             continue
         for _attempt in range(20):

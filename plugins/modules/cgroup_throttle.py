@@ -3,7 +3,8 @@
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-from __future__ import (absolute_import, division, print_function)
+from __future__ import absolute_import, division, print_function
+
 __metaclass__ = type
 
 DOCUMENTATION = r'''
@@ -194,25 +195,19 @@ cgroup_throttle:
 '''
 
 from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups
-
-try:
-    from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
-except ImportError:  # pragma: no cover - shipped together
-    auditnl = None
-
-from ansible_collections.auditgap.fleet.plugins.module_utils import dockerctl
+from ansible_collections.auditgap.fleet.plugins.module_utils import (
+    auditnl,
+    cgroups,
+    dockerctl,
+)
 
 
 def audit_consumer_pid():
     """(pid or None, reason) from the kernel's audit status over netlink."""
-    if auditnl is None:
-        return None, 'audit netlink support (auditnl) is not available'
     try:
         status = auditnl.get_status()
     except Exception as exc:  # noqa: BLE001 - any netlink failure is a reason, not a crash
-        return None, 'cannot read the audit status: %s' % exc
+        return None, f'cannot read the audit status: {exc}'
     pid = (status or {}).get('pid')
     if not pid:
         return None, 'no audit consumer registered'
@@ -224,24 +219,24 @@ def docker_lookup(ref):
     try:
         info = dockerctl.container_by_name_or_id(ref)
     except dockerctl.DockerError as exc:
-        return None, 'no Docker daemon to resolve names: %s' % exc
+        return None, f'no Docker daemon to resolve names: {exc}'
     except Exception as exc:  # noqa: BLE001 - lookup problems are reasons
-        return None, 'docker lookup failed: %s' % exc
+        return None, f'docker lookup failed: {exc}'
     return info, None
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            audit_consumer=dict(type='bool', default=True),
-            pids=dict(type='list', elements='int', default=[]),
-            process_names=dict(type='list', elements='str', default=[]),
-            systemd_units=dict(type='list', elements='str', default=[]),
-            containers=dict(type='list', elements='str', default=[]),
-            cgroup_paths=dict(type='list', elements='str', default=[]),
-            sample_seconds=dict(type='float', default=5),
-            root=dict(type='path', default='/'),
-        ),
+        argument_spec={
+            'audit_consumer': {'type': 'bool', 'default': True},
+            'pids': {'type': 'list', 'elements': 'int', 'default': []},
+            'process_names': {'type': 'list', 'elements': 'str', 'default': []},
+            'systemd_units': {'type': 'list', 'elements': 'str', 'default': []},
+            'containers': {'type': 'list', 'elements': 'str', 'default': []},
+            'cgroup_paths': {'type': 'list', 'elements': 'str', 'default': []},
+            'sample_seconds': {'type': 'float', 'default': 5},
+            'root': {'type': 'path', 'default': '/'},
+        },
         supports_check_mode=True,
     )
     options = dict(module.params)

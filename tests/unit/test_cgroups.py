@@ -4,7 +4,6 @@ import os
 import shutil
 
 import pytest
-
 from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'fixtures', 'cgroups')
@@ -154,7 +153,7 @@ def test_read_group_v1_container_with_psi_from_unified():
 
 def test_limited_chain_v1_pod_limit_is_tightest():
     hier = cgroups.discover_hierarchies(_mountinfo(V1), V1)
-    path = '/kubepods/burstable/%s/%s' % (POD, KID)
+    path = f'/kubepods/burstable/{POD}/{KID}'
     chain = cgroups.limited_chain(hier, path, V1)
     assert [g['path'] for g in chain] == [path, '/kubepods/burstable/' + POD]
     assert cgroups.tightest(chain)['limit_cores'] == 0.5
@@ -237,11 +236,11 @@ def test_collect_v2_units_containers_pods():
     assert idle['found'] and idle['pids'] == [] and idle['limit_cores'] is None
 
     docker, kube = _by_kind(result, 'container')
-    assert docker['container']['id'] == D2 and docker['systemd_unit'] == 'docker-%s.scope' % D2
+    assert docker['container']['id'] == D2 and docker['systemd_unit'] == f'docker-{D2}.scope'
     assert docker['limit_cores'] == 0.05
     assert kube['container']['runtime'] == 'containerd'
     assert kube['limited_by'] == PS2 and kube['limit_cores'] == 0.25
-    assert kube['cgroup_path'] == PS2 + '/cri-containerd-%s.scope' % K2
+    assert kube['cgroup_path'] == PS2 + f'/cri-containerd-{K2}.scope'
 
 
 def test_collect_audit_consumer():
@@ -272,7 +271,7 @@ def test_collect_ambiguous_prefix_reported(tmp_path):
     src = os.path.join(root, 'proc/4242')
     shutil.copytree(src, os.path.join(root, 'proc/4243'), symlinks=True)
     with open(os.path.join(root, 'proc/4243/cgroup'), 'w') as handle:
-        handle.write('1:cpu:/docker/%s\n0::/docker/%s\n' % (other, other))
+        handle.write(f'1:cpu:/docker/{other}\n0::/docker/{other}\n')
     os.makedirs(os.path.join(root, 'sys/fs/cgroup/cpu/docker', other))
     result = _collect(root, containers=[CID[:8]])
     assert result['targets'][0]['found'] is False
@@ -312,7 +311,7 @@ def test_collect_sample_v1_real_counters(tmp_path):
     def sleep(seconds):
         shutil.copy(os.path.join(FIX, 'v1-cpu.stat.after.txt'), os.path.join(group, 'cpu.stat'))
         with open(os.path.join(root, 'sys/fs/cgroup/cpuacct/docker', CID, 'cpuacct.usage'), 'w') as handle:
-            handle.write('%d\n' % (480123456 + 131 * 1000 * 1000))  # 1 ms per 100 ms period
+            handle.write(f'{480123456 + 131 * 1000 * 1000}\n')  # 1 ms per 100 ms period
 
     clock = iter([0.0, 13.1])
     result = cgroups.collect({'audit_consumer': False, 'pids': [4242], 'sample_seconds': 13},
@@ -375,7 +374,7 @@ def test_v1_usage_falls_back_to_tasks_schedstat(tmp_path):
         handle.write('5151\n')
     for tid, ns in (('4242', 123456789), ('5151', 1000000)):
         with open(os.path.join(root, 'proc', tid, 'schedstat'), 'w') as handle:
-            handle.write('%d 5000 7\n' % ns)
+            handle.write(f'{ns} 5000 7\n')
     hier = cgroups.discover_hierarchies(_mountinfo(root), root)
     group = cgroups.read_group(hier, '/auditgap-free', root)
     assert group['usage_source'] == 'tasks'
