@@ -33,7 +33,7 @@ description:
     built from validated integers only). tracefs is mounted when absent and unmounted after.
   - Nothing persists, so C(changed) is always false; the sample also runs in check mode.
 version_added: "0.1.0"
-author: auditgap contributors
+author: auditgap contributors (@auditgap)
 options:
   mode:
     description: Which sample to run.
