@@ -37,7 +37,7 @@ MAX_FILTER_PIDS = 64
 
 # Top-level files a sample may change (function_graph mode), restored after.
 TOP_LEVEL_FILES = ('current_tracer', 'tracing_on', 'tracing_thresh', 'buffer_size_kb',
-                   'set_ftrace_pid', 'set_graph_function', 'max_graph_depth')
+                   'set_ftrace_pid', 'set_ftrace_notrace_pid', 'set_graph_function', 'max_graph_depth')
 # Files read to prove "nothing changed" (tests, and the docs' list).
 SNAPSHOT_FILES = TOP_LEVEL_FILES + ('set_event', 'set_event_pid', 'trace_options',
                                     'set_ftrace_filter', 'set_ftrace_notrace', 'trace_clock',
@@ -443,7 +443,7 @@ def top_level_restore_values(root):
         if rel == 'buffer_size_kb':
             size = parse_buffer_size_kb(text or '')
             values[rel] = str(size) if size else None
-        elif rel == 'set_ftrace_pid':
+        elif rel in ('set_ftrace_pid', 'set_ftrace_notrace_pid'):
             values[rel] = ' '.join(str(p) for p in parse_pid_file(text or ''))
         elif rel == 'set_graph_function':
             values[rel] = '\n'.join(parse_function_list(text or ''))

@@ -259,7 +259,8 @@ ARGUMENT_SPEC = dict(
 )
 # what a top-level file is set back to when its old value cannot be read
 _TOP_DEFAULTS = {'current_tracer': 'nop', 'tracing_on': '1', 'tracing_thresh': '0',
-                 'set_ftrace_pid': '', 'set_graph_function': '', 'max_graph_depth': '0',
+                 'set_ftrace_pid': '', 'set_ftrace_notrace_pid': '', 'set_graph_function': '',
+                 'max_graph_depth': '0',
                  'buffer_size_kb': '1408'}
 
 
@@ -466,6 +467,10 @@ def sample_function_graph(guard, root, targets, params):
             _top_guarded(inner, root, restore, 'buffer_size_kb', str(params['buffer_size_kb']))
             if tids:
                 _top_guarded(inner, root, restore, 'set_ftrace_pid', ' '.join(str(t) for t in tids))
+            elif targets.get('excluded') and 'set_ftrace_notrace_pid' in restore:
+                # every task but the audit consumer and ourselves
+                _top_guarded(inner, root, restore, 'set_ftrace_notrace_pid',
+                             ' '.join(str(int(p)) for p in targets['excluded']))
             if recipe == 'slow_calls':
                 _top_guarded(inner, root, restore, 'tracing_thresh', str(params['tracing_thresh_us']))
             else:

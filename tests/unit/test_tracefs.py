@@ -140,7 +140,7 @@ def test_auditctl_status_pid():
 def _fake_tracefs(tmp_path):
     """A directory shaped like tracefs (regular files) with the seed traces as trace_pipe."""
     files = {'tracing_on': '1\n', 'current_tracer': 'nop\n', 'buffer_size_kb': '7 (expanded: 1408)\n',
-             'tracing_thresh': '0\n', 'set_ftrace_pid': 'no pid\n',
+             'tracing_thresh': '0\n', 'set_ftrace_pid': 'no pid\n', 'set_ftrace_notrace_pid': 'no pid\n',
              'set_graph_function': '#### all functions enabled ####\n', 'max_graph_depth': '0\n'}
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -153,7 +153,11 @@ def _fake_tracefs(tmp_path):
     return files
 
 
-def test_function_graph_path_on_fake_tracefs_restores_every_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize('targets,pid_file,pid_value', [
+    ({'tids': [4242, 4243]}, 'set_ftrace_pid', '4242 4243'),
+    ({'tids': [], 'excluded': [5, 6]}, 'set_ftrace_notrace_pid', '5 6'),
+])
+def test_function_graph_path_on_fake_tracefs_restores_every_file(tmp_path, monkeypatch, targets, pid_file, pid_value):
     from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
     _fake_tracefs(tmp_path)
     written = []
@@ -167,7 +171,7 @@ def test_function_graph_path_on_fake_tracefs_restores_every_file(tmp_path, monke
     monkeypatch.setattr(guard_mod, '_write', spy)
     with guard_mod.RestoreGuard(signals=False) as guard:
         graph = ftrace_sample.sample_function_graph(
-            guard, str(tmp_path), {'tids': [4242, 4243]},
+            guard, str(tmp_path), targets,
             _params(duration_s=1, tracing_thresh_us=1000000, max_graph_depth=2))
     assert guard.restore_errors == []
     chains = [c['chain'] for c in graph['slow_calls']]
@@ -177,11 +181,14 @@ def test_function_graph_path_on_fake_tracefs_restores_every_file(tmp_path, monke
     assert graph['syscall_exits'][0]['exit_work_us'] > 2e6
     # what was set during the sample (the seed's recipes)
     state = {}
-    for name in ('tracing_thresh', 'set_ftrace_pid', 'set_graph_function', 'max_graph_depth'):
+    for name in ('tracing_thresh', pid_file, 'set_graph_function', 'max_graph_depth'):
         state[name] = [v for n, v in written if n == name]
-    assert '1000000' in state['tracing_thresh'] and '4242 4243' in state['set_ftrace_pid']
+    assert '1000000' in state['tracing_thresh'] and pid_value in state[pid_file]
     assert 'do_syscall_64' in state['set_graph_function'] and '2' in state['max_graph_depth']
     # ... and everything is back (in tracefs' write format)
     after = {p.name: p.read_text() for p in tmp_path.iterdir() if p.name != 'trace_pipe'}
-    assert after == {'tracing_on': '1', 'current_tracer': 'nop', 'buffer_size_kb': '1408', 'tracing_thresh': '0',
-                     'set_ftrace_pid': '', 'set_graph_function': '', 'max_graph_depth': '0'}
+    expected = {'tracing_on': '1', 'current_tracer': 'nop', 'buffer_size_kb': '1408', 'tracing_thresh': '0',
+                'set_ftrace_pid': 'no pid\n', 'set_ftrace_notrace_pid': 'no pid\n', 'set_graph_function': '',
+                'max_graph_depth': '0'}
+    expected[pid_file] = ''  # written during the sample, emptied after ("no pid" when read back)
+    assert after == expected
