@@ -689,8 +689,10 @@ class Collector:
                 if not matches:
                     matches = match_container_id(info['id'], {}, self.group_dirs())
                 if not matches:
-                    return [self._not_found('container', ref, 'container {} ({}) has no cgroup here{}'.format(info.get('name') or ref, info['id'][:12],
-                                               '' if info.get('running') else ': not running'))]
+                    state = '' if info.get('running') else ': not running'
+                    label = info.get('name') or ref
+                    return [self._not_found('container', ref,
+                                            f"container {label} ({info['id'][:12]}) has no cgroup here{state}")]
         if not matches:
             reason = f'no container with id or name {ref}'
             if lookup_reason:

@@ -392,8 +392,8 @@ def minimal_rootfs():
     busybox = '/bin/busybox'
     if os.path.exists(busybox) and not ldd_libraries(busybox):
         return {'files': {'/bin/busybox': busybox},
-                'symlinks': {f'/bin/{applet}': 'busybox' for applet in
-                                 ('sh', 'sleep', 'cat', 'ls', 'true', 'yes', 'echo')}}
+                'symlinks': {f'/bin/{applet}': 'busybox'
+                             for applet in ('sh', 'sleep', 'cat', 'ls', 'true', 'yes', 'echo')}}
     return {'files': {'/bin/sh': os.path.realpath('/bin/sh')}, 'symlinks': {}}
 
 

@@ -24,7 +24,7 @@ description:
     the others are still measured. A host without a cgroup filesystem gives
     C(supported=false) and a reason, not a failure.
 version_added: "0.1.0"
-author: auditgap contributors
+author: auditgap contributors (@auditgap)
 options:
   audit_consumer:
     description:
