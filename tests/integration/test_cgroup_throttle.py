@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 
@@ -152,3 +153,61 @@ def test_docker_container_by_name_and_id(docker_engine, tmp_path):  # noqa: F811
         assert missing['found'] is False and 'auditgap-no-such-ctr' in missing['reason']
     finally:
         docker_engine.remove(cid)
+
+
+def _stop_consumer(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.mark.kernel
+def test_audit_consumer_in_throttled_group():
+    """The seed: the registered audit consumer sits in a CPU-starved group."""
+    from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
+    from ansible_collections.auditgap.fleet.plugins.modules.cgroup_throttle import (
+        audit_consumer_pid,
+    )
+
+    existing = auditnl.get_status().get('pid')
+    if existing:
+        # someone else's consumer (a real auditd): the module must find that one
+        pid, reason = audit_consumer_pid()
+        assert pid == existing and reason is None
+        facts = cgroups.collect({'sample_seconds': 0}, audit_lookup=audit_consumer_pid)
+        assert facts['targets'][0]['kind'] == 'audit_consumer' and facts['targets'][0]['found']
+        return
+    assert audit_consumer_pid() == (None, 'no audit consumer registered')
+
+    mount = _v1_cpu_mount()
+    rel = f'/auditgap-test-{os.getpid()}-{uuid.uuid4().hex[:6]}'
+    group = mount + rel
+    with RestoreGuard(timeout_s=90) as guard:
+        os.mkdir(group)
+        guard.push(_rmdir, group, description='remove ' + group)
+        guard.write_file(group + '/cpu.cfs_quota_us', '1000', restore_value='-1')
+        consumer = subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests/support/audit_consumer.py')],
+                                    stdout=subprocess.PIPE, text=True)
+        guard.push(_stop_consumer, consumer, description='stop the test audit consumer')
+        line = consumer.stdout.readline().split()
+        assert line[:1] == ['ready'], line
+        busy = subprocess.Popen(BUSY)
+        guard.push(_kill, busy, description='kill busy loop')
+        for pid in (consumer.pid, busy.pid):
+            with open(group + '/cgroup.procs', 'w') as handle:
+                handle.write(str(pid))
+
+        facts = cgroups.collect({'sample_seconds': 2}, audit_lookup=audit_consumer_pid)
+        target, = facts['targets']
+        assert target['kind'] == 'audit_consumer' and target['found'] is True
+        assert target['name'] == str(consumer.pid) and target['pids'] == [consumer.pid]
+        assert target['cgroup_path'] == rel and target['limited_by'] == rel
+        assert target['limit_cores'] == 0.01
+        assert target['sample']['throttled_ratio'] >= 0.8, target['sample']
+    assert guard.restore_errors == []
+    assert not os.path.exists(group)
+    assert auditnl.get_status().get('pid') in (0, None)
