@@ -598,7 +598,7 @@ def container_by_name_or_id(ref, socket_path=DOCKER_SOCK, use_cli=True):
             if exc.status == 404:
                 return None
             raise
-    if use_cli:
+    if use_cli and socket_path == DOCKER_SOCK:  # the CLI talks to the default daemon only
         found = _cli_inspect(ref)
         if found is not None:
             return found
