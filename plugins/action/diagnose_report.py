@@ -18,14 +18,20 @@ import os
 
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_text
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
 from ansible_collections.auditgap.fleet.plugins.filter.findings import (
+    DEFAULT_THRESHOLDS,
     auditgap_host_summary,
 )
 from ansible_collections.auditgap.fleet.plugins.module_utils import report
 
+display = Display()
 GATHERED = ('audit_status', 'cgroup_throttle', 'ftrace_sample')
-_ARGS = frozenset(('report_dir', 'hosts', 'thresholds', 'timeline_svg', 'latest_link', 'formats'))
+_ARGS = frozenset(('report_dir', 'hosts', 'thresholds', 'timeline_svg', 'latest_link', 'formats', 'print_summary'))
+# host variable -> findings threshold key (defaults: findings.DEFAULT_THRESHOLDS = roles/diagnose/defaults)
+THRESHOLD_VARS = {'diagnose_' + key: key for key in DEFAULT_THRESHOLDS}
 FORMATS = ('json', 'md', 'html', 'prom')
 
 
@@ -76,6 +82,19 @@ def host_entry(host, results, thresholds):
     return entry
 
 
+def host_thresholds(host_vars):
+    """Thresholds set for one host (inventory, group_vars, -e) as diagnose_<key> variables."""
+    found = {}
+    for var, key in THRESHOLD_VARS.items():
+        try:
+            value = host_vars.get(var)
+        except Exception:  # noqa: BLE001 -- an unrenderable variable: keep the default
+            value = None
+        if value is not None:
+            found[key] = plain(value)
+    return found
+
+
 def write_atomic(path, text):
     tmp = '%s.tmp.%d' % (path, os.getpid())
     with open(tmp, 'w', encoding='utf-8') as handle:
@@ -121,7 +140,7 @@ class ActionModule(ActionBase):
         hosts = args.get('hosts')
         if hosts is None:
             hosts = [h for h in (task_vars.get('groups') or {}).get('all', [])
-                     if h in hostvars and 'diagnose_gathered' in hostvars[h]]
+                     if h in hostvars and 'diagnose_audit_status_result' in hostvars[h]]
         if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)):
             raise AnsibleError('diagnose_report: hosts must be a list of inventory host names')
         formats = args.get('formats') or list(FORMATS)
@@ -145,7 +164,7 @@ class ActionModule(ActionBase):
                 value = hv.get('diagnose_%s_result' % name)
                 if value is not None:
                     results[name] = plain(value)
-            thresholds = dict(plain(hv.get('diagnose_thresholds') or {}))
+            thresholds = host_thresholds(hv)
             thresholds.update(arg_thresholds)
             try:
                 entries.append(host_entry(host, results, thresholds))
@@ -185,6 +204,8 @@ class ActionModule(ActionBase):
             files.append(path)
         if latest:
             result['latest'] = point_latest(report_dir)
+        if boolean(args.get('print_summary', True), strict=False):
+            display.display('\n'.join(report.summary_lines(doc)))
         result.update({'changed': False, 'report_dir': os.path.abspath(report_dir), 'files': files,
                        'summary': doc['summary'], 'summary_lines': report.summary_lines(doc)})
         return result

@@ -369,7 +369,8 @@ def rule_consumer_throttled(view, host, thr, ctx):
     limit = target.get('limit_cores')
     sample = _d(target.get('sample'))
     label = _consumer_label(view, target)
-    ctx['consumer'] = '%s throttled %s of periods (limit %s CPU)' % (label, _pct(ratio), _fmt(limit, 3))
+    limit_text = 'limit %s CPU' % _fmt(limit, 3) if _num(limit) is not None else 'no CPU limit found'
+    ctx['consumer'] = '%s throttled %s of periods (%s)' % (label, _pct(ratio), limit_text)
     remediation = agent_cpu_remediation(target, thr)
     evidence = {'throttled_ratio': round(ratio, 4), 'source': source,
                 'cgroup_path': target.get('cgroup_path'), 'limited_by': target.get('limited_by'),
@@ -379,8 +380,8 @@ def rule_consumer_throttled(view, host, thr, ctx):
                 'container': target.get('container'), 'systemd_unit': target.get('systemd_unit'),
                 'pids': target.get('pids'), 'threshold_ratio': thr['throttled_ratio_warn'],
                 'probable_cause_of': list(ctx.get('stall_signs') or [])}
-    summary = '%s: throttled in %s of CFS periods%s (limit %s CPU)' % (
-        label, _pct(ratio), '' if source == 'sample' else ' since cgroup creation', _fmt(limit, 3))
+    summary = '%s: throttled in %s of CFS periods%s (%s)' % (
+        label, _pct(ratio), '' if source == 'sample' else ' since cgroup creation', limit_text)
     if stalling:
         summary += '; probable cause of %s' % ', '.join(ctx['stall_signs'])
     return [_finding('audit_consumer_throttled', severity, host, summary, evidence, remediation)]

@@ -16,7 +16,7 @@ version_added: 0.1.0
 description:
   - Action plugin run on the controller (no code is sent to hosts). Reads the results the
     C(auditgap.fleet.diagnose) role registered on every host (C(diagnose_audit_status_result),
-    C(diagnose_cgroup_throttle_result), C(diagnose_ftrace_sample_result), C(diagnose_thresholds)) from hostvars,
+    C(diagnose_cgroup_throttle_result), C(diagnose_ftrace_sample_result)) from hostvars,
     computes the findings of each host and writes C(fleet.json), C(fleet.md), C(fleet.html),
     C(fleet.prom) and one C(<host>.json) per host.
   - Unreachable or failed hosts are reported with their error; the fleet report is always written.
@@ -29,13 +29,14 @@ options:
     type: path
   hosts:
     description:
-      - Inventory hosts to report on. Default is every host with C(diagnose_gathered) set in this run.
+      - Inventory hosts to report on. Default is every host on which the C(auditgap.fleet.diagnose) role
+        registered C(diagnose_audit_status_result) in this run.
     type: list
     elements: str
   thresholds:
     description:
-      - Threshold overrides for every host (keys as in docs/findings.md); per-host values come from
-        the diagnose role's variables.
+      - Threshold overrides for every host (keys as in docs/findings.md). Per-host values come from
+        the host's C(diagnose_<key>) variables (inventory, group_vars, extra vars), else the defaults.
     type: dict
     default: {}
   timeline_svg:
@@ -55,6 +56,11 @@ options:
     elements: str
     choices: [json, md, html, prom]
     default: [json, md, html, prom]
+  print_summary:
+    description:
+      - Print the short fleet summary (worst hosts first, each with its causal chain).
+    type: bool
+    default: true
 author:
   - auditgap contributors
 notes:
