@@ -454,9 +454,11 @@ class EventParser:
         pids = self.pids
         count = 0
         frames = self._stack_frames
+        first_ts = self.first_ts
+        ts = self.last_ts
         for line in lines:
             count += 1
-            if line[1:3] == '=>' or line[:2] == '=>':
+            if line[1:3] == '=>':
                 # a stack frame of the "<stack trace>" above
                 if frames is not None:
                     frames.append(line[line.find('=>') + 2:].strip())
@@ -478,9 +480,8 @@ class EventParser:
                 ts = float(line[line.rfind(' ', bracket, colon) + 1:colon])
             except ValueError:
                 continue
-            if self.first_ts is None:
-                self.first_ts = ts
-            self.last_ts = ts
+            if first_ts is None:
+                first_ts = ts
             head = line[colon + 2:colon + 6]
             if head == 'sys_':
                 # comm-pid [cpu] ...: the pid; (comm-pid (tgid) [cpu] with record-tgid)
@@ -516,6 +517,8 @@ class EventParser:
                     self._stack_pid = pid
                     frames = self._stack_frames = []
         self._stack_frames = frames
+        self.first_ts = first_ts
+        self.last_ts = ts
         self.lines += count
         return self
 
