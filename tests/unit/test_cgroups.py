@@ -380,3 +380,29 @@ def test_v1_usage_falls_back_to_tasks_schedstat(tmp_path):
     assert group['usage_source'] == 'tasks'
     assert group['usage_us'] == pytest.approx(124456.789)
     assert cgroups.read_group(hier, '/docker/' + CID, root)['usage_source'] == 'cpuacct.usage'
+
+
+def test_module_on_fixture_root_through_ansible(tmp_path):
+    """The module's wiring (argument spec, validation, output key) on the v2 fixture tree."""
+    import json
+    import subprocess
+    project = os.path.dirname(os.path.dirname(os.path.dirname(FIX)))
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(project, 'ansible.cfg'))
+    args = {'audit_consumer': False, 'systemd_units': ['auditd'], 'pids': [4242000],
+            'sample_seconds': 0, 'root': V2}
+    playbook = tmp_path / 'play.yml'
+    out = tmp_path / 'out.json'
+    playbook.write_text(json.dumps([{'hosts': 'localhost', 'gather_facts': False, 'tasks': [
+        {'name': 'Measure', 'auditgap.fleet.cgroup_throttle': args, 'register': 'm'},
+        {'name': 'Bad input fails clearly', 'auditgap.fleet.cgroup_throttle': {'pids': [0]},
+         'register': 'bad', 'ignore_errors': True},
+        {'name': 'Save', 'ansible.builtin.copy': {'content': '{{ [m.cgroup_throttle, bad.msg] | to_json }}',
+                                                  'dest': str(out), 'mode': '0600'}}]}]))
+    proc = subprocess.run([os.path.join(project, '.venv/bin/ansible-playbook'), '-l', 'localhost', str(playbook)],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    facts, bad = json.loads(out.read_text())
+    unit, missing = facts['targets'][1], facts['targets'][0]
+    assert missing['found'] is False and missing['name'] == '4242000'
+    assert unit['found'] and unit['limit_cores'] == 0.05 and unit['cgroup_version'] == 2
+    assert bad == 'pids: 0 is not a positive integer'
