@@ -4,6 +4,7 @@
 address nobody holds (unreachable on purpose). The controller runs inside
 the fleet's hub namespace; see tests/support/sshfleet.py.
 """
+import json
 import os
 import subprocess
 
@@ -44,3 +45,39 @@ def test_fleet_ping_over_ssh(sshfleet):
         assert f'{name} | SUCCESS' in out, out
     for name in sshfleet.unreachable:
         assert f'{name} | UNREACHABLE' in out, out
+
+
+def test_fleet_diagnose_over_ssh(sshfleet, tmp_path):
+    """diagnose.yml over real SSH: the fleet report is complete, the unreachable host carries its error."""
+    report_dir = tmp_path / 'reports'
+    res = subprocess.run(
+        sshfleet.cmd([
+            _tool('ansible-playbook'), '-i', sshfleet.inventory, 'playbooks/diagnose.yml',
+            '-e', f'report_dir={report_dir}',
+            # Short windows and no tracing: this tests fan-out over SSH, not the kernel.
+            '-e', 'diagnose_audit_sample_seconds=1',
+            '-e', 'diagnose_cgroup_sample_seconds=1',
+            '-e', 'diagnose_trace=never',
+        ]),
+        check=False, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    fleet_json = report_dir / 'fleet.json'
+    assert fleet_json.exists(), (res.returncode, res.stdout[-4000:], res.stderr[-2000:])
+    fleet = json.loads(fleet_json.read_text())
+    by_host = {h['host']: h for h in fleet['hosts']}
+    every = sshfleet.reachable + sshfleet.unreachable
+    assert sorted(by_host) == sorted(every), by_host.keys()
+    assert fleet['summary']['hosts'] == len(every)
+    assert fleet['summary']['unreachable'] == len(sshfleet.unreachable)
+    for name in sshfleet.reachable:
+        host = by_host[name]
+        assert host['reachable'] is True, host
+        assert host['error'] is None, host
+        assert host['facts']['audit_status']['supported'] is True, host
+        assert (report_dir / f'{name}.json').exists()
+    for name in sshfleet.unreachable:
+        host = by_host[name]
+        assert host['reachable'] is False, host
+        assert host['status'] == 'unreachable', host
+        # ssh's own words reach the report (nobody holds the address: ARP fails).
+        assert 'No route to host' in json.dumps(host['error']), host['error']
+        assert name in (report_dir / 'fleet.md').read_text()
