@@ -1,0 +1,1067 @@
+# -*- coding: utf-8 -*-
+# Copyright: auditgap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""labkit: the incident lab's machinery, shared by the lab module and the tests.
+
+Stdlib only and self-contained (no project imports at module level): the lab
+module copies this file to the target host and runs it as the workload
+daemon (``python3 labkit.py workload ...``), so the tests' stall fixture
+(tests/support/stall.py), the module plugins/modules/incident_lab.py and the
+benchmark all run the same code.
+
+Parts:
+- latency math: nearest-rank percentiles, a log-bucket histogram for
+  cumulative numbers, per-second records;
+- the workload: a loopback TCP server (audited ``accept4`` calls) and a
+  client measuring, per connection, the time from "connection established"
+  to "server answered" (the incident's gap);
+- audit status (minimal netlink AUDIT_GET, auditctl fallback for changes),
+  rules added and removed by key only;
+- the consumer: Debian's auditd in the foreground with a private config dir,
+  started daemonized inside a cgroup v1 ``cpu`` group or a cgroup v2 group;
+- the state file: every change is recorded *before* it is made, so
+  ``undo_state`` can restore the host after a crash half-way, and twice.
+- snapshots of the lab-relevant host state and their diff (tests).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import json
+import math
+import os
+import shlex
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+LAB_DIR = '/run/auditgap-lab'
+STATE_FILE = LAB_DIR + '/state.json'
+LAB_KEY = 'auditgap-lab'
+CGROUP_V1_CPU = '/sys/fs/cgroup/cpu'
+CGROUP_V2_ROOT = '/sys/fs/cgroup'
+CGROUP_V2_ALT = '/sys/fs/cgroup/unified'
+PERIOD_US = 100000
+
+# The seed's rules (incident.md), with the lab key appended.
+SEED_RULES = (
+    ['-a', 'always,exit', '-F', 'arch=b64', '-S', 'bind,listen,accept4', '-F', 'success=1'],
+    ['-a', 'always,exit', '-F', 'arch=b64', '-S', 'clone,fork,execve'],
+)
+ACCEPT_RULE = SEED_RULES[0]
+
+
+# --------------------------------------------------------------------------
+# latency math (pure)
+# --------------------------------------------------------------------------
+def percentile(sorted_values, pct):
+    """Nearest-rank percentile of an ascending list; None when empty."""
+    if not sorted_values:
+        return None
+    rank = int(math.ceil(pct / 100.0 * len(sorted_values)))
+    rank = min(max(rank, 1), len(sorted_values))
+    return sorted_values[rank - 1]
+
+
+def summarize(values_ms):
+    """{count, p50_ms, p99_ms, max_ms} of a list of latencies in ms."""
+    values = sorted(values_ms)
+    if not values:
+        return {'count': 0, 'p50_ms': None, 'p99_ms': None, 'max_ms': None}
+    return {'count': len(values),
+            'p50_ms': round(percentile(values, 50), 3),
+            'p99_ms': round(percentile(values, 99), 3),
+            'max_ms': round(values[-1], 3)}
+
+
+class LogHistogram:
+    """Cumulative latency histogram with ~1% wide log buckets (bounded memory).
+
+    Percentiles are reported as the upper edge of the bucket holding the
+    nearest-rank sample (at most 1% high); max is exact.
+    """
+
+    BASE = 1.01
+    MIN_MS = 0.001
+
+    def __init__(self):
+        self.buckets = {}
+        self.count = 0
+        self.max_ms = None
+
+    def bucket_of(self, value_ms):
+        if value_ms <= self.MIN_MS:
+            return 0
+        return int(math.log(value_ms / self.MIN_MS, self.BASE)) + 1
+
+    def upper_edge(self, index):
+        return self.MIN_MS * self.BASE ** index
+
+    def add(self, value_ms):
+        index = self.bucket_of(value_ms)
+        self.buckets[index] = self.buckets.get(index, 0) + 1
+        self.count += 1
+        if self.max_ms is None or value_ms > self.max_ms:
+            self.max_ms = value_ms
+
+    def percentile(self, pct):
+        if not self.count:
+            return None
+        rank = min(max(int(math.ceil(pct / 100.0 * self.count)), 1), self.count)
+        seen = 0
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen >= rank:
+                return min(self.upper_edge(index), self.max_ms)
+        return self.max_ms
+
+    def summary(self):
+        if not self.count:
+            return {'count': 0, 'p50_ms': None, 'p99_ms': None, 'max_ms': None}
+        return {'count': self.count,
+                'p50_ms': round(self.percentile(50), 3),
+                'p99_ms': round(self.percentile(99), 3),
+                'max_ms': round(self.max_ms, 3)}
+
+
+def read_jsonl(path):
+    """Records of a JSON-lines file; a torn last line is skipped."""
+    records = []
+    try:
+        with open(path) as handle:
+            for line in handle:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+    except (IOError, OSError):
+        pass
+    return records
+
+
+def window_summary(records, since=None, until=None):
+    """Combine per-second records into one {count, p50_ms, p99_ms, max_ms, seconds}.
+
+    Per-second percentiles cannot be merged exactly: p50/p99 of the window are
+    the count-weighted nearest-rank over the seconds' p50/p99 values (a good
+    estimate for steady windows); count and max are exact.
+    """
+    chosen = [r for r in records
+              if r.get('count') and (since is None or r['t'] >= since)
+              and (until is None or r['t'] <= until)]
+    if not chosen:
+        return {'count': 0, 'p50_ms': None, 'p99_ms': None, 'max_ms': None, 'seconds': 0}
+    out = {'count': sum(r['count'] for r in chosen), 'seconds': len(chosen),
+           'max_ms': max(r['max_ms'] for r in chosen)}
+    for key in ('p50_ms', 'p99_ms'):
+        weighted = sorted((r[key], r['count']) for r in chosen)
+        total = out['count']
+        rank = total * (0.5 if key == 'p50_ms' else 0.99)
+        seen = 0
+        for value, count in weighted:
+            seen += count
+            if seen >= rank:
+                out[key] = value
+                break
+    return out
+
+
+# --------------------------------------------------------------------------
+# processes
+# --------------------------------------------------------------------------
+def proc_starttime(pid, proc_root='/proc'):
+    """Start time (clock ticks since boot) of a live, non-zombie process; None otherwise."""
+    try:
+        with open('%s/%d/stat' % (proc_root, int(pid))) as handle:
+            text = handle.read()
+    except (IOError, OSError, ValueError):
+        return None
+    fields = text[text.rfind(')') + 2:].split()
+    if not fields or fields[0] in ('Z', 'X'):
+        return None
+    return int(fields[19])
+
+
+def process_alive(pid, starttime=None, proc_root='/proc'):
+    """True when pid runs and (if given) has the recorded start time."""
+    now = proc_starttime(pid, proc_root)
+    if now is None:
+        return False
+    return starttime is None or now == starttime
+
+
+def spawn_daemon(argv, log_path, cgroup_procs=None, cwd='/', env=None):
+    """Start argv as a daemon (double fork, setsid, stdio to log_path).
+
+    ``cgroup_procs``: a cgroup.procs file the daemon joins before exec, so it
+    never runs a moment outside its group. Returns (pid, starttime). The
+    daemon is not our child: it outlives the caller (an Ansible module).
+    """
+    read_fd, write_fd = os.pipe()
+    first = os.fork()
+    if first == 0:  # pragma: no cover - child
+        try:
+            os.close(read_fd)
+            os.setsid()
+            second = os.fork()
+            if second:
+                os._exit(0)
+            try:
+                if cgroup_procs:
+                    with open(cgroup_procs, 'w') as handle:
+                        handle.write('0')
+                os.chdir(cwd)
+                null = os.open(os.devnull, os.O_RDONLY)
+                log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                os.dup2(null, 0)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                os.write(write_fd, ('%d\n' % os.getpid()).encode())
+                os.set_inheritable(write_fd, False)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
+                os.closerange(3, write_fd)
+                os.closerange(write_fd + 1, 65536)
+                if env is None:
+                    os.execv(argv[0], argv)
+                os.execve(argv[0], argv, env)
+            except BaseException as err:
+                try:
+                    os.write(write_fd, ('ERROR %s\n' % err).encode())
+                finally:
+                    os._exit(127)
+        finally:
+            os._exit(127)
+    os.close(write_fd)
+    os.waitpid(first, 0)
+    chunks = []
+    while True:
+        chunk = os.read(read_fd, 4096)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(read_fd)
+    lines = b''.join(chunks).decode('utf-8', 'replace').splitlines()
+    if not lines or not lines[0].isdigit():
+        raise RuntimeError('could not start %s: %s' % (argv[0], ' '.join(lines) or 'no pid'))
+    pid = int(lines[0])
+    if len(lines) > 1:
+        raise RuntimeError('could not start %s: %s' % (argv[0], ' '.join(lines[1:])))
+    return pid, proc_starttime(pid)
+
+
+def stop_process(pid, starttime=None, timeout_s=10.0):
+    """SIGTERM, then SIGKILL after timeout_s; only if it is still the same process."""
+    if not process_alive(pid, starttime):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return False
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if not process_alive(pid, starttime):
+            return True
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return True
+    deadline = time.time() + 5
+    while time.time() < deadline and process_alive(pid, starttime):
+        time.sleep(0.05)
+    return True
+
+
+# --------------------------------------------------------------------------
+# audit status and rules
+# --------------------------------------------------------------------------
+NETLINK_AUDIT = 9
+AUDIT_GET = 1000
+AUDIT_SET = 1001
+NLMSG_ERROR = 2
+STATUS_FIELDS = ('mask', 'enabled', 'failure', 'pid', 'rate_limit', 'backlog_limit',
+                 'lost', 'backlog', 'feature_bitmap', 'backlog_wait_time',
+                 'backlog_wait_time_actual')
+SETTABLE = ('enabled', 'failure', 'rate_limit', 'backlog_limit', 'backlog_wait_time')
+
+
+def parse_auditctl_status(text):
+    """`auditctl -s` text -> dict of ints (unknown/non-int values skipped)."""
+    status = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].lstrip('-').isdigit():
+            status[parts[0]] = int(parts[1])
+    return status
+
+
+def netlink_get_status():
+    """Minimal AUDIT_GET over NETLINK_AUDIT (read only). Raises OSError."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
+    try:
+        sock.settimeout(2.0)
+        sock.bind((0, 0))
+        sock.send(struct.pack('=IHHII', 16, AUDIT_GET, 1, 1, 0))  # NLM_F_REQUEST
+        while True:
+            data = sock.recv(65536)
+            length, mtype = struct.unpack('=IH', data[:6])
+            payload = data[16:length]
+            if mtype == NLMSG_ERROR:
+                code = struct.unpack('=i', payload[:4])[0]
+                if code:
+                    raise OSError(-code, os.strerror(-code))
+                continue
+            if mtype == AUDIT_GET:
+                count = min(len(payload) // 4, len(STATUS_FIELDS))
+                values = struct.unpack('=%dI' % count, payload[:count * 4])
+                return dict(zip(STATUS_FIELDS[:count], values))
+    finally:
+        sock.close()
+
+
+def _auditnl():
+    try:
+        from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
+    except ImportError:
+        return None
+    if hasattr(auditnl, 'get_status') and hasattr(auditnl, 'set_status'):
+        return auditnl
+    return None
+
+
+def get_status():
+    """Audit status dict (netlink; auditctl -s when netlink fails)."""
+    nl = _auditnl()
+    if nl is not None:
+        try:
+            return dict(nl.get_status())
+        except Exception:
+            pass
+    try:
+        return netlink_get_status()
+    except (OSError, socket.error):
+        out = subprocess.run(['auditctl', '-s'], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, universal_newlines=True, check=True)
+        return parse_auditctl_status(out.stdout)
+
+
+def set_status(**fields):
+    """Set audit status fields (auditnl.set_status when present, else auditctl)."""
+    unknown = set(fields) - set(SETTABLE)
+    if unknown:
+        raise ValueError('cannot set audit status fields %s' % ', '.join(sorted(unknown)))
+    nl = _auditnl()
+    if nl is not None:
+        nl.set_status(**fields)
+        return
+    flags = {'enabled': '-e', 'failure': '-f', 'rate_limit': '-r',
+             'backlog_limit': '-b', 'backlog_wait_time': '--backlog_wait_time'}
+    # auditctl wants -e last: a rule change after enabling 2 would fail.
+    for name in ('failure', 'rate_limit', 'backlog_limit', 'backlog_wait_time', 'enabled'):
+        if name in fields:
+            run_auditctl([flags[name], str(int(fields[name]))])
+
+
+def run_auditctl(args):
+    proc = subprocess.run(['auditctl'] + list(args), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True)
+    if proc.returncode != 0:
+        raise RuntimeError('auditctl %s: %s' % (' '.join(args), (proc.stderr or proc.stdout).strip()))
+    return proc.stdout
+
+
+def rule_args(base, key):
+    """A rule's auditctl -a arguments with the key appended (validated)."""
+    if not key or not all(c.isalnum() or c in '-_.' for c in key):
+        raise ValueError('bad audit key %r' % key)
+    return list(base) + ['-k', key]
+
+
+def rules_with_key(listing, key):
+    """`auditctl -l` lines carrying exactly this key, as -d argument lists."""
+    found = []
+    for line in listing.splitlines():
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            continue
+        if len(words) < 2 or words[0] != '-a':
+            continue
+        keys = [w.split('=', 1)[1] for w in words if w.startswith('key=')]
+        for i, w in enumerate(words[:-1]):
+            if w == '-k':
+                keys.append(words[i + 1])
+        if key in keys:
+            found.append(['-d'] + words[1:])
+    return found
+
+
+def list_rules():
+    out = run_auditctl(['-l'])
+    return [] if out.strip() == 'No rules' else [line for line in out.splitlines() if line.strip()]
+
+
+def delete_rules_by_key(key):
+    """Delete every rule carrying ``key`` (only those). Returns how many."""
+    count = 0
+    for args in rules_with_key('\n'.join(list_rules()), key):
+        run_auditctl(args)
+        count += 1
+    return count
+
+
+# --------------------------------------------------------------------------
+# cgroups
+# --------------------------------------------------------------------------
+def detect_cgroup(v1_root=CGROUP_V1_CPU, v2_roots=(CGROUP_V2_ROOT, CGROUP_V2_ALT)):
+    """('v1', root) when a v1 cpu hierarchy exists, else ('v2', root) with cpu, else (None, reason)."""
+    if os.path.exists(os.path.join(v1_root, 'cpu.cfs_quota_us')):
+        return 'v1', v1_root
+    for root in v2_roots:
+        if os.path.exists(os.path.join(root, 'cgroup.controllers')):
+            try:
+                with open(os.path.join(root, 'cgroup.controllers')) as handle:
+                    if 'cpu' in handle.read().split():
+                        return 'v2', root
+            except (IOError, OSError):
+                continue
+    return None, 'no cgroup v1 cpu hierarchy and no cgroup v2 hierarchy with the cpu controller'
+
+
+def parse_cpu_stat(text):
+    stat = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            stat[parts[0]] = int(parts[1])
+    return stat
+
+
+def read_cpu_stat(path):
+    try:
+        with open(os.path.join(path, 'cpu.stat')) as handle:
+            return parse_cpu_stat(handle.read())
+    except (IOError, OSError):
+        return {}
+
+
+def throttled_ratio(before, after):
+    """nr_throttled / nr_periods between two cpu.stat readings; None without periods."""
+    periods = after.get('nr_periods', 0) - before.get('nr_periods', 0)
+    if periods <= 0:
+        return None
+    return round((after.get('nr_throttled', 0) - before.get('nr_throttled', 0)) / float(periods), 3)
+
+
+def _write(path, value):
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path):
+    with open(path) as handle:
+        return handle.read().strip()
+
+
+def cgroup_create(version, root, name, quota_us, period_us=PERIOD_US):
+    """Create the group and set its quota. Returns the absolute path."""
+    path = os.path.join(root, name)
+    if not os.path.isdir(path):
+        os.mkdir(path)
+    cgroup_set_quota(version, path, quota_us, period_us)
+    return path
+
+
+def cgroup_set_quota(version, path, quota_us, period_us=PERIOD_US):
+    """quota_us None or -1: unlimited."""
+    if version == 'v1':
+        _write(os.path.join(path, 'cpu.cfs_period_us'), int(period_us))
+        _write(os.path.join(path, 'cpu.cfs_quota_us'), -1 if quota_us in (None, -1) else int(quota_us))
+    else:
+        quota = 'max' if quota_us in (None, -1) else str(int(quota_us))
+        _write(os.path.join(path, 'cpu.max'), '%s %d' % (quota, int(period_us)))
+
+
+def cgroup_remove(path, timeout_s=10.0):
+    """Move remaining processes to the parent, then rmdir. Idempotent."""
+    if not os.path.isdir(path):
+        return False
+    parent = os.path.dirname(path)
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            pids = [p for p in _read(os.path.join(path, 'cgroup.procs')).split() if p]
+        except (IOError, OSError):
+            pids = []
+        for pid in pids:
+            try:
+                _write(os.path.join(parent, 'cgroup.procs'), pid)
+            except (IOError, OSError):
+                pass
+        try:
+            os.rmdir(path)
+            return True
+        except OSError as err:
+            if err.errno == errno.ENOENT:
+                return True
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------
+# state file: record intent before each change; undo everything recorded
+# --------------------------------------------------------------------------
+class LabState:
+    """A JSON list of changes made to the host, written before each change."""
+
+    def __init__(self, path):
+        self.path = path
+        self.data = {'version': 1, 'entries': []}
+        if os.path.exists(path):
+            with open(path) as handle:
+                self.data = json.load(handle)
+
+    @property
+    def entries(self):
+        return self.data['entries']
+
+    def exists(self):
+        return os.path.exists(self.path)
+
+    def save(self):
+        directory = os.path.dirname(self.path)
+        if directory and not os.path.isdir(directory):
+            os.makedirs(directory, 0o700)
+        tmp = '%s.tmp.%d' % (self.path, os.getpid())
+        with open(tmp, 'w') as handle:
+            json.dump(self.data, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, self.path)
+
+    def record(self, kind, **data):
+        entry = dict(data, kind=kind)
+        self.entries.append(entry)
+        self.save()
+        return entry
+
+    def find(self, kind):
+        return [e for e in self.entries if e['kind'] == kind]
+
+    def remove(self, entry):
+        self.entries.remove(entry)
+        self.save()
+
+    def delete(self):
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+# Undo order: quiet the load first, then the rules, let the consumer drain
+# unthrottled and stop it, then settings, groups, containers, files.
+UNDO_ORDER = ('process', 'rules', 'unthrottle', 'container', 'consumer', 'moved_process',
+              'audit_status', 'cgroup', 'v2_subtree', 'dockerd', 'image', 'path')
+
+
+def undo_order(entries):
+    """Entries in the order they must be undone (stable; newest first per kind)."""
+    rank = dict((kind, i) for i, kind in enumerate(UNDO_ORDER))
+    indexed = list(enumerate(entries))
+    indexed.sort(key=lambda item: (rank.get(item[1]['kind'], len(rank)), -item[0]))
+    return [entry for _, entry in indexed]
+
+
+def _undo_entry(entry, handlers):
+    kind = entry['kind']
+    if kind in handlers:
+        return handlers[kind](entry)
+    if kind == 'process':
+        stop_process(entry['pid'], entry.get('starttime'))
+    elif kind == 'consumer':
+        stop_process(entry['pid'], entry.get('starttime'), timeout_s=15.0)
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            if get_status().get('pid') != entry['pid']:
+                break
+            time.sleep(0.1)
+    elif kind == 'rules':
+        delete_rules_by_key(entry['key'])
+    elif kind == 'unthrottle':
+        if os.path.isdir(entry['path']):
+            cgroup_set_quota(entry['version'], entry['path'], None)
+    elif kind == 'audit_status':
+        set_status(**entry['saved'])
+    elif kind == 'cgroup':
+        cgroup_remove(entry['path'])
+    elif kind == 'moved_process':
+        if process_alive(entry['pid'], entry.get('starttime')):
+            _write(os.path.join(entry['original'], 'cgroup.procs'), entry['pid'])
+    elif kind == 'v2_subtree':
+        _write(os.path.join(entry['root'], 'cgroup.subtree_control'), '-cpu')
+    elif kind == 'path':
+        _remove_path(entry['path'])
+    else:
+        raise RuntimeError('no undo handler for %s' % kind)
+
+
+def _remove_path(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        for name in os.listdir(path):
+            _remove_path(os.path.join(path, name))
+        os.rmdir(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def undo_state(state, handlers=None):
+    """Undo every recorded change (each entry removed once undone).
+
+    Returns (undone descriptions, errors). Entries that fail stay in the
+    state file so a second run retries them; the file goes when empty.
+    """
+    handlers = handlers or {}
+    undone, errors = [], []
+    for entry in undo_order(list(state.entries)):
+        desc = describe(entry)
+        try:
+            _undo_entry(entry, handlers)
+            undone.append(desc)
+            state.remove(entry)
+        except Exception as err:
+            errors.append('%s: %s' % (desc, err))
+    if not state.entries:
+        state.delete()
+    return undone, errors
+
+
+def describe(entry):
+    kind = entry['kind']
+    detail = entry.get('name') or entry.get('key') or entry.get('path') or entry.get('pid') or entry.get('id') or ''
+    return ('%s %s' % (kind, detail)).strip()
+
+
+# --------------------------------------------------------------------------
+# the consumer: Debian's auditd with a private config
+# --------------------------------------------------------------------------
+AUDITD_CONF = """\
+# auditgap incident lab: private config, logs and plugins under the lab dir
+local_events = yes
+write_logs = yes
+log_file = {workdir}/audit.log
+log_group = root
+log_format = RAW
+flush = NONE
+freq = 0
+max_log_file = {max_log_mb}
+num_logs = 2
+priority_boost = 0
+name_format = NONE
+max_log_file_action = ROTATE
+space_left = 2
+space_left_action = IGNORE
+admin_space_left = 1
+admin_space_left_action = IGNORE
+disk_full_action = IGNORE
+disk_error_action = IGNORE
+use_libwrap = no
+tcp_client_max_idle = 0
+transport = TCP
+distribute_network = no
+q_depth = 2000
+overflow_action = IGNORE
+max_restarts = 0
+plugin_dir = {workdir}/plugins.d
+end_of_event_timeout = 2
+"""
+
+
+def write_auditd_config(confdir, workdir, max_log_mb=8):
+    """A config dir for ``auditd -c``: logs under workdir, no plugins."""
+    if not os.path.isdir(confdir):
+        os.makedirs(confdir, 0o700)
+    plugins = os.path.join(workdir, 'plugins.d')
+    if not os.path.isdir(plugins):
+        os.makedirs(plugins, 0o700)
+    path = os.path.join(confdir, 'auditd.conf')
+    with open(path, 'w') as handle:
+        handle.write(AUDITD_CONF.format(workdir=workdir, max_log_mb=int(max_log_mb)))
+    os.chmod(path, 0o640)
+    return path
+
+
+def find_auditd():
+    for path in ('/usr/sbin/auditd', '/sbin/auditd'):
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def wait_registered(pid, timeout_s=10.0):
+    """Wait until the kernel's audit pid is ``pid``; True when it is."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if get_status().get('pid') == pid:
+            return True
+        if not process_alive(pid):
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def consumer_check(status, allow_existing=False):
+    """None when the lab may start its consumer, else the refusal reason (pure)."""
+    pid = status.get('pid') or 0
+    if pid and not allow_existing:
+        return ('an audit consumer is already registered (pid %d); the lab refuses to '
+                'replace it (allow_existing_consumer throttles it instead and restores it at absent)' % pid)
+    if status.get('enabled') == 2:
+        return 'audit configuration is immutable (enabled 2) until reboot'
+    return None
+
+
+# --------------------------------------------------------------------------
+# the workload: server + client on loopback
+# --------------------------------------------------------------------------
+def serve(listener):  # pragma: no cover - runs in the workload daemon
+    """Accept loop: every accept() is an accept4 syscall; answer one byte, close."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except InterruptedError:
+            continue
+        except OSError:
+            time.sleep(0.01)
+            continue
+        try:
+            # a plain close (FIN): the client closes with RST, so neither
+            # side keeps TIME_WAIT sockets at thousands of connections/s
+            conn.sendall(b'.')
+        except OSError:
+            pass
+        conn.close()
+
+
+def one_request(port, timeout_s=10.0):
+    """Connect, wait for the server's byte: ms from established to answered."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout_s)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+        sock.connect(('127.0.0.1', port))
+        start = time.monotonic()
+        data = sock.recv(1)
+        elapsed = (time.monotonic() - start) * 1000.0
+        return elapsed if data else None
+    finally:
+        sock.close()
+
+
+class Recorder:
+    """Per-second latency records + cumulative histogram + optional timeline."""
+
+    def __init__(self, workdir, cpu_stat_dir=None, timeline=True):
+        self.workdir = workdir
+        self.latency_path = os.path.join(workdir, 'latency.jsonl')
+        self.summary_path = os.path.join(workdir, 'latency.summary.json')
+        self.timeline_path = os.path.join(workdir, 'timeline.jsonl') if timeline else None
+        self.cpu_stat_dir = cpu_stat_dir
+        self.hist = LogHistogram()
+        self.second = []
+        self.errors = 0
+        self.started = time.time()
+        self.last_flush = int(time.time())
+        self.last_cpu = read_cpu_stat(cpu_stat_dir) if cpu_stat_dir else {}
+
+    def add(self, value_ms):
+        if value_ms is None:
+            self.errors += 1
+            return
+        self.second.append(value_ms)
+        self.hist.add(value_ms)
+
+    def maybe_flush(self, now=None):
+        now = time.time() if now is None else now
+        if int(now) <= self.last_flush:
+            return False
+        self.flush(int(now))
+        return True
+
+    def flush(self, second):
+        record = dict(summarize(self.second), t=second, errors=self.errors)
+        self.second = []
+        self.errors = 0
+        self.last_flush = second
+        _append_line(self.latency_path, record)
+        summary = dict(self.hist.summary(), since=round(self.started, 3), t=second)
+        _atomic_json(self.summary_path, summary)
+        if self.timeline_path:
+            point = {'t': second, 'p99_ms': record['p99_ms'], 'count': record['count'],
+                     'backlog': None, 'lost': None, 'throttled_ratio': None}
+            try:
+                status = netlink_get_status()
+                point['backlog'] = status.get('backlog')
+                point['lost'] = status.get('lost')
+                point['backlog_limit'] = status.get('backlog_limit')
+            except (OSError, socket.error, struct.error):
+                pass
+            if self.cpu_stat_dir:
+                cpu = read_cpu_stat(self.cpu_stat_dir)
+                point['throttled_ratio'] = throttled_ratio(self.last_cpu, cpu)
+                self.last_cpu = cpu
+            _append_line(self.timeline_path, point)
+
+
+def _append_line(path, record):
+    with open(path, 'a') as handle:
+        handle.write(json.dumps(record, sort_keys=True) + '\n')
+
+
+def _atomic_json(path, data):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as handle:
+        json.dump(data, handle, sort_keys=True)
+    os.rename(tmp, path)
+
+
+def run_workload(workdir, port=0, rate_per_s=0, cpu_stat_dir=None):  # pragma: no cover - daemon
+    """The workload daemon: fork the server, run the client here."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(('127.0.0.1', port))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    server = os.fork()
+    if server == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            serve(listener)
+        finally:
+            os._exit(0)
+    listener.close()
+
+    def stop(signum, frame):
+        try:
+            os.kill(server, signal.SIGTERM)
+        except OSError:
+            pass
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    info = {'server_pid': server, 'server_starttime': proc_starttime(server),
+            'client_pid': os.getpid(), 'client_starttime': proc_starttime(os.getpid()),
+            'port': port}
+    _atomic_json(os.path.join(workdir, 'workload.json'), info)
+    recorder = Recorder(workdir, cpu_stat_dir=cpu_stat_dir)
+    interval = 1.0 / rate_per_s if rate_per_s else 0.0
+    next_at = time.monotonic()
+    while True:
+        if not process_alive(server):
+            os._exit(0)
+        try:
+            recorder.add(one_request(port))
+        except (OSError, socket.timeout):
+            recorder.add(None)
+            time.sleep(0.05)
+        recorder.maybe_flush()
+        if interval:
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_at = time.monotonic()
+
+
+def start_workload(state, workdir, script_path, python=None, rate_per_s=0,
+                   cpu_stat_dir=None, timeout_s=10.0):
+    """Start the workload daemon; record both processes in the state."""
+    python = python or sys.executable
+    argv = [python, script_path, 'workload', '--dir', workdir, '--rate', str(int(rate_per_s))]
+    if cpu_stat_dir:
+        argv += ['--cpu-stat', cpu_stat_dir]
+    info_path = os.path.join(workdir, 'workload.json')
+    for name in ('workload.json', 'latency.jsonl', 'latency.summary.json', 'timeline.jsonl'):
+        try:
+            os.unlink(os.path.join(workdir, name))
+        except OSError:
+            pass
+    pid, start = spawn_daemon(argv, os.path.join(workdir, 'workload.log'))
+    state.record('process', name='workload-client', pid=pid, starttime=start)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if os.path.exists(info_path):
+            with open(info_path) as handle:
+                info = json.load(handle)
+            state.record('process', name='workload-server', pid=info['server_pid'],
+                         starttime=info['server_starttime'])
+            return info
+        if not process_alive(pid, start):
+            break
+        time.sleep(0.05)
+    raise RuntimeError('the workload did not start (see %s/workload.log)' % workdir)
+
+
+def copy_self(dest):
+    """Write this module's source to dest (works from a file or an AnsiballZ zip)."""
+    source = None
+    try:
+        with open(__file__) as handle:
+            source = handle.read()
+    except (IOError, OSError, NameError):
+        loader = globals().get('__loader__')
+        if loader is not None and hasattr(loader, 'get_source'):
+            source = loader.get_source(__name__)
+    if not source:
+        import inspect
+        source = inspect.getsource(sys.modules[__name__])
+    tmp = dest + '.tmp'
+    with open(tmp, 'w') as handle:
+        handle.write(source)
+    os.chmod(tmp, 0o700)
+    os.rename(tmp, dest)
+    return dest
+
+
+# --------------------------------------------------------------------------
+# the cgroup-backend consumer
+# --------------------------------------------------------------------------
+def start_cgroup_consumer(state, workdir, quota_us, name, period_us=PERIOD_US, cgroup=None):
+    """Create a throttled cpu group, start auditd -n inside it, wait for registration.
+
+    Returns {'pid', 'starttime', 'cgroup_path', 'cgroup_version'}.
+    """
+    version, root = cgroup or detect_cgroup()
+    if version is None:
+        raise RuntimeError(root)
+    auditd = find_auditd()
+    if not auditd:
+        raise RuntimeError('auditd is not installed (Debian: apt-get install auditd)')
+    path = os.path.join(root, name)
+    if version == 'v2':
+        with open(os.path.join(root, 'cgroup.subtree_control')) as handle:
+            enabled = handle.read().split()
+        if 'cpu' not in enabled:
+            state.record('v2_subtree', root=root)
+            _write(os.path.join(root, 'cgroup.subtree_control'), '+cpu')
+    state.record('cgroup', path=path, version=version)
+    # auditd starts unthrottled (startup at 1% of a CPU takes seconds); the
+    # quota applies once it is registered.
+    cgroup_create(version, root, name, None, period_us)
+    state.record('unthrottle', path=path, version=version)
+    confdir = os.path.join(workdir, 'etc')
+    write_auditd_config(confdir, workdir)
+    argv = [auditd, '-n', '-s', 'nochange', '-c', confdir]
+    pid, start = spawn_daemon(argv, os.path.join(workdir, 'auditd.out'),
+                              cgroup_procs=os.path.join(path, 'cgroup.procs'))
+    state.record('consumer', name='auditd', pid=pid, starttime=start, backend='cgroup')
+    if not wait_registered(pid):
+        raise RuntimeError('auditd (pid %d) did not register as the audit consumer; see %s/auditd.out'
+                           % (pid, workdir))
+    cgroup_set_quota(version, path, quota_us, period_us)
+    return {'pid': pid, 'starttime': start, 'cgroup_path': path, 'cgroup_version': version}
+
+
+# --------------------------------------------------------------------------
+# snapshots (tests: the host after absent equals the host before present)
+# --------------------------------------------------------------------------
+SNAPSHOT_STATUS = ('enabled', 'failure', 'pid', 'rate_limit', 'backlog_limit', 'backlog_wait_time')
+
+
+def host_snapshot(tracefs='/sys/kernel/tracing', cgroup_roots=(CGROUP_V1_CPU, CGROUP_V2_ROOT, CGROUP_V2_ALT),
+                  docker=None):
+    """The lab-relevant host state: audit settings, rules, tracefs instances,
+    cgroup dirs (top two levels of each hierarchy), lab processes, containers."""
+    status = get_status()
+    snap = {'audit_status': dict((k, status.get(k)) for k in SNAPSHOT_STATUS),
+            'rules': sorted(list_rules()),
+            'tracefs_instances': [], 'cgroups': [], 'processes': [], 'containers': docker}
+    instances = os.path.join(tracefs, 'instances')
+    if os.path.isdir(instances):
+        snap['tracefs_instances'] = sorted(os.listdir(instances))
+    for root in cgroup_roots:
+        if not os.path.isdir(root):
+            continue
+        for name in sorted(os.listdir(root)):
+            path = os.path.join(root, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                snap['cgroups'].append(path)
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit():
+            continue
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as handle:
+                cmd = handle.read().split(b'\0')
+        except (IOError, OSError):
+            continue
+        words = [w.decode('utf-8', 'replace') for w in cmd if w]
+        if not words or proc_starttime(pid) is None:
+            continue
+        text = ' '.join(words)
+        if os.path.basename(words[0]) in ('auditd', 'dockerd', 'containerd') or 'labkit' in text:
+            snap['processes'].append(text)
+    snap['processes'].sort()
+    return snap
+
+
+def snapshot_diff(before, after):
+    """Human-readable differences between two snapshots (empty list: equal)."""
+    diffs = []
+    keys = sorted(set(before) | set(after))
+    for key in keys:
+        a, b = before.get(key), after.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if a.get(sub) != b.get(sub):
+                    diffs.append('%s.%s: %r -> %r' % (key, sub, a.get(sub), b.get(sub)))
+        elif isinstance(a, list) and isinstance(b, list):
+            for item in a:
+                if item not in b:
+                    diffs.append('%s: gone %r' % (key, item))
+            for item in b:
+                if item not in a:
+                    diffs.append('%s: new %r' % (key, item))
+        else:
+            diffs.append('%s: %r -> %r' % (key, a, b))
+    return diffs
+
+
+# --------------------------------------------------------------------------
+# command line (the workload daemon)
+# --------------------------------------------------------------------------
+def main(argv=None):  # pragma: no cover - daemon entry point
+    import argparse
+    parser = argparse.ArgumentParser(prog='labkit')
+    sub = parser.add_subparsers(dest='cmd')
+    work = sub.add_parser('workload')
+    work.add_argument('--dir', required=True)
+    work.add_argument('--port', type=int, default=0)
+    work.add_argument('--rate', type=int, default=0)
+    work.add_argument('--cpu-stat', default=None)
+    args = parser.parse_args(argv)
+    if args.cmd == 'workload':
+        run_workload(args.dir, port=args.port, rate_per_s=args.rate, cpu_stat_dir=args.cpu_stat)
+    parser.print_help()
+    return 2
+
+
+if __name__ == '__main__':  # pragma: no cover
+    sys.exit(main())

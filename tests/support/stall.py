@@ -1,0 +1,175 @@
+"""A real audit-backlog stall for integration tests (the incident, on this host).
+
+    from tests.support.stall import audit_stall
+    with audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000,
+                     key='auditgap-test-stall') as stall:
+        stall.consumer_pid   # the throttled auditd, registered as the audit consumer
+        stall.cgroup_path    # its cgroup v1 cpu group (absolute dir; v2 group on v2-only hosts)
+        stall.server_pid     # the accept-loop server making audited accept4 calls
+        stall.latency()      # accept latency so far: {count, p50_ms, p99_ms, max_ms}
+
+Same code as the incident lab (plugins/module_utils/labkit.py): every change
+is recorded in a state file (/run/auditgap-lab/stall-<pid>.json) *before* it
+is made and undone on exit, error, SIGTERM/SIGINT/SIGHUP (RestoreGuard) and,
+after a SIGKILL, by the next audit_stall() (stale state files of dead
+owners are undone first). Rules are removed by key only. Refuses
+(StallRefused) when another audit consumer is registered.
+
+Needs root, Debian's auditd and the kernel test lock (mark tests ``kernel``).
+Keep the stalled window short: while it lasts every accept4 on the host waits.
+"""
+import contextlib
+import glob
+import json
+import os
+import time
+
+from ansible_collections.auditgap.fleet.plugins.module_utils import labkit
+from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
+
+STALL_GLOB = os.path.join(labkit.LAB_DIR, 'stall-*.json')
+
+
+class StallRefused(RuntimeError):
+    """The host cannot host a stall (another consumer, immutable audit, no auditd)."""
+
+
+class StallRestoreError(RuntimeError):
+    pass
+
+
+class Stall:
+    def __init__(self, workdir, consumer, workload, state, key):
+        self.workdir = workdir
+        self.consumer_pid = consumer['pid']
+        self.cgroup_path = consumer['cgroup_path']
+        self.cgroup_version = consumer['cgroup_version']
+        self.server_pid = workload['server_pid']
+        self.client_pid = workload['client_pid']
+        self.port = workload['port']
+        self.key = key
+        self.state_path = state.path
+        self.latency_path = os.path.join(workdir, 'latency.jsonl')
+        self.summary_path = os.path.join(workdir, 'latency.summary.json')
+        self.timeline_path = os.path.join(workdir, 'timeline.jsonl')
+        self.started = time.time()
+        self.restore_errors = []
+
+    def latency(self):
+        """Cumulative accept latency since the workload started (updated every second)."""
+        try:
+            with open(self.summary_path) as handle:
+                data = json.load(handle)
+        except (IOError, OSError, ValueError):
+            return {'count': 0, 'p50_ms': None, 'p99_ms': None, 'max_ms': None}
+        return dict((k, data.get(k)) for k in ('count', 'p50_ms', 'p99_ms', 'max_ms'))
+
+    def per_second(self):
+        """The per-second records (latency.jsonl): [{t, count, p50_ms, p99_ms, max_ms, errors}]."""
+        return labkit.read_jsonl(self.latency_path)
+
+    def timeline(self):
+        """Per-second {t, p99_ms, backlog, lost, throttled_ratio} points."""
+        return labkit.read_jsonl(self.timeline_path)
+
+    def window(self, since=None, until=None):
+        """Latency summary of the seconds in [since, until] (unix s)."""
+        return labkit.window_summary(self.per_second(), since, until)
+
+    def wait_for(self, seconds=1, min_count=1, timeout_s=15.0):
+        """Wait until at least ``seconds`` per-second records with ``min_count`` requests exist."""
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            records = [r for r in self.per_second() if r.get('count', 0) >= min_count]
+            if len(records) >= seconds:
+                return records
+            time.sleep(0.2)
+        return [r for r in self.per_second() if r.get('count', 0) >= min_count]
+
+    def set_quota(self, quota_us):
+        """Change the consumer's quota (None/-1: unthrottled). Restored by the stall's exit."""
+        labkit.cgroup_set_quota(self.cgroup_version, self.cgroup_path, quota_us)
+
+
+def _owner_pid(path):
+    name = os.path.basename(path)[len('stall-'):-len('.json')]
+    return int(name) if name.isdigit() else None
+
+
+def cleanup_stale():
+    """Undo stall state files whose owning process is gone (after a SIGKILL)."""
+    errors = []
+    for path in glob.glob(STALL_GLOB):
+        owner = _owner_pid(path)
+        if owner and labkit.process_alive(owner):
+            continue
+        _, errs = labkit.undo_state(labkit.LabState(path))
+        errors.extend(errs)
+    return errors
+
+
+@contextlib.contextmanager
+def audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000, key='auditgap-test-stall',
+                rate_per_s=0, rules=None):
+    """Create the incident on this host for the duration of the block.
+
+    ``rules``: base rules (without -k) to add with ``key``; default the seed's
+    accept4 rule. ``rate_per_s``: workload connections per second (0: as fast
+    as it goes).
+    """
+    if os.geteuid() != 0:
+        raise StallRefused('audit_stall needs root')
+    if not key.startswith('auditgap-test'):
+        raise ValueError('test audit keys start with auditgap-test (got %r)' % key)
+    if not labkit.find_auditd():
+        raise StallRefused('auditd is not installed (apt-get install auditd)')
+    cleanup_stale()
+    reason = labkit.consumer_check(labkit.get_status())
+    if reason:
+        raise StallRefused(reason)
+    name = 'stall-%d' % os.getpid()
+    workdir = os.path.join(labkit.LAB_DIR, name)
+    state = labkit.LabState(os.path.join(labkit.LAB_DIR, name + '.json'))
+    if state.entries:  # our own leftovers (same pid, earlier block): undo first
+        labkit.undo_state(state)
+        state = labkit.LabState(state.path)
+    stall = None
+    guard = RestoreGuard()
+    failed = False
+    try:
+        with guard:
+            guard.push(_undo, state, description='undo stall state %s' % state.path)
+            state.record('path', path=workdir)
+            if not os.path.isdir(workdir):
+                os.makedirs(workdir, 0o700)
+            before = labkit.get_status()
+            state.record('audit_status', saved=dict(
+                (k, before[k]) for k in ('enabled', 'backlog_limit', 'backlog_wait_time')))
+            labkit.set_status(backlog_limit=int(backlog_limit), backlog_wait_time=int(backlog_wait_time))
+            consumer = labkit.start_cgroup_consumer(state, workdir, quota_us,
+                                                    name='auditgap-test-%s' % name)
+            state.record('rules', key=key)
+            for base in (rules or [labkit.ACCEPT_RULE]):
+                labkit.run_auditctl(labkit.rule_args(base, key))
+            if before.get('enabled') != 1:
+                labkit.set_status(enabled=1)
+            workload = labkit.start_workload(state, workdir, labkit.__file__,
+                                             rate_per_s=rate_per_s,
+                                             cpu_stat_dir=consumer['cgroup_path'])
+            stall = Stall(workdir, consumer, workload, state, key)
+            try:
+                yield stall
+            except BaseException:
+                failed = True
+                raise
+    finally:
+        if stall is not None:
+            stall.restore_errors = guard.restore_errors
+    if guard.restore_errors and not failed:
+        raise StallRestoreError('audit_stall restore failed: %s' % '; '.join(guard.restore_errors))
+
+
+def _undo(state):
+    _, errors = labkit.undo_state(state)
+    if errors:
+        raise StallRestoreError('; '.join(errors))

@@ -1,0 +1,197 @@
+"""Pure parts of the incident lab (plugins/module_utils/labkit.py): no root."""
+import json
+import os
+
+from ansible_collections.auditgap.fleet.plugins.module_utils import labkit
+
+
+def test_percentile_nearest_rank():
+    values = list(range(1, 101))
+    assert labkit.percentile(values, 50) == 50
+    assert labkit.percentile(values, 99) == 99
+    assert labkit.percentile(values, 100) == 100
+    assert labkit.percentile([7], 99) == 7
+    assert labkit.percentile([], 50) is None
+
+
+def test_summarize():
+    s = labkit.summarize([5.0, 1.0, 3.0, 700.0])
+    assert s == {'count': 4, 'p50_ms': 3.0, 'p99_ms': 700.0, 'max_ms': 700.0}
+    assert labkit.summarize([])['count'] == 0
+
+
+def test_histogram_close_to_exact():
+    hist = labkit.LogHistogram()
+    values = [0.05 + i * 0.01 for i in range(990)] + [200.0 + i for i in range(10)]
+    for v in values:
+        hist.add(v)
+    exact = labkit.summarize(values)
+    s = hist.summary()
+    assert s['count'] == 1000
+    assert s['max_ms'] == exact['max_ms']
+    for key in ('p50_ms', 'p99_ms'):
+        assert exact[key] <= s[key] <= exact[key] * 1.011
+
+
+def test_window_summary_weights_by_count():
+    records = [{'t': 1, 'count': 1000, 'p50_ms': 0.1, 'p99_ms': 1.0, 'max_ms': 2.0},
+               {'t': 2, 'count': 10, 'p50_ms': 300.0, 'p99_ms': 700.0, 'max_ms': 900.0},
+               {'t': 3, 'count': 0, 'p50_ms': None, 'p99_ms': None, 'max_ms': None}]
+    w = labkit.window_summary(records)
+    assert w['count'] == 1010 and w['seconds'] == 2 and w['max_ms'] == 900.0
+    assert w['p50_ms'] == 0.1
+    assert labkit.window_summary(records, since=2)['p99_ms'] == 700.0
+    assert labkit.window_summary([], since=2)['count'] == 0
+
+
+def test_read_jsonl_skips_torn_line(tmp_path):
+    path = tmp_path / 'latency.jsonl'
+    path.write_text('{"t": 1, "count": 2}\n{"t": 2, "cou')
+    assert labkit.read_jsonl(str(path)) == [{'t': 1, 'count': 2}]
+    assert labkit.read_jsonl(str(tmp_path / 'missing')) == []
+
+
+def test_parse_auditctl_status():
+    text = ('enabled 1\nfailure 1\npid 4242\nrate_limit 0\nbacklog_limit 64\nlost 17\n'
+            'backlog 65\nbacklog_wait_time 250\nbacklog_wait_time_actual 9000\n'
+            'loginuid_immutable 0 unlocked\n')
+    s = labkit.parse_auditctl_status(text)
+    assert s['pid'] == 4242 and s['backlog_limit'] == 64 and s['backlog_wait_time'] == 250
+    assert s['loginuid_immutable'] == 0
+
+
+def test_rules_with_key_only_that_key():
+    listing = '\n'.join([
+        '-a always,exit -F arch=b64 -S bind,listen,accept4 -F success=1 -F key=auditgap-lab',
+        '-a always,exit -F arch=b64 -S clone,fork,execve -F key=auditgap-lab',
+        '-a always,exit -F arch=b64 -S accept4 -F key=someone-else',
+        '-w /etc/passwd -p wa -k identity',
+        '-a always,exit -F arch=b64 -S open -F key=auditgap-lab-other',
+    ])
+    found = labkit.rules_with_key(listing, 'auditgap-lab')
+    assert found == [
+        ['-d', 'always,exit', '-F', 'arch=b64', '-S', 'bind,listen,accept4', '-F', 'success=1',
+         '-F', 'key=auditgap-lab'],
+        ['-d', 'always,exit', '-F', 'arch=b64', '-S', 'clone,fork,execve', '-F', 'key=auditgap-lab'],
+    ]
+    assert labkit.rules_with_key('No rules', 'auditgap-lab') == []
+
+
+def test_rule_args_validates_key():
+    assert labkit.rule_args(labkit.ACCEPT_RULE, 'auditgap-lab')[-2:] == ['-k', 'auditgap-lab']
+    for bad in ('', 'a b', 'x;rm', '-k'):
+        try:
+            labkit.rule_args(labkit.ACCEPT_RULE, bad)
+        except ValueError:
+            continue
+        if bad == '-k':
+            continue
+        raise AssertionError('accepted %r' % bad)
+
+
+def test_consumer_check():
+    assert labkit.consumer_check({'pid': 0, 'enabled': 0}) is None
+    assert 'already registered' in labkit.consumer_check({'pid': 77, 'enabled': 1})
+    assert labkit.consumer_check({'pid': 77, 'enabled': 1}, allow_existing=True) is None
+    assert 'immutable' in labkit.consumer_check({'pid': 0, 'enabled': 2})
+
+
+def test_cpu_stat_and_throttled_ratio():
+    before = labkit.parse_cpu_stat('nr_periods 100\nnr_throttled 10\nthrottled_time 5\n')
+    after = labkit.parse_cpu_stat('nr_periods 110\nnr_throttled 19\nthrottled_time 50\n')
+    assert labkit.throttled_ratio(before, after) == 0.9
+    assert labkit.throttled_ratio(after, after) is None
+
+
+def test_state_records_and_undo_order(tmp_path):
+    path = str(tmp_path / 'lab' / 'state.json')
+    state = labkit.LabState(path)
+    state.record('path', path='/run/x')
+    state.record('audit_status', saved={'backlog_limit': 64})
+    state.record('cgroup', path='/sys/fs/cgroup/cpu/x', version='v1')
+    state.record('unthrottle', path='/sys/fs/cgroup/cpu/x', version='v1')
+    state.record('consumer', pid=1, starttime=2)
+    state.record('rules', key='auditgap-lab')
+    state.record('process', name='workload-client', pid=3)
+    state.record('process', name='workload-server', pid=4)
+    assert json.load(open(path))['entries'][0]['kind'] == 'path'
+    order = [(e['kind'], e.get('name')) for e in labkit.undo_order(state.entries)]
+    assert order == [('process', 'workload-server'), ('process', 'workload-client'),
+                     ('rules', None), ('unthrottle', None), ('consumer', None),
+                     ('audit_status', None), ('cgroup', None), ('path', None)]
+
+
+def test_undo_state_keeps_failures_for_retry(tmp_path):
+    path = str(tmp_path / 'state.json')
+    state = labkit.LabState(path)
+    state.record('rules', key='auditgap-lab')
+    state.record('cgroup', path='/nonexistent', version='v1')
+    calls = []
+
+    def fail_rules(entry):
+        calls.append(entry['kind'])
+        raise RuntimeError('auditctl failed')
+
+    def ok_cgroup(entry):
+        calls.append(entry['kind'])
+
+    undone, errors = labkit.undo_state(state, {'rules': fail_rules, 'cgroup': ok_cgroup})
+    assert calls == ['rules', 'cgroup']
+    assert undone == ['cgroup /nonexistent'] and len(errors) == 1
+    again = labkit.LabState(path)
+    assert [e['kind'] for e in again.entries] == ['rules']
+    undone, errors = labkit.undo_state(again, {'rules': lambda e: None})
+    assert errors == [] and not os.path.exists(path)
+    # a second absent with no state is a no-op
+    undone, errors = labkit.undo_state(labkit.LabState(path))
+    assert undone == [] and errors == []
+
+
+def test_undo_path_entry(tmp_path):
+    d = tmp_path / 'work'
+    (d / 'etc').mkdir(parents=True)
+    (d / 'etc' / 'auditd.conf').write_text('x')
+    state = labkit.LabState(str(tmp_path / 'state.json'))
+    state.record('path', path=str(d))
+    labkit.undo_state(state)
+    assert not d.exists()
+
+
+def test_snapshot_diff():
+    a = {'audit_status': {'backlog_limit': 8192, 'pid': 0}, 'rules': ['r1'], 'cgroups': ['/a']}
+    assert labkit.snapshot_diff(a, json.loads(json.dumps(a))) == []
+    b = {'audit_status': {'backlog_limit': 64, 'pid': 0}, 'rules': ['r1', 'r2'], 'cgroups': []}
+    diffs = labkit.snapshot_diff(a, b)
+    assert 'audit_status.backlog_limit: 8192 -> 64' in diffs
+    assert "rules: new 'r2'" in diffs
+    assert "cgroups: gone '/a'" in diffs
+
+
+def test_auditd_config_stays_in_workdir(tmp_path):
+    conf = labkit.write_auditd_config(str(tmp_path / 'etc'), str(tmp_path))
+    text = open(conf).read()
+    assert 'log_file = %s/audit.log' % tmp_path in text
+    assert 'plugin_dir = %s/plugins.d' % tmp_path in text
+    assert '/etc/audit' not in text and '/var/log' not in text
+    assert (tmp_path / 'plugins.d').is_dir()
+
+
+def test_recorder_writes_per_second_records(tmp_path):
+    rec = labkit.Recorder(str(tmp_path), timeline=False)
+    for v in (1.0, 2.0, 300.0):
+        rec.add(v)
+    rec.add(None)
+    rec.flush(1000)
+    rec.add(4.0)
+    rec.flush(1001)
+    lines = labkit.read_jsonl(str(tmp_path / 'latency.jsonl'))
+    assert lines[0] == {'t': 1000, 'count': 3, 'p50_ms': 2.0, 'p99_ms': 300.0, 'max_ms': 300.0, 'errors': 1}
+    assert lines[1]['count'] == 1
+    summary = json.load(open(str(tmp_path / 'latency.summary.json')))
+    assert summary['count'] == 4 and summary['max_ms'] == 300.0
+
+
+def test_proc_starttime_of_self_and_missing():
+    assert labkit.proc_starttime(os.getpid()) is not None
+    assert labkit.process_alive(os.getpid())
+    assert not labkit.process_alive(2 ** 22 + 1)
