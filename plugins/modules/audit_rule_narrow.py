@@ -2,8 +2,10 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: UP001, UP009, UP010, UP031
 
-from __future__ import (absolute_import, division, print_function)
+from __future__ import absolute_import, division, print_function
+
 __metaclass__ = type
 
 DOCUMENTATION = r'''
@@ -18,8 +20,9 @@ description:
     I(scope) the syscall moves to its own rule restricted by C(exe), C(uid), C(auid), C(euid)
     or C(success).
   - Live, only the affected rules change. Rules carrying a key are reloaded by key
-    (C(auditctl -D -k KEY), then the key's rules from the rules.d files) when every loaded rule
-    of that key comes from a file; otherwise the old rule is deleted exactly (C(auditctl -d))
+    (C(auditctl -D -k KEY), then the key's rules from the rules.d files) when the loaded rules
+    of that key are exactly the files' ones and no other loaded key contains KEY (auditctl
+    deletes by substring); otherwise the old rule is deleted exactly (C(auditctl -d))
     and the new ones added. C(auditctl -D) without a key is never used.
   - A loaded rule that audits the syscall but is in no rules.d file is reported in
     C(unmapped) and left alone (it may belong to an agent that loads its own rules).
@@ -166,16 +169,16 @@ def multiset(rules):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            narrow=dict(type='list', elements='dict', required=True, options=dict(
-                syscall=dict(type='str', required=True),
-                key=dict(type='str', no_log=False),
-                scope=dict(type='dict'),
-            )),
-            rules_dir=dict(type='path', default='/etc/audit/rules.d'),
-            live=dict(type='bool', default=True),
-            backup=dict(type='bool', default=True),
-        ),
+        argument_spec={
+            'narrow': {'type': 'list', 'elements': 'dict', 'required': True, 'options': {
+                'syscall': {'type': 'str', 'required': True},
+                'key': {'type': 'str', 'no_log': False},
+                'scope': {'type': 'dict'},
+            }},
+            'rules_dir': {'type': 'path', 'default': '/etc/audit/rules.d'},
+            'live': {'type': 'bool', 'default': True},
+            'backup': {'type': 'bool', 'default': True},
+        },
         supports_check_mode=True,
     )
     p = module.params
@@ -184,7 +187,7 @@ def main():
            'immutable': False, 'reboot_required': False}
     result = {'changed': False, 'audit_rule_narrow': out}
     try:
-        specs = [rf.validate_spec(dict((k, v) for k, v in item.items() if v is not None)) for item in p['narrow']]
+        specs = [rf.validate_spec({k: v for k, v in item.items() if v is not None}) for item in p['narrow']]
     except rf.RulesError as err:
         module.fail_json(msg='%s; nothing changed' % err, **result)
     if not specs:
@@ -224,7 +227,7 @@ def main():
             out['immutable'] = ctl.enabled() == 2
         except RuntimeError as err:
             module.fail_json(msg='%s; nothing changed' % err, **result)
-        file_canon = set(rf.canonical(r) for r in file_rules_before)
+        file_canon = {rf.canonical(r) for r in file_rules_before}
         for rule in loaded:
             if any(rf.rule_matches(rule, s) and rf.narrow_rule(rule, s) != [rule] for s in specs) \
                     and rf.canonical(rule) not in file_canon:
@@ -282,8 +285,10 @@ def main():
             keys = c['old_rule']['keys']
             key = keys[0] if len(keys) == 1 else None
             # reload by key only when the loaded rules of that key are exactly the files' ones
+            # auditctl -D -k matches keys by substring: never when another key contains this one
             key_ok = key is not None and multiset(r for r in loaded if key in r['keys']) == \
-                multiset(r for r in file_rules_before if key in r['keys'])
+                multiset(r for r in file_rules_before if key in r['keys']) and \
+                not any(key in k and k != key for r in loaded for k in r['keys'])
             if key_ok:
                 if key in reloaded_keys:
                     methods.append('key:%s' % key)

@@ -2,8 +2,10 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: UP001, UP009, UP010, UP031
 
-from __future__ import (absolute_import, division, print_function)
+from __future__ import absolute_import, division, print_function
+
 __metaclass__ = type
 
 DOCUMENTATION = r'''
@@ -163,7 +165,7 @@ def kernel_hz():
                 for line in handle:
                     if line.startswith('CONFIG_HZ='):
                         return int(line.split('=', 1)[1]), path
-        except (IOError, OSError, ValueError):
+        except (OSError, ValueError):
             continue
     return None, 'unknown'
 
@@ -197,7 +199,7 @@ class Live:
                 status = auditnl.get_status()
                 self.source = 'netlink'
                 return self._from_netlink(status)
-            except Exception:  # fall back to auditctl
+            except Exception:  # fall back to auditctl  # noqa: BLE001, S110 -- netlink errors of any kind fall back / roll back
                 pass
         if not self.auditctl:
             self.module.fail_json(msg='cannot read audit status: no netlink helper and no auditctl')
@@ -223,11 +225,11 @@ class Live:
         return out
 
     def set(self, name, value):
-        sname = dict((n, s) for n, s, _o in LIVE)[name]
+        sname = {n: s for n, s, _o in LIVE}[name]
         if self.source == 'netlink':
             auditnl.set_status(**{sname: value})
             return
-        opt = dict((n, o) for n, _s, o in LIVE)[name]
+        opt = {n: o for n, _s, o in LIVE}[name]
         rc, out, err = self.module.run_command([self.auditctl, opt, str(int(value))])
         if rc != 0:
             raise RuntimeError('auditctl %s %d failed: %s' % (opt, value, (err or out).strip()))
@@ -237,7 +239,7 @@ def read_text(path):
     try:
         with open(path, 'r') as handle:
             return handle.read()
-    except (IOError, OSError):
+    except OSError:
         return None
 
 
@@ -256,7 +258,7 @@ def boot_view(rules_file, new_text):
     files = []
     try:
         files = [(n, t) for n, t in rulesfile.read_rules_dir(directory) if n != ours]
-    except (IOError, OSError):
+    except OSError:
         files = []
     if ours.endswith('.rules'):
         files.append((ours, new_text))
@@ -276,21 +278,21 @@ def boot_view(rules_file, new_text):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            backlog_limit=dict(type='int'),
-            backlog_wait_time_jiffies=dict(type='int'),
-            rate_limit=dict(type='int'),
-            rules_file=dict(type='path', default='/etc/audit/rules.d/auditgap.rules'),
-            live=dict(type='bool', default=True),
-            persistent=dict(type='bool', default=True),
-            backup=dict(type='bool', default=True),
-            augenrules_check=dict(type='bool', default=True),
-        ),
+        argument_spec={
+            'backlog_limit': {'type': 'int'},
+            'backlog_wait_time_jiffies': {'type': 'int'},
+            'rate_limit': {'type': 'int'},
+            'rules_file': {'type': 'path', 'default': '/etc/audit/rules.d/auditgap.rules'},
+            'live': {'type': 'bool', 'default': True},
+            'persistent': {'type': 'bool', 'default': True},
+            'backup': {'type': 'bool', 'default': True},
+            'augenrules_check': {'type': 'bool', 'default': True},
+        },
         supports_check_mode=True,
     )
     p = module.params
     hz, hz_source = kernel_hz()
-    requested = dict((n, p[n]) for n, _s, _o in LIVE)
+    requested = {n: p[n] for n, _s, _o in LIVE}
     result = {'changed': False, 'audit_tune': {
         'source': None, 'requested': requested, 'before': None, 'after': None, 'live_changes': {},
         'immutable': False, 'rules_file': p['rules_file'], 'file_changed': False, 'backup_file': None,
@@ -312,8 +314,8 @@ def main():
     out['before'] = before
     out['after'] = dict(before)
     out['immutable'] = before.get('enabled') == 2
-    wanted = dict((k, v) for k, v in requested.items() if v is not None)
-    live_todo = dict((k, [before.get(k), v]) for k, v in wanted.items() if before.get(k) != v) if p['live'] else {}
+    wanted = {k: v for k, v in requested.items() if v is not None}
+    live_todo = {k: [before.get(k), v] for k, v in wanted.items() if before.get(k) != v} if p['live'] else {}
     warnings = []
 
     diffs = []
@@ -362,12 +364,12 @@ def main():
             if name in live_todo:
                 live.set(name, live_todo[name][1])
                 done.append(name)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 -- netlink errors of any kind fall back / roll back
         rollback_errors = []
         for name in reversed(done):
             try:
                 live.set(name, before[name])
-            except Exception as err2:
+            except Exception as err2:  # noqa: BLE001 -- netlink errors of any kind fall back / roll back
                 rollback_errors.append('%s: %s' % (name, err2))
         if out['file_changed']:
             try:
@@ -377,12 +379,12 @@ def main():
                     write_atomic(module, p['rules_file'], old_text)
                 else:
                     os.unlink(p['rules_file'])
-            except (IOError, OSError) as err3:
+            except OSError as err3:
                 rollback_errors.append('rules file: %s' % err3)
         module.fail_json(msg='live change failed (%s); rolled back%s' % (
             err, (' with errors: %s' % '; '.join(rollback_errors)) if rollback_errors else ''), **result)
     out['after'] = live.get()
-    mismatch = dict((k, out['after'].get(k)) for k in live_todo if out['after'].get(k) != live_todo[k][1])
+    mismatch = {k: out['after'].get(k) for k in live_todo if out['after'].get(k) != live_todo[k][1]}
     if mismatch:
         module.fail_json(msg='live values after the change differ from the request: %s' % mismatch, **result)
     if p['augenrules_check'] and out['file_changed'] and rules_dir.rstrip('/') == SYSTEM_RULES_DIR:

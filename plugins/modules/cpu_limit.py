@@ -2,8 +2,10 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: UP001, UP009, UP010, UP031
 
-from __future__ import (absolute_import, division, print_function)
+from __future__ import absolute_import, division, print_function
+
 __metaclass__ = type
 
 DOCUMENTATION = r'''
@@ -100,13 +102,13 @@ cpu_limit:
       type: str
 '''
 
+import contextlib
 import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups as cg
-from ansible_collections.auditgap.fleet.plugins.module_utils import procinfo
-from ansible_collections.auditgap.fleet.plugins.module_utils import rulesfile
+from ansible_collections.auditgap.fleet.plugins.module_utils import procinfo, rulesfile
 
 try:
     from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
@@ -130,7 +132,7 @@ def audit_consumer_pid(module):
     if auditnl is not None:
         try:
             return int(auditnl.get_status().get('pid') or 0)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 -- netlink errors of any kind fall back / roll back
             pass
     auditctl = module.get_bin_path('auditctl')
     if not auditctl:
@@ -143,11 +145,11 @@ def audit_consumer_pid(module):
 
 def resolve_target(module, target):
     """-> {kind, name, pid, info (procinfo), container, systemd_unit}"""
-    target = dict((k, v) for k, v in (target or {}).items() if v not in (None, ''))
+    target = {k: v for k, v in (target or {}).items() if v not in (None, '')}
     unknown = sorted(set(target) - set(TARGET_KINDS))
     if unknown or len(target) > 1:
         raise Failure('target must name exactly one of %s, got %s' % (', '.join(TARGET_KINDS), sorted(target)))
-    kind, name = (list(target.items())[0] if target else ('audit_consumer', True))
+    kind, name = (next(iter(target.items())) if target else ('audit_consumer', True))
     out = {'kind': kind, 'name': str(name), 'pid': None, 'info': None, 'container': None, 'systemd_unit': None}
     if kind == 'audit_consumer':
         pid = audit_consumer_pid(module)
@@ -169,9 +171,8 @@ def resolve_target(module, target):
         out['container'] = {'runtime': 'docker', 'id': str(name)}
     elif kind == 'systemd_unit':
         out['systemd_unit'] = str(name)
-    elif kind == 'cgroup_path':
-        if not str(name).startswith('/'):
-            raise Failure('target cgroup_path must be absolute (as in /proc/PID/cgroup), got %r' % (name,))
+    elif kind == 'cgroup_path' and not str(name).startswith('/'):
+        raise Failure('target cgroup_path must be absolute (as in /proc/PID/cgroup), got %r' % (name,))
     return out
 
 
@@ -237,7 +238,7 @@ def cgroup_backend(module, tgt, wanted, result):
     period = module.params['period_us'] or group['period_us'] or DEFAULT_PERIOD_US
     if not 1000 <= period <= 1000000:
         raise Failure('period_us %d out of range 1000..1000000' % period)
-    quota = int(round(wanted * period))
+    quota = round(wanted * period)
     if quota < 1000:
         raise Failure('limit %g cores at period %d us gives a quota below the kernel minimum 1000 us' % (wanted, period))
     before = {'limit_cores': group['limit_cores'], 'quota_us': group['quota_us'], 'period_us': group['period_us']}
@@ -271,13 +272,11 @@ def cgroup_backend(module, tgt, wanted, result):
                         _write(qfile, '-1')
                         _write(pfile, str(period))
                     _write(qfile, str(quota))
-                except (IOError, OSError):
+                except OSError:
                     # never leave a half-applied change: put the old values back
                     for fname, value in ((qfile, '-1'), (pfile, str(old_period)), (qfile, str(old_quota))):
-                        try:
+                        with contextlib.suppress(OSError):
                             _write(fname, value)
-                        except (IOError, OSError):
-                            pass
                     raise
             else:
                 _write(os.path.join(directory, 'cpu.max'), '%d %d' % (quota, period))
@@ -326,11 +325,11 @@ def docker_backend(module, tgt, wanted, result):
               'cpu_quota_us': info['cpu_quota_us'], 'cpu_period_us': info['cpu_period_us']}
     if use_quota:
         period = info['cpu_period_us'] or DEFAULT_PERIOD_US
-        body = {'CpuQuota': int(round(wanted * period)), 'CpuPeriod': period}
+        body = {'CpuQuota': round(wanted * period), 'CpuPeriod': period}
         after = dict(before, limit_cores=round(body['CpuQuota'] / float(period), 6), cpu_quota_us=body['CpuQuota'],
                      cpu_period_us=period)
     else:
-        body = {'NanoCpus': int(round(wanted * 1e9))}
+        body = {'NanoCpus': round(wanted * 1e9)}
         after = dict(before, limit_cores=round(wanted, 6), nano_cpus=body['NanoCpus'])
     change, err = decide(before['limit_cores'], wanted, module.params['force'])
     if err:
@@ -370,7 +369,7 @@ def parse_timespan_us(text):
                 break
         else:
             total += float(part)
-    return int(round(total))
+    return round(total)
 
 
 def quota_percent(cores):
@@ -406,7 +405,7 @@ def systemd_backend(module, tgt, wanted, result):
     try:
         with open(path) as handle:
             old_text = handle.read()
-    except (IOError, OSError):
+    except OSError:
         old_text = None
     new_text = dropin_text(unit, wanted)
     before = {'limit_cores': current, 'cpu_quota': quota_percent(current) if current else 'infinity', 'dropin': old_text}
@@ -442,15 +441,15 @@ def systemd_backend(module, tgt, wanted, result):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            backend=dict(type='str', default='auto', choices=['auto', 'docker', 'systemd', 'cgroup']),
-            target=dict(type='dict'),
-            limit_cores=dict(type='float', required=True),
-            force=dict(type='bool', default=False),
-            period_us=dict(type='int'),
-            docker_socket=dict(type='path', default='/var/run/docker.sock'),
-            systemd_dropin_dir=dict(type='path', default='/etc/systemd/system'),
-        ),
+        argument_spec={
+            'backend': {'type': 'str', 'default': 'auto', 'choices': ['auto', 'docker', 'systemd', 'cgroup']},
+            'target': {'type': 'dict'},
+            'limit_cores': {'type': 'float', 'required': True},
+            'force': {'type': 'bool', 'default': False},
+            'period_us': {'type': 'int'},
+            'docker_socket': {'type': 'path', 'default': '/var/run/docker.sock'},
+            'systemd_dropin_dir': {'type': 'path', 'default': '/etc/systemd/system'},
+        },
         supports_check_mode=True,
     )
     p = module.params
@@ -481,7 +480,7 @@ def main():
         module.exit_json(**result)
     try:
         apply()
-    except (Failure, IOError, OSError) as err:
+    except (Failure, OSError) as err:
         module.fail_json(msg='applying the CPU limit failed: %s' % err, **result)
     out['after'] = reread()
     module.exit_json(**result)
