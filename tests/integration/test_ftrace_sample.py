@@ -76,14 +76,18 @@ def test_stall_syscalls_and_offcpu_name_audit_log_start(tmp_path):
         pytest.skip('cannot create a stall here: %s' % err)
     facts = res['ftrace_sample']
     assert rc == 0, res
+    print('accept4: %s' % json.dumps({k: v for k, v in facts['syscalls'].get('accept4', {}).items() if k != 'slowest'}))
+    print('offcpu: %s' % json.dumps([(g['stack_text'], g['count'], g['max_us']) for g in facts['offcpu'][:3]]))
     assert facts['supported'] and facts['modes'] == ['syscalls', 'offcpu']
     assert facts['function_graph_available'] is False  # this kernel: auto falls back
     assert 'accept4' in facts['syscalls_traced'] and facts['syscalls_source'].startswith('audit_rules')
     acc = facts['syscalls']['accept4']
     assert acc['count'] > 10, acc
-    # the stall range: backlog_wait_time 250 jiffies = 1 s at most; p99 well above an idle accept
-    assert 20000 <= acc['p99_us'] <= 1500000, acc
-    assert acc['max_us'] <= 1500000 and acc['slowest'][0]['pid'] in facts['targets']['tids']
+    # the stall range: an idle loopback accept has p99 ~1 ms; backlog_wait_time 250 jiffies
+    # (1 s at HZ=250) bounds one wait
+    assert 10000 <= acc['p99_us'] <= 1500000, acc
+    assert 50000 <= acc['max_us'] <= 1500000, acc
+    assert acc['slowest'][0]['pid'] in facts['targets']['tids']
     stacks = [g['stack'] for g in facts['offcpu']]
     assert any('audit_log_start' in s for s in stacks), [g['stack_text'] for g in facts['offcpu'][:5]]
     assert facts['audit_wait_observed'] is True
