@@ -91,7 +91,7 @@ def main():
     ap.add_argument('--size-mb', type=int, default=1024)
     ap.add_argument('--fg-mb', type=int, default=100)
     ap.add_argument('--goal', type=float, default=500000.0)
-    ap.add_argument('--fg-goal', type=float, default=150000.0)
+    ap.add_argument('--fg-goal', type=float, default=200000.0)
     ap.add_argument('--max-rss-growth-mb', type=float, default=64.0)
     args = ap.parse_args()
     events_path = '/tmp/auditgap-bench-%d.trace' % os.getpid()

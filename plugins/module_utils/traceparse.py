@@ -123,13 +123,11 @@ def _fg_fields(line):
                     '%s => %s' % (line[close + 1:arrow].strip(), line[arrow + 2:].strip()), 0)
         return None
     first = parts[0]
-    if first.lstrip()[:1] == '#':
-        return None
     close = first.find(')')
     ts = None
     c = 0
     if close < 0:
-        if n < 3:
+        if n < 3 or first.lstrip()[:1] == '#':
             return None
         try:
             ts = float(first)
@@ -162,10 +160,11 @@ def _fg_fields(line):
         except ValueError:
             return None
     raw = parts[-1]
-    text = raw.strip()
+    text = raw.lstrip(' ')
+    indent = len(raw) - len(text)
+    text = text.rstrip()
     if not text:
         return None
-    indent = len(raw) - len(raw.lstrip(' '))
     last = text[-1]
     if text[0] == '}':
         function = None
@@ -244,12 +243,25 @@ class FunctionGraphParser:
         self._slow = LatencyStats(top=top)
         self._exits = LatencyStats(top=top)
         self._exit_by_syscall = {}
-        self.by_function = {}
-
-    def _key(self, event):
-        return (event['cpu'], event['proc']) if event.get('proc') else event['cpu']
+        self._class_cache = {}
 
     def feed(self, line):
+        """Feed one line; returns the finished call as a dict
+        ``{cpu, duration_us, depth, function, ts_s, proc}`` or None."""
+        call = self._feed(line)
+        if call is None:
+            return None
+        cpu, duration, depth, function, ts, proc = call
+        return {'cpu': cpu, 'duration_us': duration, 'depth': depth, 'function': function,
+                'ts_s': ts, 'proc': proc}
+
+    def feed_lines(self, lines):
+        feed = self._feed
+        for line in lines:
+            feed(line)
+        return self
+
+    def _feed(self, line):
         self.lines += 1
         fields = _fg_fields(line) if line else None
         if fields is None:
@@ -276,28 +288,30 @@ class FunctionGraphParser:
                 function = function or opened
         if duration is None:
             return None
-        call = {'cpu': cpu, 'duration_us': duration, 'depth': depth,
-                'function': function or '?', 'ts_s': ts, 'proc': proc}
+        call = (cpu, duration, depth, function or '?', ts, proc)
         self._finish(key, call)
         return call
 
-    def feed_lines(self, lines):
-        for line in lines:
-            self.feed(line)
-        return self
+    def _classify(self, function):
+        """1: a syscall function (SyS_x, __x64_sys_x, ...), 2: exit work, 0: other (cached)."""
+        try:
+            return self._class_cache[function]
+        except KeyError:
+            if syscall_from_function(function):
+                kind = 1
+            elif _EXIT_WORK_FN.search(function):
+                kind = 2
+            else:
+                kind = 0
+            if len(self._class_cache) < 8192:
+                self._class_cache[function] = kind
+            return kind
 
     def _finish(self, key, call):
         self.calls += 1
-        depth = call['depth']
-        name = call['function']
-        stats = self.by_function.get(name)
-        if stats is None:
-            if len(self.by_function) < 4096:
-                stats = self.by_function[name] = [0, 0.0, 0.0]
-        if stats is not None:
-            stats[0] += 1
-            stats[1] += call['duration_us']
-            stats[2] = max(stats[2], call['duration_us'])
+        duration = call[1]
+        depth = call[2]
+        name = call[3]
         pending = self._pending.get(key)
         if pending is None:
             pending = self._pending[key] = {}
@@ -310,41 +324,41 @@ class FunctionGraphParser:
                 child = pending.pop(deeper[0])
                 for d in deeper[1:]:
                     del pending[d]
-        chain = [name] + (child.best_chain if child is not None and child.best_chain else [])
-        if depth == 0 or (child is not None and child.syscall and child.exit_work):
-            self._top_level(call, chain, child)
         if depth == 0:
+            chain = [name] + child.best_chain if child is not None and child.best_chain else [name]
+            if child is not None and child.syscall and child.exit_work:
+                self._top_level(call, child)
             self._record_root(call, chain)
             return
         agg = pending.get(depth)
         if agg is None:
             agg = pending[depth] = _Agg()
-        if call['duration_us'] > agg.best_dur:
-            agg.best_dur = call['duration_us']
-            agg.best_chain = chain
-        if syscall_from_function(name):
-            agg.syscall = (name, call['duration_us'])
+        if duration > agg.best_dur:
+            agg.best_dur = duration
+            agg.best_chain = [name] + child.best_chain if child is not None and child.best_chain else [name]
+        kind = self._classify(name)
+        if kind == 1:
+            agg.syscall = (name, duration)
             agg.exit_work = None
-        elif _EXIT_WORK_FN.search(name) and agg.syscall is not None:
-            if agg.exit_work is None or call['duration_us'] > agg.exit_work[1]:
-                agg.exit_work = (name, call['duration_us'])
+        elif kind == 2 and agg.syscall is not None:
+            if agg.exit_work is None or duration > agg.exit_work[1]:
+                agg.exit_work = (name, duration)
 
     def _record_root(self, call, chain):
-        if call['duration_us'] >= self.min_duration_us:
-            item = {'cpu': call['cpu'], 'duration_us': call['duration_us'], 'chain': chain}
-            if call['ts_s'] is not None:
-                item['ts_s'] = call['ts_s']
-            if call['proc']:
-                item['proc'] = call['proc']
-            self._slow.add(call['duration_us'], item)
+        cpu, duration, _depth, _name, ts, proc = call
+        if duration >= self.min_duration_us:
+            item = {'cpu': cpu, 'duration_us': duration, 'chain': chain}
+            if ts is not None:
+                item['ts_s'] = ts
+            if proc:
+                item['proc'] = proc
+            self._slow.add(duration, item)
 
-    def _top_level(self, call, chain, child):
-        if child is None or not child.syscall or not child.exit_work:
-            return
+    def _top_level(self, call, child):
         sys_fn, sys_us = child.syscall
         exit_fn, exit_us = child.exit_work
         name = syscall_from_function(sys_fn)
-        item = {'cpu': call['cpu'], 'syscall': name, 'syscall_function': sys_fn,
+        item = {'cpu': call[0], 'syscall': name, 'syscall_function': sys_fn,
                 'syscall_us': sys_us, 'exit_work': exit_fn, 'exit_work_us': exit_us}
         self._exits.add(exit_us, item)
         stats = self._exit_by_syscall.get(name)
