@@ -17,7 +17,6 @@ import subprocess
 import time
 
 import pytest
-
 from ansible_collections.auditgap.fleet.plugins.module_utils import rulesfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
