@@ -318,9 +318,9 @@ def rule_events_lost(view, host, thr, ctx):
         ctx['lost'] = 'lost +%s' % _fmt(delta)
         evidence = {'lost_delta': delta, 'lost_per_s': view.sample.get('lost_per_s'), 'lost': lost,
                     'sample_seconds': view.sample.get('seconds')}
-        return [_finding('audit_events_lost', 'warning', host,
-                         'Audit lost %s records in %ss (%s/s)' % (_fmt(delta), _fmt(view.sample.get('seconds')),
-                                                                _fmt(view.sample.get('lost_per_s'))),
+        summary = 'Audit lost %s records in %ss (%s/s)' % (
+            _fmt(delta), _fmt(view.sample.get('seconds')), _fmt(view.sample.get('lost_per_s')))
+        return [_finding('audit_events_lost', 'warning', host, summary,
                          evidence, audit_backlog_remediation(view, thr))]
     if lost:
         return [_finding('audit_events_lost', 'info', host,

@@ -154,9 +154,9 @@ def _status_counts_line(summ):
 
 def render_markdown(doc):
     summ = doc['summary']
-    out = ['# auditgap fleet report', '',
-           'Generated %s by auditgap %s. %d host(s): %s.' % (doc.get('generated_at'), doc.get('auditgap_version'),
-                                                          summ['hosts'], _status_counts_line(summ)), '']
+    intro = 'Generated %s by auditgap %s. %d host(s): %s.' % (
+        doc.get('generated_at'), doc.get('auditgap_version'), summ['hosts'], _status_counts_line(summ))
+    out = ['# auditgap fleet report', '', intro, '']
     out += ['| status | hosts |', '|---|---|']
     out += ['| %s | %d |' % (s, summ['by_status'].get(s, 0)) for s in STATUS_ORDER]
     out.append('')
@@ -408,17 +408,19 @@ def _html_host(entry):
     timeline = (((entry.get('facts') or {}).get('audit_status') or {}).get('sample') or {}).get('timeline') or []
     if timeline and metrics.get('audit_backlog_limit'):
         limit = metrics.get('audit_backlog_limit')
-        charts.append(svgchart.line_chart(
-            [{'name': 'backlog', 'points': [(p.get('t_s'), p.get('backlog')) for p in timeline]},
-             {'name': 'lost (since start)', 'points': [(p.get('t_s'), (_num(p.get('lost')) or 0) - (_num(timeline[0].get('lost')) or 0))
-                                                   for p in timeline]}],
-            'Backlog against limit during the sample', 'records', width=460, height=200,
-            y_max=max(limit * 1.1, max([_num(p.get('backlog')) or 0 for p in timeline] + [1])),
-            hlines=[{'y': limit, 'label': 'backlog_limit %s' % _fmt(limit)}]))
+        lost0 = _num(timeline[0].get('lost')) or 0
+        series = [{'name': 'backlog', 'points': [(p.get('t_s'), p.get('backlog')) for p in timeline]},
+                  {'name': 'lost (since start)',
+                   'points': [(p.get('t_s'), (_num(p.get('lost')) or 0) - lost0) for p in timeline]}]
+        top = max([limit * 1.1, 1] + [_num(p.get('backlog')) or 0 for p in timeline])
+        charts.append(svgchart.line_chart(series, 'Backlog against limit during the sample', 'records',
+                                          width=460, height=200, y_max=top,
+                                          hlines=[{'y': limit, 'label': 'backlog_limit %s' % _fmt(limit)}]))
     if charts:
         parts.append('<div class="charts">%s</div>' % ''.join(charts))
     if entry.get('findings'):
-        parts.append('<table class="findings"><col class="sev"><col class="id"><col><col class="fix"><tr><th>severity</th><th>finding</th><th>summary</th><th>fix</th></tr>')
+        parts.append('<table class="findings"><col class="sev"><col class="id"><col><col class="fix">'
+                     '<tr><th>severity</th><th>finding</th><th>summary</th><th>fix</th></tr>')
         for finding in entry['findings']:
             rem = finding.get('remediation')
             parts.append('<tr class="%s"><td>%s</td><td><b>%s</b><br><code>%s</code></td><td>%s</td><td>%s</td></tr>' % (

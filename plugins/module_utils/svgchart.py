@@ -226,7 +226,7 @@ def bar_chart(items, title, x_max=None, unit='', width=640, bar_height=16, thres
             label, value, color = item[0], item[1], None
         rows.append((str(label), None if value is None else float(value),
                      color or PALETTE[index % len(PALETTE)]))
-    values = [v for _, v, _ in rows if v is not None]
+    values = [row[1] for row in rows if row[1] is not None]
     top_x = float(x_max) if x_max is not None else (max(values) * 1.1 if values and max(values) > 0 else 1.0)
     label_w = min(220, 12 + 7 * max([len(r[0]) for r in rows] or [4]))
     left, right, top = label_w, 70, 28

@@ -2,7 +2,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010
+# ruff: noqa: UP001, UP009, UP010, EXE001
 
 from __future__ import absolute_import, division, print_function
 
@@ -62,7 +62,7 @@ options:
     type: bool
     default: true
 author:
-  - auditgap contributors
+  - auditgap contributors (@auditgap)
 notes:
   - Check mode writes the reports too (they are the controller's output, nothing changes on hosts).
 '''
