@@ -38,6 +38,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 LAB_DIR = '/run/auditgap-lab'
@@ -47,6 +48,10 @@ CGROUP_V1_CPU = '/sys/fs/cgroup/cpu'
 CGROUP_V2_ROOT = '/sys/fs/cgroup'
 CGROUP_V2_ALT = '/sys/fs/cgroup/unified'
 PERIOD_US = 100000
+# The lab's and the stall's default CFS period: with quota 1000 us the consumer
+# runs 1 ms every 250 ms and stalls last ~250 ms (hundreds of ms, as in the
+# incident); with 100 ms periods they stay under ~100 ms.
+STALL_PERIOD_US = 250000
 
 # The seed's rules (incident.md), with the lab key appended.
 SEED_RULES = (
@@ -839,7 +844,7 @@ def _atomic_json(path, data):
     os.rename(tmp, path)
 
 
-def run_workload(workdir, port=0, rate_per_s=0, cpu_stat_dir=None):  # pragma: no cover - daemon
+def run_workload(workdir, port=0, rate_per_s=0, cpu_stat_dir=None, clients=4):  # pragma: no cover - daemon
     """The workload daemon: fork the server, run the client here."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -869,31 +874,46 @@ def run_workload(workdir, port=0, rate_per_s=0, cpu_stat_dir=None):  # pragma: n
             'port': port}
     _atomic_json(os.path.join(workdir, 'workload.json'), info)
     recorder = Recorder(workdir, cpu_stat_dir=cpu_stat_dir)
-    interval = 1.0 / rate_per_s if rate_per_s else 0.0
-    next_at = time.monotonic()
+    lock = threading.Lock()
+    per_client = float(rate_per_s) / clients if rate_per_s else 0.0
+
+    def client():
+        interval = 1.0 / per_client if per_client else 0.0
+        next_at = time.monotonic()
+        while True:
+            try:
+                value = one_request(port)
+            except (OSError, socket.timeout):
+                value = None
+                time.sleep(0.05)
+            with lock:
+                recorder.add(value)
+            if interval:
+                next_at += interval
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                else:
+                    next_at = time.monotonic()
+
+    for _ in range(max(1, int(clients))):
+        thread = threading.Thread(target=client)
+        thread.daemon = True
+        thread.start()
     while True:
+        time.sleep(1.0 - (time.time() % 1.0) + 0.001)
         if not process_alive(server):
             os._exit(0)
-        try:
-            recorder.add(one_request(port))
-        except (OSError, socket.timeout):
-            recorder.add(None)
-            time.sleep(0.05)
-        recorder.maybe_flush()
-        if interval:
-            next_at += interval
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                next_at = time.monotonic()
+        with lock:
+            recorder.maybe_flush()
 
 
 def start_workload(state, workdir, script_path, python=None, rate_per_s=0,
-                   cpu_stat_dir=None, timeout_s=10.0):
+                   cpu_stat_dir=None, clients=4, timeout_s=10.0):
     """Start the workload daemon; record both processes in the state."""
     python = python or sys.executable
-    argv = [python, script_path, 'workload', '--dir', workdir, '--rate', str(int(rate_per_s))]
+    argv = [python, script_path, 'workload', '--dir', workdir, '--rate', str(int(rate_per_s)),
+            '--clients', str(int(clients))]
     if cpu_stat_dir:
         argv += ['--cpu-stat', cpu_stat_dir]
     info_path = os.path.join(workdir, 'workload.json')
@@ -975,7 +995,8 @@ def start_cgroup_consumer(state, workdir, quota_us, name, period_us=PERIOD_US, c
         raise RuntimeError('auditd (pid %d) did not register as the audit consumer; see %s/auditd.out'
                            % (pid, workdir))
     cgroup_set_quota(version, path, quota_us, period_us)
-    return {'pid': pid, 'starttime': start, 'cgroup_path': path, 'cgroup_version': version}
+    return {'pid': pid, 'starttime': start, 'cgroup_path': path, 'cgroup_version': version,
+            'quota_us': quota_us, 'period_us': period_us}
 
 
 # --------------------------------------------------------------------------
@@ -1056,9 +1077,11 @@ def main(argv=None):  # pragma: no cover - daemon entry point
     work.add_argument('--port', type=int, default=0)
     work.add_argument('--rate', type=int, default=0)
     work.add_argument('--cpu-stat', default=None)
+    work.add_argument('--clients', type=int, default=4)
     args = parser.parse_args(argv)
     if args.cmd == 'workload':
-        run_workload(args.dir, port=args.port, rate_per_s=args.rate, cpu_stat_dir=args.cpu_stat)
+        run_workload(args.dir, port=args.port, rate_per_s=args.rate, cpu_stat_dir=args.cpu_stat,
+                     clients=args.clients)
     parser.print_help()
     return 2
 

@@ -44,6 +44,7 @@ class Stall:
         self.consumer_pid = consumer['pid']
         self.cgroup_path = consumer['cgroup_path']
         self.cgroup_version = consumer['cgroup_version']
+        self.period_us = consumer['period_us']
         self.server_pid = workload['server_pid']
         self.client_pid = workload['client_pid']
         self.port = workload['port']
@@ -86,9 +87,10 @@ class Stall:
             time.sleep(0.2)
         return [r for r in self.per_second() if r.get('count', 0) >= min_count]
 
-    def set_quota(self, quota_us):
-        """Change the consumer's quota (None/-1: unthrottled). Restored by the stall's exit."""
-        labkit.cgroup_set_quota(self.cgroup_version, self.cgroup_path, quota_us)
+    def set_quota(self, quota_us, period_us=None):
+        """Change the consumer's quota (None/-1: unthrottled). Undone by the stall's exit."""
+        labkit.cgroup_set_quota(self.cgroup_version, self.cgroup_path, quota_us,
+                                period_us or self.period_us)
 
 
 def _owner_pid(path):
@@ -110,12 +112,15 @@ def cleanup_stale():
 
 @contextlib.contextmanager
 def audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000, key='auditgap-test-stall',
-                rate_per_s=0, rules=None):
+                rate_per_s=0, rules=None, period_us=labkit.STALL_PERIOD_US, clients=1):
     """Create the incident on this host for the duration of the block.
 
     ``rules``: base rules (without -k) to add with ``key``; default the seed's
     accept4 rule. ``rate_per_s``: workload connections per second (0: as fast
-    as it goes).
+    as it goes). ``period_us``: the group's CFS period; with quota 1000 and
+    the default 250000 the consumer runs 1 ms every 250 ms (0.4% of a CPU) and
+    accept p99 lands at ~250 ms (with a 100 ms period it stays under ~100 ms
+    on this machine kind). ``clients``: concurrent client connections.
     """
     if os.geteuid() != 0:
         raise StallRefused('audit_stall needs root')
@@ -147,14 +152,14 @@ def audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000, key='aud
                 (k, before[k]) for k in ('enabled', 'backlog_limit', 'backlog_wait_time')))
             labkit.set_status(backlog_limit=int(backlog_limit), backlog_wait_time=int(backlog_wait_time))
             consumer = labkit.start_cgroup_consumer(state, workdir, quota_us,
-                                                    name='auditgap-test-%s' % name)
+                                                    name='auditgap-test-%s' % name, period_us=period_us)
             state.record('rules', key=key)
             for base in (rules or [labkit.ACCEPT_RULE]):
                 labkit.run_auditctl(labkit.rule_args(base, key))
             if before.get('enabled') != 1:
                 labkit.set_status(enabled=1)
             workload = labkit.start_workload(state, workdir, labkit.__file__,
-                                             rate_per_s=rate_per_s,
+                                             rate_per_s=rate_per_s, clients=clients,
                                              cpu_stat_dir=consumer['cgroup_path'])
             stall = Stall(workdir, consumer, workload, state, key)
             try:
