@@ -30,7 +30,7 @@ description:
     the old rules replaced by the new ones); otherwise the module fails.
   - When audit is immutable (C(enabled 2)) the files are rewritten and C(reboot_required) is true.
 version_added: "0.1.0"
-author: auditgap contributors
+author: auditgap contributors (@auditgap)
 options:
   narrow:
     description: What to narrow.

@@ -25,7 +25,7 @@ description:
   - Bad input (a value out of range) fails before anything is changed. A failing live change
     rolls back the live values already set and the rules file.
 version_added: "0.1.0"
-author: auditgap contributors
+author: auditgap contributors (@auditgap)
 options:
   backlog_limit:
     description: Kernel audit backlog limit (records queued for the consumer); 1..1048576.

@@ -27,7 +27,7 @@ description:
     A tighter limit on a parent cgroup is reported in C(limited_by) with a warning, since
     raising the target alone does not help then.
 version_added: "0.1.0"
-author: auditgap contributors
+author: auditgap contributors (@auditgap)
 options:
   backend:
     description: Who applies the limit.
