@@ -581,7 +581,7 @@ class LabState:
 # Undo order: quiet the load first, then the rules, let the consumer drain
 # unthrottled and stop it, then settings, groups, containers, files.
 UNDO_ORDER = ('process', 'rules', 'unthrottle', 'container', 'consumer', 'moved_process',
-              'audit_status', 'cgroup', 'v2_subtree', 'dockerd', 'image', 'path')
+              'audit_status', 'cgroup', 'v2_subtree', 'image', 'dockerd', 'path')
 
 
 def undo_order(entries):
@@ -619,10 +619,31 @@ def _undo_entry(entry, handlers):
             _write(os.path.join(entry['original'], 'cgroup.procs'), entry['pid'])
     elif kind == 'v2_subtree':
         _write(os.path.join(entry['root'], 'cgroup.subtree_control'), '-cpu')
+    elif kind == 'path' and entry.get('mode') == 'lab_dir':
+        _remove_lab_dir(entry['path'])
     elif kind == 'path':
         _remove_path(entry['path'])
     else:
         raise RuntimeError('no undo handler for %s' % kind)
+
+
+# What the lab creates in its dir (the dir itself goes only when empty: the
+# state file and other runs' stall-* files may live beside them).
+LAB_FILES = ('etc', 'plugins.d', 'auditd.out', 'latency.jsonl', 'latency.summary.json',
+             'latency.summary.json.tmp', 'timeline.jsonl', 'workload.json', 'workload.json.tmp',
+             'workload.log', 'labkit_workload.py', 'docker')
+
+
+def _remove_lab_dir(path):
+    if not os.path.isdir(path):
+        return
+    for name in os.listdir(path):
+        if name in LAB_FILES or name.startswith('audit.log'):
+            _remove_path(os.path.join(path, name))
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _remove_path(path):
@@ -652,6 +673,10 @@ def undo_state(state, handlers=None):
             errors.append('%s: %s' % (desc, err))
     if not state.entries:
         state.delete()
+        try:  # the lab dir holding the state file, now empty
+            os.rmdir(os.path.dirname(state.path))
+        except OSError:
+            pass
     return undone, errors
 
 
@@ -1088,3 +1113,216 @@ def main(argv=None):  # pragma: no cover - daemon entry point
 
 if __name__ == '__main__':  # pragma: no cover
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------
+# the lab: present / absent (the module and the tests call these)
+# --------------------------------------------------------------------------
+LAB_DEFAULTS = {
+    'backend': 'cgroup',
+    'quota_us': 1000,
+    'period_us': STALL_PERIOD_US,
+    'backlog_limit': 64,
+    'backlog_wait_time_jiffies': 250,
+    'allow_existing_consumer': False,
+    'workload': True,
+    'clients': 1,
+    'rate_per_s': 0,
+    'key': LAB_KEY,
+    'rules': 'seed',
+    'state_path': STATE_FILE,
+    'script_path': None,
+}
+
+
+def lab_rules(which):
+    """'seed': the seed's two rules; 'accept': only the accept4 rule."""
+    if which == 'seed':
+        return [list(r) for r in SEED_RULES]
+    if which == 'accept':
+        return [list(ACCEPT_RULE)]
+    raise ValueError('rules must be seed or accept, got %r' % which)
+
+
+def validate_lab_params(params):
+    """Merged, checked parameters (raises ValueError with a clear message)."""
+    p = dict(LAB_DEFAULTS)
+    p.update(dict((k, v) for k, v in params.items() if v is not None))
+    if p['backend'] not in ('cgroup', 'docker'):
+        raise ValueError('backend must be cgroup or docker, got %r' % p['backend'])
+    for name, low, high in (('quota_us', 1000, 10 ** 7), ('period_us', 1000, 1000000),
+                            ('backlog_limit', 1, 2 ** 31), ('backlog_wait_time_jiffies', 1, 60000),
+                            ('clients', 1, 64), ('rate_per_s', 0, 10 ** 6)):
+        try:
+            p[name] = int(p[name])
+        except (TypeError, ValueError):
+            raise ValueError('%s must be an integer, got %r' % (name, p[name]))
+        if not low <= p[name] <= high:
+            raise ValueError('%s must be between %d and %d, got %d' % (name, low, high, p[name]))
+    if p['quota_us'] > p['period_us'] * 64:
+        raise ValueError('quota_us %d is not a throttle for period_us %d' % (p['quota_us'], p['period_us']))
+    rule_args([], p['key'])
+    lab_rules(p['rules'])
+    if not os.path.isabs(p['state_path']):
+        raise ValueError('state_path must be absolute')
+    return p
+
+
+def lab_workdir(state_path):
+    return os.path.dirname(state_path)
+
+
+def lab_info(state):
+    """What the state file says about a present lab (None when absent)."""
+    if not state.entries:
+        return None
+    info = {'backend': None, 'consumer_pid': None, 'cgroup_path': None, 'server_pid': None,
+            'client_pid': None, 'container_id': None, 'key': None,
+            'workdir': lab_workdir(state.path), 'alive': True}
+    for entry in state.entries:
+        kind = entry['kind']
+        if kind == 'consumer':
+            info['consumer_pid'] = entry['pid']
+            info['backend'] = entry.get('backend')
+            info['alive'] = info['alive'] and process_alive(entry['pid'], entry.get('starttime'))
+        elif kind == 'moved_process':
+            info['consumer_pid'] = entry['pid']
+            info['backend'] = 'cgroup'
+            info['existing_consumer'] = True
+        elif kind in ('cgroup', 'unthrottle'):
+            info['cgroup_path'] = entry['path']
+        elif kind == 'container':
+            info['container_id'] = entry.get('id')
+            info['cgroup_path'] = entry.get('cgroup_path') or info['cgroup_path']
+        elif kind == 'rules':
+            info['key'] = entry['key']
+        elif kind == 'process':
+            info[entry['name'].replace('workload-', '') + '_pid'] = entry['pid']
+            info['alive'] = info['alive'] and process_alive(entry['pid'], entry.get('starttime'))
+    info['latency_path'] = os.path.join(info['workdir'], 'latency.jsonl')
+    info['timeline_path'] = os.path.join(info['workdir'], 'timeline.jsonl')
+    return info
+
+
+def cgroup_of_pid(pid, controller='cpu'):
+    """Absolute cpu cgroup dir of a process (v1 cpu controller, else v2)."""
+    with open('/proc/%d/cgroup' % int(pid)) as handle:
+        lines = handle.read().splitlines()
+    v2 = None
+    for line in lines:
+        parts = line.split(':', 2)
+        if len(parts) != 3:
+            continue
+        if controller in parts[1].split(','):
+            return os.path.join(CGROUP_V1_CPU, parts[2].lstrip('/'))
+        if parts[0] == '0' and parts[1] == '':
+            v2 = parts[2]
+    if v2 is not None:
+        for root in (CGROUP_V2_ROOT, CGROUP_V2_ALT):
+            if os.path.exists(os.path.join(root, 'cgroup.controllers')):
+                return os.path.join(root, v2.lstrip('/'))
+    raise RuntimeError('no cpu cgroup for pid %d' % pid)
+
+
+def throttle_existing_consumer(state, pid, quota_us, period_us, name):
+    """allow_existing_consumer: move the registered consumer into a lab group.
+
+    Its original cgroup is recorded and restored at absent.
+    """
+    version, root = detect_cgroup()
+    if version is None:
+        raise RuntimeError(root)
+    original = cgroup_of_pid(pid)
+    path = os.path.join(root, name)
+    state.record('cgroup', path=path, version=version)
+    cgroup_create(version, root, name, quota_us, period_us)
+    state.record('unthrottle', path=path, version=version)
+    state.record('moved_process', pid=pid, starttime=proc_starttime(pid), original=original)
+    _write(os.path.join(path, 'cgroup.procs'), pid)
+    return {'pid': pid, 'starttime': proc_starttime(pid), 'cgroup_path': path,
+            'cgroup_version': version, 'quota_us': quota_us, 'period_us': period_us}
+
+
+def lab_present(params, docker_backend=None, check_mode=False):
+    """Create the incident lab. Returns (changed, result dict).
+
+    ``docker_backend``: a callable(state, workdir, p) -> consumer dict for
+    the docker backend (plugins/module_utils/labdocker.py), so labkit stays
+    free of project imports.
+    """
+    p = validate_lab_params(params)
+    state = LabState(p['state_path'])
+    info = lab_info(state)
+    if info and info['alive'] and (info['backend'] == p['backend']):
+        return False, dict(info, state='present', note='already present')
+    status = get_status()
+    if info is None:
+        reason = consumer_check(status, p['allow_existing_consumer'])
+        if reason:
+            raise LabRefused(reason)
+    if check_mode:
+        return True, {'state': 'present', 'note': 'would create the lab (check mode)',
+                      'existing_consumer_pid': status.get('pid') or None}
+    if info is not None:  # broken or other backend: clean up first
+        _, errors = undo_state(state)
+        if errors:
+            raise RuntimeError('could not clean up the previous lab: %s' % '; '.join(errors))
+        state = LabState(p['state_path'])
+        status = get_status()
+    workdir = lab_workdir(p['state_path'])
+    state.record('path', path=workdir, mode='lab_dir')
+    if not os.path.isdir(workdir):
+        os.makedirs(workdir, 0o700)
+    existing = status.get('pid') or 0
+    state.record('audit_status', saved=dict((k, status[k]) for k in ('enabled', 'backlog_limit',
+                                                                       'backlog_wait_time')))
+    set_status(backlog_limit=p['backlog_limit'], backlog_wait_time=p['backlog_wait_time_jiffies'])
+    group = 'auditgap-lab'
+    if existing:
+        if p['backend'] != 'cgroup':
+            raise LabRefused('allow_existing_consumer works with the cgroup backend only '
+                             '(the existing consumer pid %d is throttled in a lab cgroup)' % existing)
+        consumer = throttle_existing_consumer(state, existing, p['quota_us'], p['period_us'], group)
+    elif p['backend'] == 'cgroup':
+        consumer = start_cgroup_consumer(state, workdir, p['quota_us'], group, period_us=p['period_us'])
+    else:
+        if docker_backend is None:
+            raise RuntimeError('the docker backend needs labdocker')
+        consumer = docker_backend(state, workdir, p)
+    state.record('rules', key=p['key'])
+    for base in lab_rules(p['rules']):
+        run_auditctl(rule_args(base, p['key']))
+    if status.get('enabled') != 1:
+        set_status(enabled=1)
+    result = {'state': 'present', 'backend': p['backend'], 'consumer_pid': consumer['pid'],
+              'cgroup_path': consumer['cgroup_path'], 'container_id': consumer.get('container_id'),
+              'quota_us': p['quota_us'], 'period_us': p['period_us'], 'key': p['key'],
+              'existing_consumer': bool(existing), 'workdir': workdir,
+              'latency_path': os.path.join(workdir, 'latency.jsonl'),
+              'timeline_path': os.path.join(workdir, 'timeline.jsonl'),
+              'server_pid': None, 'client_pid': None, 'port': None}
+    if p['workload']:
+        script = p['script_path'] or copy_self(os.path.join(workdir, 'labkit_workload.py'))
+        python = sys.executable if sys.executable and os.path.exists(sys.executable) else '/usr/bin/python3'
+        wl = start_workload(state, workdir, script, python=python, rate_per_s=p['rate_per_s'],
+                            clients=p['clients'], cpu_stat_dir=consumer['cgroup_path'])
+        result.update(server_pid=wl['server_pid'], client_pid=wl['client_pid'], port=wl['port'])
+    return True, result
+
+
+class LabRefused(RuntimeError):
+    """The host cannot take the lab (another consumer, immutable audit)."""
+
+
+def lab_absent(state_path=STATE_FILE, check_mode=False, handlers=None):
+    """Undo everything the state file records. Returns (changed, result)."""
+    state = LabState(state_path)
+    if not state.entries:
+        if state.exists():
+            state.delete()
+        return False, {'state': 'absent', 'undone': [], 'errors': []}
+    if check_mode:
+        return True, {'state': 'absent', 'undone': [describe(e) for e in undo_order(state.entries)],
+                      'errors': []}
+    undone, errors = undo_state(state, handlers)
+    return True, {'state': 'absent', 'undone': undone, 'errors': errors}
