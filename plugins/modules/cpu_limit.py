@@ -20,7 +20,8 @@ description:
   - C(systemd) writes a drop-in with C(CPUQuota=) and applies it at runtime with
     C(systemctl set-property --runtime). Needs systemd as PID 1.
   - C(cgroup) writes the cgroup directly (v1 C(cpu.cfs_quota_us), v2 C(cpu.max)), for
-    processes no manager owns.
+    processes no manager owns. When a process's own group has no limit, the tightest
+    limited ancestor (the group that throttles it) is the one raised.
   - C(auto) picks docker for a process in a Docker container, systemd for a process in a
     C(.service) unit when systemd runs, cgroup otherwise.
   - Lowering a limit (including limiting an unlimited target) is refused unless I(force).
@@ -86,7 +87,7 @@ cpu_limit:
       description: The backend used (docker, systemd or cgroup).
       type: str
     target:
-      description: The target as resolved (kind, name, pid, container, systemd_unit, cgroup_path, cgroup_version).
+      description: The target as resolved (kind, name, pid, container, systemd_unit, cgroup_path, cgroup_version, own_cgroup_path when a limited ancestor was raised).
       type: dict
     before:
       description: The limit before (limit_cores null = unlimited, quota_us, period_us, or the backend's own fields).
@@ -229,6 +230,13 @@ def cgroup_backend(module, tgt, wanted, result):
     group = cg.read_group(hier, path)
     if group is None:
         raise Failure('cgroup %s not found in the cpu hierarchy' % path)
+    if group['limit_cores'] is None and tgt['kind'] != 'cgroup_path':
+        # the process's own group is unlimited: the limit that throttles it sits on an
+        # ancestor (a pod, a slice); that is the one to raise
+        tight = cg.tightest(cg.limited_chain(hier, path)[1:])
+        if tight is not None:
+            result['target']['own_cgroup_path'] = group['path']
+            path, group = tight['path'], tight
     version = hier['version']
     mount = hier['cpu'] if version == 1 else hier['v2']
     directory = cg.dir_for(mount, path)

@@ -417,3 +417,37 @@ if IN_VM:
             assert rc == 0 and changed == 0, out
         finally:
             subprocess.run(['systemctl', 'stop', unit], capture_output=True, check=False)
+
+
+@pytest.mark.kernel
+def test_agent_cpu_raises_the_limited_parent_when_the_own_group_is_unlimited():
+    if not os.path.exists(os.path.join(CPU_V1, 'cpu.cfs_quota_us')):
+        pytest.skip('no cgroup v1 cpu controller at %s' % CPU_V1)
+    parent = os.path.join(CPU_V1, 'auditgap-test-agent-pod-%d' % os.getpid())
+    child = os.path.join(parent, 'agent')
+    os.mkdir(parent)
+    proc = None
+    try:
+        os.mkdir(child)
+        with open(os.path.join(parent, 'cpu.cfs_quota_us'), 'w') as handle:
+            handle.write('2000')
+        proc = subprocess.Popen(['sh', '-c', 'while :; do :; done'], start_new_session=True)
+        with open(os.path.join(child, 'cgroup.procs'), 'w') as handle:
+            handle.write(str(proc.pid))
+        rc, out, changed = run_role('agent_cpu', {'agent_cpu_target': {'pid': proc.pid}, 'agent_cpu_limit_cores': 0.5})
+        assert rc == 0 and changed == 1, out
+        assert quota(parent) == 50000 and quota(child) == -1
+    finally:
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for group in (child, parent):
+            for _ in range(50):
+                try:
+                    os.rmdir(group)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        assert not os.path.exists(parent)
