@@ -29,6 +29,10 @@ from ansible_collections.auditgap.fleet.plugins.module_utils import report
 
 display = Display()
 GATHERED = ('audit_status', 'cgroup_throttle', 'ftrace_sample')
+# registered results the diagnose role leaves in hostvars (diagnose_<name>_result) -> the fact keys in them
+RESULT_FACTS = {'gather': ('audit_status', 'cgroup_throttle'), 'audit_status': ('audit_status',),
+                'cgroup_throttle': ('cgroup_throttle',), 'ftrace_sample': ('ftrace_sample',)}
+RESULT_ORDER = ('gather', 'audit_status', 'cgroup_throttle', 'ftrace_sample')
 _ARGS = frozenset(('report_dir', 'hosts', 'thresholds', 'timeline_svg', 'latest_link', 'formats', 'print_summary'))
 # host variable -> findings threshold key (defaults: findings.DEFAULT_THRESHOLDS = roles/diagnose/defaults)
 THRESHOLD_VARS = {'diagnose_' + key: key for key in DEFAULT_THRESHOLDS}
@@ -53,10 +57,17 @@ def plain(value):
 
 
 def host_entry(host, results, thresholds):
-    """One host's summary from its registered task results."""
+    """One host's summary from its registered task results.
+
+    ``results``: {result name: registered result}; each result may carry any of
+    the fact keys (``diagnose_gather`` carries audit_status and cgroup_throttle).
+    A failure of the result that carries audit_status fails the host; other
+    failures are recorded in ``error`` and the audit findings still stand.
+    """
     facts, error, reachable = {}, None, True
     errors, core_failed = [], False
-    for name in GATHERED:
+    names = [n for n in RESULT_ORDER if n in results] + sorted(n for n in results if n not in RESULT_ORDER)
+    for name in names:
         res = results.get(name)
         if not isinstance(res, dict) or res.get('skipped'):
             continue
@@ -66,18 +77,18 @@ def host_entry(host, results, thresholds):
             break
         if res.get('failed'):
             errors.append('%s: %s' % (name, to_text(res.get('msg') or 'failed')))
-            if name == 'audit_status':
+            if 'audit_status' in RESULT_FACTS.get(name, ()):
                 core_failed = True
-            # a failing module may still return its facts (supported: false + reason)
-        if isinstance(res.get(name), dict):
-            facts[name] = res[name]
-    if reachable and not errors and not facts:
-        errors.append('no facts gathered (the diagnose tasks did not run on this host)')
+        # a failing module may still return its facts (supported: false + reason)
+        for key in RESULT_FACTS.get(name, GATHERED):
+            if isinstance(res.get(key), dict) and key not in facts:
+                facts[key] = res[key]
+    if reachable and not errors and 'audit_status' not in facts:
+        errors.append('no audit facts gathered (the diagnose tasks did not run on this host)')
         core_failed = True
     entry = auditgap_host_summary(facts, host, thresholds, error=error or ('; '.join(errors) or None),
                                   reachable=reachable)
     if reachable and errors and not core_failed and entry['status'] == 'failed':
-        # cgroup_throttle / ftrace_sample failed: the audit findings still stand
         entry['status'] = entry['severity']
     return entry
 
@@ -140,7 +151,7 @@ class ActionModule(ActionBase):
         hosts = args.get('hosts')
         if hosts is None:
             hosts = [h for h in (task_vars.get('groups') or {}).get('all', [])
-                     if h in hostvars and 'diagnose_audit_status_result' in hostvars[h]]
+                     if h in hostvars and any('diagnose_%s_result' % n in hostvars[h] for n in ('gather', 'audit_status'))]
         if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)):
             raise AnsibleError('diagnose_report: hosts must be a list of inventory host names')
         formats = args.get('formats') or list(FORMATS)
@@ -160,7 +171,7 @@ class ActionModule(ActionBase):
         for host in hosts:
             hv = hostvars.get(host, {})
             results = {}
-            for name in GATHERED:
+            for name in RESULT_ORDER:
                 value = hv.get('diagnose_%s_result' % name)
                 if value is not None:
                     results[name] = plain(value)

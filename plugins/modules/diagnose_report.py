@@ -15,8 +15,9 @@ short_description: Write auditgap's fleet reports from a diagnose run (controlle
 version_added: 0.1.0
 description:
   - Action plugin run on the controller (no code is sent to hosts). Reads the results the
-    C(auditgap.fleet.diagnose) role registered on every host (C(diagnose_audit_status_result),
-    C(diagnose_cgroup_throttle_result), C(diagnose_ftrace_sample_result)) from hostvars,
+    C(auditgap.fleet.diagnose) role registered on every host (C(diagnose_gather_result) with
+    C(audit_status) and C(cgroup_throttle), C(diagnose_ftrace_sample_result); also
+    C(diagnose_audit_status_result) and C(diagnose_cgroup_throttle_result) when a play registers those) from hostvars,
     computes the findings of each host and writes C(fleet.json), C(fleet.md), C(fleet.html),
     C(fleet.prom) and one C(<host>.json) per host.
   - Unreachable or failed hosts are reported with their error; the fleet report is always written.
@@ -30,7 +31,7 @@ options:
   hosts:
     description:
       - Inventory hosts to report on. Default is every host on which the C(auditgap.fleet.diagnose) role
-        registered C(diagnose_audit_status_result) in this run.
+        registered C(diagnose_gather_result) (or C(diagnose_audit_status_result)) in this run.
     type: list
     elements: str
   thresholds:

@@ -144,6 +144,15 @@ def test_action_host_entry_from_registered_results():
     assert entry['status'] == 'critical' and entry['error'] == 'ftrace_sample: tracer busy'
     nothing = action.host_entry('y', {}, {})
     assert nothing['status'] == 'failed'
+    # the diagnose role's combined gather result carries both fact keys
+    gathered = action.host_entry('web-01', {'gather': {'changed': False, 'audit_status': seed['audit_status'],
+                                                       'cgroup_throttle': seed['cgroup_throttle']}}, {})
+    assert gathered['status'] == 'critical'
+    assert set(gathered['facts']) == {'audit_status', 'cgroup_throttle'}
+    down = action.host_entry('bogus', {'gather': load('unreachable_result'), 'ftrace_sample': {'skipped': True}}, {})
+    assert down['status'] == 'unreachable'
+    broken = action.host_entry('z', {'gather': {'failed': True, 'msg': 'module crashed'}}, {})
+    assert broken['status'] == 'failed' and broken['error'] == 'gather: module crashed'
 
 
 def test_action_report_dir_and_latest(tmp_path):

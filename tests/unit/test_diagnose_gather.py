@@ -1,0 +1,42 @@
+"""diagnose_gather: both collectors at once, errors become supported: false."""
+import threading
+import time
+
+from ansible_collections.auditgap.fleet.plugins.modules import diagnose_gather as G
+
+
+def test_runs_both_at_the_same_time():
+    barrier = threading.Barrier(2, timeout=5)
+
+    def audit():
+        barrier.wait()  # deadlocks (then times out) unless both run concurrently
+        return {'supported': True, 'status': {}}
+
+    def cgroup():
+        barrier.wait()
+        return {'supported': True, 'targets': []}
+
+    start = time.monotonic()
+    out = G.gather_both({'consumer_cgroup': True}, audit, cgroup)
+    assert time.monotonic() - start < 4
+    assert out == {'audit_status': {'supported': True, 'status': {}}, 'cgroup_throttle': {'supported': True, 'targets': []}}
+
+
+def test_errors_are_unsupported_not_crashes():
+    def boom():
+        raise OSError('nope')
+
+    out = G.gather_both({'consumer_cgroup': True}, boom, boom)
+    assert out['audit_status']['supported'] is False and 'OSError: nope' in out['audit_status']['reason']
+    assert out['cgroup_throttle']['supported'] is False and 'OSError: nope' in out['cgroup_throttle']['reason']
+
+
+def test_consumer_cgroup_off():
+    out = G.gather_both({'consumer_cgroup': False}, lambda: {'supported': True}, lambda: 1 / 0)
+    assert out == {'audit_status': {'supported': True}}
+
+
+def test_cgroup_options_are_the_consumer_only():
+    opts = G.cgroup_options(3.0)
+    assert opts['audit_consumer'] is True and opts['sample_seconds'] == 3.0
+    assert all(opts[k] == [] for k in ('pids', 'process_names', 'systemd_units', 'containers', 'cgroup_paths'))
