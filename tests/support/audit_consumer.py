@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """A small audit consumer for tests: registers itself as the audit daemon.
 
-    audit_consumer.py [--rcvbuf BYTES] [--paused]
+    audit_consumer.py [--rcvbuf BYTES] [--paused] [--slow-ms N]
 
 Registers its netlink socket with AUDIT_SET pid (like auditd), prints
 ``ready <pid>`` on stdout, then reads and discards audit records.
 SIGUSR1 stops reading (the kernel's backlog then fills: the incident's
-slow consumer, made deterministic), SIGUSR2 resumes. SIGTERM/SIGINT drain
+slow consumer, made deterministic), SIGUSR2 resumes. ``--slow-ms N``
+reads one datagram every N ms instead of everything at once. SIGTERM/SIGINT drain
 the socket, unregister (pid 0) and exit 0; when unregistering fails the
 socket is closed and the kernel drops the registration on its next send.
 """
@@ -35,10 +36,12 @@ def on_signal(signum, frame):
         STATE['stop'] = True
 
 
-def drain(sock):
-    """Read everything queued without blocking; returns the count."""
+def drain(sock, limit=None):
+    """Read what is queued without blocking (at most ``limit`` datagrams); returns the count."""
     count = 0
-    while True:
+    reads = 0
+    while limit is None or reads < limit:
+        reads += 1
         try:
             data = sock.sock.recv(1 << 16, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -48,11 +51,12 @@ def drain(sock):
                 continue
             return count
         count += sum(1 for _ in auditnl.iter_nlmsgs(data))
+    return count
 
 
 def unregister(sock):
     for _attempt in range(5):
-        drain(sock)
+        drain(sock, limit=10000)
         try:
             sock.set_status(pid=0)
             return True
@@ -68,6 +72,7 @@ def main(argv):
     if '--rcvbuf' in argv:
         rcvbuf = int(argv[argv.index('--rcvbuf') + 1])
     STATE['paused'] = '--paused' in argv
+    slow_s = float(argv[argv.index('--slow-ms') + 1]) / 1000.0 if '--slow-ms' in argv else 0.0
     for name in ('SIGUSR1', 'SIGUSR2', 'SIGTERM', 'SIGINT', 'SIGHUP'):
         signal.signal(getattr(signal, name), on_signal)
     sock = auditnl.AuditSocket(timeout_s=1.0, rcvbuf=rcvbuf)
@@ -88,8 +93,16 @@ def main(argv):
                 readable, _, _ = select.select([sock.sock], [], [], 0.1)
             except InterruptedError:
                 continue
-            if readable:
-                STATE['records'] += drain(sock)
+            if readable and slow_s:
+                try:
+                    sock.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                    STATE['records'] += 1
+                except OSError:
+                    pass
+                time.sleep(slow_s)
+            elif readable:
+                # bounded, so a pause signal is seen even under a flood of records
+                STATE['records'] += drain(sock, limit=64)
     finally:
         ok = unregister(sock)
         sock.close()
