@@ -22,7 +22,6 @@ import errno
 import fcntl
 import os
 import re
-import select
 import subprocess
 import time
 
@@ -464,6 +463,46 @@ def snapshot(root, extra=()):
     return out
 
 
+def parse_cpu_stats(text):
+    """per_cpu/cpuN/stats text -> {entries, overrun, commit_overrun, bytes, dropped_events, read_events}."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(':')
+        if not sep:
+            continue
+        value = value.strip()
+        if value.isdigit():
+            out[name.strip().replace(' ', '_')] = int(value)
+    return out
+
+
+def cpu_stats(base):
+    """[stats dict] for each per_cpu/cpuN of a tracefs root or instance directory."""
+    out = []
+    per_cpu = os.path.join(base, 'per_cpu')
+    try:
+        cpus = [name for name in os.listdir(per_cpu) if name.startswith('cpu')]
+    except OSError:
+        return out
+    for name in cpus:
+        try:
+            out.append(parse_cpu_stats(read(os.path.join(per_cpu, name, 'stats'))))
+        except OSError:
+            continue
+    return out
+
+
+def buffer_filling(base, buffer_size_kb, ratio=0.5):
+    """True when some CPU's ring buffer holds more than ``ratio`` of its size (unread)."""
+    limit = buffer_size_kb * 1024 * ratio
+    return any(stats.get('bytes', 0) > limit for stats in cpu_stats(base))
+
+
+def events_lost(base):
+    """Events overwritten or dropped in the buffer (all CPUs)."""
+    return sum(stats.get('overrun', 0) + stats.get('dropped_events', 0) for stats in cpu_stats(base))
+
+
 class PipeReader:
     """Non-blocking reader of a trace_pipe that hands out whole lines."""
 
@@ -473,12 +512,32 @@ class PipeReader:
         self._tail = b''
         self.bytes = 0
 
-    def read_until(self, deadline, on_line, stop=None):
-        """Feed lines until ``deadline`` (time.monotonic) or ``stop()``."""
-        while time.monotonic() < deadline and not (stop and stop()):
-            ready, _w, _x = select.select([self.fd], [], [], min(0.2, max(0.0, deadline - time.monotonic())))
-            if ready:
-                self._read_some(on_line)
+    def read_until(self, deadline, on_line, stop=None, interval_s=0.25, drain_if=None):
+        """Feed lines until ``deadline`` (time.monotonic) or ``stop()``.
+
+        Wakes every ``interval_s`` instead of on every event: a sampled task
+        making thousands of syscalls per second must not pay for a reader that
+        wakes as often. With ``drain_if`` the pipe is read only when
+        ``drain_if()`` says so (the ring buffer is filling up); the rest is read
+        by ``drain`` after tracing stops, so the window itself costs the traced
+        tasks only the tracepoints.
+        """
+        while not (stop and stop()):
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            time.sleep(min(interval_s, deadline - now))
+            if drain_if is None or drain_if():
+                self.read_available(on_line)
+
+    def read_available(self, on_line, max_bytes=64 << 20):
+        """Read what is in the pipe now (up to ``max_bytes``)."""
+        got = 0
+        while got < max_bytes:
+            size = self._read_some(on_line)
+            if not size:
+                break
+            got += size
 
     def drain(self, on_line, max_s=5.0):
         """Read what is left (after tracing_on=0) until empty or ``max_s``."""
@@ -499,13 +558,14 @@ class PipeReader:
             raise
         if not data:
             return False
-        self.bytes += len(data)
+        size = len(data)
+        self.bytes += size
         data = self._tail + data
         lines = data.split(b'\n')
         self._tail = lines.pop()
         for line in lines:
             on_line(line.decode('utf-8', 'replace'))
-        return True
+        return size
 
     def close(self):
         if self.fd is not None:

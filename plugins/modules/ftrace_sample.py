@@ -206,6 +206,11 @@ ftrace_sample:
     events:
       description: Events paired (syscall exits and switch-ins) or calls parsed.
       type: int
+    events_lost:
+      description: >-
+        Events the ring buffer overwrote or dropped (per_cpu stats overrun + dropped events);
+        more than 0 means the window was busier than the buffer (raise I(buffer_size_kb)).
+      type: int
     lines:
       description: Trace lines read.
       type: int
@@ -406,8 +411,10 @@ def resolve_syscalls(params, root, modes):
 # ---------------------------------------------------------------------------
 # the sampling itself
 
-def _window(reader, seconds, on_line):
-    reader.read_until(time.monotonic() + seconds, on_line)
+def _window(reader, seconds, on_line, base, buffer_size_kb):
+    # read during the window only when the buffer fills up; the rest after tracing stops
+    reader.read_until(time.monotonic() + seconds, on_line,
+                      drain_if=lambda: tracefs.buffer_filling(base, buffer_size_kb))
 
 
 def sample_events(guard, root, modes, targets, syscalls, params):
@@ -440,10 +447,10 @@ def sample_events(guard, root, modes, targets, syscalls, params):
     reader = tracefs.PipeReader(os.path.join(inst, 'trace_pipe'))
     guard.push(reader.close, description='close trace_pipe')
     tracefs._write(os.path.join(inst, 'tracing_on'), '1')
-    _window(reader, params['duration_s'], parser.feed)
+    _window(reader, params['duration_s'], parser.feed, inst, params['buffer_size_kb'])
     tracefs._write(os.path.join(inst, 'tracing_on'), '0')
     reader.drain(parser.feed)
-    return name, parser.flush()
+    return name, parser.flush(), tracefs.events_lost(inst)
 
 
 def _top_guarded(guard, root, restore, rel, value):
@@ -481,16 +488,19 @@ def sample_function_graph(guard, root, targets, params):
             parser = traceparse.FunctionGraphParser(top=params['top'])
             reader = tracefs.PipeReader(os.path.join(root, 'trace_pipe'))
             inner.push(reader.close, description='close trace_pipe')
+            lost_before = tracefs.events_lost(root)
             tracefs._write(os.path.join(root, 'tracing_on'), '1')
-            _window(reader, half, parser.feed)
+            _window(reader, half, parser.feed, root, params['buffer_size_kb'])
             tracefs._write(os.path.join(root, 'tracing_on'), '0')
             reader.drain(parser.feed)
             results[recipe] = parser.flush().result()
+            results[recipe]['events_lost'] = max(0, tracefs.events_lost(root) - lost_before)
         guard.restore_errors.extend(inner.restore_errors)
     return {
         'slow_calls': results['slow_calls']['slow_calls'],
         'syscall_exits': results['syscall_exits']['syscall_exits'],
         'exit_work_by_syscall': results['syscall_exits']['exit_work_by_syscall'],
+        'events_lost': results['slow_calls']['events_lost'] + results['syscall_exits']['events_lost'],
         'calls': results['slow_calls']['calls'] + results['syscall_exits']['calls'],
         'lines': results['slow_calls']['lines'] + results['syscall_exits']['lines'],
     }
@@ -504,7 +514,7 @@ def empty_facts(params):
         'targets': {'pids': list(params['pids'] or []), 'process_names': list(params['process_names'] or [])},
         'syscalls': {}, 'syscalls_traced': [], 'syscalls_source': 'none', 'syscalls_skipped': [],
         'offcpu': [], 'offcpu_unstacked': {'count': 0, 'total_us': 0.0, 'max_us': 0.0},
-        'function_graph': None, 'audit_wait_observed': False, 'events': 0, 'lines': 0,
+        'function_graph': None, 'audit_wait_observed': False, 'events': 0, 'events_lost': 0, 'lines': 0,
         'stale_instances_removed': [], 'interrupted': None, 'restored': True, 'restore_errors': [],
     }
 
@@ -589,10 +599,12 @@ def _sample(guard, params, facts):
         graph = sample_function_graph(guard, root, targets, params)
         facts['function_graph'] = graph
         facts['events'] = graph['calls']
+        facts['events_lost'] = graph['events_lost']
         facts['lines'] = graph['lines']
     else:
-        name, parser = sample_events(guard, root, modes, targets, syscalls, params)
+        name, parser, lost = sample_events(guard, root, modes, targets, syscalls, params)
         facts['instance'] = name
+        facts['events_lost'] = lost
         result = parser.result()
         if 'syscalls' in modes:
             facts['syscalls'] = result['syscalls']
