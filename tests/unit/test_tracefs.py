@@ -192,3 +192,17 @@ def test_function_graph_path_on_fake_tracefs_restores_every_file(tmp_path, monke
                 'max_graph_depth': '0'}
     expected[pid_file] = ''  # written during the sample, emptied after ("no pid" when read back)
     assert after == expected
+
+
+def test_cpu_stats_and_buffer_filling(tmp_path):
+    text = ('entries: 10\noverrun: 3\ncommit overrun: 0\nbytes: 700000\noldest event ts:  1.000000\n'
+            'now ts:  2.000000\ndropped events: 2\nread events: 5\n')
+    stats = tracefs.parse_cpu_stats(text)
+    assert stats['bytes'] == 700000 and stats['overrun'] == 3 and stats['dropped_events'] == 2
+    for cpu, body in (('cpu0', text), ('cpu1', text.replace('bytes: 700000', 'bytes: 0'))):
+        (tmp_path / 'per_cpu' / cpu).mkdir(parents=True)
+        (tmp_path / 'per_cpu' / cpu / 'stats').write_text(body)
+    assert tracefs.events_lost(str(tmp_path)) == 10
+    assert tracefs.buffer_filling(str(tmp_path), 1024) is True       # 700000 > 512 KiB
+    assert tracefs.buffer_filling(str(tmp_path), 4096) is False
+    assert tracefs.buffer_filling(str(tmp_path / 'missing'), 64) is False
