@@ -291,10 +291,14 @@ def function_traceable(root, name):
     if not is_symbol(name):
         return False
     path = os.path.join(root, 'available_filter_functions')
-    with open(path, 'r') as handle:
-        for line in handle:
-            if line.split(' ', 1)[0].rstrip('\n') == name:
-                return True
+    try:
+        with open(path, 'r') as handle:
+            for line in handle:
+                if line.split(' ', 1)[0].rstrip('\n') == name:
+                    return True
+    except OSError as err:
+        raise TracefsError('cannot read %s (%s): function names cannot be validated'
+                           % (path, err.strerror or err)) from None
     return False
 
 

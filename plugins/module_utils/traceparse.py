@@ -95,6 +95,9 @@ _DURATION_MARKS = '+!#*@$'
 _SYSCALL_FN = re.compile(r'^(?:SyS_|sys_|__x64_sys_|__ia32_sys_|__arm64_sys_|__se_sys_|__do_sys_|ksys_|__sys_)'
                          r'(?P<name>\w+)$')
 _EXIT_WORK_FN = re.compile(r'(?:exit_work|exit_to_user_mode|syscall_exit)')
+# kernels >= 6.9 dispatch through a table function: do_syscall_64 -> x64_sys_call -> __x64_sys_accept4
+SYSCALL_DISPATCHERS = frozenset(('x64_sys_call', 'ia32_sys_call', 'x32_sys_call', 'invoke_syscall',
+                                 '__invoke_syscall'))
 
 
 def syscall_from_function(function):
@@ -293,11 +296,13 @@ class FunctionGraphParser:
         return call
 
     def _classify(self, function):
-        """1: a syscall function (SyS_x, __x64_sys_x, ...), 2: exit work, 0: other (cached)."""
+        """1: a syscall function (SyS_x, __x64_sys_x, ...), 2: exit work, 3: dispatcher, 0: other (cached)."""
         try:
             return self._class_cache[function]
         except KeyError:
-            if syscall_from_function(function):
+            if function in SYSCALL_DISPATCHERS:
+                kind = 3
+            elif syscall_from_function(function):
                 kind = 1
             elif _EXIT_WORK_FN.search(function):
                 kind = 2
@@ -340,6 +345,11 @@ class FunctionGraphParser:
         if kind == 1:
             agg.syscall = (name, duration)
             agg.exit_work = None
+        elif kind == 3:
+            # the dispatcher stands for the syscall it called (seen one level deeper)
+            inner = child.syscall[0] if child is not None and child.syscall else name
+            agg.syscall = (inner, duration)
+            agg.exit_work = None
         elif kind == 2 and agg.syscall is not None:
             if agg.exit_work is None or duration > agg.exit_work[1]:
                 agg.exit_work = (name, duration)
@@ -357,13 +367,14 @@ class FunctionGraphParser:
     def _top_level(self, call, child):
         sys_fn, sys_us = child.syscall
         exit_fn, exit_us = child.exit_work
-        name = syscall_from_function(sys_fn)
+        name = syscall_from_function(sys_fn)  # None when only the dispatcher was seen
         item = {'cpu': call[0], 'syscall': name, 'syscall_function': sys_fn,
                 'syscall_us': sys_us, 'exit_work': exit_fn, 'exit_work_us': exit_us}
         self._exits.add(exit_us, item)
-        stats = self._exit_by_syscall.get(name)
+        key = name or sys_fn
+        stats = self._exit_by_syscall.get(key)
         if stats is None:
-            stats = self._exit_by_syscall[name] = LatencyStats(top=0)
+            stats = self._exit_by_syscall[key] = LatencyStats(top=0)
         stats.add(exit_us)
 
     def flush(self):

@@ -198,7 +198,8 @@ ftrace_sample:
       description: >-
         C(slow_calls) [{cpu, duration_us, chain (outermost first)}], C(syscall_exits)
         [{cpu, syscall, syscall_function, syscall_us, exit_work, exit_work_us}],
-        C(exit_work_by_syscall) {name: {count, p50_us, p99_us, max_us}}; null when not run.
+        C(exit_work_by_syscall) {name: {count, p50_us, p99_us, max_us}}, C(max_graph_depth_used)
+        (3 where C(do_syscall_64) dispatches through C(x64_sys_call), kernels 6.9+); null when not run.
       type: dict
     audit_wait_observed:
       description: True when an off-CPU stack or a slow chain passes through audit_log_start.
@@ -453,6 +454,18 @@ def sample_events(guard, root, modes, targets, syscalls, params):
     return name, parser.flush(), tracefs.events_lost(inst)
 
 
+def traceparse_dispatcher(root):
+    """The syscall table dispatcher of this architecture (kernels >= 6.9)."""
+    return 'x64_sys_call' if os.uname()[4] == 'x86_64' else 'invoke_syscall'
+
+
+def _traceable(root, name):
+    try:
+        return tracefs.function_traceable(root, name)
+    except tracefs.TracefsError:
+        return False
+
+
 def _top_guarded(guard, root, restore, rel, value):
     old = restore.get(rel)
     if old is None:
@@ -596,7 +609,12 @@ def _sample(guard, params, facts):
     facts['supported'] = True
     facts['modes'] = modes
     if 'function_graph' in modes:
+        params = dict(params)
+        if params['graph_function'] == 'do_syscall_64' and _traceable(root, traceparse_dispatcher(root)):
+            # 6.9+: do_syscall_64 -> x64_sys_call -> __x64_sys_NAME: one level more to see NAME
+            params['max_graph_depth'] = max(params['max_graph_depth'], 3)
         graph = sample_function_graph(guard, root, targets, params)
+        graph['max_graph_depth_used'] = params['max_graph_depth']
         facts['function_graph'] = graph
         facts['events'] = graph['calls']
         facts['events_lost'] = graph['events_lost']

@@ -206,3 +206,13 @@ def test_cpu_stats_and_buffer_filling(tmp_path):
     assert tracefs.buffer_filling(str(tmp_path), 1024) is True       # 700000 > 512 KiB
     assert tracefs.buffer_filling(str(tmp_path), 4096) is False
     assert tracefs.buffer_filling(str(tmp_path / 'missing'), 64) is False
+
+
+def test_function_traceable(tmp_path):
+    (tmp_path / 'available_filter_functions').write_text('do_syscall_64\nx64_sys_call\nfoo_bar [mymod]\n')
+    assert tracefs.function_traceable(str(tmp_path), 'do_syscall_64')
+    assert tracefs.function_traceable(str(tmp_path), 'foo_bar')
+    assert not tracefs.function_traceable(str(tmp_path), 'do_syscall')
+    assert not tracefs.function_traceable(str(tmp_path), 'do_sys*')
+    with pytest.raises(tracefs.TracefsError, match='cannot read'):
+        tracefs.function_traceable(str(tmp_path / 'missing'), 'do_syscall_64')

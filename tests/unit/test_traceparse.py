@@ -158,3 +158,26 @@ def test_clean_stack():
     assert traceparse.clean_stack(['__traceiter_sched_switch', '__schedule', 'schedule', 'io_schedule',
                                    'ksys_read', 'do_syscall_64', 'entry_SYSCALL_64_after_hwframe']) == [
         'io_schedule', 'ksys_read', 'do_syscall_64']
+
+
+def test_function_graph_modern_kernel_dispatcher():
+    """6.9+: do_syscall_64 -> x64_sys_call -> __x64_sys_accept4, exit via syscall_exit_to_user_mode."""
+    lines = [
+        ' 0)               |  do_syscall_64() {',
+        ' 0)               |    x64_sys_call() {',
+        ' 0)   9.100 us    |      __x64_sys_accept4();',
+        ' 0) + 10.200 us   |    }',
+        ' 0) $ 650000.0 us |    syscall_exit_to_user_mode();',
+        ' 0) $ 650011.0 us |  }',
+        ' 1)               |  do_syscall_64() {',
+        ' 1)   3.000 us    |    x64_sys_call();',
+        ' 1)   1.000 us    |    syscall_exit_to_user_mode();',
+        ' 1)   5.000 us    |  }',
+    ]
+    res = traceparse.parse_function_graph(lines)
+    first = res['syscall_exits'][0]
+    assert first['syscall'] == 'accept4' and first['syscall_function'] == '__x64_sys_accept4'
+    assert first['syscall_us'] == 10.2 and first['exit_work'] == 'syscall_exit_to_user_mode'
+    assert first['exit_work_us'] == 650000.0
+    second = res['syscall_exits'][1]
+    assert second['syscall'] is None and second['syscall_function'] == 'x64_sys_call'
