@@ -187,7 +187,7 @@ def measure(rounds, workdir):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--rounds', type=int, default=int(os.environ.get('BENCH_ROUNDS', '5')))
+    parser.add_argument('--rounds', type=int, default=int(os.environ.get('BENCH_ROUNDS', '3')))
     group = parser.add_mutually_exclusive_group()
     group.add_argument('--with-consumer', dest='consumer', action='store_true', default=None)
     group.add_argument('--no-consumer', dest='consumer', action='store_false')
