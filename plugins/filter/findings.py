@@ -38,6 +38,8 @@ DEFAULT_THRESHOLDS = {
     'hot_syscall_per_s': 50.0,
     # ... or when its p99 latency reaches this many ms
     'slow_syscall_p99_ms': 10.0,
+    # sleep accrued in audit_log_start during the window (ms) from which audit_wait_time_accrued is critical
+    'wait_accrued_crit_ms': 100.0,
     # CPU suggested for a throttled consumer is at least this many cores
     'consumer_min_cores': 0.5,
     # backlog_limit suggested when the backlog saturates or events are lost
@@ -338,6 +340,7 @@ def rule_wait_time_accrued(view, host, thr, ctx):
         if delta_j <= 0:
             return []
         delta_ms = _num(view.sample.get('backlog_wait_time_actual_delta_ms'))
+        severity = 'critical' if (delta_ms is None or delta_ms >= thr['wait_accrued_crit_ms']) else 'warning'
         ctx['wait'] = 'tasks slept %s ms in audit_log_start during %ss' % (
             _fmt(delta_ms, 0), _fmt(view.sample.get('seconds')))
         evidence = {'backlog_wait_time_actual_delta_jiffies': delta_j,
@@ -345,7 +348,7 @@ def rule_wait_time_accrued(view, host, thr, ctx):
                     'backlog_wait_time_ms': view.status.get('backlog_wait_time_ms'),
                     'sample_seconds': view.sample.get('seconds'),
                     'hz': _d(view.audit.get('hz')).get('value')}
-        return [_finding('audit_wait_time_accrued', 'critical', host,
+        return [_finding('audit_wait_time_accrued', severity, host,
                          'Audited syscalls slept %s ms in audit_log_start in a %ss window '
                          '(backlog_wait_time_actual +%s jiffies)'
                          % (_fmt(delta_ms, 0), _fmt(view.sample.get('seconds')), _fmt(delta_j)),

@@ -93,6 +93,21 @@ def test_backlog_saturated_threshold_and_severity():
     assert 'audit_backlog_saturated' in ids(F.auditgap_findings(facts, 'h', {'backlog_saturated_ratio': 0.5}))
 
 
+def test_unlimited_backlog_is_never_saturated():
+    facts = load('healthy')
+    facts['audit_status']['status']['backlog_limit'] = 0
+    facts['audit_status']['sample'].update(backlog_peak=9000, backlog_peak_ratio=None)
+    assert 'audit_backlog_saturated' not in ids(F.auditgap_findings(facts, 'h'))
+
+
+def test_old_kernel_without_wait_time_actual():
+    facts = load('healthy')
+    facts['audit_status']['status'].update(backlog_wait_time_actual_jiffies=None, backlog_wait_time_actual_ms=None)
+    facts['audit_status']['sample'].update(backlog_wait_time_actual_delta_jiffies=None,
+                                           backlog_wait_time_actual_delta_ms=None)
+    assert F.auditgap_findings(facts, 'h') == []
+
+
 def test_backlog_without_sample_uses_current_backlog():
     facts = load('healthy')
     facts['audit_status']['sample'] = None
@@ -119,6 +134,13 @@ def test_wait_time_accrued_only_when_growing():
     found = by_id(F.auditgap_findings(facts, 'h'), 'audit_wait_time_accrued')
     assert found['severity'] == 'critical'
     assert found['evidence']['backlog_wait_time_actual_delta_ms'] == 1000
+    facts['audit_status']['sample'].update(backlog_wait_time_actual_delta_jiffies=2,
+                                           backlog_wait_time_actual_delta_ms=8)
+    assert by_id(F.auditgap_findings(facts, 'h'), 'audit_wait_time_accrued')['severity'] == 'warning'
+    assert by_id(F.auditgap_findings(facts, 'h', {'wait_accrued_crit_ms': 5}),
+                 'audit_wait_time_accrued')['severity'] == 'critical'
+    facts['audit_status']['sample'].update(backlog_wait_time_actual_delta_jiffies=250,
+                                           backlog_wait_time_actual_delta_ms=1000)
     assert found['remediation']['role'] == 'audit_backlog'  # no throttled consumer known
     facts['audit_status']['sample'] = None
     assert by_id(F.auditgap_findings(facts, 'h'), 'audit_wait_time_accrued')['severity'] == 'info'
@@ -266,3 +288,15 @@ def test_filter_module_exports():
     filters = F.FilterModule().filters()
     assert {'auditgap_findings', 'auditgap_host_summary', 'auditgap_stall_suspected'} <= set(filters)
     copy.deepcopy(filters['auditgap_findings'](load('seed_incident'), 'h'))
+
+
+def test_role_defaults_match_the_filter_defaults(project_root):
+    import yaml
+    with open(os.path.join(project_root, 'roles', 'diagnose', 'defaults', 'main.yml')) as handle:
+        defaults = yaml.safe_load(handle)
+    with open(os.path.join(project_root, 'roles', 'diagnose', 'meta', 'argument_specs.yml')) as handle:
+        spec = yaml.safe_load(handle)['argument_specs']['main']['options']
+    for key, value in F.DEFAULT_THRESHOLDS.items():
+        assert float(defaults['diagnose_' + key]) == value, key
+        assert float(spec['diagnose_' + key]['default']) == value, key
+    assert set(defaults) == set(spec)
