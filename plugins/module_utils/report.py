@@ -379,6 +379,17 @@ def render_html(doc, timeline_svg=None, max_bars=40):
     return ''.join(parts)
 
 
+def _wait_series(entry, timeline):
+    """[(t_s, ms slept since the window start)] when backlog_wait_time_actual grew, else []."""
+    hz = _num((((entry.get('facts') or {}).get('audit_status') or {}).get('hz') or {}).get('value'))
+    values = [(_num(p.get('t_s')), _num(p.get('backlog_wait_time_actual_jiffies'))) for p in timeline]
+    values = [(t, v) for t, v in values if t is not None and v is not None]
+    if not hz or len(values) < 2 or values[-1][1] <= values[0][1]:
+        return []
+    start = values[0][1]
+    return [(t, (v - start) * 1000.0 / hz) for t, v in values]
+
+
 def _colored(items, threshold):
     return [{'label': label, 'value': value,
              'color': '#d62728' if (_num(value) or 0) >= threshold else '#1f77b4'} for label, value in items]
@@ -416,6 +427,10 @@ def _html_host(entry):
         charts.append(svgchart.line_chart(series, 'Backlog against limit during the sample', 'records',
                                           width=460, height=200, y_max=top,
                                           hlines=[{'y': limit, 'label': 'backlog_limit %s' % _fmt(limit)}]))
+    wait = _wait_series(entry, timeline)
+    if wait:
+        charts.append(svgchart.line_chart([{'name': 'slept in audit_log_start', 'points': wait, 'color': '#d62728'}],
+                                          'Sleep accrued by audited syscalls', 'ms', width=460, height=200))
     if charts:
         parts.append('<div class="charts">%s</div>' % ''.join(charts))
     if entry.get('findings'):

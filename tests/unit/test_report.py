@@ -108,6 +108,7 @@ def test_html_self_contained_and_complete():
     assert 'Audit consumer CPU-throttled' in html
     assert 'Connection refused' in html
     assert 'accept4 stalls (p99 212 ms' in html
+    assert 'Sleep accrued by audited syscalls' in html  # seed: wait grew during the window
     # every inline SVG is well-formed XML
     for svg in re.findall(r'<svg.*?</svg>', html, re.DOTALL):
         ET.fromstring(svg)
