@@ -148,6 +148,8 @@ class StatusReader:
         rc, out, err = self.run_command([self.auditctl, flag])
         if rc != 0:
             raise RuntimeError('auditctl %s failed (rc=%s): %s' % (flag, rc, (err or out).strip()))
+        if not out.strip():
+            raise RuntimeError('auditctl %s printed nothing%s' % (flag, ': %s' % err.strip() if err and err.strip() else ''))
         return out
 
 

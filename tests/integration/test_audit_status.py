@@ -159,6 +159,22 @@ def test_module_without_root_is_unsupported_not_failed():
     assert facts['supported'] is False and 'root' in facts['reason']
 
 
+def test_in_a_user_namespace_is_unsupported_with_reason():
+    """Like a container without audit: root inside, but the kernel refuses audit requests."""
+    code = ('import sys, json, subprocess; sys.path.insert(0, %r); '
+            'from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts; '
+            'run = lambda argv: (lambda p: (p.returncode, p.stdout, p.stderr))('
+            'subprocess.run(argv, capture_output=True, text=True)); '
+            'print(json.dumps(auditfacts.gather(run_command=run, auditctl_path="/sbin/auditctl")))'
+            % os.path.join(ROOT, 'collections'))
+    out = subprocess.run(['unshare', '--user', '--map-root-user', sys.executable, '-c', code],
+                         capture_output=True, text=True, timeout=60)
+    facts = json.loads(out.stdout)
+    assert facts['supported'] is False
+    assert 'ECONNREFUSED' in facts['reason'] and 'auditctl' in facts['reason']
+    assert facts['hz']['value'] > 0
+
+
 def test_rule_added_shows_up_parsed_in_both_sources():
     key = 'auditgap-test-rule-%d' % os.getpid()
     with RestoreGuard(timeout_s=60) as guard:

@@ -119,8 +119,8 @@ def test_run_sample_polls_for_the_window():
     def sleep(seconds):
         now[0] += seconds
 
-    statuses = [dict(backlog=b, lost=l, backlog_wait_time_actual=a, backlog_limit=64)
-                for b, l, a in [(0, 0, 0), (10, 0, 0), (64, 1, 250), (64, 3, 500), (5, 3, 500)]]
+    statuses = [dict(backlog=b, lost=n_lost, backlog_wait_time_actual=a, backlog_limit=64)
+                for b, n_lost, a in [(0, 0, 0), (10, 0, 0), (64, 1, 250), (64, 3, 500), (5, 3, 500)]]
     sample = auditfacts.run_sample(FakeReader(statuses), 1.0, 250, 250, 64, clock=clock, sleep=sleep)
     assert sample['samples'] == 5
     assert [e['t_s'] for e in sample['timeline']] == [0.0, 0.25, 0.5, 0.75, 1.0]
