@@ -1060,7 +1060,9 @@ def host_snapshot(tracefs='/sys/kernel/tracing', cgroup_roots=(CGROUP_V1_CPU, CG
         if not words or proc_starttime(pid) is None:
             continue
         text = ' '.join(words)
-        if os.path.basename(words[0]) in ('auditd', 'dockerd', 'containerd') or 'labkit' in text:
+        workload = (len(words) > 2 and words[2] == 'workload'
+                    and words[1].endswith(('labkit.py', 'labkit_workload.py')))
+        if os.path.basename(words[0]) in ('auditd', 'dockerd', 'containerd') or workload:
             snap['processes'].append(text)
     snap['processes'].sort()
     return snap
