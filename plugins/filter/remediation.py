@@ -20,7 +20,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.auditgap.fleet.plugins.filter.findings import auditgap_findings
+from ansible_collections.auditgap.fleet.plugins.filter.findings import DEFAULT_THRESHOLDS, auditgap_findings
 
 ROLES = ('audit_backlog', 'agent_cpu', 'audit_rules')
 SEVERITY_RANK = {'critical': 0, 'warning': 1, 'info': 2}
@@ -89,12 +89,35 @@ def auditgap_remediation_plan(findings, host, only=None):
 
 
 def _after_facts(after_results):
+    """Facts from registered results (diagnose_gather's result holds audit_status and
+    cgroup_throttle, ftrace_sample's its own; older roles registered one per module)."""
     facts = {}
-    for name in GATHERED:
-        res = (after_results or {}).get(name)
-        if isinstance(res, dict) and isinstance(res.get(name), dict):
-            facts[name] = res[name]
+    for res in (after_results or {}).values():
+        if not isinstance(res, dict) or res.get('skipped'):
+            continue
+        for name in GATHERED:
+            if isinstance(res.get(name), dict) and name not in facts:
+                facts[name] = res[name]
     return facts
+
+
+def _thresholds(thresholds):
+    """A thresholds dict, or host variables holding ``diagnose_<key>`` overrides."""
+    if not thresholds:
+        return None
+    if not hasattr(thresholds, 'get'):
+        return None
+    found = {}
+    for key in DEFAULT_THRESHOLDS:
+        try:
+            value = thresholds.get(key)
+            if value is None:
+                value = thresholds.get('diagnose_' + key)
+        except Exception:  # noqa: BLE001 -- an unrenderable variable keeps the default
+            value = None
+        if value is not None:
+            found[key] = _plain(value)
+    return found or None
 
 
 def _brief(finding):
@@ -109,8 +132,10 @@ def auditgap_remediation_host(before, plan, outcomes, after_results, host, thres
 
     ``before``: the host's findings from the diagnosis; ``outcomes``:
     ``{role: {changed, failed, msg, result}}`` of the roles run;
-    ``after_results``: the re-sample's registered results (keys as in
-    diagnose: audit_status, cgroup_throttle, ftrace_sample), None in a dry run.
+    ``after_results``: the re-sample's registered results (any keys; each
+    result's audit_status/cgroup_throttle/ftrace_sample facts are used), None
+    in a dry run. ``thresholds``: a thresholds dict or the host's variables
+    (``diagnose_<key>`` overrides, as the report step reads them).
     A finding is ``fixed`` when it is gone after, ``not_fixed`` when it is
     still there, ``not_remediated`` when no role ran for it, ``pending``
     in a dry run; findings only present after are ``new``.
@@ -123,7 +148,7 @@ def auditgap_remediation_host(before, plan, outcomes, after_results, host, thres
     if applied and after_results:
         facts = _after_facts(_plain(after_results))
         if 'audit_status' in facts:
-            after = auditgap_findings(facts, host, thresholds or None)
+            after = auditgap_findings(facts, host, _thresholds(thresholds))
         else:
             after_error = 'the re-sample gathered no audit status'
     by_role = {}
@@ -195,8 +220,8 @@ def auditgap_remediation_markdown(doc):
         if rec.get('remediations'):
             lines += ['| role | changed | failed | vars | message |', '|---|---|---|---|---|']
             for r in rec['remediations']:
-                lines.append('| %s | %s | %s | `%s` | %s |' % (r['role'], r['changed'], r['failed'],
-                                                                _md_cell(r.get('vars')), _md_cell(r.get('msg'))))
+                lines.append('| %s | %s | %s | `%s` | %s |' % (
+                    r['role'], r['changed'], r['failed'], _md_cell(r.get('vars')), _md_cell(r.get('msg'))))
             lines.append('')
         else:
             lines += ['No remediation named for this host.', '']

@@ -87,7 +87,9 @@ cpu_limit:
       description: The backend used (docker, systemd or cgroup).
       type: str
     target:
-      description: The target as resolved (kind, name, pid, container, systemd_unit, cgroup_path, cgroup_version, own_cgroup_path when a limited ancestor was raised).
+      description:
+        - The target as resolved (kind, name, pid, container, systemd_unit, cgroup_path, cgroup_version,
+          own_cgroup_path when a limited ancestor was raised).
       type: dict
     before:
       description: The limit before (limit_cores null = unlimited, quota_us, period_us, or the backend's own fields).
@@ -241,14 +243,15 @@ def cgroup_backend(module, tgt, wanted, result):
     mount = hier['cpu'] if version == 1 else hier['v2']
     directory = cg.dir_for(mount, path)
     if path.strip('/') == '':
-        raise Failure('the target is in the root cpu cgroup, which has no CPU limit to raise (move it into its own group or use backend docker/systemd)')
+        raise Failure('the target is in the root cpu cgroup, which has no CPU limit to raise '
+                      '(move it into its own group or use backend docker/systemd)')
     result['target'].update(cgroup_path=group['path'], cgroup_version=version, directory=directory)
     period = module.params['period_us'] or group['period_us'] or DEFAULT_PERIOD_US
     if not 1000 <= period <= 1000000:
-        raise Failure('period_us %d out of range 1000..1000000' % period)
+        raise Failure('period_us %s out of range 1000..1000000' % period)
     quota = round(wanted * period)
     if quota < 1000:
-        raise Failure('limit %g cores at period %d us gives a quota below the kernel minimum 1000 us' % (wanted, period))
+        raise Failure('limit %g cores at period %s us gives a quota below the kernel minimum 1000 us' % (wanted, period))
     before = {'limit_cores': group['limit_cores'], 'quota_us': group['quota_us'], 'period_us': group['period_us']}
     after = {'limit_cores': cg.limit_cores(quota, period), 'quota_us': quota, 'period_us': period}
     chain = cg.limited_chain(hier, path)
@@ -263,7 +266,7 @@ def cgroup_backend(module, tgt, wanted, result):
         raise Failure(err)
 
     def describe(v):
-        return 'cgroup v%d %s: %s (quota %s us / period %s us)\n' % (
+        return 'cgroup v%s %s: %s (quota %s us / period %s us)\n' % (
             version, directory, fmt_cores(v['limit_cores']), v['quota_us'] if v['quota_us'] is not None else 'max', v['period_us'])
     apply = None
     if change:

@@ -59,7 +59,8 @@ def test_dry_run_record_is_pending_and_applied_record_compares_after(monkeypatch
     outcomes = {'agent_cpu': {'changed': True, 'failed': False, 'result': {'before': {'limit_cores': 0.01}}},
                 'audit_backlog': {'changed': True, 'failed': False},
                 'audit_rules': {'changed': False, 'failed': True, 'msg': 'boom'}}
-    results = {'audit_status': {'audit_status': {'supported': True}}, 'cgroup_throttle': None}
+    results = {'gather': {'audit_status': {'supported': True}, 'cgroup_throttle': {'supported': True}},
+               'ftrace_sample': {'skipped': True}}
     rec = rem.auditgap_remediation_host(before, plan, outcomes, results, 'web-01', None, True)
     status = {f['id']: f['status'] for f in rec['findings']}
     assert status == {'audit_events_lost': 'fixed', 'audit_backlog_saturated': 'fixed',
@@ -72,6 +73,12 @@ def test_dry_run_record_is_pending_and_applied_record_compares_after(monkeypatch
     assert '# auditgap remediation (applied)' in md
     assert '| audit_consumer_throttled | **fixed** |' in md
     assert '| audit_rules | False | True |' in md
+
+
+def test_thresholds_from_host_variables():
+    assert rem._thresholds({'diagnose_throttled_ratio_warn': 0.3, 'ansible_host': 'x'}) == {'throttled_ratio_warn': 0.3}
+    assert rem._thresholds({'throttled_ratio_crit': 0.9}) == {'throttled_ratio_crit': 0.9}
+    assert rem._thresholds(None) is None and rem._thresholds({'other': 1}) is None
 
 
 def test_applied_without_audit_status_is_unknown():
