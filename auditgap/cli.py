@@ -142,7 +142,8 @@ def diagnose(args, runner=None, cwd=None, now=None, out=sys.stdout):
     fleet = os.path.join(report_dir, 'fleet.json')
     if not os.path.isfile(fleet):
         out.write(stdout[-4000:] if stdout else '')
-        out.write('auditgap: diagnose failed (status {}, rc {}): no report in {}\n'.format(getattr(result, 'status', '?'), getattr(result, 'rc', '?'), report_dir))
+        status, rc = getattr(result, 'status', '?'), getattr(result, 'rc', '?')
+        out.write('auditgap: diagnose failed (status %s, rc %s): no report in %s\n' % (status, rc, report_dir))
         return 2
     if is_default:
         point_latest(report_dir)
