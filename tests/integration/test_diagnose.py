@@ -91,3 +91,18 @@ def test_stall_is_diagnosed_with_the_consumer_cgroup(tmp_path):
     assert local['chain'] in stdout.replace('\n        ', ' ') or 'CRITICAL localhost' in stdout
     html = (report_dir / 'fleet.html').read_text()
     assert 'Audit consumer CPU-throttled' in html
+
+
+def test_cli_diagnose_writes_the_report_and_latest(tmp_path):
+    """`auditgap diagnose` (ansible-runner) from another working directory."""
+    exe = os.path.join(ROOT, '.venv', 'bin', 'auditgap')
+    proc = subprocess.run([exe, 'diagnose', '--sample-seconds', '0', '--trace', 'never'], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-2000:]
+    latest = tmp_path / 'reports' / 'latest'
+    assert latest.is_symlink()
+    with open(latest / 'fleet.json') as handle:
+        doc = json.load(handle)
+    assert [h['host'] for h in doc['hosts']] == ['localhost']
+    assert proc.stdout.startswith('auditgap ')
+    assert 'report: %s' % os.path.realpath(str(latest)) in proc.stdout
