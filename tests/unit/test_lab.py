@@ -195,3 +195,18 @@ def test_proc_starttime_of_self_and_missing():
     assert labkit.proc_starttime(os.getpid()) is not None
     assert labkit.process_alive(os.getpid())
     assert not labkit.process_alive(2 ** 22 + 1)
+
+
+def test_timeline_svg_from_points():
+    from ansible_collections.auditgap.fleet.plugins.module_utils import labchart
+    points = [{'t': 100 + i, 'p99_ms': 0.5 if i < 3 else 300.0, 'backlog': 1, 'backlog_peak': 60,
+               'backlog_limit': 64, 'lost': i, 'backlog_wait_time_actual': 100 * i * i,
+               'throttled_ratio': 0.0 if i < 3 else 1.0} for i in range(8)]
+    p99, backlog, throttled, lost, waited, limit, t0 = labchart.timeline_series(points)
+    assert t0 == 100 and limit == 64
+    assert p99[0] == (0, 0.5) and throttled[-1] == (7, 100.0)
+    assert backlog[0] == (0, 60) and lost[0] == (1, 1) and waited[0] == (1, 100)
+    svg = labchart.timeline_svg(points, [{'t': 99, 'label': 'quota <1000>'}])
+    assert svg.startswith('<svg') and svg.rstrip().endswith('</svg>')
+    assert 'quota &lt;1000&gt;' in svg and 'backlog_limit 64' in svg
+    assert labchart.timeline_series([])[0] == []
