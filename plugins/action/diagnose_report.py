@@ -135,6 +135,28 @@ def point_latest(report_dir):
     return link
 
 
+RENDERERS = {'json': ('fleet.json', report.to_json), 'md': ('fleet.md', report.render_markdown),
+             'html': ('fleet.html', report.render_html), 'prom': ('fleet.prom', report.render_prometheus)}
+
+
+def write_reports(doc, report_dir, formats, timeline_svg=None):
+    """<host>.json files, then the fleet formats; fleet.json last (its presence means complete)."""
+    os.makedirs(report_dir, exist_ok=True)
+    files = []
+    for entry in doc['hosts']:
+        path = os.path.join(report_dir, report.safe_filename(entry['host']) + '.json')
+        write_atomic(path, report.to_json(dict(entry, generated_at=doc['generated_at'],
+                                               auditgap_version=report.AUDITGAP_VERSION)))
+        files.append(path)
+    for fmt in sorted(formats, key=lambda f: f == 'json'):
+        name, render = RENDERERS[fmt]
+        path = os.path.join(report_dir, name)
+        text = render(doc, timeline_svg=timeline_svg) if fmt == 'html' else render(doc)
+        write_atomic(path, text)
+        files.append(path)
+    return files
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
@@ -187,32 +209,20 @@ class ActionModule(ActionBase):
         timeline_svg = None
         svg_path = args.get('timeline_svg') or os.path.join(report_dir, 'lab-timeline.svg')
         if os.path.isfile(svg_path):
-            with open(svg_path, encoding='utf-8') as handle:
-                timeline_svg = handle.read()
+            try:
+                with open(svg_path, encoding='utf-8') as handle:
+                    timeline_svg = handle.read()
+            except (IOError, OSError, UnicodeError) as err:
+                display.warning('timeline SVG %s not embedded: %s' % (svg_path, to_text(err)))
         generated_at = now.strftime('%Y-%m-%dT%H:%M:%SZ')
         doc = report.fleet_document(entries, generated_at, thresholds=arg_thresholds,
                                     report_dir=os.path.abspath(report_dir))
-        os.makedirs(report_dir, exist_ok=True)
-        files = []
-        for entry in doc['hosts']:
-            path = os.path.join(report_dir, report.safe_filename(entry['host']) + '.json')
-            write_atomic(path, report.to_json(dict(entry, generated_at=generated_at,
-                                                   auditgap_version=report.AUDITGAP_VERSION)))
-            files.append(path)
-        renderers = {'json': ('fleet.json', report.to_json),
-                     'md': ('fleet.md', getattr(report, 'render_markdown', None)),
-                     'html': ('fleet.html', getattr(report, 'render_html', None)),
-                     'prom': ('fleet.prom', getattr(report, 'render_prometheus', None))}
-        for fmt in formats:
-            name, render = renderers[fmt]
-            if render is None:
-                continue
-            path = os.path.join(report_dir, name)
-            if fmt == 'html':
-                write_atomic(path, render(doc, timeline_svg=timeline_svg))
-            else:
-                write_atomic(path, render(doc))
-            files.append(path)
+        try:
+            files = write_reports(doc, report_dir, formats, timeline_svg)
+        except (IOError, OSError) as err:
+            result.update({'failed': True, 'changed': False,
+                           'msg': 'cannot write the reports to %s: %s' % (report_dir, to_text(err))})
+            return result
         if latest:
             result['latest'] = point_latest(report_dir)
         if boolean(args.get('print_summary', True), strict=False):

@@ -168,3 +168,15 @@ def test_action_report_dir_and_latest(tmp_path):
     link = action.point_latest(first)
     link = action.point_latest(second)
     assert os.readlink(link) == os.path.basename(second)
+
+
+def test_write_reports_all_files_fleet_json_last(tmp_path):
+    doc = fleet()
+    files = action.write_reports(doc, str(tmp_path / 'r'), ['json', 'md', 'html', 'prom'])
+    assert os.path.basename(files[-1]) == 'fleet.json'
+    names = sorted(os.listdir(str(tmp_path / 'r')))
+    assert names == sorted(['fleet.json', 'fleet.md', 'fleet.html', 'fleet.prom'] + [n + '.json' for n in NAMES + ('bogus',)])
+    with open(str(tmp_path / 'r' / 'bogus.json')) as handle:
+        bogus = json.load(handle)
+    assert bogus['status'] == 'unreachable' and bogus['generated_at'] == doc['generated_at']
+    assert not [n for n in os.listdir(str(tmp_path / 'r')) if '.tmp.' in n]
