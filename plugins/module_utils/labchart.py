@@ -51,7 +51,7 @@ def timeline_svg(points, markers=None, title='auditgap incident lab', width=760)
     starts = [p['t'] for p in points if p.get('t') is not None] + [m['t'] for m in (markers or [])]
     p99, backlog, throttled, lost, waited, limit, t0 = timeline_series(points, min(starts) if starts else None)
     vlines = [{'x': m['t'] - (t0 or m['t']), 'label': m.get('label', '')} for m in (markers or [])]
-    x_max = max([x for x, _ in p99] + [v['x'] for v in vlines] + [1])
+    x_max = max([point[0] for point in p99] + [v['x'] for v in vlines] + [1])
     charts = [
         svgchart.line_chart([{'name': 'accept p99 (ms)', 'points': p99, 'color': '#d62728'}],
                             '%s: accept latency p99 per second' % title, 'ms', width=width,

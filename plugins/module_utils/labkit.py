@@ -379,7 +379,7 @@ def set_status(**fields):
 
 def run_auditctl(args):
     proc = subprocess.run(['auditctl'] + list(args), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True)
+                          stderr=subprocess.PIPE, universal_newlines=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError('auditctl %s: %s' % (' '.join(args), (proc.stderr or proc.stdout).strip()))
     return proc.stdout
@@ -589,7 +589,7 @@ def undo_order(entries):
     rank = dict((kind, i) for i, kind in enumerate(UNDO_ORDER))
     indexed = list(enumerate(entries))
     indexed.sort(key=lambda item: (rank.get(item[1]['kind'], len(rank)), -item[0]))
-    return [entry for _, entry in indexed]
+    return [item[1] for item in indexed]
 
 
 def _undo_entry(entry, handlers):
@@ -772,7 +772,7 @@ def serve(listener):  # pragma: no cover - runs in the workload daemon
     """Accept loop: every accept() is an accept4 syscall; answer one byte, close."""
     while True:
         try:
-            conn, _ = listener.accept()
+            conn = listener.accept()[0]
         except InterruptedError:
             continue
         except OSError:
@@ -938,7 +938,7 @@ def run_workload(workdir, port=0, rate_per_s=0, cpu_stat_dir=None, clients=4):  
                 else:
                     next_at = time.monotonic()
 
-    for _ in range(max(1, int(clients))):
+    for dummy in range(max(1, int(clients))):
         thread = threading.Thread(target=client)
         thread.daemon = True
         thread.start()
@@ -1133,7 +1133,7 @@ def main(argv=None):  # pragma: no cover - daemon entry point
 
 
 if __name__ == '__main__':  # pragma: no cover
-    sys.exit(main())
+    raise SystemExit(main())
 
 
 # --------------------------------------------------------------------------
@@ -1285,7 +1285,7 @@ def lab_present(params, docker_backend=None, check_mode=False):
         return True, {'state': 'present', 'note': 'would create the lab (check mode)',
                       'existing_consumer_pid': status.get('pid') or None}
     if info is not None:  # broken or other backend: clean up first
-        _, errors = undo_state(state)
+        errors = undo_state(state)[1]
         if errors:
             raise RuntimeError('could not clean up the previous lab: %s' % '; '.join(errors))
         state = LabState(p['state_path'])
@@ -1295,8 +1295,8 @@ def lab_present(params, docker_backend=None, check_mode=False):
     if not os.path.isdir(workdir):
         os.makedirs(workdir, 0o700)
     existing = status.get('pid') or 0
-    state.record('audit_status', saved=dict((k, status[k]) for k in ('enabled', 'backlog_limit',
-                                                                       'backlog_wait_time')))
+    saved = dict((k, status[k]) for k in ('enabled', 'backlog_limit', 'backlog_wait_time'))
+    state.record('audit_status', saved=saved)
     set_status(backlog_limit=p['backlog_limit'], backlog_wait_time=p['backlog_wait_time_jiffies'])
     group = 'auditgap-lab'
     if existing:

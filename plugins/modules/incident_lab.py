@@ -233,7 +233,7 @@ def main():
     except labkit.LabRefused as err:
         module.fail_json(msg=str(err), incident_lab={'state': None})
     except Exception as err:  # undo the half-made lab: never leave a stall behind
-        _, undo = labkit.lab_absent(params['state_path'], handlers=_docker_handlers())
+        undo = labkit.lab_absent(params['state_path'], handlers=_docker_handlers())[1]
         module.fail_json(msg='could not create the lab: %s' % err, incident_lab=undo)
     module.exit_json(changed=changed, incident_lab=result)
 
