@@ -13,10 +13,11 @@ Exit status 1 when a goal is missed.
 
     benchmarks/bench_diagnose.py [--rounds N] [--with-consumer|--no-consumer]
 
-``--with-consumer`` (default when root and no audit consumer is registered)
-registers the small test consumer (tests/support/audit_consumer.py) for the
-duration of the run, under the kernel test lock, so both variants read a
-consumer's process and cgroup as on a real host. It unregisters on exit.
+The run holds the kernel test lock (root), so no test changes the audit state
+meanwhile. ``--with-consumer`` (default when root and no audit consumer is
+registered) registers the small test consumer (tests/support/audit_consumer.py)
+for the run, so both variants read a consumer's process and cgroup as on a
+real host. It unregisters on exit.
 """
 import argparse
 import contextlib
@@ -61,26 +62,31 @@ SHELL_PLAYBOOK = r'''
       ansible.builtin.command: cat /proc/{{ consumer_pid }}/status
       register: pstatus
       changed_when: false
+      failed_when: false
       when: consumer_pid | int > 0
     - name: Consumer cmdline
       ansible.builtin.command: cat /proc/{{ consumer_pid }}/cmdline
       register: pcmd
       changed_when: false
+      failed_when: false
       when: consumer_pid | int > 0
     - name: Consumer exe
       ansible.builtin.command: readlink /proc/{{ consumer_pid }}/exe
       register: pexe
       changed_when: false
+      failed_when: false
       when: consumer_pid | int > 0
     - name: Consumer cgroups
       ansible.builtin.command: cat /proc/{{ consumer_pid }}/cgroup
       register: pcg
       changed_when: false
+      failed_when: false
       when: consumer_pid | int > 0
     - name: Mount table (where the cgroup hierarchies are)
       ansible.builtin.command: cat /proc/self/mountinfo
       register: mountinfo
       changed_when: false
+      failed_when: false
       when: consumer_pid | int > 0
     - name: Consumer cpu cgroup path
       ansible.builtin.set_fact:
@@ -131,26 +137,37 @@ def audit_pid():
 
 
 @contextlib.contextmanager
-def test_consumer():
-    """The tests' audit consumer, registered for the block, under the kernel lock."""
+def kernel_lock():
+    """The kernel test lock, so no test changes audit state during the measurement (root only)."""
+    if os.geteuid() != 0:
+        yield
+        return
     os.makedirs(os.path.dirname(KERNEL_LOCK), exist_ok=True)
     with open(KERNEL_LOCK, 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'support', 'audit_consumer.py')],
-                                stdout=subprocess.PIPE, text=True)
         try:
-            line = proc.stdout.readline()
-            if not line.startswith('ready'):
-                raise RuntimeError(f'test consumer did not start: {line!r}')
-            yield proc.pid
+            yield
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def test_consumer():
+    """The tests' audit consumer, registered for the block (hold the kernel lock around it)."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'support', 'audit_consumer.py')],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        if not line.startswith('ready'):
+            raise RuntimeError('test consumer did not start: %r' % line)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def timed(cmd, env):
@@ -195,18 +212,19 @@ def main(argv=None):
     if shutil.which('auditctl') is None:
         print('auditctl not found (apt-get install auditd): the command/shell baseline needs it')
         return 2
-    want_consumer = args.consumer
-    if want_consumer is None:
-        want_consumer = os.geteuid() == 0 and audit_pid() == 0
     workdir = tempfile.mkdtemp(prefix='auditgap-bench-')
     try:
-        if want_consumer:
-            with test_consumer() as pid:
-                print('test audit consumer registered: pid %d' % pid)
+        with kernel_lock():
+            want_consumer = args.consumer
+            if want_consumer is None:
+                want_consumer = os.geteuid() == 0 and audit_pid() == 0
+            if want_consumer:
+                with test_consumer() as pid:
+                    print('test audit consumer registered: pid %d' % pid)
+                    times = measure(args.rounds, workdir)
+            else:
+                print('audit consumer pid: %d' % audit_pid())
                 times = measure(args.rounds, workdir)
-        else:
-            print('audit consumer pid: %d' % audit_pid())
-            times = measure(args.rounds, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     med = {name: statistics.median(values) for name, values in times.items()}
