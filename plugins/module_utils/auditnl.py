@@ -33,6 +33,7 @@ import errno
 import os
 import socket
 import struct
+import time
 
 from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls_x86 import (
     syscall_name,
@@ -498,8 +499,16 @@ class AuditSocket:
         return self._seq
 
     def _replies(self, seq):
-        """Yield (type, flags, payload) for messages answering ``seq``."""
+        """Yield (type, flags, payload) for messages answering ``seq``.
+
+        One overall deadline (the socket timeout), so a flood of audit records
+        on a consumer socket cannot keep us waiting for a lost reply forever.
+        """
+        deadline = time.monotonic() + (self.sock.gettimeout() or 2.0)
         while True:
+            if time.monotonic() > deadline:
+                raise AuditNetlinkError('no reply from the kernel audit subsystem (timeout)',
+                                        errno.ETIMEDOUT)
             try:
                 data = self.sock.recv(1 << 17)
             except socket.timeout:

@@ -196,6 +196,9 @@ class FakeSock:
     def close(self):
         pass
 
+    def gettimeout(self):
+        return 1.0
+
 
 def fake_socket(fake):
     sock = auditnl.AuditSocket.__new__(auditnl.AuditSocket)
@@ -243,6 +246,23 @@ def test_get_status_skips_unsolicited_records():
     sock = fake_socket(FakeSock(BASE))
     assert sock.get_status()['backlog_limit'] == 8192
     assert sock.unsolicited == 1
+
+
+def test_reply_deadline_under_a_flood_of_records():
+    """A consumer socket flooded with records still gives up waiting for a lost reply."""
+    class Flood(FakeSock):
+        def send(self, data):
+            return len(data)
+
+        def recv(self, size):
+            return auditnl.encode_nlmsg(1300, b'type=SYSCALL', 0, seq=0)
+
+        def gettimeout(self):
+            return 0.05
+    sock = fake_socket(Flood(BASE))
+    with pytest.raises(auditnl.AuditNetlinkError) as err:
+        sock.get_status()
+    assert err.value.errno == errno.ETIMEDOUT and sock.unsolicited > 0
 
 
 def test_get_status_raises_on_kernel_error():
