@@ -2,11 +2,9 @@
 """diagnose -> remediate (dry run, then apply) -> accept p99 back near the unthrottled
 value and the findings gone -> the stall/lab removed leaves the host as it was.
 
-Two ways to get the incident:
-- ``tests/support/stall.py`` (cgroup backend: real auditd in a cgroup v1 cpu group
-  limited to 1% of a CPU), always here;
-- ``playbooks/lab.yml`` (lab_state present|absent, lab_backend cgroup|docker, latency per
-  second in /run/auditgap-lab/latency.jsonl), for both backends, when the lab playbook exists.
+The incident comes from ``playbooks/lab.yml`` (lab_state present|absent, lab_backend
+cgroup|docker; accept latency per second in /run/auditgap-lab/latency.jsonl): a real auditd,
+CPU-throttled in a cgroup v1 cpu group or a Docker container, and a loopback accept loop.
 
 The persistent files of the remediation (auditgap.rules, rules.d) go to a temp dir: the
 test never writes /etc/audit.
@@ -105,29 +103,6 @@ def check_remediation(fleet, remediation):
             assert status[fid] == 'fixed', rec['findings']
     assert not [f for f in rec['findings'] if f['status'] == 'new' and f['after']['severity'] == 'critical']
     return rec
-
-
-def test_stall_diagnose_remediate_recovers_and_restores(tmp_path):
-    from tests.support.stall import audit_stall
-
-    before = audit_state()
-    with audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000,
-                     key='auditgap-test-remediate') as stall:
-        stall.wait_for(seconds=2, min_count=1, timeout_s=20)
-        time.sleep(2)
-        t_stalled = time.time()
-        stalled_p99 = p99_of(stall.per_second(), since=stall.started)
-        fleet, _dry, remediation, t_applied = diagnose_and_remediate(tmp_path)
-        check_remediation(fleet, remediation)
-        time.sleep(4)
-        after_p99 = p99_of(stall.per_second(), since=t_applied + 1)
-        consumer_cgroup = stall.cgroup_path
-    assert stalled_p99 is not None and after_p99 is not None, (stalled_p99, after_p99)
-    assert after_p99 <= AFTER_P99_MAX_MS, (t_stalled, stalled_p99, after_p99)
-    assert after_p99 * 3 <= stalled_p99, (stalled_p99, after_p99)
-    # the stall removed: audit settings and rules as before, its cgroup gone
-    assert audit_state() == before
-    assert not os.path.exists(consumer_cgroup)
 
 
 @pytest.mark.parametrize('backend', ['cgroup', 'docker'])
