@@ -596,6 +596,15 @@ def _sample(guard, params, facts):
     if tracer != 'nop' and not params['force']:
         raise SampleError('tracer busy: current_tracer is %r, not nop (someone is tracing); '
                           'set force=true to sample anyway; nothing changed' % tracer)
+    if 'function_graph' in modes and not params['force']:
+        try:
+            events = tracefs.read(os.path.join(root, 'set_event')).split()
+        except OSError:
+            events = []
+        if events:
+            raise SampleError('tracer busy: top-level events are enabled (%s); function_graph would use the '
+                              'top-level buffer; set force=true to sample anyway; nothing changed'
+                              % ', '.join(events[:5]))
     if 'function_graph' in modes and not tracefs.function_traceable(root, params['graph_function']):
         raise SampleError('function %r is not traceable (not in available_filter_functions); nothing changed'
                           % params['graph_function'])
