@@ -382,8 +382,8 @@ def resolve_targets(params, consumer_pid, own_pid, proc_root='/proc'):
         excluded.append(consumer_pid)
     all_tasks = not params['pids'] and not names
     if not all_tasks and not pids:
-        raise SampleError('no target left after excluding %s (the audit consumer is traced only with '
-                          'include_audit_consumer=true)' % excluded)
+        raise SampleError('no target left after excluding %s (the module itself is never traced, '
+                          'the audit consumer only with include_audit_consumer=true)' % excluded)
     exclude_all = [own_pid]
     if consumer_pid and not params['include_audit_consumer']:
         exclude_all.append(consumer_pid)

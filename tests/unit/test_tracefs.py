@@ -216,3 +216,45 @@ def test_function_traceable(tmp_path):
     assert not tracefs.function_traceable(str(tmp_path), 'do_sys*')
     with pytest.raises(tracefs.TracefsError, match='cannot read'):
         tracefs.function_traceable(str(tmp_path / 'missing'), 'do_syscall_64')
+
+
+def test_run_sample_function_graph_end_to_end_on_fake_tracefs(tmp_path, monkeypatch):
+    _fake_tracefs(tmp_path)
+    (tmp_path / 'available_tracers').write_text('blk function_graph function nop\n')
+    (tmp_path / 'available_filter_functions').write_text('do_syscall_64\nschedule_timeout\n')
+    (tmp_path / 'set_event').write_text('')
+    (tmp_path / 'instances').mkdir()
+    before = {p.name: p.read_text() for p in tmp_path.iterdir() if p.is_file()}
+    monkeypatch.setattr(tracefs, 'locate', lambda proc_root='/proc': str(tmp_path))
+    lock = str(tmp_path / 'ftrace.lock')
+    monkeypatch.setattr(tracefs, 'Lock', lambda: tracefs_lock(lock))
+    monkeypatch.setattr(ftrace_sample, 'audit_consumer_pid', lambda: None)
+    facts = ftrace_sample.run_sample(_params(mode='auto', pids=[1], duration_s=1), geteuid=lambda: 0)
+    assert facts['supported'] and facts['modes'] == ['function_graph'] and facts['restored']
+    assert facts['audit_wait_observed'] is True
+    assert facts['function_graph']['syscall_exits'][0]['syscall'] == 'accept4'
+    after = {p.name: p.read_text() for p in tmp_path.iterdir() if p.is_file() and p.name != 'ftrace.lock'}
+    # every file back (in write format: "no pid"/banners read back as empty, the buffer as its size in use)
+    before.update({'set_ftrace_pid': '', 'set_graph_function': '', 'buffer_size_kb': '1408',
+                   'tracing_on': '1', 'current_tracer': 'nop', 'tracing_thresh': '0', 'max_graph_depth': '0'})
+    assert after == before
+
+
+def test_run_sample_refuses_busy_tracer_on_fake_tracefs(tmp_path, monkeypatch):
+    _fake_tracefs(tmp_path)
+    (tmp_path / 'available_tracers').write_text('function_graph nop\n')
+    (tmp_path / 'current_tracer').write_text('function_graph\n')
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(tracefs, 'locate', lambda proc_root='/proc': str(tmp_path))
+    monkeypatch.setattr(tracefs, 'Lock', lambda: tracefs_lock(str(tmp_path / 'ftrace.lock')))
+    with pytest.raises(ftrace_sample.SampleError, match='tracer busy'):
+        ftrace_sample.run_sample(_params(pids=[os.getpid()], duration_s=1), geteuid=lambda: 0)
+    after = {p.name: p.read_text() for p in tmp_path.iterdir() if p.name != 'ftrace.lock'}
+    assert after == before
+
+
+_REAL_LOCK = tracefs.Lock
+
+
+def tracefs_lock(path):
+    return _REAL_LOCK(path)
