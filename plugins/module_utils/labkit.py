@@ -600,11 +600,7 @@ def _undo_entry(entry, handlers):
         stop_process(entry['pid'], entry.get('starttime'))
     elif kind == 'consumer':
         stop_process(entry['pid'], entry.get('starttime'), timeout_s=15.0)
-        deadline = time.time() + 5
-        while time.time() < deadline:
-            if get_status().get('pid') != entry['pid']:
-                break
-            time.sleep(0.1)
+        release_stale_registration(entry['pid'])
     elif kind == 'rules':
         delete_rules_by_key(entry['key'])
     elif kind == 'unthrottle':
@@ -644,6 +640,35 @@ def _remove_lab_dir(path):
         os.rmdir(path)
     except OSError:
         pass
+
+
+def release_stale_registration(pid, timeout_s=5.0):
+    """Make the kernel drop a dead consumer's registration.
+
+    auditd does not always unregister when it stops; the kernel resets its
+    audit pid only when sending the next record to it fails. With audit
+    enabled a rate_limit write of the same value logs a CONFIG_CHANGE
+    record; with audit disabled nothing is logged, so enabled goes 1 and
+    back to 0. Returns True when the registration is gone.
+    """
+    start = time.time()
+    nudges = []
+    while time.time() < start + timeout_s:
+        status = get_status()
+        if status.get('pid') != pid:
+            return True
+        if process_alive(pid):
+            time.sleep(0.1)
+            continue
+        if not nudges or (len(nudges) == 1 and time.time() > nudges[0] + 2.0):
+            if status.get('enabled') == 0:
+                set_status(enabled=1)
+                set_status(enabled=0)
+            elif status.get('enabled') == 1:
+                set_status(rate_limit=status.get('rate_limit') or 0)
+            nudges.append(time.time())
+        time.sleep(0.1)
+    return get_status().get('pid') != pid
 
 
 def _remove_path(path):

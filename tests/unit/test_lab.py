@@ -210,3 +210,35 @@ def test_timeline_svg_from_points():
     assert svg.startswith('<svg') and svg.rstrip().endswith('</svg>')
     assert 'quota &lt;1000&gt;' in svg and 'backlog_limit 64' in svg
     assert labchart.timeline_series([])[0] == []
+
+
+def test_validate_lab_params():
+    p = labkit.validate_lab_params({'backend': 'docker', 'quota_us': '2000', 'state_path': None})
+    assert p['backend'] == 'docker' and p['quota_us'] == 2000 and p['state_path'] == labkit.STATE_FILE
+    bad = [{'backend': 'vm'}, {'quota_us': 10}, {'period_us': 2000000}, {'quota_us': 'x'},
+           {'key': 'bad key'}, {'rules': 'all'}, {'state_path': 'relative/state.json'},
+           {'backlog_wait_time_jiffies': 0}]
+    for params in bad:
+        try:
+            labkit.validate_lab_params(params)
+        except ValueError:
+            continue
+        raise AssertionError('accepted %r' % params)
+
+
+def test_lab_absent_without_state_is_a_noop(tmp_path):
+    changed, result = labkit.lab_absent(str(tmp_path / 'state.json'))
+    assert not changed and result['undone'] == [] and result['errors'] == []
+
+
+def test_lab_info_from_state(tmp_path):
+    state = labkit.LabState(str(tmp_path / 'state.json'))
+    assert labkit.lab_info(state) is None
+    state.record('cgroup', path='/sys/fs/cgroup/cpu/auditgap-lab', version='v1')
+    state.record('consumer', pid=os.getpid(), starttime=labkit.proc_starttime(os.getpid()), backend='cgroup')
+    state.record('rules', key='auditgap-lab')
+    state.record('process', name='workload-server', pid=2 ** 22 + 3, starttime=1)
+    info = labkit.lab_info(state)
+    assert info['backend'] == 'cgroup' and info['consumer_pid'] == os.getpid()
+    assert info['cgroup_path'] == '/sys/fs/cgroup/cpu/auditgap-lab' and info['key'] == 'auditgap-lab'
+    assert info['server_pid'] == 2 ** 22 + 3 and info['alive'] is False
