@@ -36,7 +36,8 @@ MAX_FILTER_PIDS = 64
 
 # Top-level files a sample may change (function_graph mode), restored after.
 TOP_LEVEL_FILES = ('current_tracer', 'tracing_on', 'tracing_thresh', 'buffer_size_kb',
-                   'set_ftrace_pid', 'set_ftrace_notrace_pid', 'set_graph_function', 'max_graph_depth')
+                   'set_ftrace_pid', 'set_ftrace_notrace_pid', 'set_graph_function', 'max_graph_depth',
+                   'options/funcgraph-proc')
 # Files read to prove "nothing changed" (tests, and the docs' list).
 SNAPSHOT_FILES = TOP_LEVEL_FILES + ('set_event', 'set_event_pid', 'trace_options',
                                     'set_ftrace_filter', 'set_ftrace_notrace', 'trace_clock',
@@ -286,20 +287,76 @@ def current_tracer(root):
     return read(os.path.join(root, 'current_tracer')).strip()
 
 
-def function_traceable(root, name):
-    """True when ``name`` is listed in available_filter_functions (streamed)."""
-    if not is_symbol(name):
-        return False
+def traceable_functions(root, names):
+    """The subset of ``names`` listed in available_filter_functions (one streamed pass)."""
+    wanted = set(name for name in names if is_symbol(name))
+    found = set()
+    if not wanted:
+        return found
     path = os.path.join(root, 'available_filter_functions')
     try:
         with open(path, 'r') as handle:
             for line in handle:
-                if line.split(' ', 1)[0].rstrip('\n') == name:
-                    return True
+                name = line.split(' ', 1)[0].rstrip('\n')
+                if name in wanted:
+                    found.add(name)
+                    if len(found) == len(wanted):
+                        break
     except OSError as err:
         raise TracefsError('cannot read %s (%s): function names cannot be validated'
                            % (path, err.strerror or err)) from None
-    return False
+    return found
+
+
+def function_traceable(root, name):
+    """True when ``name`` is listed in available_filter_functions (streamed)."""
+    return name in traceable_functions(root, [name])
+
+
+# The syscall's own function, newest naming first (x86_64 >= 4.17, arm64, generic, < 4.17).
+SYSCALL_FUNCTION_PATTERNS = ('__x64_sys_%s', '__arm64_sys_%s', '__se_sys_%s', 'sys_%s', 'SyS_%s')
+# Where the audit exit record is written (and the task sleeps when the backlog is full).
+EXIT_WORK_FUNCTIONS = ('syscall_exit_work', 'syscall_slow_exit_work', 'syscall_exit_to_user_mode_prepare',
+                       'exit_to_user_mode_prepare')
+SYSCALL_DISPATCHERS = ('x64_sys_call', 'invoke_syscall')
+
+
+def plan_graph_roots(graph_function, syscalls, traceable, default='do_syscall_64'):
+    """set_graph_function roots for the "syscall, then exit work" recipe.
+
+    ``traceable``: the names known to be in available_filter_functions.
+    Returns (roots, note). ``graph_function`` itself when traceable; when it is
+    the default and not traceable (kernels >= 5.x mark do_syscall_64
+    ``noinstr``): the chosen syscalls' own functions plus the exit work, both
+    as roots (the parser pairs them per task); a syscall dispatcher stands in
+    when no syscall is named. ([], reason) when nothing fits.
+    """
+    if graph_function in traceable:
+        return [graph_function], None
+    if graph_function != default:
+        return [], 'function %r is not traceable (not in available_filter_functions)' % graph_function
+    roots = []
+    for name in syscalls or ():
+        for pattern in SYSCALL_FUNCTION_PATTERNS:
+            candidate = pattern % name
+            if candidate in traceable:
+                roots.append(candidate)
+                break
+    if not roots:
+        roots.extend(name for name in SYSCALL_DISPATCHERS if name in traceable)
+    exits = [name for name in EXIT_WORK_FUNCTIONS if name in traceable]
+    if not roots or not exits:
+        return [], ('%s is not traceable on this kernel and no syscall/exit-work functions are '
+                    '(syscalls: %s)' % (default, ', '.join(syscalls or ()) or 'none'))
+    return roots + exits[:1], '%s is not traceable here (noinstr); graphing %s' % (default, ' '.join(roots + exits[:1]))
+
+
+def graph_candidates(graph_function, syscalls):
+    """Every name plan_graph_roots may ask about (for one traceable_functions pass)."""
+    names = [graph_function] + list(EXIT_WORK_FUNCTIONS) + list(SYSCALL_DISPATCHERS)
+    for name in syscalls or ():
+        names.extend(pattern % name for pattern in SYSCALL_FUNCTION_PATTERNS)
+    return names
 
 
 def syscall_event_exists(root, name, instance=None):

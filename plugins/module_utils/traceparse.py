@@ -247,6 +247,7 @@ class FunctionGraphParser:
         self._exits = LatencyStats(top=top)
         self._exit_by_syscall = {}
         self._class_cache = {}
+        self._last_root_syscall = {}
 
     def feed(self, line):
         """Feed one line; returns the finished call as a dict
@@ -272,7 +273,8 @@ class FunctionGraphParser:
         cpu, ts, proc, duration, kind, function, indent = fields
         if kind == 'switch':
             return None
-        key = (cpu, proc) if proc else cpu
+        # per task when the trace names it (funcgraph-proc: a call may close on another CPU), else per CPU
+        key = proc or cpu
         stack = self._open.get(key)
         if stack is None:
             stack = self._open[key] = []
@@ -333,6 +335,8 @@ class FunctionGraphParser:
             chain = [name] + child.best_chain if child is not None and child.best_chain else [name]
             if child is not None and child.syscall and child.exit_work:
                 self._top_level(call, child)
+            else:
+                self._root_pair(key, call, child)
             self._record_root(call, chain)
             return
         agg = pending.get(depth)
@@ -353,6 +357,23 @@ class FunctionGraphParser:
         elif kind == 2 and agg.syscall is not None:
             if agg.exit_work is None or duration > agg.exit_work[1]:
                 agg.exit_work = (name, duration)
+
+    def _root_pair(self, key, call, child):
+        """Roots that are the syscall and the exit work themselves (set_graph_function
+        __x64_sys_accept4 syscall_exit_work): pair a syscall root with the next exit-work root
+        of the same task (or CPU)."""
+        name = call[3]
+        kind = self._classify(name)
+        if kind in (1, 3):
+            inner = child.syscall[0] if kind == 3 and child is not None and child.syscall else name
+            self._last_root_syscall[key] = (inner, call[1])
+        elif kind == 2:
+            last = self._last_root_syscall.pop(key, None)
+            if last is not None:
+                pair = _Agg()
+                pair.syscall = last
+                pair.exit_work = (name, call[1])
+                self._top_level(call, pair)
 
     def _record_root(self, call, chain):
         cpu, duration, _depth, _name, ts, proc = call
@@ -384,8 +405,11 @@ class FunctionGraphParser:
                 first = min(pending)
                 agg = pending[first]
                 if agg.best_chain:
-                    self._slow.add(agg.best_dur, {'cpu': key[0] if isinstance(key, tuple) else key,
-                                                  'duration_us': agg.best_dur, 'chain': agg.best_chain})
+                    item = {'cpu': key if isinstance(key, int) else None,
+                            'duration_us': agg.best_dur, 'chain': agg.best_chain}
+                    if not isinstance(key, int):
+                        item['proc'] = key
+                    self._slow.add(agg.best_dur, item)
             self._pending[key] = {}
         return self
 

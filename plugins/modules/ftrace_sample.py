@@ -79,7 +79,11 @@ options:
     type: int
     default: 100000
   graph_function:
-    description: C(function_graph) second recipe - the C(set_graph_function) root; must be traceable.
+    description:
+      - C(function_graph) second recipe - the C(set_graph_function) root; must be traceable.
+      - When it is the default C(do_syscall_64) and the kernel does not allow tracing it (C(noinstr),
+        kernels 5.x and later), the roots are the chosen syscalls' own functions (C(__x64_sys_NAME))
+        plus the exit work (C(syscall_exit_work)); the calls are paired per task.
     type: str
     default: do_syscall_64
   max_graph_depth:
@@ -199,7 +203,9 @@ ftrace_sample:
         C(slow_calls) [{cpu, duration_us, chain (outermost first)}], C(syscall_exits)
         [{cpu, syscall, syscall_function, syscall_us, exit_work, exit_work_us}],
         C(exit_work_by_syscall) {name: {count, p50_us, p99_us, max_us}}, C(max_graph_depth_used)
-        (3 where C(do_syscall_64) dispatches through C(x64_sys_call), kernels 6.9+); null when not run.
+        (3 where C(do_syscall_64) dispatches through C(x64_sys_call), kernels 6.9+),
+        C(graph_functions) (the set_graph_function roots used), C(note) (why they differ from
+        I(graph_function), for example C(do_syscall_64) is noinstr on kernels 5.x+); null when not run.
       type: dict
     audit_wait_observed:
       description: True when an off-CPU stack or a slow chain passes through audit_log_start.
@@ -266,7 +272,7 @@ ARGUMENT_SPEC = dict(
 # what a top-level file is set back to when its old value cannot be read
 _TOP_DEFAULTS = {'current_tracer': 'nop', 'tracing_on': '1', 'tracing_thresh': '0',
                  'set_ftrace_pid': '', 'set_ftrace_notrace_pid': '', 'set_graph_function': '',
-                 'max_graph_depth': '0',
+                 'max_graph_depth': '0', 'options/funcgraph-proc': '0',
                  'buffer_size_kb': '1408'}
 
 
@@ -459,13 +465,6 @@ def traceparse_dispatcher(root):
     return 'x64_sys_call' if os.uname()[4] == 'x86_64' else 'invoke_syscall'
 
 
-def _traceable(root, name):
-    try:
-        return tracefs.function_traceable(root, name)
-    except tracefs.TracefsError:
-        return False
-
-
 def _top_guarded(guard, root, restore, rel, value):
     old = restore.get(rel)
     if old is None:
@@ -473,8 +472,13 @@ def _top_guarded(guard, root, restore, rel, value):
     guard.write_file(os.path.join(root, rel), value, restore_value=old)
 
 
-def sample_function_graph(guard, root, targets, params):
-    """The seed's two recipes on the top-level buffer, each for half the duration."""
+def sample_function_graph(guard, root, targets, params, roots=None):
+    """The seed's two recipes on the top-level buffer, each for half the duration.
+
+    ``roots``: the set_graph_function list of the second recipe (default
+    ``graph_function``); see tracefs.plan_graph_roots.
+    """
+    roots = roots or [params['graph_function']]
     restore = tracefs.top_level_restore_values(root)
     half = max(0.5, params['duration_s'] / 2.0)
     tids = targets['tids']
@@ -485,6 +489,9 @@ def sample_function_graph(guard, root, targets, params):
             _top_guarded(inner, root, restore, 'tracing_on', '0')
             _top_guarded(inner, root, restore, 'current_tracer', 'nop')
             _top_guarded(inner, root, restore, 'buffer_size_kb', str(params['buffer_size_kb']))
+            if 'options/funcgraph-proc' in restore:
+                # task names on every line: calls are paired per task even across CPUs
+                _top_guarded(inner, root, restore, 'options/funcgraph-proc', '1')
             if tids:
                 _top_guarded(inner, root, restore, 'set_ftrace_pid', ' '.join(str(t) for t in tids))
             elif targets.get('excluded') and 'set_ftrace_notrace_pid' in restore:
@@ -495,7 +502,7 @@ def sample_function_graph(guard, root, targets, params):
                 _top_guarded(inner, root, restore, 'tracing_thresh', str(params['tracing_thresh_us']))
             else:
                 _top_guarded(inner, root, restore, 'tracing_thresh', '0')
-                _top_guarded(inner, root, restore, 'set_graph_function', params['graph_function'])
+                _top_guarded(inner, root, restore, 'set_graph_function', ' '.join(roots))
                 _top_guarded(inner, root, restore, 'max_graph_depth', str(params['max_graph_depth']))
             _top_guarded(inner, root, restore, 'current_tracer', 'function_graph')
             parser = traceparse.FunctionGraphParser(top=params['top'])
@@ -605,9 +612,20 @@ def _sample(guard, params, facts):
             raise SampleError('tracer busy: top-level events are enabled (%s); function_graph would use the '
                               'top-level buffer; set force=true to sample anyway; nothing changed'
                               % ', '.join(events[:5]))
-    if 'function_graph' in modes and not tracefs.function_traceable(root, params['graph_function']):
-        raise SampleError('function %r is not traceable (not in available_filter_functions); nothing changed'
-                          % params['graph_function'])
+    graph_roots, graph_note = [], None
+    if 'function_graph' in modes:
+        graph_sys = list(params.get('syscalls') or []) or [
+            name for name in audit_rule_syscalls()[0] if tracefs.is_syscall_name(name)]
+        dispatcher = traceparse_dispatcher(root)
+        traceable = tracefs.traceable_functions(
+            root, tracefs.graph_candidates(params['graph_function'], graph_sys) + [dispatcher])
+        graph_roots, graph_note = tracefs.plan_graph_roots(params['graph_function'], graph_sys, traceable)
+        if not graph_roots:
+            raise SampleError('%s; nothing changed' % graph_note)
+        params = dict(params)
+        if graph_roots == ['do_syscall_64'] and dispatcher in traceable:
+            # 6.9+: do_syscall_64 -> x64_sys_call -> __x64_sys_NAME: one level more to see NAME
+            params['max_graph_depth'] = max(params['max_graph_depth'], 3)
     consumer = audit_consumer_pid()
     targets = resolve_targets(params, consumer, os.getpid())
     facts['targets'] = targets
@@ -618,12 +636,10 @@ def _sample(guard, params, facts):
     facts['supported'] = True
     facts['modes'] = modes
     if 'function_graph' in modes:
-        params = dict(params)
-        if params['graph_function'] == 'do_syscall_64' and _traceable(root, traceparse_dispatcher(root)):
-            # 6.9+: do_syscall_64 -> x64_sys_call -> __x64_sys_NAME: one level more to see NAME
-            params['max_graph_depth'] = max(params['max_graph_depth'], 3)
-        graph = sample_function_graph(guard, root, targets, params)
+        graph = sample_function_graph(guard, root, targets, params, graph_roots)
         graph['max_graph_depth_used'] = params['max_graph_depth']
+        graph['graph_functions'] = graph_roots
+        graph['note'] = graph_note
         facts['function_graph'] = graph
         facts['events'] = graph['calls']
         facts['events_lost'] = graph['events_lost']

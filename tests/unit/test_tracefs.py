@@ -258,3 +258,53 @@ _REAL_LOCK = tracefs.Lock
 
 def tracefs_lock(path):
     return _REAL_LOCK(path)
+
+
+def test_plan_graph_roots():
+    plan = tracefs.plan_graph_roots
+    assert plan('do_syscall_64', ['accept4'], {'do_syscall_64'}) == (['do_syscall_64'], None)
+    roots, note = plan('do_syscall_64', ['accept4', 'bind'],
+                       {'__x64_sys_accept4', '__x64_sys_bind', 'syscall_exit_work', 'x64_sys_call'})
+    assert roots == ['__x64_sys_accept4', '__x64_sys_bind', 'syscall_exit_work'] and 'noinstr' in note
+    assert plan('do_syscall_64', ['accept4'], {'SyS_accept4', 'syscall_slow_exit_work'})[0] == [
+        'SyS_accept4', 'syscall_slow_exit_work']
+    assert plan('do_syscall_64', [], {'x64_sys_call', 'syscall_exit_work'})[0] == ['x64_sys_call', 'syscall_exit_work']
+    assert plan('do_syscall_64', ['accept4'], {'__x64_sys_accept4'})[0] == []
+    roots, note = plan('my_func', ['accept4'], {'__x64_sys_accept4', 'syscall_exit_work'})
+    assert roots == [] and 'not traceable' in note
+    names = tracefs.graph_candidates('do_syscall_64', ['accept4'])
+    assert '__x64_sys_accept4' in names and 'syscall_exit_work' in names and all(tracefs.is_symbol(n) for n in names)
+
+
+def test_traceable_functions(tmp_path):
+    (tmp_path / 'available_filter_functions').write_text('a_fn\nb_fn [mod]\nc_fn\n')
+    assert tracefs.traceable_functions(str(tmp_path), ['a_fn', 'b_fn', 'zz', 'bad name']) == {'a_fn', 'b_fn'}
+
+
+def test_run_sample_function_graph_noinstr_fallback_on_fake_tracefs(tmp_path, monkeypatch):
+    from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
+    _fake_tracefs(tmp_path)
+    (tmp_path / 'available_tracers').write_text('function_graph function nop\n')
+    (tmp_path / 'available_filter_functions').write_text('__x64_sys_accept4\nsyscall_exit_work\n')
+    (tmp_path / 'set_event').write_text('')
+    (tmp_path / 'options').mkdir()
+    (tmp_path / 'options' / 'funcgraph-proc').write_text('0\n')
+    monkeypatch.setattr(tracefs, 'locate', lambda proc_root='/proc': str(tmp_path))
+    monkeypatch.setattr(tracefs, 'Lock', lambda: tracefs_lock(str(tmp_path / 'ftrace.lock')))
+    monkeypatch.setattr(ftrace_sample, 'audit_consumer_pid', lambda: None)
+    written = []
+    real = guard_mod._write
+
+    def spy(path, value):
+        written.append((os.path.relpath(path, str(tmp_path)), value))
+        real(path, value)
+
+    monkeypatch.setattr(guard_mod, '_write', spy)
+    facts = ftrace_sample.run_sample(_params(mode='function_graph', pids=[1], duration_s=1, syscalls=['accept4']),
+                                     geteuid=lambda: 0)
+    graph = facts['function_graph']
+    assert graph['graph_functions'] == ['__x64_sys_accept4', 'syscall_exit_work'] and 'noinstr' in graph['note']
+    assert ('set_graph_function', '__x64_sys_accept4 syscall_exit_work') in written
+    assert ('options/funcgraph-proc', '1') in written
+    assert (tmp_path / 'options' / 'funcgraph-proc').read_text() == '0'
+    assert (tmp_path / 'set_graph_function').read_text() == '' and facts['restored']

@@ -181,3 +181,27 @@ def test_function_graph_modern_kernel_dispatcher():
     assert first['exit_work_us'] == 650000.0
     second = res['syscall_exits'][1]
     assert second['syscall'] is None and second['syscall_function'] == 'x64_sys_call'
+
+
+def test_function_graph_root_pairs_across_cpus():
+    """Kernels where do_syscall_64 is noinstr: roots __x64_sys_accept4 + syscall_exit_work, funcgraph-proc."""
+    lines = [
+        ' 0)   node-42    |   8.000 us    |  __x64_sys_accept4();',
+        ' 0)   node-42    |               |  syscall_exit_work() {',
+        ' 0)   node-42    |               |    __audit_syscall_exit() {',
+        ' ------------------------------------------',
+        ' 0)   node-42    =>   auditd-7  ',
+        ' ------------------------------------------',
+        ' 0)   auditd-7   |   2.000 us    |  __x64_sys_read();',
+        ' 1)   node-42    | $ 699990.0 us |    } /* __audit_syscall_exit */',
+        ' 1)   node-42    | $ 700000.0 us |  } /* syscall_exit_work */',
+        ' 1)   node-42    |   3.000 us    |  __x64_sys_read();',
+        ' 1)   node-42    |   0.500 us    |  syscall_exit_work();',
+    ]
+    res = traceparse.parse_function_graph(lines)
+    pairs = res['syscall_exits']
+    assert pairs[0] == {'cpu': 1, 'syscall': 'accept4', 'syscall_function': '__x64_sys_accept4',
+                        'syscall_us': 8.0, 'exit_work': 'syscall_exit_work', 'exit_work_us': 700000.0}
+    assert [p['syscall'] for p in pairs] == ['accept4', 'read']  # auditd's read has no exit-work root
+    slow = res['slow_calls'][0]
+    assert slow['chain'] == ['syscall_exit_work', '__audit_syscall_exit'] and slow['proc'] == 'node-42'
