@@ -64,6 +64,9 @@ options:
       - Syscall names for C(syscalls) mode (for example C(accept4)). Default - the syscalls the
         loaded audit rules name (netlink, else C(auditctl -l)). A name without
         C(events/syscalls/sys_enter_NAME) fails the task.
+      - In C(function_graph) mode on kernels where C(do_syscall_64) is not traceable, these syscalls'
+        own functions are graphed (default the audited ones, else accept4, accept, connect, bind,
+        listen, execve, clone, read, write).
     type: list
     elements: str
   duration_s:
@@ -253,6 +256,8 @@ except ImportError:  # pragma: no cover - lands separately
     auditnl = None
 
 MAX_DURATION_S = 60.0
+# function_graph fallback roots when neither the option nor the audit rules name a syscall
+DEFAULT_GRAPH_SYSCALLS = ('accept4', 'accept', 'connect', 'bind', 'listen', 'execve', 'clone', 'read', 'write')
 BUFFER_KB_RANGE = (64, 65536)
 MODES = ('auto', 'function_graph', 'syscalls', 'offcpu')
 ARGUMENT_SPEC = dict(
@@ -616,6 +621,8 @@ def _sample(guard, params, facts):
     if 'function_graph' in modes:
         graph_sys = list(params.get('syscalls') or []) or [
             name for name in audit_rule_syscalls()[0] if tracefs.is_syscall_name(name)]
+        if not graph_sys:  # no audit rule names a syscall: the seed's audited syscalls + read/write
+            graph_sys = list(DEFAULT_GRAPH_SYSCALLS)
         dispatcher = traceparse_dispatcher(root)
         traceable = tracefs.traceable_functions(
             root, tracefs.graph_candidates(params['graph_function'], graph_sys) + [dispatcher])
