@@ -477,6 +477,40 @@ def _top_guarded(guard, root, restore, rel, value):
     guard.write_file(os.path.join(root, rel), value, restore_value=old)
 
 
+def _run_recipe(inner, root, restore, recipe, tids, targets, roots, params, half, results):
+    """One function_graph recipe; ``inner`` restores its files when it ends (or fails)."""
+    with inner:
+        _top_guarded(inner, root, restore, 'tracing_on', '0')
+        _top_guarded(inner, root, restore, 'current_tracer', 'nop')
+        _top_guarded(inner, root, restore, 'buffer_size_kb', str(params['buffer_size_kb']))
+        if 'options/funcgraph-proc' in restore:
+            # task names on every line: calls are paired per task even across CPUs
+            _top_guarded(inner, root, restore, 'options/funcgraph-proc', '1')
+        if tids:
+            _top_guarded(inner, root, restore, 'set_ftrace_pid', ' '.join(str(t) for t in tids))
+        elif targets.get('excluded') and 'set_ftrace_notrace_pid' in restore:
+            # every task but the audit consumer and ourselves
+            _top_guarded(inner, root, restore, 'set_ftrace_notrace_pid',
+                         ' '.join(str(int(p)) for p in targets['excluded']))
+        if recipe == 'slow_calls':
+            _top_guarded(inner, root, restore, 'tracing_thresh', str(params['tracing_thresh_us']))
+        else:
+            _top_guarded(inner, root, restore, 'tracing_thresh', '0')
+            _top_guarded(inner, root, restore, 'set_graph_function', ' '.join(roots))
+            _top_guarded(inner, root, restore, 'max_graph_depth', str(params['max_graph_depth']))
+        _top_guarded(inner, root, restore, 'current_tracer', 'function_graph')
+        parser = traceparse.FunctionGraphParser(top=params['top'])
+        reader = tracefs.PipeReader(os.path.join(root, 'trace_pipe'))
+        inner.push(reader.close, description='close trace_pipe')
+        lost_before = tracefs.events_lost(root)
+        tracefs._write(os.path.join(root, 'tracing_on'), '1')
+        _window(reader, half, parser.feed, root, params['buffer_size_kb'])
+        tracefs._write(os.path.join(root, 'tracing_on'), '0')
+        reader.drain(parser.feed)
+        results[recipe] = parser.flush().result()
+        results[recipe]['events_lost'] = max(0, tracefs.events_lost(root) - lost_before)
+
+
 def sample_function_graph(guard, root, targets, params, roots=None):
     """The seed's two recipes on the top-level buffer, each for half the duration.
 
@@ -490,37 +524,10 @@ def sample_function_graph(guard, root, targets, params, roots=None):
     results = {}
     for recipe in ('slow_calls', 'syscall_exits'):
         inner = RestoreGuard(signals=False)
-        with inner:
-            _top_guarded(inner, root, restore, 'tracing_on', '0')
-            _top_guarded(inner, root, restore, 'current_tracer', 'nop')
-            _top_guarded(inner, root, restore, 'buffer_size_kb', str(params['buffer_size_kb']))
-            if 'options/funcgraph-proc' in restore:
-                # task names on every line: calls are paired per task even across CPUs
-                _top_guarded(inner, root, restore, 'options/funcgraph-proc', '1')
-            if tids:
-                _top_guarded(inner, root, restore, 'set_ftrace_pid', ' '.join(str(t) for t in tids))
-            elif targets.get('excluded') and 'set_ftrace_notrace_pid' in restore:
-                # every task but the audit consumer and ourselves
-                _top_guarded(inner, root, restore, 'set_ftrace_notrace_pid',
-                             ' '.join(str(int(p)) for p in targets['excluded']))
-            if recipe == 'slow_calls':
-                _top_guarded(inner, root, restore, 'tracing_thresh', str(params['tracing_thresh_us']))
-            else:
-                _top_guarded(inner, root, restore, 'tracing_thresh', '0')
-                _top_guarded(inner, root, restore, 'set_graph_function', ' '.join(roots))
-                _top_guarded(inner, root, restore, 'max_graph_depth', str(params['max_graph_depth']))
-            _top_guarded(inner, root, restore, 'current_tracer', 'function_graph')
-            parser = traceparse.FunctionGraphParser(top=params['top'])
-            reader = tracefs.PipeReader(os.path.join(root, 'trace_pipe'))
-            inner.push(reader.close, description='close trace_pipe')
-            lost_before = tracefs.events_lost(root)
-            tracefs._write(os.path.join(root, 'tracing_on'), '1')
-            _window(reader, half, parser.feed, root, params['buffer_size_kb'])
-            tracefs._write(os.path.join(root, 'tracing_on'), '0')
-            reader.drain(parser.feed)
-            results[recipe] = parser.flush().result()
-            results[recipe]['events_lost'] = max(0, tracefs.events_lost(root) - lost_before)
-        guard.restore_errors.extend(inner.restore_errors)
+        try:
+            _run_recipe(inner, root, restore, recipe, tids, targets, roots, params, half, results)
+        finally:
+            guard.restore_errors.extend(inner.restore_errors)
     return {
         'slow_calls': results['slow_calls']['slow_calls'],
         'syscall_exits': results['syscall_exits']['syscall_exits'],

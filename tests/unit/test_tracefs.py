@@ -308,3 +308,26 @@ def test_run_sample_function_graph_noinstr_fallback_on_fake_tracefs(tmp_path, mo
     assert ('options/funcgraph-proc', '1') in written
     assert (tmp_path / 'options' / 'funcgraph-proc').read_text() == '0'
     assert (tmp_path / 'set_graph_function').read_text() == '' and facts['restored']
+
+
+def test_function_graph_interrupted_mid_window_restores(tmp_path, monkeypatch):
+    from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
+    _fake_tracefs(tmp_path)
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    calls = []
+
+    def window(reader, seconds, on_line, base, kb):
+        calls.append(seconds)
+        if len(calls) == 2:  # SIGTERM during the second recipe's window
+            raise guard_mod.GuardInterrupted('interrupted by SIGTERM')
+
+    monkeypatch.setattr(ftrace_sample, '_window', window)
+    guard = guard_mod.RestoreGuard(signals=False)
+    with pytest.raises(guard_mod.GuardInterrupted):
+        with guard:
+            ftrace_sample.sample_function_graph(guard, str(tmp_path), {'tids': [7]}, _params(duration_s=1))
+    after = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    before.update({'set_ftrace_pid': '', 'set_ftrace_notrace_pid': 'no pid\n', 'set_graph_function': '',
+                   'buffer_size_kb': '1408', 'tracing_on': '1', 'current_tracer': 'nop', 'tracing_thresh': '0',
+                   'max_graph_depth': '0'})
+    assert guard.restore_errors == [] and after == before
