@@ -1075,7 +1075,7 @@ SNAPSHOT_STATUS = ('enabled', 'failure', 'pid', 'rate_limit', 'backlog_limit', '
 
 
 def host_snapshot(tracefs='/sys/kernel/tracing', cgroup_roots=(CGROUP_V1_CPU, CGROUP_V2_ROOT, CGROUP_V2_ALT),
-                  docker=None):
+                  docker=None, daemons=('auditd', 'dockerd', 'containerd')):
     """The lab-relevant host state: audit settings, rules, tracefs instances,
     cgroup dirs (top two levels of each hierarchy), lab processes, containers."""
     status = get_status()
@@ -1106,7 +1106,7 @@ def host_snapshot(tracefs='/sys/kernel/tracing', cgroup_roots=(CGROUP_V1_CPU, CG
         text = ' '.join(words)
         workload = (len(words) > 2 and words[2] == 'workload'
                     and words[1].endswith(('labkit.py', 'labkit_workload.py')))
-        if os.path.basename(words[0]) in ('auditd', 'dockerd', 'containerd') or workload:
+        if os.path.basename(words[0]) in daemons or workload:
             snap['processes'].append(text)
     snap['processes'].sort()
     return snap

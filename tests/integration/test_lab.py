@@ -35,8 +35,11 @@ def _containers():
 
 
 def snapshot(with_containers=False):
-    snap = labkit.host_snapshot(docker=_containers() if with_containers else None)
-    return snap
+    # dockerd/containerd only for the docker backend: other engineers' docker
+    # fixtures start and stop them outside the kernel-test lock.
+    if with_containers:
+        return labkit.host_snapshot(docker=_containers())
+    return labkit.host_snapshot(daemons=('auditd',))
 
 
 def playbook(*extra, check=True):
@@ -178,3 +181,49 @@ def test_lab_refuses_existing_consumer_and_can_throttle_it(clean_lab):
         assert not result['errors']
         assert labkit.cgroup_of_pid(stall.consumer_pid) == stall.cgroup_path
         assert labkit.snapshot_diff(inside, snapshot()) == []
+
+
+@pytest.mark.kernel
+def test_lab_check_mode_changes_nothing(clean_lab):
+    before = snapshot()
+    out = playbook('--check', '-e', 'lab_state=present').stdout
+    assert changed_count(out) == 1, out[-3000:]
+    assert not os.path.exists(STATE)
+    assert labkit.snapshot_diff(before, snapshot()) == []
+
+
+STALL_CHILD = r'''
+import sys, time
+sys.path.insert(0, %(root)r + '/collections'); sys.path.insert(0, %(root)r)
+from tests.support.stall import audit_stall
+with audit_stall(key='auditgap-test-lab-signal', period_us=100000) as stall:
+    print('ready', stall.consumer_pid, stall.cgroup_path, flush=True)
+    time.sleep(60)
+'''
+
+
+def _stall_child():
+    proc = subprocess.Popen([os.path.join(ROOT, '.venv', 'bin', 'python'), '-c', STALL_CHILD % {'root': ROOT}],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().split()
+    assert line and line[0] == 'ready', proc.stderr.read() if proc.poll() is not None else line
+    return proc, int(line[1]), line[2]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize('signame', ['SIGTERM', 'SIGKILL'])
+def test_audit_stall_restores_after_signal(signame):
+    """SIGTERM: the guard restores at once; SIGKILL: the next audit_stall user (cleanup_stale) does."""
+    import signal as signal_mod
+
+    from tests.support import stall as stall_support
+    before = snapshot()
+    proc, consumer_pid, cgroup_path = _stall_child()
+    assert labkit.get_status()['pid'] == consumer_pid and os.path.isdir(cgroup_path)
+    proc.send_signal(getattr(signal_mod, signame))
+    proc.wait(timeout=60)
+    if signame == 'SIGKILL':
+        assert os.path.isdir(cgroup_path)  # nobody restored yet
+        assert stall_support.cleanup_stale() == []
+    assert not os.path.isdir(cgroup_path)
+    assert labkit.snapshot_diff(before, snapshot()) == []
