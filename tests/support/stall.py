@@ -103,9 +103,10 @@ def cleanup_stale():
     errors = []
     for path in glob.glob(STALL_GLOB):
         owner = _owner_pid(path)
-        if owner and labkit.process_alive(owner):
+        state = labkit.LabState(path)
+        if owner and labkit.process_alive(owner, state.data.get('owner_starttime')):
             continue
-        _, errs = labkit.undo_state(labkit.LabState(path))
+        _, errs = labkit.undo_state(state)
         errors.extend(errs)
     return errors
 
@@ -138,6 +139,7 @@ def audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000, key='aud
     if state.entries:  # our own leftovers (same pid, earlier block): undo first
         labkit.undo_state(state)
         state = labkit.LabState(state.path)
+    state.data['owner_starttime'] = labkit.proc_starttime(os.getpid())
     stall = None
     guard = RestoreGuard()
     failed = False
