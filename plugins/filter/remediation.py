@@ -22,7 +22,7 @@ __metaclass__ = type
 
 from ansible_collections.auditgap.fleet.plugins.filter.findings import DEFAULT_THRESHOLDS, auditgap_findings
 
-ROLES = ('audit_backlog', 'agent_cpu', 'audit_rules')
+ROLES = ('agent_cpu', 'audit_backlog', 'audit_rules')  # the order remediate.yml applies them
 SEVERITY_RANK = {'critical': 0, 'warning': 1, 'info': 2}
 GATHERED = ('audit_status', 'cgroup_throttle', 'ftrace_sample')
 
