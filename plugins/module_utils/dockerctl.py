@@ -575,6 +575,17 @@ def _cli_inspect(ref, docker_cli='docker', timeout=10):
     return summary
 
 
+def lookup_container(ref):
+    """(info or None, reason): a container by name or id; never raises."""
+    try:
+        info = container_by_name_or_id(ref)
+    except DockerError as exc:
+        return None, 'no Docker daemon to resolve names: %s' % exc
+    except Exception as exc:  # lookup problems are reasons, not crashes
+        return None, 'docker lookup failed: %s' % exc
+    return info, None
+
+
 def container_by_name_or_id(ref, socket_path=DOCKER_SOCK, use_cli=True):
     """Inspect a container by name, full id or unique id prefix.
 

@@ -66,8 +66,8 @@ class RestoreGuard:
         if restore_value is None:
             with open(path, 'r') as handle:
                 restore_value = handle.read().strip()
-        self.push(_write, path, restore_value, description='restore %s' % path)
-        _write(path, value)
+        self.push(write_value, path, restore_value, description='restore %s' % path)
+        write_value(path, value)
 
     # -- context manager -----------------------------------------------------
     def __enter__(self):
@@ -114,8 +114,8 @@ class RestoreGuard:
         raise GuardInterrupted('timed out after %ss' % self.timeout_s)
 
 
-def _write(path, value):
-    # tracefs and cgroupfs want one write(2) per value
+def write_value(path, value):
+    """One write(2) of ``value`` (tracefs and cgroupfs want exactly that)."""
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, value.encode() if not isinstance(value, bytes) else value)

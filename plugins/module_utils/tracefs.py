@@ -25,6 +25,8 @@ import re
 import subprocess
 import time
 
+from ansible_collections.auditgap.fleet.plugins.module_utils.guard import write_value
+
 
 CANDIDATES = ('/sys/kernel/tracing', '/sys/kernel/debug/tracing')
 LOCK_PATH = '/run/lock/auditgap-ftrace.lock'
@@ -460,13 +462,7 @@ def create_instance(guard, root, name):
     return path
 
 
-def _write(path, value):
-    """One write(2) with O_TRUNC (what tracefs wants for settings)."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
+_write = write_value  # one write(2) with O_TRUNC: what tracefs wants for settings
 
 
 def _append(path, value):

@@ -202,27 +202,10 @@ from ansible_collections.auditgap.fleet.plugins.module_utils import (
 )
 
 
-def audit_consumer_pid():
-    """(pid or None, reason) from the kernel's audit status over netlink."""
-    try:
-        status = auditnl.get_status()
-    except Exception as exc:  # noqa: BLE001 - any netlink failure is a reason, not a crash
-        return None, f'cannot read the audit status: {exc}'
-    pid = (status or {}).get('pid')
-    if not pid:
-        return None, 'no audit consumer registered'
-    return int(pid), None
+audit_consumer_pid = auditnl.consumer_pid
 
 
-def docker_lookup(ref):
-    """(info or None, reason): a container by name or id via the Docker socket or CLI."""
-    try:
-        info = dockerctl.container_by_name_or_id(ref)
-    except dockerctl.DockerError as exc:
-        return None, f'no Docker daemon to resolve names: {exc}'
-    except Exception as exc:  # noqa: BLE001 - lookup problems are reasons
-        return None, f'docker lookup failed: {exc}'
-    return info, None
+docker_lookup = dockerctl.lookup_container
 
 
 def main():

@@ -112,6 +112,7 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups as cg
 from ansible_collections.auditgap.fleet.plugins.module_utils import procinfo, rulesfile
+from ansible_collections.auditgap.fleet.plugins.module_utils.guard import write_value
 
 try:
     from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
@@ -298,12 +299,7 @@ def cgroup_backend(module, tgt, wanted, result):
     return before, after, change, describe, apply, reread
 
 
-def _write(path, value):
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
+_write = write_value
 
 
 # -- docker backend -----------------------------------------------------------

@@ -168,7 +168,7 @@ def test_function_graph_path_on_fake_tracefs_restores_every_file(tmp_path, monke
         real_write(path, value)
 
     monkeypatch.setattr(tracefs, '_write', spy)
-    monkeypatch.setattr(guard_mod, '_write', spy)
+    monkeypatch.setattr(guard_mod, 'write_value', spy)
     with guard_mod.RestoreGuard(signals=False) as guard:
         graph = ftrace_sample.sample_function_graph(
             guard, str(tmp_path), targets,
@@ -293,13 +293,13 @@ def test_run_sample_function_graph_noinstr_fallback_on_fake_tracefs(tmp_path, mo
     monkeypatch.setattr(tracefs, 'Lock', lambda: tracefs_lock(str(tmp_path / 'ftrace.lock')))
     monkeypatch.setattr(ftrace_sample, 'audit_consumer_pid', lambda: None)
     written = []
-    real = guard_mod._write
+    real = guard_mod.write_value
 
     def spy(path, value):
         written.append((os.path.relpath(path, str(tmp_path)), value))
         real(path, value)
 
-    monkeypatch.setattr(guard_mod, '_write', spy)
+    monkeypatch.setattr(guard_mod, 'write_value', spy)
     facts = ftrace_sample.run_sample(_params(mode='function_graph', pids=[1], duration_s=1, syscalls=['accept4']),
                                      geteuid=lambda: 0)
     graph = facts['function_graph']
