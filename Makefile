@@ -8,12 +8,12 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 # Debian packages: what diagnose can use on this host, and what the tests drive for real.
 APT_RUN := auditd
-APT_TEST := auditd docker.io chromium iproute2 procps util-linux
+APT_TEST := auditd docker.io busybox-static chromium iproute2 openssh-server procps util-linux
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_NOCOLOR := 1
 
-.PHONY: diagnose test test-fast lint sanity bench setup apt-run apt-test clean
+.PHONY: diagnose test test-fast test-vm lint sanity bench setup apt-run apt-test clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,12 @@ diagnose: setup apt-run
 test: setup apt-test
 	CI=$${CI:-} $(BIN)/pytest tests $(PYTEST_ARGS)
 	$(MAKE) lint sanity
+	$(MAKE) test-vm
+
+# Molecule scenarios in real VMs (QEMU/libvirt/Vagrant; the scripts install and
+# start what they need). SCENARIOS='default immutable' by default.
+test-vm: setup
+	VENV=$(VENV) scripts/test-vm $(SCENARIOS)
 
 test-fast: setup
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
