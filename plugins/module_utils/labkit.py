@@ -1031,6 +1031,23 @@ def copy_self(dest):
 # --------------------------------------------------------------------------
 # the cgroup-backend consumer
 # --------------------------------------------------------------------------
+def enable_v2_cpu(state, version, root):
+    """cgroup v2: make the cpu controller available to the root's children (cpu.max).
+
+    A systemd host does not always delegate it. Recorded (``v2_subtree``) before the
+    write, so absent writes ``-cpu`` back. No-op on v1 or when already enabled.
+    """
+    if version != 'v2':
+        return False
+    with open(os.path.join(root, 'cgroup.subtree_control')) as handle:
+        enabled = handle.read().split()
+    if 'cpu' in enabled:
+        return False
+    state.record('v2_subtree', root=root)
+    _write(os.path.join(root, 'cgroup.subtree_control'), '+cpu')
+    return True
+
+
 def start_cgroup_consumer(state, workdir, quota_us, name, period_us=PERIOD_US, cgroup=None):
     """Create a throttled cpu group, start auditd -n inside it, wait for registration.
 
@@ -1043,12 +1060,7 @@ def start_cgroup_consumer(state, workdir, quota_us, name, period_us=PERIOD_US, c
     if not auditd:
         raise RuntimeError('auditd is not installed (Debian: apt-get install auditd)')
     path = os.path.join(root, name)
-    if version == 'v2':
-        with open(os.path.join(root, 'cgroup.subtree_control')) as handle:
-            enabled = handle.read().split()
-        if 'cpu' not in enabled:
-            state.record('v2_subtree', root=root)
-            _write(os.path.join(root, 'cgroup.subtree_control'), '+cpu')
+    enable_v2_cpu(state, version, root)
     state.record('cgroup', path=path, version=version)
     # auditd starts unthrottled (startup at 1% of a CPU takes seconds); the
     # quota applies once it is registered.
@@ -1280,6 +1292,7 @@ def throttle_existing_consumer(state, pid, quota_us, period_us, name):
         raise RuntimeError(root)
     original = cgroup_of_pid(pid)
     path = os.path.join(root, name)
+    enable_v2_cpu(state, version, root)
     state.record('cgroup', path=path, version=version)
     cgroup_create(version, root, name, quota_us, period_us)
     state.record('unthrottle', path=path, version=version)
