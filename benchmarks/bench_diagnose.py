@@ -21,7 +21,6 @@ real host. It unregisters on exit.
 """
 import argparse
 import contextlib
-import fcntl
 import os
 import shutil
 import statistics
@@ -32,7 +31,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, '.venv', 'bin')
-KERNEL_LOCK = '/run/lock/auditgap-kernel-tests.lock'
+sys.path.insert(0, ROOT)
+from tests.support.kernel import kernel_lock as hold_kernel_lock  # noqa: E402
 PING_GOAL = 2.0
 SHELL_GOAL = 3.0
 
@@ -142,13 +142,8 @@ def kernel_lock():
     if os.geteuid() != 0:
         yield
         return
-    os.makedirs(os.path.dirname(KERNEL_LOCK), exist_ok=True)
-    with open(KERNEL_LOCK, 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with hold_kernel_lock():
+        yield
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@
   cgroups, audit consumer) take one host-wide lock, so two test runs (or two
   developers' runs on one machine) never change the kernel at the same time.
 """
-import fcntl
 import os
 import sys
 
@@ -17,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
 sys.path.insert(0, ROOT)
 
-KERNEL_LOCK = '/run/lock/auditgap-kernel-tests.lock'
+from tests.support.kernel import kernel_lock  # noqa: E402  (after the sys.path set-up)
+
 IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
 
 
@@ -43,13 +43,8 @@ def _kernel_lock(request):
         return
     if os.geteuid() != 0:
         pytest.skip('needs root (kernel test)')
-    os.makedirs(os.path.dirname(KERNEL_LOCK), exist_ok=True)
-    with open(KERNEL_LOCK, 'w') as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with kernel_lock():
+        yield
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import pytest
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, auditnl, auditparse
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
+from tests.support.kernel import rmdir_cgroup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONSUMER = os.path.join(ROOT, 'tests', 'support', 'audit_consumer.py')
@@ -227,7 +228,7 @@ def test_consumer_identified_with_its_v1_cpu_cgroup():
     path = os.path.join(CPU_V1, name)
     with RestoreGuard(timeout_s=90) as guard:
         os.mkdir(path)
-        guard.push(_rmdir_when_empty, path, description='remove cgroup %s' % path)
+        guard.push(rmdir_cgroup, path, description='remove cgroup %s' % path)
         consumer = Consumer(guard)
         with open(os.path.join(path, 'cgroup.procs'), 'w') as handle:
             handle.write(str(consumer.pid))
@@ -243,18 +244,6 @@ def test_consumer_identified_with_its_v1_cpu_cgroup():
     assert not os.path.exists(path)
     assert auditnl.get_status()['pid'] != consumer.pid
     assert guard.restore_errors == []
-
-
-def _rmdir_when_empty(path):
-    for _ in range(50):
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.1)
-    os.rmdir(path)
 
 
 LOADGEN = r'''

@@ -14,6 +14,7 @@ import uuid
 import pytest
 from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
+from tests.support.kernel import rmdir_cgroup
 
 from tests.support.docker import docker_engine  # noqa: F401  (session fixture)
 
@@ -53,18 +54,6 @@ def _kill(proc):
     proc.wait(timeout=10)
 
 
-def _rmdir(path):
-    for _attempt in range(50):
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.1)  # tasks still leaving the group
-    os.rmdir(path)
-
-
 def _by(result, kind, name=None):
     return [t for t in result['targets'] if t['kind'] == kind and (name is None or t['name'] == name)]
 
@@ -77,9 +66,9 @@ def test_v1_quota_throttles_then_lifted(tmp_path):
     leaf = parent + '/leaf'
     with RestoreGuard(timeout_s=120) as guard:
         os.mkdir(parent)
-        guard.push(_rmdir, parent, description='remove ' + parent)
+        guard.push(rmdir_cgroup, parent, description='remove ' + parent)
         os.mkdir(leaf)
-        guard.push(_rmdir, leaf, description='remove ' + leaf)
+        guard.push(rmdir_cgroup, leaf, description='remove ' + leaf)
         # the limit sits on the parent (like a pod or slice); the process in the leaf
         guard.write_file(parent + '/cpu.cfs_quota_us', '1000', restore_value='-1')
         busy = subprocess.Popen(BUSY)
@@ -188,7 +177,7 @@ def test_audit_consumer_in_throttled_group():
     group = mount + rel
     with RestoreGuard(timeout_s=90) as guard:
         os.mkdir(group)
-        guard.push(_rmdir, group, description='remove ' + group)
+        guard.push(rmdir_cgroup, group, description='remove ' + group)
         guard.write_file(group + '/cpu.cfs_quota_us', '1000', restore_value='-1')
         consumer = subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests/support/audit_consumer.py')],
                                     stdout=subprocess.PIPE, text=True)
