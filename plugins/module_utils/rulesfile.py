@@ -130,6 +130,19 @@ def parse_rule(line):
     return rule
 
 
+def syscall_rules(text):
+    """The syscall rules (-a/-A) of a rules.d text, parsed; other lines are skipped."""
+    rules = []
+    for line in text.splitlines():
+        try:
+            rule = parse_rule(line)
+        except RulesError:
+            continue
+        if rule and rule['kind'] == 'syscall' and rule['flag'] in ('-a', '-A'):
+            rules.append(rule)
+    return rules
+
+
 def canonical(rule, syscall_names=None):
     """Hashable form for comparing rules regardless of spelling.
 

@@ -199,13 +199,7 @@ def main():
     new_texts = {}
     file_rules_before = []
     for name, text in files:
-        for line in text.splitlines():
-            try:
-                rule = rf.parse_rule(line)
-            except rf.RulesError:
-                continue
-            if rule and rule['kind'] == 'syscall' and rule['flag'] in ('-a', '-A'):
-                file_rules_before.append(rule)
+        file_rules_before.extend(rf.syscall_rules(text))
         new_text, changes = rf.narrow_text(text, specs)
         if changes:
             for change in changes:
@@ -270,14 +264,7 @@ def main():
     # all rules of the new files, to reload a key from
     new_file_rules = []
     for name, text in files:
-        text = new_texts[name][1] if name in new_texts else text
-        for line in text.splitlines():
-            try:
-                rule = rf.parse_rule(line)
-            except rf.RulesError:
-                continue
-            if rule and rule['kind'] == 'syscall' and rule['flag'] in ('-a', '-A'):
-                new_file_rules.append(rule)
+        new_file_rules.extend(rf.syscall_rules(new_texts[name][1] if name in new_texts else text))
     methods = []
     reloaded_keys = set()
     try:

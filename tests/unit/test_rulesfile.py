@@ -111,3 +111,12 @@ def test_parse_auditctl_status():
         status = rf.parse_auditctl_status(handle.read())
     assert status['backlog_limit'] == 64 and status['backlog_wait_time'] == 15000
     assert status['enabled'] == 0 and status['loginuid_immutable'] == 0
+
+
+def test_syscall_rules_keeps_only_syscall_rules():
+    text = ('## comment\n-D\n-b 8192\n-w /etc/passwd -p wa -k passwd\n'
+            '-a always,exit -F arch=b64 -S accept4 -F success=1 -k hot\n'
+            '-A always,exit -F arch=b64 -S execve -k exec\n')
+    rules = rf.syscall_rules(text)
+    assert [r['flag'] for r in rules] == ['-a', '-A']
+    assert all(r['kind'] == 'syscall' for r in rules)
