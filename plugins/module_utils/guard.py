@@ -18,6 +18,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
 import os
 import signal
 
@@ -115,10 +116,24 @@ class RestoreGuard:
 
 
 def write_value(path, value):
-    """One write(2) of ``value`` (tracefs and cgroupfs want exactly that)."""
+    """Write ``value`` through one open (O_TRUNC) descriptor, to the last byte.
+
+    Most tracefs and cgroupfs files take the value in one write(2). The list
+    files (set_graph_function, set_ftrace_filter, set_event) take one word per
+    write(2) and return a short count: the rest is written on the same
+    descriptor, where it adds to the list instead of replacing it.
+    """
+    data = value.encode() if not isinstance(value, bytes) else value
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     try:
-        os.write(fd, value.encode() if not isinstance(value, bytes) else value)
+        view = memoryview(data)
+        while True:
+            written = os.write(fd, view)
+            view = view[written:]
+            if not view:
+                break
+            if written <= 0:
+                raise OSError(errno.EIO, 'short write to %s: %d bytes of %r left' % (path, len(view), data))
     finally:
         os.close(fd)
 

@@ -200,3 +200,19 @@ def test_tracer_busy_and_lock_busy_refuse(tmp_path):
             fcntl.flock(handle, fcntl.LOCK_UN)
     assert rc != 0 and 'another ftrace sample' in res['msg'], res
     assert _snapshot(root) == before
+
+
+def test_list_files_get_every_word(tmp_path):
+    """set_event (like set_graph_function and set_ftrace_filter) takes one word per
+    write(2): guard.write_value must write the whole list, here in a private instance."""
+    from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard, write_value
+    root = _root()
+    with tracefs.Lock(), RestoreGuard(signals=False) as guard:
+        inst = tracefs.create_instance(guard, root, tracefs.instance_name())
+        write_value(os.path.join(inst, 'tracing_on'), '0')
+        write_value(os.path.join(inst, 'set_event'), 'sched:sched_switch sched:sched_wakeup')
+        enabled = tracefs.read(os.path.join(inst, 'set_event')).split()
+        write_value(os.path.join(inst, 'set_event'), '')
+    assert enabled == ['sched:sched_switch', 'sched:sched_wakeup']
+    assert guard.restore_errors == []
+    assert not os.path.isdir(inst)
