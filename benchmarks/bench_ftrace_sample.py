@@ -17,7 +17,6 @@ too) for the whole run; the module restores tracefs itself.
     .venv/bin/python benchmarks/bench_ftrace_sample.py [--window-s 3] [--rounds 3]
 """
 import argparse
-import fcntl
 import json
 import multiprocessing
 import os
@@ -30,7 +29,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = os.path.join(ROOT, 'plugins', 'modules', 'ftrace_sample.py')
-KERNEL_LOCK = '/run/lock/auditgap-kernel-tests.lock'
+sys.path.insert(0, ROOT)
+from tests.support.kernel import kernel_lock  # noqa: E402
 TRACEFS = '/sys/kernel/tracing'
 
 
@@ -128,8 +128,7 @@ def main():
     WORKERS[:] = [srv.pid, cli.pid]
     untraced, traced, counts, ratios, cpu_ratios = [], [], [], [], []
     ok = True
-    with open(KERNEL_LOCK, 'w') as lock, tempfile.TemporaryDirectory() as workdir:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with kernel_lock(), tempfile.TemporaryDirectory() as workdir:
         try:
             time.sleep(1.0)  # warm up
             untraced.append(rate(counter, args.window_s))
@@ -158,7 +157,6 @@ def main():
                 if not facts['restored']:
                     ok = False
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
             stop.set()
             cli.join(5)
             srv.join(5)

@@ -17,7 +17,6 @@ Takes the kernel-tests lock; the lab is removed at the end, also on SIGTERM.
     benchmarks/bench_lab.py [--seconds N] [--goal X] [--backend cgroup|docker] [--svg PATH]
 """
 import argparse
-import fcntl
 import json
 import os
 import sys
@@ -25,11 +24,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
+sys.path.insert(0, ROOT)
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import labkit  # noqa: E402
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard  # noqa: E402
-
-LOCK = '/run/lock/auditgap-kernel-tests.lock'
+from tests.support.kernel import kernel_lock  # noqa: E402
 
 
 def handlers():
@@ -62,9 +61,11 @@ def main():
     if os.geteuid() != 0 or not labkit.find_auditd():
         print('bench_lab: needs root and auditd', file=sys.stderr)
         return 2
-    os.makedirs(os.path.dirname(LOCK), exist_ok=True)
-    lock = open(LOCK, 'w')
-    fcntl.flock(lock, fcntl.LOCK_EX)
+    with kernel_lock():
+        return run(args)
+
+
+def run(args):
     params = {'backend': args.backend}
     p = labkit.validate_lab_params(params)
     labkit.lab_absent(p['state_path'], handlers=handlers())
