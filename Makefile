@@ -40,7 +40,7 @@ test: setup apt-test
 	$(MAKE) test-vm
 
 # Molecule scenarios in real VMs (QEMU/libvirt/Vagrant; the scripts install and
-# start what they need). SCENARIOS='default immutable' by default.
+# start what they need). All scenarios (default, immutable, ftrace) unless SCENARIOS names some.
 test-vm: setup
 	VENV=$(VENV) scripts/test-vm $(SCENARIOS)
 
