@@ -20,6 +20,7 @@ __metaclass__ = type
 
 import errno
 import fcntl
+import fnmatch
 import os
 import re
 import subprocess
@@ -308,6 +309,44 @@ def traceable_functions(root, names):
         raise TracefsError('cannot read %s (%s): function names cannot be validated'
                            % (path, err.strerror or err)) from None
     return found
+
+
+_FILTER_GLOB_RE = re.compile(r'[A-Za-z0-9_.*?]+')
+
+
+def is_filter_glob(text):
+    """A set_ftrace_filter word auditgap accepts: a function name or a glob of one
+    (``*``, ``?``); no module, command or negation syntax."""
+    return isinstance(text, str) and len(text) <= 128 and bool(_FILTER_GLOB_RE.fullmatch(text)) and text.strip('*?') != ''
+
+
+def unmatched_globs(globs, names):
+    """The ``globs`` no name in ``names`` (an iterable, read once) matches."""
+    left = list(dict.fromkeys(globs))
+    plain = set(g for g in left if not any(c in g for c in '*?'))
+    patterns = [(g, re.compile(fnmatch.translate(g))) for g in left if g not in plain]
+    for name in names:
+        if not left:
+            break
+        if name in plain:
+            plain.discard(name)
+            left.remove(name)
+        for glob, rx in list(patterns):
+            if rx.match(name):
+                patterns.remove((glob, rx))
+                left.remove(glob)
+    return left
+
+
+def unmatched_filter_globs(root, globs):
+    """unmatched_globs against available_filter_functions (one streamed pass)."""
+    path = os.path.join(root, 'available_filter_functions')
+    try:
+        with open(path, 'r') as handle:
+            return unmatched_globs(globs, (line.split(' ', 1)[0].rstrip('\n') for line in handle))
+    except OSError as err:
+        raise TracefsError('cannot read %s (%s): function_filter cannot be checked'
+                           % (path, err.strerror or err)) from None
 
 
 def function_traceable(root, name):

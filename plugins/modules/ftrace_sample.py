@@ -93,6 +93,21 @@ options:
     description: C(function_graph) second recipe - C(max_graph_depth), 1..16.
     type: int
     default: 2
+  function_filter:
+    description:
+      - C(function_graph) mode - bound the tracer to these functions (C(set_ftrace_filter) words,
+        function names or globs with C(*) and C(?), for example C(*audit*), C(schedule_timeout),
+        C(__x64_sys_accept4)). Only they are patched and only they appear in the chains, which keeps
+        the cost of a sample on a busy host small.
+      - Empty (default) - every traceable function, as in the seed's recipes.
+      - The second recipe adds its C(set_graph_function) roots to the filter. Words that match no
+        traceable function on this kernel are left out (reported in C(function_filter_unmatched)), so
+        one list fits a fleet of different kernels; when none matches, the task fails.
+        C(set_ftrace_filter) must be empty before the sample (it is cleared again after); otherwise
+        the task fails and nothing is changed.
+    type: list
+    elements: str
+    default: []
   top:
     description: How many slowest calls to return per syscall (and slow chains), 1..100.
     type: int
@@ -120,6 +135,13 @@ EXAMPLES = r'''
     mode: syscalls
     pids: [4242]
     syscalls: [accept4]
+
+- name: function_graph bounded to the audit path (small cost on a busy host)
+  auditgap.fleet.ftrace_sample:
+    mode: function_graph
+    process_names: [nginx]
+    tracing_thresh_us: 10000
+    function_filter: ['*audit*', schedule_timeout, '__x64_sys_accept4', 'syscall_exit*']
 
 - name: Where does it sleep
   auditgap.fleet.ftrace_sample:
@@ -208,7 +230,10 @@ ftrace_sample:
         C(exit_work_by_syscall) {name: {count, p50_us, p99_us, max_us}}, C(max_graph_depth_used)
         (3 where C(do_syscall_64) dispatches through C(x64_sys_call), kernels 6.9+),
         C(graph_functions) (the set_graph_function roots used), C(note) (why they differ from
-        I(graph_function), for example C(do_syscall_64) is noinstr on kernels 5.x+); null when not run.
+        I(graph_function), for example C(do_syscall_64) is noinstr on kernels 5.x+),
+        C(function_filter) (the I(function_filter) words used, [] for every function),
+        C(function_filter_unmatched) (words left out: no traceable function matches them); null when
+        not run.
       type: dict
     audit_wait_observed:
       description: True when an off-CPU stack or a slow chain passes through audit_log_start.
@@ -271,6 +296,7 @@ ARGUMENT_SPEC = dict(
     tracing_thresh_us=dict(type='int', default=100000),
     graph_function=dict(type='str', default='do_syscall_64'),
     max_graph_depth=dict(type='int', default=2),
+    function_filter=dict(type='list', elements='str', default=[]),
     top=dict(type='int', default=10),
     force=dict(type='bool', default=False),
 )
@@ -306,6 +332,13 @@ def validate_params(params):
         errors.append('top must be 1..100')
     if not tracefs.is_symbol(params['graph_function']):
         errors.append('graph_function %r is not a kernel symbol name' % (params['graph_function'],))
+    words = params.get('function_filter') or []
+    if len(words) > 100:
+        errors.append('function_filter takes at most 100 words')
+    for word in words:
+        if not tracefs.is_filter_glob(word):
+            errors.append('function_filter word %r is not a function name or glob (letters, digits, _ . * ?)'
+                          % (word,))
     for name in params.get('syscalls') or ():
         if not tracefs.is_syscall_name(name):
             errors.append('syscall name %r is invalid (lowercase letters, digits, _)' % (name,))
@@ -477,6 +510,36 @@ def _top_guarded(guard, root, restore, rel, value):
     guard.write_file(os.path.join(root, rel), value, restore_value=old)
 
 
+def recipe_filter(function_filter, recipe, roots):
+    """set_ftrace_filter words of one recipe ([] = every function): the second recipe
+    needs its set_graph_function roots traced too."""
+    words = list(function_filter or ())
+    if words and recipe == 'syscall_exits':
+        words.extend(root for root in roots if root not in words)
+    return words
+
+
+def check_function_filter(root, words):
+    """Before anything changes: set_ftrace_filter readable and empty, at least one word
+    matching. Returns (words that match, words that match nothing)."""
+    path = os.path.join(root, 'set_ftrace_filter')
+    try:
+        current = tracefs.parse_function_list(tracefs.read(path))
+    except OSError as err:
+        raise SampleError('function_filter: cannot read %s (%s); nothing changed'
+                          % (path, err.strerror or err)) from None
+    if current:
+        raise SampleError('function_filter: set_ftrace_filter already holds %d function(s) (%s) - '
+                          "someone's tracing set-up; clear it or drop function_filter; nothing changed"
+                          % (len(current), ', '.join(current[:5])))
+    missing = tracefs.unmatched_filter_globs(root, words)
+    usable = [word for word in words if word not in missing]
+    if not usable:
+        raise SampleError('function_filter: no traceable function matches %s; nothing changed'
+                          % ', '.join(repr(w) for w in missing))
+    return usable, missing
+
+
 def _run_recipe(inner, root, restore, recipe, tids, targets, roots, params, half, results):
     """One function_graph recipe; ``inner`` restores its files when it ends (or fails)."""
     with inner:
@@ -498,6 +561,10 @@ def _run_recipe(inner, root, restore, recipe, tids, targets, roots, params, half
             _top_guarded(inner, root, restore, 'tracing_thresh', '0')
             _top_guarded(inner, root, restore, 'set_graph_function', ' '.join(roots))
             _top_guarded(inner, root, restore, 'max_graph_depth', str(params['max_graph_depth']))
+        words = recipe_filter(params.get('function_filter'), recipe, roots)
+        if words:
+            # before the tracer goes on: only these functions are ever patched
+            inner.write_file(os.path.join(root, 'set_ftrace_filter'), ' '.join(words), restore_value='')
         _top_guarded(inner, root, restore, 'current_tracer', 'function_graph')
         parser = traceparse.FunctionGraphParser(top=params['top'])
         reader = tracefs.PipeReader(os.path.join(root, 'trace_pipe'))
@@ -624,7 +691,7 @@ def _sample(guard, params, facts):
             raise SampleError('tracer busy: top-level events are enabled (%s); function_graph would use the '
                               'top-level buffer; set force=true to sample anyway; nothing changed'
                               % ', '.join(events[:5]))
-    graph_roots, graph_note = [], None
+    graph_roots, graph_note, filter_unmatched = [], None, []
     if 'function_graph' in modes:
         graph_sys = list(params.get('syscalls') or []) or [
             name for name in audit_rule_syscalls()[0] if tracefs.is_syscall_name(name)]
@@ -636,6 +703,10 @@ def _sample(guard, params, facts):
         graph_roots, graph_note = tracefs.plan_graph_roots(params['graph_function'], graph_sys, traceable)
         if not graph_roots:
             raise SampleError('%s; nothing changed' % graph_note)
+        filter_unmatched = []
+        if params.get('function_filter'):
+            usable, filter_unmatched = check_function_filter(root, params['function_filter'])
+            params = dict(params, function_filter=usable)
         params = dict(params)
         if graph_roots == ['do_syscall_64'] and dispatcher in traceable:
             # 6.9+: do_syscall_64 -> x64_sys_call -> __x64_sys_NAME: one level more to see NAME
@@ -653,6 +724,8 @@ def _sample(guard, params, facts):
         graph = sample_function_graph(guard, root, targets, params, graph_roots)
         graph['max_graph_depth_used'] = params['max_graph_depth']
         graph['graph_functions'] = graph_roots
+        graph['function_filter'] = list(params.get('function_filter') or [])
+        graph['function_filter_unmatched'] = filter_unmatched
         graph['note'] = graph_note
         facts['function_graph'] = graph
         facts['events'] = graph['calls']

@@ -331,3 +331,79 @@ def test_function_graph_interrupted_mid_window_restores(tmp_path, monkeypatch):
                    'buffer_size_kb': '1408', 'tracing_on': '1', 'current_tracer': 'nop', 'tracing_thresh': '0',
                    'max_graph_depth': '0'})
     assert guard.restore_errors == [] and after == before
+
+
+def test_function_filter_words():
+    assert tracefs.is_filter_glob('*audit*') and tracefs.is_filter_glob('schedule_timeout')
+    assert tracefs.is_filter_glob('syscall_exit?work') and tracefs.is_filter_glob('check_spread.isra.0')
+    for bad in ('*', '**', '', 'a b', '!foo', 'foo:mod:bar', 'a\nb', 'x' * 129, None):
+        assert not tracefs.is_filter_glob(bad)
+    names = ['audit_log_start', 'schedule_timeout', '__x64_sys_accept4']
+    assert tracefs.unmatched_globs(['*audit*', 'schedule_timeout', 'nope', 'sys_*', '__x64_sys_acc?pt4'],
+                                   iter(names)) == ['nope', 'sys_*']
+    assert tracefs.unmatched_globs([], names) == []
+    assert ftrace_sample.recipe_filter([], 'syscall_exits', ['a']) == []
+    assert ftrace_sample.recipe_filter(['*audit*'], 'slow_calls', ['a']) == ['*audit*']
+    assert ftrace_sample.recipe_filter(['*audit*', 'a'], 'syscall_exits', ['a', 'b']) == ['*audit*', 'a', 'b']
+    errors = ftrace_sample.validate_params(_params(function_filter=['ok_fn', 'bad word']))
+    assert errors == ["function_filter word 'bad word' is not a function name or glob (letters, digits, _ . * ?)"]
+
+
+def _fake_filter_tracefs(tmp_path, monkeypatch, current_filter='#### all functions enabled ####\n'):
+    _fake_tracefs(tmp_path)
+    (tmp_path / 'available_tracers').write_text('function_graph function nop\n')
+    (tmp_path / 'available_filter_functions').write_text(
+        'do_syscall_64\naudit_log_start\naudit_log_exit\nschedule_timeout\n')
+    (tmp_path / 'set_event').write_text('')
+    (tmp_path / 'set_ftrace_filter').write_text(current_filter)
+    monkeypatch.setattr(tracefs, 'locate', lambda proc_root='/proc': str(tmp_path))
+    monkeypatch.setattr(tracefs, 'Lock', lambda: tracefs_lock(str(tmp_path / 'ftrace.lock')))
+    monkeypatch.setattr(ftrace_sample, 'audit_consumer_pid', lambda: None)
+
+
+def test_function_filter_bounds_both_recipes_and_is_cleared(tmp_path, monkeypatch):
+    from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
+    _fake_filter_tracefs(tmp_path, monkeypatch)
+    written = []
+    real = guard_mod.write_value
+
+    def spy(path, value):
+        written.append((os.path.relpath(path, str(tmp_path)), value))
+        real(path, value)
+
+    monkeypatch.setattr(guard_mod, 'write_value', spy)
+    facts = ftrace_sample.run_sample(
+        _params(mode='function_graph', pids=[1], duration_s=1, function_filter=['*audit*', 'schedule_timeout']),
+        geteuid=lambda: 0)
+    assert facts['restored'] and facts['function_graph']['function_filter'] == ['*audit*', 'schedule_timeout']
+    filters = [(i, v) for i, (name, v) in enumerate(written) if name == 'set_ftrace_filter']
+    tracers = [i for i, (name, v) in enumerate(written) if name == 'current_tracer' and v == 'function_graph']
+    # per recipe: the filter first, then the tracer; the second recipe adds its root; cleared after each
+    assert [v for _i, v in filters] == ['*audit* schedule_timeout', '', '*audit* schedule_timeout do_syscall_64', '']
+    assert filters[0][0] < tracers[0] < filters[1][0] < filters[2][0] < tracers[1] < filters[3][0]
+    assert (tmp_path / 'set_ftrace_filter').read_text() == ''
+
+
+@pytest.mark.parametrize('current,words,needle', [
+    ('schedule_timeout\n', ['*audit*'], 'already holds 1 function'),
+    ('#### all functions enabled ####\n', ['no_such_fn', 'zz*'], r"matches 'no_such_fn', 'zz\*'"),
+])
+def test_function_filter_refusals_change_nothing(tmp_path, monkeypatch, current, words, needle):
+    _fake_filter_tracefs(tmp_path, monkeypatch, current_filter=current)
+    before = {p.name: p.read_text() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(ftrace_sample.SampleError, match=needle):
+        ftrace_sample.run_sample(_params(mode='function_graph', pids=[1], duration_s=1, function_filter=words),
+                                 geteuid=lambda: 0)
+    after = {p.name: p.read_text() for p in tmp_path.iterdir() if p.is_file() and p.name != 'ftrace.lock'}
+    assert after == before
+
+
+def test_function_filter_leaves_out_words_this_kernel_lacks(tmp_path, monkeypatch):
+    _fake_filter_tracefs(tmp_path, monkeypatch)
+    facts = ftrace_sample.run_sample(
+        _params(mode='function_graph', pids=[1], duration_s=1,
+                function_filter=['*audit*', 'syscall_slow_exit_work', 'schedule_timeout']),
+        geteuid=lambda: 0)
+    graph = facts['function_graph']
+    assert graph['function_filter'] == ['*audit*', 'schedule_timeout']
+    assert graph['function_filter_unmatched'] == ['syscall_slow_exit_work'] and facts['restored']
