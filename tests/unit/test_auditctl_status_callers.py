@@ -1,10 +1,11 @@
-"""Modules that read ``auditctl -s`` through auditparse.parse_status: both output
-formats, and output without a status field is a clear failure, not a traceback."""
+"""Modules that read ``auditctl -s`` through auditparse.parse_status (cpu_limit via
+auditfacts.consumer_pid): both output formats, and output without a status
+field is a clear failure, not a traceback."""
 import os
 
 import pytest
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, auditparse
-from ansible_collections.auditgap.fleet.plugins.modules import audit_rule_narrow, audit_tune
+from ansible_collections.auditgap.fleet.plugins.modules import audit_rule_narrow, audit_tune, cpu_limit
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'audit')
 REFUSED = 'Error sending status request (Operation not permitted)\n'
@@ -36,6 +37,13 @@ class FakeModule:
 
     def fail_json(self, msg, **_kwargs):
         raise Failed(msg)
+
+
+class NoAudit:
+    """auditnl.AuditSocket on a kernel without audit."""
+
+    def __init__(self, *args, **kwargs):
+        raise auditnl.AuditNetlinkError('the kernel has no audit support', 93)
 
 
 class NoNetlink:
@@ -102,3 +110,46 @@ def test_audit_rule_narrow_output_without_status_is_its_runtime_error():
     ctl = audit_rule_narrow.Auditctl(FakeModule({'-s': (0, REFUSED, '')}))
     with pytest.raises(RuntimeError, match='auditctl -s: no audit status fields'):
         ctl.enabled()
+
+
+# -- cpu_limit: the audit consumer as the default target -----------------------------
+
+@pytest.mark.parametrize('name,pid', [
+    ('auditctl-s.during-stall.txt', 6398),
+    ('auditctl-s.immutable.txt', 642),
+])
+def test_cpu_limit_consumer_from_auditctl(monkeypatch, name, pid):
+    monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
+    module = FakeModule({'-s': (0, text(name), '')})
+    assert cpu_limit.audit_consumer_pid(module) == pid
+    assert module.calls == [['/sbin/auditctl', '-s']]
+
+
+def test_cpu_limit_old_one_line_format_without_a_consumer(monkeypatch):
+    monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
+    module = FakeModule({'-s': (0, text('auditctl-s.old-one-line.txt'), '')})
+    with pytest.raises(cpu_limit.Failure, match='^no audit consumer registered; name the agent with agent_cpu_target$'):
+        cpu_limit.audit_consumer_pid(module)
+
+
+@pytest.mark.parametrize('auditctl,outputs,words', [
+    (None, {}, ['no audit support', 'auditctl: not installed']),
+    ('/sbin/auditctl', {'-s': (1, '', 'Error sending status request (Operation not permitted)\n')},
+     ['no audit support', 'Operation not permitted']),
+    ('/sbin/auditctl', {'-s': (0, REFUSED, '')}, ['no audit support', 'no audit status fields']),
+])
+def test_cpu_limit_unreadable_audit_is_a_failure(monkeypatch, auditctl, outputs, words):
+    monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
+    with pytest.raises(cpu_limit.Failure) as err:
+        cpu_limit.audit_consumer_pid(FakeModule(outputs, auditctl))
+    message = str(err.value)
+    assert message.startswith('cannot read the audit status: ') and message.endswith('name the agent with agent_cpu_target')
+    assert all(word in message for word in words), message
+
+
+def test_cpu_limit_default_target_is_the_consumer(monkeypatch):
+    monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
+    module = FakeModule({'-s': (0, 'AUDIT_STATUS: enabled=1 flag=1 pid=%d rate_limit=0 backlog_limit=320 lost=0 backlog=0\n'
+                                % os.getpid(), '')})
+    target = cpu_limit.resolve_target(module, None)
+    assert target['kind'] == 'audit_consumer' and target['pid'] == os.getpid() and target['name'] == str(os.getpid())
