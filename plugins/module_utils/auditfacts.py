@@ -170,6 +170,22 @@ def _open_reader(source, run_command, auditctl_path):
     return None, None, errors
 
 
+def consumer_pid(run_command, auditctl_path):
+    """(pid or None, reason) of the registered audit consumer: netlink, else ``auditctl -s``.
+
+    auditnl.consumer_pid with the auditctl fallback, for modules that must
+    work where netlink does not. ``run_command(argv) -> (rc, stdout, stderr)``
+    (AnsibleModule.run_command or alike) runs ``auditctl_path`` (None: not
+    installed); either auditctl -s format is read. A source that fails is
+    named in the reason, not raised.
+    """
+    reader, raw, errors = _open_reader('auto', run_command, auditctl_path)
+    if reader is None:
+        return None, 'cannot read the audit status: %s' % '; '.join(errors)
+    reader.close()
+    return auditnl.consumer_from_status(raw)
+
+
 def read_consumer(pid, proc_root='/proc'):
     """The registered consumer's identity (contract ``consumer``), or None without one."""
     if not pid:

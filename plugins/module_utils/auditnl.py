@@ -602,16 +602,21 @@ def get_status(timeout_s=2.0):
         return sock.get_status()
 
 
-def consumer_pid(timeout_s=2.0):
-    """(pid or None, reason) of the registered audit consumer; never raises."""
-    try:
-        status = get_status(timeout_s)
-    except Exception as exc:  # any netlink failure is a reason, not a crash
-        return None, 'cannot read the audit status: %s' % exc
+def consumer_from_status(status):
+    """(pid or None, reason) of the registered audit consumer in a status dict (pid 0: none)."""
     pid = (status or {}).get('pid')
     if not pid:
         return None, 'no audit consumer registered'
     return int(pid), None
+
+
+def consumer_pid(timeout_s=2.0):
+    """(pid or None, reason) of the registered audit consumer, over netlink; never raises."""
+    try:
+        status = get_status(timeout_s)
+    except Exception as exc:  # any netlink failure is a reason, not a crash
+        return None, 'cannot read the audit status: %s' % exc
+    return consumer_from_status(status)
 
 
 def list_rules(timeout_s=2.0, default_arch=None):

@@ -492,19 +492,6 @@ def find_group_dirs(mount_dir, predicate, max_depth=6):
     return sorted(found)
 
 
-def parse_auditctl_status(text):
-    """``auditctl -s`` output -> {key: int or str}."""
-    status = {}
-    for line in (text or '').splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            try:
-                status[parts[0]] = int(parts[1])
-            except ValueError:
-                status[parts[0]] = parts[1]
-    return status
-
-
 # -- collecting: targets -> measured entries ----------------------------------
 
 TARGET_OPTIONS = ('pids', 'process_names', 'systemd_units', 'containers', 'cgroup_paths')

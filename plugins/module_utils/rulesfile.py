@@ -451,16 +451,6 @@ def render_settings_text(existing, settings, header):
 
 # -- auditctl output -------------------------------------------------------------
 
-def parse_auditctl_status(text):
-    """``auditctl -s`` -> {name: int} (``loginuid_immutable 0 unlocked`` -> 0)."""
-    out = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and re.match(r'^-?\d+$', parts[1]):
-            out[parts[0]] = int(parts[1])
-    return out
-
-
 def parse_auditctl_list(text):
     """``auditctl -l`` -> parsed syscall rules (watches and others skipped)."""
     rules = []

@@ -131,6 +131,7 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse
 from ansible_collections.auditgap.fleet.plugins.module_utils import rulesfile as rf
 
 
@@ -152,7 +153,10 @@ class Auditctl:
 
     def enabled(self):
         _rc, out = self.run(['-s'])
-        return rf.parse_auditctl_status(out).get('enabled')
+        try:
+            return auditparse.parse_status(out)['enabled']
+        except ValueError as err:
+            raise RuntimeError('auditctl -s: %s' % err)
 
 
 def write_atomic(module, path, text, mode):

@@ -136,7 +136,7 @@ import shutil
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import rulesfile
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, rulesfile
 
 try:
     from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
@@ -147,7 +147,7 @@ MAX_BACKLOG_LIMIT = 1048576
 MAX_RATE_LIMIT = 2147483647
 HEADER = ('# Managed by auditgap (audit_backlog role). Local changes are overwritten.\n'
           '# Backlog settings for the kernel audit queue; see docs/remediation.md.\n')
-# live name -> (auditctl -s name, auditctl option, auditnl field)
+# (live name, audit status field as auditnl.decode_status / auditparse.parse_status name it, auditctl option)
 LIVE = (
     ('backlog_limit', 'backlog_limit', '-b'),
     ('backlog_wait_time_jiffies', 'backlog_wait_time', '--backlog_wait_time'),
@@ -185,6 +185,14 @@ def validate(params, hz):
     return errors
 
 
+def live_settings(status):
+    """Audit status dict (auditnl.decode_status / auditparse.parse_status) -> {enabled, live names}."""
+    out = {'enabled': status.get('enabled')}
+    for name, sname, _opt in LIVE:
+        out[name] = status.get(sname)
+    return out
+
+
 class Live:
     """Live audit settings through auditnl (netlink) or auditctl."""
 
@@ -207,19 +215,16 @@ class Live:
         if rc != 0:
             self.module.fail_json(msg='auditctl -s failed: %s' % (err or out).strip())
         self.source = 'auditctl'
-        raw = rulesfile.parse_auditctl_status(out)
-        status = {'enabled': raw.get('enabled')}
-        for name, sname, _opt in LIVE:
-            status[name] = raw.get(sname)
-        return status
+        try:  # multi-line or the old one-line format; a field it lacks is None
+            return live_settings(auditparse.parse_status(out))
+        except ValueError as err:
+            self.module.fail_json(msg='cannot read audit status: %s' % err)
 
     @staticmethod
     def _from_netlink(status):
         if isinstance(status, dict) and 'status' in status and isinstance(status['status'], dict):
             status = status['status']
-        out = {'enabled': status.get('enabled')}
-        for name, sname, _opt in LIVE:
-            out[name] = status.get(name, status.get(sname))
+        out = live_settings(status)
         if None in out.values():
             raise ValueError('incomplete netlink status')
         return out

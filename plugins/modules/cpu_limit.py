@@ -110,14 +110,10 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, procinfo
 from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups as cg
-from ansible_collections.auditgap.fleet.plugins.module_utils import procinfo, rulesfile
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import write_value
 
-try:
-    from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
-except ImportError:
-    auditnl = None
 try:
     from ansible_collections.auditgap.fleet.plugins.module_utils import dockerctl
 except ImportError:
@@ -133,18 +129,11 @@ class Failure(Exception):
 
 
 def audit_consumer_pid(module):
-    if auditnl is not None:
-        try:
-            return int(auditnl.get_status().get('pid') or 0)
-        except Exception:  # noqa: BLE001, S110 -- netlink errors of any kind fall back / roll back
-            pass
-    auditctl = module.get_bin_path('auditctl')
-    if not auditctl:
-        raise Failure('cannot find the audit consumer: no netlink helper and no auditctl; name agent_cpu_target')
-    rc, out, err = module.run_command([auditctl, '-s'])
-    if rc != 0:
-        raise Failure('auditctl -s failed: %s' % (err or out).strip())
-    return int(rulesfile.parse_auditctl_status(out).get('pid') or 0)
+    """PID of the registered audit consumer (netlink, else auditctl -s); Failure without one."""
+    pid, reason = auditfacts.consumer_pid(module.run_command, module.get_bin_path('auditctl'))
+    if not pid:
+        raise Failure('%s; name the agent with agent_cpu_target' % reason)
+    return pid
 
 
 def resolve_target(module, target):
@@ -157,8 +146,6 @@ def resolve_target(module, target):
     out = {'kind': kind, 'name': str(name), 'pid': None, 'info': None, 'container': None, 'systemd_unit': None}
     if kind == 'audit_consumer':
         pid = audit_consumer_pid(module)
-        if not pid:
-            raise Failure('no audit consumer is registered (audit pid 0); name the agent with agent_cpu_target')
         out['name'] = str(pid)
         kind = 'pid'
         name = pid

@@ -266,11 +266,12 @@ ftrace_sample:
 '''
 
 import os
+import shutil
 import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, tracefs
 from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import GuardInterrupted, RestoreGuard
 from ansible_collections.auditgap.fleet.plugins.module_utils.procinfo import find_pids_by_name
@@ -358,34 +359,23 @@ def choose_modes(mode, function_graph_available):
     return [mode]
 
 
-def parse_auditctl_status_pid(text):
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == 'pid' and parts[1].isdigit():
-            return int(parts[1])
-    return None
+def _run_command(argv):
+    """(rc, stdout, stderr) like AnsibleModule.run_command; rc 127 when argv cannot run."""
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, timeout=10)
+    except (OSError, subprocess.SubprocessError) as err:
+        return 127, '', str(err)
+    return proc.returncode, proc.stdout.decode('utf-8', 'replace'), proc.stderr.decode('utf-8', 'replace')
 
 
 def _run(argv):
-    try:
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if proc.returncode != 0:
-        return None
-    return proc.stdout.decode('utf-8', 'replace')
+    rc, out, _err = _run_command(argv)
+    return out if rc == 0 else None
 
 
 def audit_consumer_pid():
-    if auditnl is not None:
-        try:
-            pid = auditnl.get_status().get('pid')
-            return int(pid) if pid else None
-        except Exception:  # netlink unavailable: try auditctl
-            pass
-    text = _run(['auditctl', '-s'])
-    pid = parse_auditctl_status_pid(text or '')
-    return pid or None
+    """PID of the registered audit consumer (netlink, else auditctl -s), or None."""
+    return auditfacts.consumer_pid(_run_command, shutil.which('auditctl'))[0]
 
 
 def audit_rule_syscalls():

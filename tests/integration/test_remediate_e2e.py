@@ -15,7 +15,7 @@ import subprocess
 import time
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.module_utils import rulesfile
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, '.venv', 'bin')
@@ -38,7 +38,7 @@ def playbook(name, *extra, timeout=300):
 
 
 def audit_state():
-    status = rulesfile.parse_auditctl_status(
+    status = auditparse.parse_status(
         subprocess.run(['auditctl', '-s'], capture_output=True, text=True, check=True).stdout)
     rules = subprocess.run(['auditctl', '-l'], capture_output=True, text=True, check=True).stdout
     keep = ('enabled', 'backlog_limit', 'backlog_wait_time', 'rate_limit', 'failure')

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.module_utils import rulesfile
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, rulesfile
 
 from tests.support.docker import docker_engine  # noqa: F401  (fixture)
 
@@ -63,7 +63,7 @@ def run_role(role, variables, check=False, diff=True, env=None):
 
 def audit_status():
     out = subprocess.run(['auditctl', '-s'], capture_output=True, text=True, check=True).stdout
-    return rulesfile.parse_auditctl_status(out)
+    return auditparse.parse_status(out)
 
 
 def loaded_rules():

@@ -237,3 +237,61 @@ def test_gather_rules_off_and_consumer_off(monkeypatch):
                               auditctl_path='/sbin/auditctl', euid=0)
     assert facts['rules'] == [] and facts['rules_source'] is None and facts['consumer'] is None
     assert run.calls == [['/sbin/auditctl', '-s']]
+
+
+# -- consumer_pid: netlink, else auditctl -s ----------------------------------------
+
+class FakeSocket:
+    """AuditSocket answering one status."""
+
+    def __init__(self, status):
+        self.answer = status
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def get_status(self):
+        return self.answer
+
+    def close(self):
+        pass
+
+
+def test_consumer_pid_from_netlink_without_auditctl(monkeypatch):
+    monkeypatch.setattr(auditnl, 'AuditSocket', FakeSocket({'enabled': 1, 'pid': 642}))
+    run = fake_run({})
+    assert auditfacts.consumer_pid(run, '/sbin/auditctl') == (642, None)
+    assert run.calls == []
+
+
+@pytest.mark.parametrize('name,expected', [
+    ('auditctl-s.during-stall.txt', (6398, None)),
+    ('auditctl-s.rhel7.txt', (812, None)),
+    ('auditctl-s.idle.txt', (None, 'no audit consumer registered')),
+    ('auditctl-s.old-one-line.txt', (None, 'no audit consumer registered')),
+])
+def test_consumer_pid_falls_back_to_auditctl_in_both_formats(monkeypatch, name, expected):
+    monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
+    run = fake_run({'-s': (0, text(name), '')})
+    assert auditfacts.consumer_pid(run, '/sbin/auditctl') == expected
+    assert run.calls == [['/sbin/auditctl', '-s']]
+
+
+def test_consumer_pid_one_line_with_a_consumer(monkeypatch):
+    monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
+    run = fake_run({'-s': (0, 'AUDIT_STATUS: enabled=1 flag=1 pid=812 rate_limit=0 backlog_limit=320 lost=0 backlog=0\n', '')})
+    assert auditfacts.consumer_pid(run, '/sbin/auditctl') == (812, None)
+
+
+@pytest.mark.parametrize('auditctl,outputs,words', [
+    (None, {}, ['no audit support', 'auditctl: not installed']),
+    ('/sbin/auditctl', {'-s': (1, '', 'Error sending status request (Operation not permitted)\n')},
+     ['no audit support', 'rc=1', 'Operation not permitted']),
+    ('/sbin/auditctl', {'-s': (0, 'Error sending status request (Operation not permitted)\n', '')},
+     ['no audit support', 'no audit status fields']),
+])
+def test_consumer_pid_unreadable_is_a_reason(monkeypatch, auditctl, outputs, words):
+    monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
+    pid, reason = auditfacts.consumer_pid(fake_run(outputs), auditctl)
+    assert pid is None and reason.startswith('cannot read the audit status: netlink: ')
+    assert all(word in reason for word in words), reason

@@ -106,13 +106,6 @@ def test_render_settings_is_deterministic_and_keeps_other_lines():
     assert fourth.splitlines()[1] == '-b 16384'
 
 
-def test_parse_auditctl_status():
-    with open(os.path.join(FIX, 'auditctl-s.idle.txt')) as handle:
-        status = rf.parse_auditctl_status(handle.read())
-    assert status['backlog_limit'] == 64 and status['backlog_wait_time'] == 15000
-    assert status['enabled'] == 0 and status['loginuid_immutable'] == 0
-
-
 def test_syscall_rules_keeps_only_syscall_rules():
     text = ('## comment\n-D\n-b 8192\n-w /etc/passwd -p wa -k passwd\n'
             '-a always,exit -F arch=b64 -S accept4 -F success=1 -k hot\n'

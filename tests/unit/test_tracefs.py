@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, tracefs
 from ansible_collections.auditgap.fleet.plugins.modules import ftrace_sample
 
 MOUNTS = """sysfs /sys sysfs rw 0 0
@@ -132,9 +132,40 @@ def test_resolve_targets_excludes_consumer(tmp_path):
     assert everyone['all_tasks'] and everyone['excluded'] == [999, 20] and everyone['tids'] == []
 
 
-def test_auditctl_status_pid():
-    assert ftrace_sample.parse_auditctl_status_pid('enabled 1\nfailure 1\npid 6398\nrate_limit 0\n') == 6398
-    assert ftrace_sample.parse_auditctl_status_pid('enabled 0\npid 0\n') == 0
+class NoAudit:
+    def __init__(self, *args, **kwargs):
+        raise auditnl.AuditNetlinkError('the kernel has no audit support', 93)
+
+
+@pytest.mark.parametrize('stdout,rc,expected', [
+    ('enabled 1\nfailure 1\npid 6398\nrate_limit 0\n', 0, 6398),
+    ('AUDIT_STATUS: enabled=1 flag=1 pid=812 rate_limit=0 backlog_limit=320 lost=0 backlog=0\n', 0, 812),
+    ('enabled 0\npid 0\n', 0, None),
+    ('Error sending status request (Operation not permitted)\n', 0, None),
+    ('', 1, None),
+])
+def test_audit_consumer_pid_falls_back_to_auditctl(monkeypatch, stdout, rc, expected):
+    monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
+    monkeypatch.setattr(ftrace_sample.shutil, 'which', lambda name: '/sbin/' + name)
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        return rc, stdout, ''
+    monkeypatch.setattr(ftrace_sample, '_run_command', run)
+    assert ftrace_sample.audit_consumer_pid() == expected
+    assert calls == [['/sbin/auditctl', '-s']]
+
+
+def test_audit_consumer_pid_without_audit_or_auditctl(monkeypatch):
+    monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
+    monkeypatch.setattr(ftrace_sample.shutil, 'which', lambda name: None)
+    assert ftrace_sample.audit_consumer_pid() is None
+
+
+def test_run_command_reports_what_cannot_start():
+    rc, out, err = ftrace_sample._run_command(['/nonexistent/auditgap-no-such-binary'])
+    assert rc == 127 and out == '' and 'No such file' in err
 
 
 def _fake_tracefs(tmp_path):
