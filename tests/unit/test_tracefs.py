@@ -284,6 +284,20 @@ def test_run_sample_refuses_busy_tracer_on_fake_tracefs(tmp_path, monkeypatch):
     assert after == before
 
 
+def _spy_writes(monkeypatch, tmp_path):
+    """Record every guarded write as (path relative to the fake tracefs, value), then write it."""
+    from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
+    written = []
+    real = guard_mod.write_value
+
+    def spy(path, value):
+        written.append((os.path.relpath(path, str(tmp_path)), value))
+        real(path, value)
+
+    monkeypatch.setattr(guard_mod, 'write_value', spy)
+    return written
+
+
 _REAL_LOCK = tracefs.Lock
 
 
@@ -313,7 +327,6 @@ def test_traceable_functions(tmp_path):
 
 
 def test_run_sample_function_graph_noinstr_fallback_on_fake_tracefs(tmp_path, monkeypatch):
-    from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
     _fake_tracefs(tmp_path)
     (tmp_path / 'available_tracers').write_text('function_graph function nop\n')
     (tmp_path / 'available_filter_functions').write_text('__x64_sys_accept4\nsyscall_exit_work\n')
@@ -323,14 +336,7 @@ def test_run_sample_function_graph_noinstr_fallback_on_fake_tracefs(tmp_path, mo
     monkeypatch.setattr(tracefs, 'locate', lambda proc_root='/proc': str(tmp_path))
     monkeypatch.setattr(tracefs, 'Lock', lambda: tracefs_lock(str(tmp_path / 'ftrace.lock')))
     monkeypatch.setattr(ftrace_sample, 'audit_consumer_pid', lambda: None)
-    written = []
-    real = guard_mod.write_value
-
-    def spy(path, value):
-        written.append((os.path.relpath(path, str(tmp_path)), value))
-        real(path, value)
-
-    monkeypatch.setattr(guard_mod, 'write_value', spy)
+    written = _spy_writes(monkeypatch, tmp_path)
     facts = ftrace_sample.run_sample(_params(mode='function_graph', pids=[1], duration_s=1, syscalls=['accept4']),
                                      geteuid=lambda: 0)
     graph = facts['function_graph']
@@ -393,16 +399,8 @@ def _fake_filter_tracefs(tmp_path, monkeypatch, current_filter='#### all functio
 
 
 def test_function_filter_bounds_both_recipes_and_is_cleared(tmp_path, monkeypatch):
-    from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
     _fake_filter_tracefs(tmp_path, monkeypatch)
-    written = []
-    real = guard_mod.write_value
-
-    def spy(path, value):
-        written.append((os.path.relpath(path, str(tmp_path)), value))
-        real(path, value)
-
-    monkeypatch.setattr(guard_mod, 'write_value', spy)
+    written = _spy_writes(monkeypatch, tmp_path)
     facts = ftrace_sample.run_sample(
         _params(mode='function_graph', pids=[1], duration_s=1, function_filter=['*audit*', 'schedule_timeout']),
         geteuid=lambda: 0)
