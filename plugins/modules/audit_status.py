@@ -64,12 +64,12 @@ seealso:
   - name: auditctl(8)
     description: The audit control utility.
     link: https://man7.org/linux/man-pages/man8/auditctl.8.html
+extends_documentation_fragment:
+  - auditgap.fleet.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 '''
 

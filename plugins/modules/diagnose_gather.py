@@ -52,12 +52,12 @@ notes:
 seealso:
   - module: auditgap.fleet.audit_status
   - module: auditgap.fleet.cgroup_throttle
+extends_documentation_fragment:
+  - auditgap.fleet.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 '''
 
