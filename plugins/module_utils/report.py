@@ -116,11 +116,6 @@ def _one_line(text, width=300):
 
 # ---------------------------------------------------------------- helpers
 
-def _esc(text):
-    return (str('' if text is None else text).replace('&', '&amp;').replace('<', '&lt;')
-            .replace('>', '&gt;').replace('"', '&quot;'))
-
-
 def _num(value):
     if isinstance(value, bool) or value is None:
         return None
@@ -139,10 +134,8 @@ def _pct(ratio):
     return '-' if number is None else '%d%%' % round(number * 100)
 
 
-def _vars_text(remediation):
-    if not remediation:
-        return ''
-    return '%s: %s' % (remediation.get('role'), json.dumps(remediation.get('vars') or {}, sort_keys=True))
+def _vars_json(remediation):
+    return json.dumps(remediation.get('vars') or {}, sort_keys=True)
 
 
 def _status_counts_line(summ):
@@ -191,9 +184,7 @@ def render_markdown(doc):
         for finding in entry.get('findings') or []:
             out.append('- **%s** `%s`: %s' % (finding['severity'], finding['id'], _md_inline(finding['summary'])))
             if finding.get('remediation'):
-                out.append('  - fix: role `%s`, vars `%s`' % (
-                    finding['remediation'].get('role'),
-                    json.dumps(finding['remediation'].get('vars') or {}, sort_keys=True)))
+                out.append('  - fix: role `%s`, vars `%s`' % (finding['remediation'].get('role'), _vars_json(finding['remediation'])))
         out.append('')
     if quiet:
         out += ['## Healthy hosts (%d)' % len(quiet), '', ', '.join(quiet), '']
@@ -320,12 +311,12 @@ def render_html(doc, timeline_svg=None, max_bars=40):
     """Self-contained HTML: inline CSS and SVG, no scripts, no external assets."""
     summ = doc['summary']
     parts = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-             '<title>auditgap fleet report %s</title>' % _esc(doc.get('generated_at')),
+             '<title>auditgap fleet report %s</title>' % svgchart.esc(doc.get('generated_at')),
              '<style>%s</style></head><body>' % _CSS,
              '<h1>auditgap fleet report</h1>',
              '<p class="meta">Generated %s by auditgap %s &middot; %d host(s) &middot; report dir %s</p>' % (
-                 _esc(doc.get('generated_at')), _esc(doc.get('auditgap_version')), summ['hosts'],
-                 _esc(doc.get('report_dir') or '-'))]
+                 svgchart.esc(doc.get('generated_at')), svgchart.esc(doc.get('auditgap_version')), summ['hosts'],
+                 svgchart.esc(doc.get('report_dir') or '-'))]
     parts.append('<h2>Fleet summary</h2><div class="cards">')
     for status in STATUS_ORDER:
         parts.append('<div class="card %s" id="count-%s"><b>%d</b>%s</div>'
@@ -337,8 +328,8 @@ def render_html(doc, timeline_svg=None, max_bars=40):
         for fid in sorted(summ['by_id'], key=lambda f: (-summ['by_id'][f]['critical'], -summ['by_id'][f]['warning'], f)):
             row = summ['by_id'][fid]
             parts.append('<tr><td><code>%s</code></td><td>%d</td><td>%d</td><td>%d</td><td>%s</td></tr>' % (
-                _esc(fid), row['critical'], row['warning'], row['info'],
-                _esc(', '.join(row['hosts'][:12]) + (' ...' if len(row['hosts']) > 12 else ''))))
+                svgchart.esc(fid), row['critical'], row['warning'], row['info'],
+                svgchart.esc(', '.join(row['hosts'][:12]) + (' ...' if len(row['hosts']) > 12 else ''))))
         parts.append('</table>')
     reachable = [e for e in doc['hosts'] if e.get('reachable') and (e.get('metrics') or {}).get('audit_supported')]
     backlog_items = sorted(((e['host'], (e.get('metrics') or {}).get('audit_backlog_peak_ratio')) for e in reachable),
@@ -372,7 +363,7 @@ def render_html(doc, timeline_svg=None, max_bars=40):
         for entry in quiet:
             m = entry.get('metrics') or {}
             parts.append('<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>' % (
-                _esc(entry['host']), _fmt(m.get('audit_backlog_peak')), _fmt(m.get('audit_backlog_limit')),
+                svgchart.esc(entry['host']), _fmt(m.get('audit_backlog_peak')), _fmt(m.get('audit_backlog_limit')),
                 _fmt(m.get('audit_consumer_pid')), _pct(m.get('consumer_throttled_ratio'))))
         parts.append('</table>')
     parts.append('</body></html>\n')
@@ -403,11 +394,11 @@ def _html_host(entry):
     status = entry.get('status') or 'ok'
     host_id = 'host-' + safe_filename(entry['host'])
     parts = ['<section class="host" id="%s"><h3>%s <span class="badge %s">%s</span></h3>'
-             % (_esc(host_id), _esc(entry['host']), _esc(status), _esc(status.upper()))]
+             % (svgchart.esc(host_id), svgchart.esc(entry['host']), svgchart.esc(status), svgchart.esc(status.upper()))]
     if entry.get('error'):
-        parts.append('<div class="error">Error: %s</div>' % _esc(entry['error']))
+        parts.append('<div class="error">Error: %s</div>' % svgchart.esc(entry['error']))
     if entry.get('chain'):
-        parts.append('<p><b>Causal chain</b></p><div class="chain">%s</div>' % _esc(entry['chain']))
+        parts.append('<p><b>Causal chain</b></p><div class="chain">%s</div>' % svgchart.esc(entry['chain']))
     metrics = entry.get('metrics') or {}
     charts = []
     if metrics.get('audit_supported'):
@@ -438,12 +429,13 @@ def _html_host(entry):
                      '<tr><th>severity</th><th>finding</th><th>summary</th><th>fix</th></tr>')
         for finding in entry['findings']:
             rem = finding.get('remediation')
+            fix = ('role <code>%s</code><br><code>%s</code>' % (svgchart.esc(rem.get('role')), svgchart.esc(_vars_json(rem)))
+                   if rem else '-')
             parts.append('<tr class="%s"><td>%s</td><td><b>%s</b><br><code>%s</code></td><td>%s</td><td>%s</td></tr>' % (
-                _esc(finding['severity']), _esc(finding['severity']), _esc(finding.get('title') or finding['id']),
-                _esc(finding['id']), _esc(finding['summary']),
-                ('role <code>%s</code><br><code>%s</code>' % (_esc(rem.get('role')), _esc(json.dumps(rem.get('vars') or {}, sort_keys=True)))) if rem else '-'))
+                svgchart.esc(finding['severity']), svgchart.esc(finding['severity']), svgchart.esc(finding.get('title') or finding['id']),
+                svgchart.esc(finding['id']), svgchart.esc(finding['summary']), fix))
         parts.append('</table>')
-        parts.append('<details><summary>Evidence</summary><pre>%s</pre></details>' % _esc(json.dumps(
+        parts.append('<details><summary>Evidence</summary><pre>%s</pre></details>' % svgchart.esc(json.dumps(
             {f['id']: f.get('evidence') for f in entry['findings']}, indent=1, sort_keys=True, default=str)))
     parts.append('</section>')
     return ''.join(parts)

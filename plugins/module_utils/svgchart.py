@@ -32,8 +32,8 @@ FONT = 'font-family="sans-serif"'
 
 
 def esc(text):
-    """Escape text for SVG/XML content and attribute values."""
-    return (str(text).replace('&', '&amp;').replace('<', '&lt;')
+    """Escape text for SVG/XML content and attribute values (None: empty)."""
+    return (str('' if text is None else text).replace('&', '&amp;').replace('<', '&lt;')
             .replace('>', '&gt;').replace('"', '&quot;'))
 
 
