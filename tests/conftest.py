@@ -1,7 +1,8 @@
 """Test policy shared by every auditgap test.
 
 - Tests marked ``kernel`` need root and the real kernel. They skip elsewhere,
-  but under CI (CI=true) every skip is a failure: the real run is the point.
+  but under CI (CI=true) every skip and every xfail is a failure: the real
+  run is the point.
 - Tests that change live kernel state (audit settings, rules, tracefs,
   cgroups, audit consumer) take one host-wide lock, so two test runs (or two
   developers' runs on one machine) never change the kernel at the same time.
@@ -25,14 +26,36 @@ def pytest_configure(config):
     config.addinivalue_line('markers', 'kernel: needs root and the real kernel')
 
 
+def _fail_in_ci(report):
+    """Under CI, a test that did not run or did not pass as written is a failure.
+
+    That is every skip (pytest.skip in a test or fixture, skip/skipif markers,
+    importorskip, unittest's skipTest, and a module skipped at collection) and
+    every xfail outcome (xfail markers, pytest.xfail(), an unexpected pass).
+    """
+    if not IN_CI:
+        return
+    if hasattr(report, 'wasxfail'):
+        what = 'xfail: %s' % (report.wasxfail or 'no reason given')
+        del report.wasxfail
+    elif report.skipped:
+        what = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    else:
+        return
+    report.outcome = 'failed'
+    report.longrepr = 'under CI=true every test must run and pass: %s' % what
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    report = outcome.get_result()
-    if IN_CI and report.skipped and not hasattr(report, 'wasxfail'):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.outcome = 'failed'
-        report.longrepr = 'skipped under CI=true (skips are failures in CI): %s' % reason
+    _fail_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_in_ci(outcome.get_result())
 
 
 @pytest.fixture(autouse=True)
