@@ -113,6 +113,12 @@ def _pct(ratio):
     return '?' if number is None else '%d%%' % round(number * 100)
 
 
+def _ms(us):
+    """Microseconds as milliseconds (None when not a number)."""
+    number = _num(us)
+    return None if number is None else number / 1000.0
+
+
 def merge_thresholds(thresholds=None):
     merged = dict(DEFAULT_THRESHOLDS)
     for key, value in _d(thresholds).items():
@@ -374,7 +380,6 @@ def rule_consumer_throttled(view, host, thr, ctx):
     label = _consumer_label(view, target)
     limit_text = 'limit %s CPU' % _fmt(limit, 3) if _num(limit) is not None else 'no CPU limit found'
     ctx['consumer'] = '%s throttled %s of periods (%s)' % (label, _pct(ratio), limit_text)
-    remediation = agent_cpu_remediation(target, thr)
     evidence = {'throttled_ratio': round(ratio, 4), 'source': source,
                 'cgroup_path': target.get('cgroup_path'), 'limited_by': target.get('limited_by'),
                 'limit_cores': limit, 'cpu_usage_cores': sample.get('cpu_usage_cores'),
@@ -387,7 +392,7 @@ def rule_consumer_throttled(view, host, thr, ctx):
         label, _pct(ratio), '' if source == 'sample' else ' since cgroup creation', limit_text)
     if stalling:
         summary += '; probable cause of %s' % ', '.join(ctx['stall_signs'])
-    return [_finding('audit_consumer_throttled', severity, host, summary, evidence, remediation)]
+    return [_finding('audit_consumer_throttled', severity, host, summary, evidence, ctx['cause_remediation'])]
 
 
 def rule_consumer_missing(view, host, thr, ctx):
@@ -412,7 +417,7 @@ def rule_audited_hot_syscall(view, host, thr, ctx):
     audited = view.audited_syscall_rules()
     traced = view.trace_syscalls()
     duration = _num(view.trace.get('duration_s')) or 0.0
-    entries, narrow, texts = [], [], []
+    entries, narrow, texts = [], {}, []
     severity = 'info'
     for name in sorted(audited):
         if name not in HOT_SYSCALLS:
@@ -424,8 +429,8 @@ def rule_audited_hot_syscall(view, host, thr, ctx):
         stats = _d(traced.get(name))
         count = _num(stats.get('count'))
         per_s = (count / duration) if (count is not None and duration > 0) else None
-        p99_ms = _num(stats.get('p99_us')) / 1000.0 if _num(stats.get('p99_us')) is not None else None
-        max_ms = _num(stats.get('max_us')) / 1000.0 if _num(stats.get('max_us')) is not None else None
+        p99_ms = _ms(stats.get('p99_us'))
+        max_ms = _ms(stats.get('max_us'))
         frequent = per_s is not None and per_s >= thr['hot_syscall_per_s']
         slow = p99_ms is not None and p99_ms >= thr['slow_syscall_p99_ms']
         # a stall is on and this syscall is on a request path: it pays the wait even untraced
@@ -438,7 +443,7 @@ def rule_audited_hot_syscall(view, host, thr, ctx):
         item = {'syscall': name}
         if keys:
             item['key'] = keys[0]
-        narrow.append(item)
+        narrow[name] = item
         for rule in broad:
             if rule.get('text') not in texts:
                 texts.append(rule.get('text'))
@@ -456,13 +461,12 @@ def rule_audited_hot_syscall(view, host, thr, ctx):
     # the ones that matter first
     entries.sort(key=lambda e: (not (e['slow'] or e['frequent']), e['syscall'] not in REQUEST_PATH_SYSCALLS,
                                 e['syscall']))
-    narrow.sort(key=lambda n: [e['syscall'] for e in entries].index(n['syscall']))
     evidence = {'syscalls': entries, 'rules': texts, 'trace_seconds': duration or None,
                 'hot_syscall_per_s': thr['hot_syscall_per_s'], 'slow_syscall_p99_ms': thr['slow_syscall_p99_ms']}
     return [_finding('audited_hot_syscall', severity, host,
                      'Rules audit every call of %s: each call queues a record and sleeps when the backlog is full'
                      % ', '.join(e['label'] for e in entries),
-                     evidence, {'role': 'audit_rules', 'vars': {'audit_rules_narrow': narrow}})]
+                     evidence, {'role': 'audit_rules', 'vars': {'audit_rules_narrow': [narrow[e['syscall']] for e in entries]}})]
 
 
 def rule_syscall_stall_observed(view, host, thr, ctx):
@@ -474,12 +478,11 @@ def rule_syscall_stall_observed(view, host, thr, ctx):
                   if 'audit_log_start' in (c.get('chain') or [])]
     audited = view.audited_syscall_rules()
     syscalls = _d(view.trace.get('syscalls'))
-    worst = None
+    worst, worst_p99 = None, None
     for name, stats in syscalls.items():
-        stats = _d(stats)
-        p99 = _num(stats.get('p99_us'))
-        if name in audited and p99 is not None and (worst is None or p99 > _num(syscalls[worst].get('p99_us'))):
-            worst = name
+        p99 = _num(_d(stats).get('p99_us'))
+        if name in audited and p99 is not None and (worst is None or p99 > worst_p99):
+            worst, worst_p99 = name, p99
     max_us = max([_num(s.get('max_us')) or 0 for s in stacks] + [_num(c.get('duration_us')) or 0 for c in slow_calls] + [0])
     evidence = {'offcpu_stacks': [{'stack_text': s.get('stack_text') or ' <- '.join(s.get('stack') or []),
                                    'count': s.get('count'), 'total_us': s.get('total_us'), 'max_us': s.get('max_us'),
@@ -487,9 +490,8 @@ def rule_syscall_stall_observed(view, host, thr, ctx):
                 'slow_calls': slow_calls[:3], 'modes': view.trace.get('modes'),
                 'duration_s': view.trace.get('duration_s'), 'max_sleep_ms': round(max_us / 1000.0, 3)}
     if worst:
-        stats = _d(syscalls[worst])
-        evidence.update({'syscall': worst, 'p99_ms': _num(stats.get('p99_us')) / 1000.0,
-                         'max_ms': (_num(stats.get('max_us')) or 0) / 1000.0})
+        evidence.update({'syscall': worst, 'p99_ms': worst_p99 / 1000.0,
+                         'max_ms': _ms(syscalls[worst].get('max_us')) or 0.0})
         ctx.setdefault('symptoms', []).insert(0, '%s stalls (p99 %s ms, max %s ms)' % (
             worst, _fmt(evidence['p99_ms']), _fmt(evidence['max_ms'])))
     else:
@@ -580,8 +582,6 @@ def build_chain(view, ctx, findings):
         backlog = 'audit records dropped (%s)' % ctx['lost']
     if backlog:
         links.append(backlog)
-    if ctx.get('wait') and symptoms:
-        pass
     if ctx.get('consumer'):
         links.append(ctx['consumer'])
     remediation = ctx.get('cause_remediation')
