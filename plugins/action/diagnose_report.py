@@ -165,10 +165,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         task_vars = task_vars or {}
-        args = self._task.args
-        unknown = set(args) - _ARGS
-        if unknown:
-            raise AnsibleError('diagnose_report: unsupported option(s): %s' % ', '.join(sorted(unknown)))
+        args = self._task.args  # unknown options: ActionBase.run refuses them (_VALID_ARGS)
         hostvars = task_vars.get('hostvars') or {}
         hosts = args.get('hosts')
         if hosts is None:
@@ -225,8 +222,9 @@ class ActionModule(ActionBase):
             return result
         if latest:
             result['latest'] = point_latest(report_dir)
+        lines = report.summary_lines(doc)
         if boolean(args.get('print_summary', True), strict=False):
-            display.display('\n'.join(report.summary_lines(doc)))
+            display.display('\n'.join(lines))
         result.update({'changed': False, 'report_dir': os.path.abspath(report_dir), 'files': files,
-                       'summary': doc['summary'], 'summary_lines': report.summary_lines(doc)})
+                       'summary': doc['summary'], 'summary_lines': lines})
         return result
