@@ -11,6 +11,18 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+# From 424 (Linux 5.1) on, a new syscall has the same number on every
+# architecture: one table for both.
+COMMON = {
+    424: 'pidfd_send_signal', 425: 'io_uring_setup', 426: 'io_uring_enter',
+    427: 'io_uring_register', 428: 'open_tree', 429: 'move_mount', 430: 'fsopen', 431: 'fsconfig',
+    432: 'fsmount', 433: 'fspick', 434: 'pidfd_open', 435: 'clone3', 436: 'close_range',
+    437: 'openat2', 438: 'pidfd_getfd', 439: 'faccessat2', 440: 'process_madvise',
+    441: 'epoll_pwait2', 442: 'mount_setattr', 443: 'quotactl_fd', 444: 'landlock_create_ruleset',
+    445: 'landlock_add_rule', 446: 'landlock_restrict_self', 447: 'memfd_secret',
+    448: 'process_mrelease', 449: 'futex_waitv', 450: 'set_mempolicy_home_node',
+}
+
 X86_64 = {
     0: 'read', 1: 'write', 2: 'open', 3: 'close', 4: 'stat', 5: 'fstat', 6: 'lstat', 7: 'poll',
     8: 'lseek', 9: 'mmap', 10: 'mprotect', 11: 'munmap', 12: 'brk', 13: 'rt_sigaction',
@@ -79,14 +91,8 @@ X86_64 = {
     320: 'kexec_file_load', 321: 'bpf', 322: 'execveat', 323: 'userfaultfd', 324: 'membarrier',
     325: 'mlock2', 326: 'copy_file_range', 327: 'preadv2', 328: 'pwritev2', 329: 'pkey_mprotect',
     330: 'pkey_alloc', 331: 'pkey_free', 332: 'statx', 333: 'io_pgetevents', 334: 'rseq',
-    424: 'pidfd_send_signal', 425: 'io_uring_setup', 426: 'io_uring_enter',
-    427: 'io_uring_register', 428: 'open_tree', 429: 'move_mount', 430: 'fsopen', 431: 'fsconfig',
-    432: 'fsmount', 433: 'fspick', 434: 'pidfd_open', 435: 'clone3', 436: 'close_range',
-    437: 'openat2', 438: 'pidfd_getfd', 439: 'faccessat2', 440: 'process_madvise',
-    441: 'epoll_pwait2', 442: 'mount_setattr', 443: 'quotactl_fd', 444: 'landlock_create_ruleset',
-    445: 'landlock_add_rule', 446: 'landlock_restrict_self', 447: 'memfd_secret',
-    448: 'process_mrelease', 449: 'futex_waitv', 450: 'set_mempolicy_home_node',
 }
+X86_64.update(COMMON)
 
 I386 = {
     0: 'restart_syscall', 1: 'exit', 2: 'fork', 3: 'read', 4: 'write', 5: 'open', 6: 'close',
@@ -172,25 +178,13 @@ I386 = {
     412: 'utimensat_time64', 413: 'pselect6_time64', 414: 'ppoll_time64',
     416: 'io_pgetevents_time64', 417: 'recvmmsg_time64', 418: 'mq_timedsend_time64',
     419: 'mq_timedreceive_time64', 420: 'semtimedop_time64', 421: 'rt_sigtimedwait_time64',
-    422: 'futex_time64', 423: 'sched_rr_get_interval_time64', 424: 'pidfd_send_signal',
-    425: 'io_uring_setup', 426: 'io_uring_enter', 427: 'io_uring_register', 428: 'open_tree',
-    429: 'move_mount', 430: 'fsopen', 431: 'fsconfig', 432: 'fsmount', 433: 'fspick',
-    434: 'pidfd_open', 435: 'clone3', 436: 'close_range', 437: 'openat2', 438: 'pidfd_getfd',
-    439: 'faccessat2', 440: 'process_madvise', 441: 'epoll_pwait2', 442: 'mount_setattr',
-    443: 'quotactl_fd', 444: 'landlock_create_ruleset', 445: 'landlock_add_rule',
-    446: 'landlock_restrict_self', 447: 'memfd_secret', 448: 'process_mrelease',
-    449: 'futex_waitv', 450: 'set_mempolicy_home_node',
+    422: 'futex_time64', 423: 'sched_rr_get_interval_time64',
 }
+I386.update(COMMON)
 
 SYSCALLS = {'b64': X86_64, 'b32': I386}
-NAMES = {arch: {v: k for k, v in table.items()} for arch, table in SYSCALLS.items()}
 
 
 def syscall_name(arch, nr):
     """Name of syscall ``nr`` for ``arch`` ('b64' or 'b32'), or str(nr) when unknown."""
     return SYSCALLS.get(arch, {}).get(nr, str(nr))
-
-
-def syscall_number(arch, name):
-    """Number of syscall ``name`` for ``arch``, or None."""
-    return NAMES.get(arch, {}).get(name)

@@ -5,6 +5,7 @@ import struct
 
 import pytest
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
+from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls_x86 import syscall_name
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'audit')
 
@@ -352,3 +353,9 @@ def test_decode_rule_foreign_arch_keeps_syscall_numbers():
     assert b64['syscalls'] == ['fstat']
     no_arch = auditnl.decode_rule(synthetic_rule([], [], [], mask), default_arch=None)
     assert no_arch['syscalls'] == ['5'] and no_arch['arch'] is None
+
+
+def test_syscall_names_per_arch_and_the_shared_numbers():
+    assert syscall_name('b64', 5) == 'fstat' and syscall_name('b32', 5) == 'open'
+    assert syscall_name('b64', 435) == syscall_name('b32', 435) == 'clone3'  # 424+: one number everywhere
+    assert syscall_name('b64', 400) == '400' and syscall_name(None, 5) == '5'
