@@ -9,7 +9,9 @@ PYTHON ?= python3
 # Debian packages: what diagnose can use on this host, and what the tests drive for real.
 APT_RUN := auditd
 APT_TEST := auditd docker.io busybox-static chromium iproute2 openssh-server procps util-linux
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+# The stamp's name carries pyproject.toml's hash: a change of its contents (not of its
+# mtime, e.g. a checkout) reinstalls.
+STAMP := $(VENV)/.installed-$(shell md5sum < pyproject.toml | cut -c1-12)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_NOCOLOR := 1
 
@@ -17,9 +19,11 @@ export ANSIBLE_NOCOLOR := 1
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+# Debian's python3 has the venv module without ensurepip (python3-venv): `venv --help`
+# works there, creating a venv does not (and leaves one without pip behind).
+$(STAMP):
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
+	@$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -U pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
@@ -35,7 +39,7 @@ diagnose: setup apt-run
 	@echo "Report: $$(readlink -f reports/latest)"
 
 test: setup apt-test
-	CI=$${CI:-} $(BIN)/pytest tests $(PYTEST_ARGS)
+	$(BIN)/pytest tests $(PYTEST_ARGS)
 	$(MAKE) lint sanity
 	$(MAKE) test-vm
 
