@@ -119,6 +119,8 @@ RULE_HEADER_SIZE = 4 * (3 + AUDIT_BITMASK_SIZE + 3 * AUDIT_MAX_FIELDS + 1)  # 10
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
 ARCHES = {AUDIT_ARCH_X86_64: 'b64', AUDIT_ARCH_I386: 'b32'}
+# machine names (uname -m, auditctl -F arch=) -> the arch names above
+MACHINE_ARCHES = {'x86_64': 'b64', 'i386': 'b32', 'i686': 'b32'}
 
 OPERATORS = {
     0x08000000: '&',
@@ -341,7 +343,7 @@ def _syscalls_from_mask(words, arch):
 
 def machine_arch():
     """'b64' on x86_64, 'b32' on i386/i686, else None (syscalls stay numeric)."""
-    return {'x86_64': 'b64', 'i386': 'b32', 'i686': 'b32'}.get(os.uname()[4])
+    return MACHINE_ARCHES.get(os.uname()[4])
 
 
 def decode_rule(payload, default_arch='b64'):

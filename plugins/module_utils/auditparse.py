@@ -16,13 +16,13 @@ import re
 import shlex
 
 from ansible_collections.auditgap.fleet.plugins.module_utils.auditnl import (
+    MACHINE_ARCHES,
     STATUS_FIELDS,
     render_rule,
 )
 
 # names auditctl used in older one-line output -> the struct's names
-_STATUS_ALIASES = {'flag': 'failure', 'backlog_wait_time_actual': 'backlog_wait_time_actual',
-                   'features': 'feature_bitmap', 'feature_bitmap': 'feature_bitmap'}
+_STATUS_ALIASES = {'flag': 'failure', 'features': 'feature_bitmap'}
 _PAIR_RE = re.compile(r'^[a-z_]+=')
 _INT_RE = re.compile(r'^(0x[0-9a-fA-F]+|-?\d+)$')
 _FIELD_RE = re.compile(r'^([A-Za-z0-9_]+)(<=|>=|!=|&=|=|<|>|&)(.*)$')
@@ -85,7 +85,7 @@ def _split_list_action(text):
     return second, first
 
 
-def parse_rule_line(line, default_arch='b64'):
+def parse_rule_line(line):
     """One ``auditctl -l`` line -> rule dict; raises ValueError when it is not a rule."""
     try:
         tokens = shlex.split(line)
@@ -125,7 +125,7 @@ def parse_rule_line(line, default_arch='b64'):
                 rule['keys'].append(value)
             else:
                 if name == 'arch':
-                    value = {'x86_64': 'b64', 'i386': 'b32', 'i686': 'b32'}.get(value, value)
+                    value = MACHINE_ARCHES.get(value, value)
                     rule['arch'] = value
                 rule['fields'].append({'name': name, 'op': op, 'value': value})
         elif opt == '-C':
@@ -152,7 +152,7 @@ def parse_rule_line(line, default_arch='b64'):
     return rule
 
 
-def parse_rules(text, default_arch='b64'):
+def parse_rules(text):
     """Parse ``auditctl -l`` output into rule dicts.
 
     ``No rules`` gives []. A line that is not a rule is kept as
@@ -165,7 +165,7 @@ def parse_rules(text, default_arch='b64'):
         if not line or line == 'No rules':
             continue
         try:
-            rules.append(parse_rule_line(line, default_arch))
+            rules.append(parse_rule_line(line))
         except ValueError as err:
             rules.append({'list': None, 'action': None, 'arch': None, 'syscalls': [],
                           'fields': [], 'key': None, 'keys': [], 'text': line,
