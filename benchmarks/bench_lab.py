@@ -73,7 +73,7 @@ def run(args):
     with RestoreGuard() as guard:
         guard.push(lambda: labkit.lab_absent(p['state_path'], handlers=handlers()), description='lab absent')
         try:
-            _, lab = labkit.lab_present(params, docker_backend=docker_backend)
+            _, lab = labkit.lab_present(params, docker_backend=docker_backend, handlers=handlers())
         except labkit.LabRefused as err:
             print('bench_lab: %s' % err, file=sys.stderr)
             return 2

@@ -1302,12 +1302,13 @@ def throttle_existing_consumer(state, pid, quota_us, period_us, name):
             'cgroup_version': version, 'quota_us': quota_us, 'period_us': period_us}
 
 
-def lab_present(params, docker_backend=None, check_mode=False):
+def lab_present(params, docker_backend=None, check_mode=False, handlers=None):
     """Create the incident lab. Returns (changed, result dict).
 
     ``docker_backend``: a callable(state, workdir, p) -> consumer dict for
     the docker backend (plugins/module_utils/labdocker.py), so labkit stays
-    free of project imports.
+    free of project imports; ``handlers``: the undo handlers of its entries
+    (labdocker.UNDO_HANDLERS), for a broken or other-backend lab found first.
     """
     p = validate_lab_params(params)
     state = LabState(p['state_path'])
@@ -1323,7 +1324,7 @@ def lab_present(params, docker_backend=None, check_mode=False):
         return True, {'state': 'present', 'note': 'would create the lab (check mode)',
                       'existing_consumer_pid': status.get('pid') or None}
     if info is not None:  # broken or other backend: clean up first
-        errors = undo_state(state)[1]
+        errors = undo_state(state, handlers)[1]
         if errors:
             raise RuntimeError('could not clean up the previous lab: %s' % '; '.join(errors))
         state = LabState(p['state_path'])

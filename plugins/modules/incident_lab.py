@@ -229,7 +229,7 @@ def main():
                          incident_lab={'state': None})
     try:
         changed, result = labkit.lab_present(params, docker_backend=_docker_backend,
-                                             check_mode=module.check_mode)
+                                             check_mode=module.check_mode, handlers=_docker_handlers())
     except labkit.LabRefused as err:
         module.fail_json(msg=str(err), incident_lab={'state': None})
     except Exception as err:  # undo the half-made lab: never leave a stall behind

@@ -84,7 +84,7 @@ def write_timeline(name, points, markers=None):
 @pytest.fixture
 def clean_lab():
     """No lab left from an earlier run; and none left behind by this test."""
-    labkit.lab_absent(STATE)
+    labkit.lab_absent(STATE, handlers=_handlers())
     yield
     _, result = labkit.lab_absent(STATE, handlers=_handlers())
     assert not result['errors'], result['errors']

@@ -2,6 +2,7 @@
 import json
 import os
 
+import pytest
 from ansible_collections.auditgap.fleet.plugins.module_utils import labkit
 
 
@@ -242,3 +243,26 @@ def test_lab_info_from_state(tmp_path):
     assert info['backend'] == 'cgroup' and info['consumer_pid'] == os.getpid()
     assert info['cgroup_path'] == '/sys/fs/cgroup/cpu/auditgap-lab' and info['key'] == 'auditgap-lab'
     assert info['server_pid'] == 2 ** 22 + 3 and info['alive'] is False
+
+
+def test_present_undoes_a_broken_lab_with_the_backend_handlers(tmp_path, monkeypatch):
+    """A dead docker lab found by present is undone with the handlers present was given."""
+    path = str(tmp_path / 'lab' / 'state.json')
+    state = labkit.LabState(path)
+    state.record('container', name='auditgap-lab-auditd', id='c0ffee')
+    state.record('consumer', pid=2 ** 22 + 5, starttime=1, backend='docker')
+    monkeypatch.setattr(labkit, 'get_status', lambda: {'pid': 0, 'enabled': 1, 'backlog_limit': 8192,
+                                                       'backlog_wait_time': 60000})
+
+    class Stop(Exception):
+        pass
+
+    def stop(**fields):
+        raise Stop(fields)
+
+    monkeypatch.setattr(labkit, 'set_status', stop)
+    undone = []
+    with pytest.raises(Stop):  # the cleanup ran; the new lab's first kernel change is stopped here
+        labkit.lab_present({'state_path': path}, handlers={'container': undone.append})
+    assert [e['id'] for e in undone] == ['c0ffee']
+    assert [e['kind'] for e in labkit.LabState(path).entries] == ['path', 'audit_status']
