@@ -141,6 +141,7 @@ def test_wait_time_accrued_only_when_growing():
                  'audit_wait_time_accrued')['severity'] == 'critical'
     facts['audit_status']['sample'].update(backlog_wait_time_actual_delta_jiffies=250,
                                            backlog_wait_time_actual_delta_ms=1000)
+    found = by_id(F.auditgap_findings(facts, 'h'), 'audit_wait_time_accrued')
     assert found['remediation']['role'] == 'audit_backlog'  # no throttled consumer known
     facts['audit_status']['sample'] = None
     assert by_id(F.auditgap_findings(facts, 'h'), 'audit_wait_time_accrued')['severity'] == 'info'

@@ -166,6 +166,7 @@ def test_action_report_dir_and_latest(tmp_path):
     assert second.endswith('20261125T200000Z-2')
     os.makedirs(second)
     link = action.point_latest(first)
+    assert link == str(tmp_path / 'latest') and os.readlink(link) == os.path.basename(first)
     link = action.point_latest(second)
     assert os.readlink(link) == os.path.basename(second)
 
