@@ -110,14 +110,9 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, procinfo
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, dockerctl, procinfo
 from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups as cg
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import write_value
-
-try:
-    from ansible_collections.auditgap.fleet.plugins.module_utils import dockerctl
-except ImportError:
-    dockerctl = None
 
 TARGET_KINDS = ('pid', 'container', 'systemd_unit', 'cgroup_path', 'audit_consumer')
 DEFAULT_PERIOD_US = 100000
@@ -217,15 +212,17 @@ def cgroup_backend(module, tgt, wanted, result):
         path = cg.cpu_path_of(tgt['info']['cgroups'], hier)
         if not path:
             raise Failure('process %s has no cpu cgroup' % tgt['pid'])
-    group = cg.read_group(hier, path)
-    if group is None:
+    chain = cg.limited_chain(hier, path)  # the group first, then its limited ancestors
+    if not chain:
         raise Failure('cgroup %s not found in the cpu hierarchy' % path)
+    group = chain[0]
     if group['limit_cores'] is None and tgt['kind'] != 'cgroup_path':
         # the process's own group is unlimited: the limit that throttles it sits on an
         # ancestor (a pod, a slice); that is the one to raise
-        tight = cg.tightest(cg.limited_chain(hier, path)[1:])
+        tight = cg.tightest(chain[1:])
         if tight is not None:
             result['target']['own_cgroup_path'] = group['path']
+            chain = chain[chain.index(tight):]
             path, group = tight['path'], tight
     version = hier['version']
     mount = hier['cpu'] if version == 1 else hier['v2']
@@ -242,7 +239,6 @@ def cgroup_backend(module, tgt, wanted, result):
         raise Failure('limit %g cores at period %s us gives a quota below the kernel minimum 1000 us' % (wanted, period))
     before = {'limit_cores': group['limit_cores'], 'quota_us': group['quota_us'], 'period_us': group['period_us']}
     after = {'limit_cores': cg.limit_cores(quota, period), 'quota_us': quota, 'period_us': period}
-    chain = cg.limited_chain(hier, path)
     parents = [g for g in chain[1:] if g['limit_cores'] is not None and g['limit_cores'] < wanted]
     tight = cg.tightest(parents)
     if tight:
@@ -268,17 +264,17 @@ def cgroup_backend(module, tgt, wanted, result):
                 old_quota = group['quota_us'] if group['quota_us'] is not None else -1
                 try:
                     if old_period != period:
-                        _write(qfile, '-1')
-                        _write(pfile, str(period))
-                    _write(qfile, str(quota))
+                        write_value(qfile, '-1')
+                        write_value(pfile, str(period))
+                    write_value(qfile, str(quota))
                 except OSError:
                     # never leave a half-applied change: put the old values back
                     for fname, value in ((qfile, '-1'), (pfile, str(old_period)), (qfile, str(old_quota))):
                         with contextlib.suppress(OSError):
-                            _write(fname, value)
+                            write_value(fname, value)
                     raise
             else:
-                _write(os.path.join(directory, 'cpu.max'), '%d %d' % (quota, period))
+                write_value(os.path.join(directory, 'cpu.max'), '%d %d' % (quota, period))
 
     def reread():
         g = cg.read_group(hier, path)
@@ -286,14 +282,21 @@ def cgroup_backend(module, tgt, wanted, result):
     return before, after, change, describe, apply, reread
 
 
-_write = write_value
-
-
 # -- docker backend -----------------------------------------------------------
 
+def docker_limit(info):
+    """The CPU limit of a container (dockerctl.container_by_name_or_id): NanoCpus, else CpuQuota/CpuPeriod."""
+    if info['nano_cpus']:
+        cores = info['nano_cpus'] / 1e9
+    elif info['cpu_quota_us'] and info['cpu_quota_us'] > 0:
+        cores = info['cpu_quota_us'] / float(info['cpu_period_us'] or DEFAULT_PERIOD_US)
+    else:
+        cores = None
+    return {'limit_cores': round(cores, 6) if cores is not None else None, 'nano_cpus': info['nano_cpus'],
+            'cpu_quota_us': info['cpu_quota_us'], 'cpu_period_us': info['cpu_period_us']}
+
+
 def docker_backend(module, tgt, wanted, result):
-    if dockerctl is None:
-        raise Failure('the dockerctl helper is missing')
     sock = module.params['docker_socket']
     ref = tgt['container']['id'] if tgt.get('container') else None
     if not ref:
@@ -309,14 +312,7 @@ def docker_backend(module, tgt, wanted, result):
     result['target'].update(container={'runtime': 'docker', 'id': info['id'], 'name': info['name']},
                             running=info['running'], pid=tgt.get('pid') or info['pid'])
     use_quota = bool(info['cpu_quota_us']) and not info['nano_cpus']
-    if info['nano_cpus']:
-        current = info['nano_cpus'] / 1e9
-    elif info['cpu_quota_us'] and info['cpu_quota_us'] > 0:
-        current = info['cpu_quota_us'] / float(info['cpu_period_us'] or DEFAULT_PERIOD_US)
-    else:
-        current = None
-    before = {'limit_cores': round(current, 6) if current is not None else None, 'nano_cpus': info['nano_cpus'],
-              'cpu_quota_us': info['cpu_quota_us'], 'cpu_period_us': info['cpu_period_us']}
+    before = docker_limit(info)
     if use_quota:
         period = info['cpu_period_us'] or DEFAULT_PERIOD_US
         body = {'CpuQuota': round(wanted * period), 'CpuPeriod': period}
@@ -339,11 +335,7 @@ def docker_backend(module, tgt, wanted, result):
             raise Failure('docker update failed: %s' % err2)
 
     def reread():
-        new = dockerctl.container_by_name_or_id(info['id'], socket_path=sock)
-        cores = new['nano_cpus'] / 1e9 if new['nano_cpus'] else (
-            new['cpu_quota_us'] / float(new['cpu_period_us'] or DEFAULT_PERIOD_US) if new['cpu_quota_us'] else None)
-        return {'limit_cores': round(cores, 6) if cores is not None else None, 'nano_cpus': new['nano_cpus'],
-                'cpu_quota_us': new['cpu_quota_us'], 'cpu_period_us': new['cpu_period_us']}
+        return docker_limit(dockerctl.container_by_name_or_id(info['id'], socket_path=sock))
     return before, after, change, describe, apply if change else None, reread
 
 

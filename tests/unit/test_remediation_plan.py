@@ -106,3 +106,13 @@ def test_systemd_helpers():
     assert cpu_limit.quota_percent(1.5) == '150%' and cpu_limit.quota_percent(0.125) == '12.50%'
     assert cpu_limit.dropin_text('ids.service', 2) .endswith('[Service]\nCPUQuota=200%\n')
     assert '[Scope]' in cpu_limit.dropin_text('docker-abc.scope', 1)
+
+
+def test_docker_limit_from_nano_cpus_or_quota():
+    def info(nano=0, quota=0, period=0):
+        return {'nano_cpus': nano, 'cpu_quota_us': quota, 'cpu_period_us': period}
+    assert cpu_limit.docker_limit(info(nano=1500000000))['limit_cores'] == 1.5
+    assert cpu_limit.docker_limit(info(quota=50000, period=200000))['limit_cores'] == 0.25
+    assert cpu_limit.docker_limit(info(quota=25000))['limit_cores'] == 0.25  # default period
+    assert cpu_limit.docker_limit(info(quota=-1, period=100000))['limit_cores'] is None  # lifted quota
+    assert cpu_limit.docker_limit(info()) == {'limit_cores': None, 'nano_cpus': 0, 'cpu_quota_us': 0, 'cpu_period_us': 0}
