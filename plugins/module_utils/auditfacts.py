@@ -132,17 +132,18 @@ class StatusReader:
 
     def status(self):
         if self.source == 'netlink':
-            if self.sock is None:
-                self.sock = auditnl.AuditSocket()
-            return self.sock.get_status()
+            return self._socket().get_status()
         return auditparse.parse_status(self._auditctl('-s'))
 
     def rules(self):
         if self.source == 'netlink':
-            if self.sock is None:
-                self.sock = auditnl.AuditSocket()
-            return self.sock.list_rules()
+            return self._socket().list_rules()
         return auditparse.parse_rules(self._auditctl('-l'))
+
+    def _socket(self):
+        if self.sock is None:
+            self.sock = auditnl.AuditSocket()
+        return self.sock
 
     def _auditctl(self, flag):
         rc, out, err = self.run_command([self.auditctl, flag])

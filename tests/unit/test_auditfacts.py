@@ -239,6 +239,32 @@ def test_gather_rules_off_and_consumer_off(monkeypatch):
     assert run.calls == [['/sbin/auditctl', '-s']]
 
 
+def test_gather_netlink_reads_status_rules_and_sample_on_one_socket(monkeypatch, tmp_path):
+    opened = []
+
+    class OneStatus:
+        def __init__(self, *args, **kwargs):
+            opened.append(self)
+            self.closed = False
+
+        def get_status(self):
+            return {'enabled': 1, 'pid': 0, 'backlog': 0, 'lost': 0, 'backlog_limit': 64,
+                    'backlog_wait_time_actual': 0}
+
+        def list_rules(self):
+            return []
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(auditnl, 'AuditSocket', OneStatus)
+    facts = auditfacts.gather(source='netlink', sample_seconds=0.03, sample_interval_ms=10, euid=0,
+                              proc_root=str(tmp_path))
+    assert facts['source'] == 'netlink' and facts['rules_source'] == 'netlink'
+    assert facts['sample']['samples'] >= 2
+    assert len(opened) == 1 and opened[0].closed
+
+
 # -- consumer_pid: netlink, else auditctl -s ----------------------------------------
 
 class FakeSocket:
