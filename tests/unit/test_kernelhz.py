@@ -2,6 +2,7 @@
 import gzip
 import os
 
+import pytest
 from ansible_collections.auditgap.fleet.plugins.module_utils import kernelhz
 
 CONFIG = 'CONFIG_HZ_250=y\n# CONFIG_HZ_1000 is not set\nCONFIG_HZ=250\nCONFIG_AUDIT=y\n'
@@ -65,30 +66,23 @@ def test_detect_assumed_when_nothing(tmp_path):
     assert kernelhz.detect_hz(str(tmp_path), 'r') == {'value': 250, 'source': 'assumed'}
 
 
-def test_measure_from_timer_list(tmp_path):
+@pytest.mark.parametrize('name,before,after,expected', [
+    ('timer_list', 'jiffies: 1000\n', 'jiffies: 1200\n', 1000),   # 200 jiffies in 0.2 s
+    # /proc/schedstat when there is no timer_list
+    ('schedstat', 'version 15\ntimestamp 5000\n', 'version 15\ntimestamp 5050\n', 250),
+])
+def test_measure_counts_jiffies_over_the_interval(tmp_path, name, before, after, expected):
     proc = tmp_path / 'proc'
     proc.mkdir()
-    timer_list = proc / 'timer_list'
-    timer_list.write_text('jiffies: 1000\n')
+    counter = proc / name
+    counter.write_text(before)
     clock = iter([10.0, 10.2])
 
     def sleep(seconds):
-        timer_list.write_text('jiffies: 1200\n')   # 200 jiffies in 0.2 s
+        assert seconds == 0.2
+        counter.write_text(after)
 
-    assert kernelhz.measure_hz(str(tmp_path), 0.2, sleep=sleep, clock=lambda: next(clock)) == 1000
-
-
-def test_measure_from_schedstat_when_timer_list_missing(tmp_path):
-    proc = tmp_path / 'proc'
-    proc.mkdir()
-    schedstat = proc / 'schedstat'
-    schedstat.write_text('version 15\ntimestamp 5000\n')
-    clock = iter([1.0, 1.2])
-
-    def sleep(seconds):
-        schedstat.write_text('version 15\ntimestamp 5050\n')
-
-    assert kernelhz.measure_hz(str(tmp_path), 0.2, sleep=sleep, clock=lambda: next(clock)) == 250
+    assert kernelhz.measure_hz(str(tmp_path), 0.2, sleep=sleep, clock=lambda: next(clock)) == expected
 
 
 def test_detect_uses_measurement(tmp_path, monkeypatch):
