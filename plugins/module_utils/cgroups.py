@@ -144,9 +144,19 @@ def discover_hierarchies(mountinfo_text, root='/'):
     return found
 
 
+def normalise_path(cgroup_path):
+    """``a/b/`` -> ``/a/b``; empty or ``/`` -> ``/``."""
+    return '/' + cgroup_path.strip('/')
+
+
+def cpu_mount(hier):
+    """The mount holding the cpu controller (``discover_hierarchies`` output)."""
+    return hier['cpu'] if hier['version'] == 1 else hier['v2']
+
+
 def dir_for(mount, cgroup_path, root='/'):
     """Directory of ``cgroup_path`` (as in /proc/<pid>/cgroup) in ``mount``."""
-    path = '/' + cgroup_path.strip('/') if cgroup_path.strip('/') else '/'
+    path = normalise_path(cgroup_path)
     mount_root = mount['root'].rstrip('/') or '/'
     if mount_root != '/' and (path == mount_root or path.startswith(mount_root + '/')):
         path = path[len(mount_root):] or '/'
@@ -259,7 +269,7 @@ def read_group(hier, cgroup_path, root='/'):
     throttled_us, nr_bursts, usage_us, usage_source, pressure}`` (unit: microseconds;
     v1 throttled_time ns and cpuacct.usage ns are converted).
     """
-    path = '/' + cgroup_path.strip('/') if cgroup_path.strip('/') else '/'
+    path = normalise_path(cgroup_path)
     group = {'path': path, 'quota_us': None, 'period_us': None, 'burst_us': None,
              'limit_cores': None, 'nr_periods': None, 'nr_throttled': None,
              'throttled_us': None, 'nr_bursts': None, 'usage_us': None, 'usage_source': None,
@@ -330,7 +340,7 @@ def tasks_cpu_ns(directory, proc_root='/proc'):
 
 def ancestors(cgroup_path):
     """``/a/b/c`` -> ``['/a/b/c', '/a/b', '/a', '/']``."""
-    path = '/' + cgroup_path.strip('/') if cgroup_path.strip('/') else '/'
+    path = normalise_path(cgroup_path)
     chain = [path]
     while path != '/':
         path = path.rsplit('/', 1)[0] or '/'
@@ -547,8 +557,7 @@ class Collector:
         return self._proc_cgroups
 
     def cpu_mount_dir(self):
-        mount = self.hier['cpu'] if self.hier['version'] == 1 else self.hier['v2']
-        return dir_for(mount, '/', self.root)
+        return dir_for(cpu_mount(self.hier), '/', self.root)
 
     def group_dirs(self):
         """Every cgroup path of the cpu hierarchy that names a container or unit."""
@@ -702,7 +711,7 @@ class Collector:
 
     def cgroup_path(self, path):
         rel = path.rstrip('/') or '/'
-        mount = self.hier['cpu'] if self.hier['version'] == 1 else self.hier['v2']
+        mount = cpu_mount(self.hier)
         mount_point = mount['mount_point'].rstrip('/')
         if rel == mount_point or rel.startswith(mount_point + '/'):
             rel = rel[len(mount_point):] or '/'

@@ -225,8 +225,7 @@ def cgroup_backend(module, tgt, wanted, result):
             chain = chain[chain.index(tight):]
             path, group = tight['path'], tight
     version = hier['version']
-    mount = hier['cpu'] if version == 1 else hier['v2']
-    directory = cg.dir_for(mount, path)
+    directory = cg.dir_for(cg.cpu_mount(hier), path)
     if path.strip('/') == '':
         raise Failure('the target is in the root cpu cgroup, which has no CPU limit to raise '
                       '(move it into its own group or use backend docker/systemd)')
