@@ -459,7 +459,7 @@ def remove_instance(root, name):
         return
     for rel, value in (('tracing_on', '0'), ('set_event', '')):
         try:
-            _write(os.path.join(path, rel), value)
+            write_value(os.path.join(path, rel), value)
         except (IOError, OSError):
             pass
     trigger = os.path.join(path, 'events', 'sched', 'sched_switch', 'trigger')
@@ -501,9 +501,6 @@ def create_instance(guard, root, name):
     return path
 
 
-_write = write_value  # one write(2) with O_TRUNC: what tracefs wants for settings
-
-
 def _append(path, value):
     """Write without O_TRUNC (trigger files: O_TRUNC would drop every trigger)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
@@ -511,11 +508,6 @@ def _append(path, value):
         os.write(fd, value.encode())
     finally:
         os.close(fd)
-
-
-def guarded_write(guard, path, value, restore_value):
-    """Write ``value`` after registering ``restore_value`` as its undo."""
-    guard.write_file(path, value, restore_value=restore_value)
 
 
 def guarded_trigger(guard, path, trigger):

@@ -273,7 +273,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, tracefs
 from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
-from ansible_collections.auditgap.fleet.plugins.module_utils.guard import GuardInterrupted, RestoreGuard
+from ansible_collections.auditgap.fleet.plugins.module_utils.guard import GuardInterrupted, RestoreGuard, write_value
 from ansible_collections.auditgap.fleet.plugins.module_utils.procinfo import find_pids_by_name
 
 try:
@@ -456,8 +456,8 @@ def sample_events(guard, root, modes, targets, syscalls, params):
     """syscalls and/or offcpu in a private instance. Returns the EventParser."""
     name = tracefs.instance_name()
     inst = tracefs.create_instance(guard, root, name)
-    tracefs._write(os.path.join(inst, 'tracing_on'), '0')
-    tracefs._write(os.path.join(inst, 'buffer_size_kb'), str(params['buffer_size_kb']))
+    write_value(os.path.join(inst, 'tracing_on'), '0')
+    write_value(os.path.join(inst, 'buffer_size_kb'), str(params['buffer_size_kb']))
     tids = targets['tids']
     exclude = [] if tids else targets['excluded']
     if 'syscalls' in modes:
@@ -481,9 +481,9 @@ def sample_events(guard, root, modes, targets, syscalls, params):
     parser = traceparse.EventParser(pids=tids or None, syscalls=syscalls or None, top=params['top'])
     reader = tracefs.PipeReader(os.path.join(inst, 'trace_pipe'))
     guard.push(reader.close, description='close trace_pipe')
-    tracefs._write(os.path.join(inst, 'tracing_on'), '1')
+    write_value(os.path.join(inst, 'tracing_on'), '1')
     _window(reader, params['duration_s'], parser.feed, inst, params['buffer_size_kb'])
-    tracefs._write(os.path.join(inst, 'tracing_on'), '0')
+    write_value(os.path.join(inst, 'tracing_on'), '0')
     reader.drain(parser.feed)
     return name, parser.flush(), tracefs.events_lost(inst)
 
@@ -560,9 +560,9 @@ def _run_recipe(inner, root, restore, recipe, tids, targets, roots, params, half
         reader = tracefs.PipeReader(os.path.join(root, 'trace_pipe'))
         inner.push(reader.close, description='close trace_pipe')
         lost_before = tracefs.events_lost(root)
-        tracefs._write(os.path.join(root, 'tracing_on'), '1')
+        write_value(os.path.join(root, 'tracing_on'), '1')
         _window(reader, half, parser.feed, root, params['buffer_size_kb'])
-        tracefs._write(os.path.join(root, 'tracing_on'), '0')
+        write_value(os.path.join(root, 'tracing_on'), '0')
         reader.drain(parser.feed)
         results[recipe] = parser.flush().result()
         results[recipe]['events_lost'] = max(0, tracefs.events_lost(root) - lost_before)

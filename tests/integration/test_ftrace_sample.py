@@ -10,6 +10,7 @@ import time
 import pytest
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils.guard import write_value
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE = os.path.join(ROOT, 'plugins', 'modules', 'ftrace_sample.py')
@@ -183,13 +184,13 @@ def test_tracer_busy_and_lock_busy_refuse(tmp_path):
     assert tracefs.current_tracer(root) == 'nop'
     tracer = os.path.join(root, 'current_tracer')
     try:
-        tracefs._write(tracer, 'blk')  # cheap tracer: does nothing without a blktrace device
+        write_value(tracer, 'blk')  # cheap tracer: does nothing without a blktrace device
         busy = _snapshot(root)
         rc, res = _run_module({'duration_s': 1, 'pids': [1]}, tmp_path)
         assert rc != 0 and 'tracer busy' in res['msg'], res
         assert _snapshot(root) == busy
     finally:
-        tracefs._write(tracer, 'nop')
+        write_value(tracer, 'nop')
     # (a tracer switch expands an unexpanded top-level buffer for good: compare from here)
     before = _snapshot(root)
     with open(tracefs.LOCK_PATH, 'a+') as handle:
@@ -205,7 +206,7 @@ def test_tracer_busy_and_lock_busy_refuse(tmp_path):
 def test_list_files_get_every_word(tmp_path):
     """set_event (like set_graph_function and set_ftrace_filter) takes one word per
     write(2): guard.write_value must write the whole list, here in a private instance."""
-    from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard, write_value
+    from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
     root = _root()
     with tracefs.Lock(), RestoreGuard(signals=False) as guard:
         inst = tracefs.create_instance(guard, root, tracefs.instance_name())

@@ -191,15 +191,7 @@ def _fake_tracefs(tmp_path):
 def test_function_graph_path_on_fake_tracefs_restores_every_file(tmp_path, monkeypatch, targets, pid_file, pid_value):
     from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
     _fake_tracefs(tmp_path)
-    written = []
-    real_write = tracefs._write
-
-    def spy(path, value):
-        written.append((os.path.basename(path), value))
-        real_write(path, value)
-
-    monkeypatch.setattr(tracefs, '_write', spy)
-    monkeypatch.setattr(guard_mod, 'write_value', spy)
+    written = _spy_writes(monkeypatch, tmp_path)
     with guard_mod.RestoreGuard(signals=False) as guard:
         graph = ftrace_sample.sample_function_graph(
             guard, str(tmp_path), targets,
