@@ -32,7 +32,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, '.venv', 'bin')
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'collections'))
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts  # noqa: E402
 from tests.support.kernel import kernel_lock as hold_kernel_lock  # noqa: E402
+
 PING_GOAL = 2.0
 SHELL_GOAL = 3.0
 
@@ -125,15 +128,15 @@ SHELL_PLAYBOOK = r'''
 '''
 
 
+def _run(argv):
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 def audit_pid():
-    try:
-        out = subprocess.run(['auditctl', '-s'], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        return 0
-    for line in out.splitlines():
-        if line.startswith('pid '):
-            return int(line.split()[1])
-    return 0
+    """The registered audit consumer's pid, 0 when none or unreadable (netlink, else auditctl -s)."""
+    pid, _reason = auditfacts.consumer_pid(_run, shutil.which('auditctl'))
+    return pid or 0
 
 
 @contextlib.contextmanager
