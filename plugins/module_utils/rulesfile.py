@@ -4,7 +4,8 @@
 # ruff: noqa: UP001, UP009, UP010, UP031
 """Audit rules files (``/etc/audit/rules.d/*.rules``): parse, narrow, rewrite.
 
-Pure functions on text, no I/O except :func:`read_rules_dir`. Used by the
+Pure functions on text, no I/O except :func:`read_rules_dir` and
+:func:`write_atomic`. Used by the
 ``audit_tune`` module (backlog settings in auditgap's own rules.d file) and
 the ``audit_rule_narrow`` module (narrowing hot syscall rules where they live).
 
@@ -24,6 +25,7 @@ __metaclass__ = type
 
 import os
 import re
+import tempfile
 
 _FIELD_RE = re.compile(r'^([A-Za-z_0-9]+)(!=|<=|>=|&=|=|<|>|&)(.*)$')
 _LISTS = ('exit', 'task', 'user', 'exclude', 'filesystem', 'io_uring', 'entry')
@@ -371,6 +373,16 @@ def read_rules_dir(rules_dir):
             with open(path, 'r') as handle:
                 out.append((name, handle.read()))
     return out
+
+
+def write_atomic(module, path, text, mode=0o640):
+    """Replace ``path`` with ``text`` (file mode ``mode``): a temp file beside it, then
+    ``module.atomic_move`` (AnsibleModule), so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', prefix='.auditgap-')
+    with os.fdopen(fd, 'w') as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
+    module.atomic_move(tmp, path)
 
 
 def merge_rules(files):

@@ -128,7 +128,6 @@ audit_rule_narrow:
 
 import collections
 import os
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse
@@ -157,14 +156,6 @@ class Auditctl:
             return auditparse.parse_status(out)['enabled']
         except ValueError as err:
             raise RuntimeError('auditctl -s: %s' % err)
-
-
-def write_atomic(module, path, text, mode):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.auditgap-')
-    with os.fdopen(fd, 'w') as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    module.atomic_move(tmp, path)
 
 
 def multiset(rules):
@@ -254,7 +245,7 @@ def main():
         if p['backup']:
             out['backups'][path] = module.backup_local(path)
         mode = os.stat(path).st_mode & 0o7777
-        write_atomic(module, path, new_texts[name][1], mode)
+        rf.write_atomic(module, path, new_texts[name][1], mode)
     if not live_changes:
         module.exit_json(**result)
 

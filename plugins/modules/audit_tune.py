@@ -129,19 +129,11 @@ audit_tune:
       type: dict
 '''
 
-import gzip
 import os
-import platform
 import shutil
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, rulesfile
-
-try:
-    from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
-except ImportError:  # not installed yet / older tree
-    auditnl = None
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, auditparse, kernelhz, rulesfile
 
 MAX_BACKLOG_LIMIT = 1048576
 MAX_RATE_LIMIT = 2147483647
@@ -157,17 +149,11 @@ SYSTEM_RULES_DIR = '/etc/audit/rules.d'
 
 
 def kernel_hz():
-    """(hz, source) from the kernel config, None when unknown."""
-    release = platform.release()
-    for path, opener in (('/proc/config.gz', gzip.open), ('/boot/config-%s' % release, open)):
-        try:
-            with opener(path, 'rt') as handle:
-                for line in handle:
-                    if line.startswith('CONFIG_HZ='):
-                        return int(line.split('=', 1)[1]), path
-        except (OSError, ValueError):
-            continue
-    return None, 'unknown'
+    """(hz, source) from the kernel config, (None, 'unknown') when it does not say."""
+    hz = kernelhz.detect_hz(measure=False)
+    if hz['source'] == 'assumed':
+        return None, 'unknown'
+    return hz['value'], hz['source']
 
 
 def validate(params, hz):
@@ -202,15 +188,14 @@ class Live:
         self.auditctl = module.get_bin_path('auditctl')
 
     def get(self):
-        if auditnl is not None and hasattr(auditnl, 'get_status'):
-            try:
-                status = auditnl.get_status()
-                self.source = 'netlink'
-                return self._from_netlink(status)
-            except Exception:  # fall back to auditctl  # noqa: BLE001, S110 -- netlink errors of any kind fall back / roll back
-                pass
+        try:
+            status = auditnl.get_status()
+            self.source = 'netlink'
+            return self._from_netlink(status)
+        except Exception:  # fall back to auditctl  # noqa: BLE001, S110 -- netlink errors of any kind fall back / roll back
+            pass
         if not self.auditctl:
-            self.module.fail_json(msg='cannot read audit status: no netlink helper and no auditctl')
+            self.module.fail_json(msg='cannot read audit status: netlink failed and no auditctl')
         rc, out, err = self.module.run_command([self.auditctl, '-s'])
         if rc != 0:
             self.module.fail_json(msg='auditctl -s failed: %s' % (err or out).strip())
@@ -246,15 +231,6 @@ def read_text(path):
             return handle.read()
     except OSError:
         return None
-
-
-def write_atomic(module, path, text, mode=0o640):
-    directory = os.path.dirname(path) or '.'
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.auditgap-')
-    with os.fdopen(fd, 'w') as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    module.atomic_move(tmp, path)
 
 
 def boot_view(rules_file, new_text):
@@ -362,7 +338,7 @@ def main():
     if out['file_changed']:
         if p['backup'] and existed:
             out['backup_file'] = module.backup_local(p['rules_file'])
-        write_atomic(module, p['rules_file'], new_text)
+        rulesfile.write_atomic(module, p['rules_file'], new_text)
     done = []
     try:
         for name in ('backlog_limit', 'backlog_wait_time_jiffies', 'rate_limit'):
@@ -381,7 +357,7 @@ def main():
                 if existed and out['backup_file']:
                     shutil.copyfile(out['backup_file'], p['rules_file'])
                 elif existed:
-                    write_atomic(module, p['rules_file'], old_text)
+                    rulesfile.write_atomic(module, p['rules_file'], old_text)
                 else:
                     os.unlink(p['rules_file'])
             except OSError as err3:
