@@ -193,8 +193,7 @@ def read_consumer(pid, proc_root='/proc'):
         return None
     info = procinfo.read_process(pid, proc_root)
     if info is None:
-        return {'pid': pid, 'found': False, 'comm': None, 'exe': None, 'cmdline': None,
-                'cgroups': {'v1': {}, 'v2': None}, 'container': None, 'systemd_unit': None}
+        return dict(procinfo.unknown_process(pid), found=False)
     info['found'] = True
     return info
 

@@ -110,6 +110,12 @@ def _read(path, binary=False):
         return handle.read()
 
 
+def unknown_process(pid):
+    """The identity ``read_process`` returns, with every field unknown (None)."""
+    return {'pid': int(pid), 'comm': None, 'exe': None, 'cmdline': None,
+            'cgroups': {'v1': {}, 'v2': None}, 'container': None, 'systemd_unit': None}
+
+
 def read_process(pid, proc_root='/proc'):
     """Identity of one process, or None when it does not exist.
 
@@ -118,8 +124,7 @@ def read_process(pid, proc_root='/proc'):
     base = os.path.join(proc_root, str(int(pid)))
     if not os.path.isdir(base):
         return None
-    info = {'pid': int(pid), 'comm': None, 'exe': None, 'cmdline': None,
-            'cgroups': {'v1': {}, 'v2': None}, 'container': None, 'systemd_unit': None}
+    info = unknown_process(pid)
     try:
         info['comm'] = _read(os.path.join(base, 'comm')).strip()
     except (IOError, OSError):
@@ -139,11 +144,6 @@ def read_process(pid, proc_root='/proc'):
         pass
     info['container'], info['systemd_unit'] = identify_cgroups(info['cgroups'])
     return info
-
-
-def list_pids(proc_root='/proc'):
-    """All numeric entries of /proc (processes, not threads)."""
-    return [int(name) for name in os.listdir(proc_root) if name.isdigit()]
 
 
 def find_pids_by_name(names, proc_root='/proc'):
