@@ -290,27 +290,6 @@ def current_tracer(root):
     return read(os.path.join(root, 'current_tracer')).strip()
 
 
-def traceable_functions(root, names):
-    """The subset of ``names`` listed in available_filter_functions (one streamed pass)."""
-    wanted = set(name for name in names if is_symbol(name))
-    found = set()
-    if not wanted:
-        return found
-    path = os.path.join(root, 'available_filter_functions')
-    try:
-        with open(path, 'r') as handle:
-            for line in handle:
-                name = line.split(' ', 1)[0].rstrip('\n')
-                if name in wanted:
-                    found.add(name)
-                    if len(found) == len(wanted):
-                        break
-    except OSError as err:
-        raise TracefsError('cannot read %s (%s): function names cannot be validated'
-                           % (path, err.strerror or err)) from None
-    return found
-
-
 _FILTER_GLOB_RE = re.compile(r'[A-Za-z0-9_.*?]+')
 
 
@@ -320,38 +299,42 @@ def is_filter_glob(text):
     return isinstance(text, str) and len(text) <= 128 and bool(_FILTER_GLOB_RE.fullmatch(text)) and text.strip('*?') != ''
 
 
-def unmatched_globs(globs, names):
-    """The ``globs`` no name in ``names`` (an iterable, read once) matches."""
+def match_functions(listed, names=(), globs=()):
+    """(the subset of ``names`` in ``listed``, the ``globs`` nothing in ``listed`` matches).
+
+    ``listed`` is an iterable of function names, read once and only until both
+    answers are known. ``names`` that are not symbols are never found.
+    """
+    wanted = set(name for name in names if is_symbol(name))
+    found = set()
     left = list(dict.fromkeys(globs))
     plain = set(g for g in left if not any(c in g for c in '*?'))
     patterns = [(g, re.compile(fnmatch.translate(g))) for g in left if g not in plain]
-    for name in names:
-        if not left:
+    for name in listed:
+        if not left and len(found) == len(wanted):
             break
+        if name in wanted:
+            found.add(name)
         if name in plain:
             plain.discard(name)
             left.remove(name)
-        for glob, rx in list(patterns):
-            if rx.match(name):
-                patterns.remove((glob, rx))
-                left.remove(glob)
-    return left
+        if patterns:
+            for entry in [p for p in patterns if p[1].match(name)]:
+                patterns.remove(entry)
+                left.remove(entry[0])
+    return found, left
 
 
-def unmatched_filter_globs(root, globs):
-    """unmatched_globs against available_filter_functions (one streamed pass)."""
+def filter_functions(root, names=(), globs=()):
+    """match_functions over available_filter_functions: one streamed pass answers both
+    which ``names`` are traceable and which ``globs`` match no traceable function."""
     path = os.path.join(root, 'available_filter_functions')
     try:
         with open(path, 'r') as handle:
-            return unmatched_globs(globs, (line.split(' ', 1)[0].rstrip('\n') for line in handle))
+            return match_functions((line.split(' ', 1)[0].rstrip('\n') for line in handle), names, globs)
     except OSError as err:
-        raise TracefsError('cannot read %s (%s): function_filter cannot be checked'
+        raise TracefsError('cannot read %s (%s): function names cannot be validated'
                            % (path, err.strerror or err)) from None
-
-
-def function_traceable(root, name):
-    """True when ``name`` is listed in available_filter_functions (streamed)."""
-    return name in traceable_functions(root, [name])
 
 
 # The syscall's own function, newest naming first (x86_64 >= 4.17, arm64, generic, < 4.17).
@@ -393,7 +376,7 @@ def plan_graph_roots(graph_function, syscalls, traceable, default='do_syscall_64
 
 
 def graph_candidates(graph_function, syscalls):
-    """Every name plan_graph_roots may ask about (for one traceable_functions pass)."""
+    """Every name plan_graph_roots may ask about (for one filter_functions pass)."""
     names = [graph_function] + list(EXIT_WORK_FUNCTIONS) + list(SYSCALL_DISPATCHERS)
     for name in syscalls or ():
         names.extend(pattern % name for pattern in SYSCALL_FUNCTION_PATTERNS)

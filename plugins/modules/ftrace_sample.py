@@ -488,11 +488,6 @@ def sample_events(guard, root, modes, targets, syscalls, params):
     return name, parser.flush(), tracefs.events_lost(inst)
 
 
-def traceparse_dispatcher(root):
-    """The syscall table dispatcher of this architecture (kernels >= 6.9)."""
-    return 'x64_sys_call' if os.uname()[4] == 'x86_64' else 'invoke_syscall'
-
-
 def _top_guarded(guard, root, restore, rel, value):
     old = restore.get(rel)
     if old is None:
@@ -509,9 +504,10 @@ def recipe_filter(function_filter, recipe, roots):
     return words
 
 
-def check_function_filter(root, words):
+def check_function_filter(root, words, unmatched):
     """Before anything changes: set_ftrace_filter readable and empty, at least one word
-    matching. Returns (words that match, words that match nothing)."""
+    matching (``unmatched``: the words no traceable function matches). Returns the words
+    that match."""
     path = os.path.join(root, 'set_ftrace_filter')
     try:
         current = tracefs.parse_function_list(tracefs.read(path))
@@ -522,12 +518,34 @@ def check_function_filter(root, words):
         raise SampleError('function_filter: set_ftrace_filter already holds %d function(s) (%s) - '
                           "someone's tracing set-up; clear it or drop function_filter; nothing changed"
                           % (len(current), ', '.join(current[:5])))
-    missing = tracefs.unmatched_filter_globs(root, words)
-    usable = [word for word in words if word not in missing]
+    usable = [word for word in words if word not in unmatched]
     if not usable:
         raise SampleError('function_filter: no traceable function matches %s; nothing changed'
-                          % ', '.join(repr(w) for w in missing))
-    return usable, missing
+                          % ', '.join(repr(w) for w in unmatched))
+    return usable
+
+
+def plan_function_graph(root, params):
+    """Before anything changes: the second recipe's set_graph_function roots and the
+    function_filter words that match, from one pass over available_filter_functions.
+    Returns (params for the sample, roots, note, function_filter words left out)."""
+    graph_sys = list(params.get('syscalls') or []) or [
+        name for name in audit_rule_syscalls()[0] if tracefs.is_syscall_name(name)]
+    if not graph_sys:  # no audit rule names a syscall: the seed's audited syscalls + read/write
+        graph_sys = list(DEFAULT_GRAPH_SYSCALLS)
+    words = list(params.get('function_filter') or [])
+    traceable, unmatched = tracefs.filter_functions(
+        root, tracefs.graph_candidates(params['graph_function'], graph_sys), words)
+    roots, note = tracefs.plan_graph_roots(params['graph_function'], graph_sys, traceable)
+    if not roots:
+        raise SampleError('%s; nothing changed' % note)
+    params = dict(params)
+    if words:
+        params['function_filter'] = check_function_filter(root, words, unmatched)
+    if roots == ['do_syscall_64'] and 'x64_sys_call' in traceable:
+        # 6.9+: do_syscall_64 -> x64_sys_call -> __x64_sys_NAME: one level more to see NAME
+        params['max_graph_depth'] = max(params['max_graph_depth'], 3)
+    return params, roots, note, unmatched
 
 
 def _run_recipe(inner, root, restore, recipe, tids, targets, roots, params, half, results):
@@ -683,24 +701,7 @@ def _sample(guard, params, facts):
                               % ', '.join(events[:5]))
     graph_roots, graph_note, filter_unmatched = [], None, []
     if 'function_graph' in modes:
-        graph_sys = list(params.get('syscalls') or []) or [
-            name for name in audit_rule_syscalls()[0] if tracefs.is_syscall_name(name)]
-        if not graph_sys:  # no audit rule names a syscall: the seed's audited syscalls + read/write
-            graph_sys = list(DEFAULT_GRAPH_SYSCALLS)
-        dispatcher = traceparse_dispatcher(root)
-        traceable = tracefs.traceable_functions(
-            root, tracefs.graph_candidates(params['graph_function'], graph_sys) + [dispatcher])
-        graph_roots, graph_note = tracefs.plan_graph_roots(params['graph_function'], graph_sys, traceable)
-        if not graph_roots:
-            raise SampleError('%s; nothing changed' % graph_note)
-        filter_unmatched = []
-        if params.get('function_filter'):
-            usable, filter_unmatched = check_function_filter(root, params['function_filter'])
-            params = dict(params, function_filter=usable)
-        params = dict(params)
-        if graph_roots == ['do_syscall_64'] and dispatcher in traceable:
-            # 6.9+: do_syscall_64 -> x64_sys_call -> __x64_sys_NAME: one level more to see NAME
-            params['max_graph_depth'] = max(params['max_graph_depth'], 3)
+        params, graph_roots, graph_note, filter_unmatched = plan_function_graph(root, params)
     consumer = audit_consumer_pid()
     targets = resolve_targets(params, consumer, os.getpid())
     facts['targets'] = targets

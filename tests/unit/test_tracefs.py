@@ -233,12 +233,13 @@ def test_cpu_stats_and_buffer_filling(tmp_path):
 
 def test_function_traceable(tmp_path):
     (tmp_path / 'available_filter_functions').write_text('do_syscall_64\nx64_sys_call\nfoo_bar [mymod]\n')
-    assert tracefs.function_traceable(str(tmp_path), 'do_syscall_64')
-    assert tracefs.function_traceable(str(tmp_path), 'foo_bar')
-    assert not tracefs.function_traceable(str(tmp_path), 'do_syscall')
-    assert not tracefs.function_traceable(str(tmp_path), 'do_sys*')
+    found, _unmatched = tracefs.filter_functions(str(tmp_path), ['do_syscall_64', 'foo_bar', 'do_syscall', 'do_sys*'])
+    assert 'do_syscall_64' in found
+    assert 'foo_bar' in found
+    assert 'do_syscall' not in found
+    assert 'do_sys*' not in found
     with pytest.raises(tracefs.TracefsError, match='cannot read'):
-        tracefs.function_traceable(str(tmp_path / 'missing'), 'do_syscall_64')
+        tracefs.filter_functions(str(tmp_path / 'missing'), ['do_syscall_64'])
 
 
 def test_run_sample_function_graph_end_to_end_on_fake_tracefs(tmp_path, monkeypatch):
@@ -315,7 +316,15 @@ def test_plan_graph_roots():
 
 def test_traceable_functions(tmp_path):
     (tmp_path / 'available_filter_functions').write_text('a_fn\nb_fn [mod]\nc_fn\n')
-    assert tracefs.traceable_functions(str(tmp_path), ['a_fn', 'b_fn', 'zz', 'bad name']) == {'a_fn', 'b_fn'}
+    assert tracefs.filter_functions(str(tmp_path), ['a_fn', 'b_fn', 'zz', 'bad name']) == ({'a_fn', 'b_fn'}, [])
+    # names and globs in the same pass
+    assert tracefs.filter_functions(str(tmp_path), ['a_fn'], ['c_*', 'd_*', 'b_fn']) == ({'a_fn'}, ['d_*'])
+
+
+def test_match_functions_reads_only_what_it_needs():
+    listed = iter(['a_fn', 'b_fn', 'c_fn', 'd_fn'])
+    assert tracefs.match_functions(listed, ['a_fn'], ['b_*']) == ({'a_fn'}, [])
+    assert next(listed) == 'd_fn'  # both answers known after b_fn: c_fn was the last one read
 
 
 def test_run_sample_function_graph_noinstr_fallback_on_fake_tracefs(tmp_path, monkeypatch):
@@ -368,9 +377,9 @@ def test_function_filter_words():
     for bad in ('*', '**', '', 'a b', '!foo', 'foo:mod:bar', 'a\nb', 'x' * 129, None):
         assert not tracefs.is_filter_glob(bad)
     names = ['audit_log_start', 'schedule_timeout', '__x64_sys_accept4']
-    assert tracefs.unmatched_globs(['*audit*', 'schedule_timeout', 'nope', 'sys_*', '__x64_sys_acc?pt4'],
-                                   iter(names)) == ['nope', 'sys_*']
-    assert tracefs.unmatched_globs([], names) == []
+    assert tracefs.match_functions(iter(names), (), ['*audit*', 'schedule_timeout', 'nope', 'sys_*',
+                                                     '__x64_sys_acc?pt4'])[1] == ['nope', 'sys_*']
+    assert tracefs.match_functions(names, (), [])[1] == []
     assert ftrace_sample.recipe_filter([], 'syscall_exits', ['a']) == []
     assert ftrace_sample.recipe_filter(['*audit*'], 'slow_calls', ['a']) == ['*audit*']
     assert ftrace_sample.recipe_filter(['*audit*', 'a'], 'syscall_exits', ['a', 'b']) == ['*audit*', 'a', 'b']
@@ -428,3 +437,28 @@ def test_function_filter_leaves_out_words_this_kernel_lacks(tmp_path, monkeypatc
     graph = facts['function_graph']
     assert graph['function_filter'] == ['*audit*', 'schedule_timeout']
     assert graph['function_filter_unmatched'] == ['syscall_slow_exit_work'] and facts['restored']
+
+
+def test_available_filter_functions_read_once_per_sample(tmp_path, monkeypatch):
+    """The graph roots and the function_filter words are checked in one pass over the list."""
+    import builtins
+    _fake_filter_tracefs(tmp_path, monkeypatch)
+    (tmp_path / 'available_filter_functions').write_text(
+        'do_syscall_64\nx64_sys_call\naudit_log_start\nschedule_timeout\n')
+    opened = []
+    real_open = builtins.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(os.path.basename(str(path)))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(tracefs, 'open', counting_open, raising=False)
+    written = _spy_writes(monkeypatch, tmp_path)
+    facts = ftrace_sample.run_sample(
+        _params(mode='function_graph', pids=[1], duration_s=1, function_filter=['*audit*', 'nope']),
+        geteuid=lambda: 0)
+    assert opened.count('available_filter_functions') == 1
+    graph = facts['function_graph']
+    assert graph['function_filter'] == ['*audit*'] and graph['function_filter_unmatched'] == ['nope']
+    # do_syscall_64 dispatching through x64_sys_call (6.9+): one level more
+    assert graph['max_graph_depth_used'] == 3 and ('max_graph_depth', '3') in written
