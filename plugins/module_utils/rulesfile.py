@@ -38,8 +38,6 @@ SETTING_OPTIONS = (
     ('rate_limit', '-r'),
 )
 _OPTION_SETTING = {opt: name for name, opt in SETTING_OPTIONS}
-# Syscalls whose rules auditctl may print by number on some arches; the
-# caller can pass a map for others.
 SCOPE_FIELDS = ('exe', 'uid', 'auid', 'euid', 'success')
 _SCOPE_OPS = ('!=', '<=', '>=', '=', '<', '>')
 
@@ -412,10 +410,7 @@ def settings_in_lines(lines):
     """The backlog settings the lines set (the last one wins), as ints."""
     found = {}
     for line in lines:
-        try:
-            tokens = split_line(line)
-        except RulesError:
-            continue
+        tokens = split_line(line)
         i = 0
         while i < len(tokens):
             name = _OPTION_SETTING.get(tokens[i])
@@ -464,15 +459,8 @@ def render_settings_text(existing, settings, header):
 # -- auditctl output -------------------------------------------------------------
 
 def parse_auditctl_list(text):
-    """``auditctl -l`` -> parsed syscall rules (watches and others skipped)."""
-    rules = []
-    for line in text.splitlines():
-        if not line.strip() or line.strip() == 'No rules':
-            continue
-        try:
-            rule = parse_rule(line)
-        except RulesError:
-            continue
-        if rule is not None and rule['kind'] == 'syscall':
-            rules.append(rule)
-    return rules
+    """``auditctl -l`` -> parsed syscall rules (watches, ``No rules`` and others skipped).
+
+    auditctl prints the loaded rules as ``-a`` lines: the same parse as a rules.d text's.
+    """
+    return syscall_rules(text)
