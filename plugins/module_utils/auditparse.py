@@ -85,6 +85,11 @@ def _split_list_action(text):
     return second, first
 
 
+def _empty_rule():
+    return {'list': None, 'action': None, 'arch': None, 'syscalls': [],
+            'fields': [], 'key': None, 'keys': []}
+
+
 def parse_rule_line(line):
     """One ``auditctl -l`` line -> rule dict; raises ValueError when it is not a rule."""
     try:
@@ -93,8 +98,7 @@ def parse_rule_line(line):
         tokens = line.split()
     if not tokens or tokens[0] not in ('-a', '-A', '-w', '-W'):
         raise ValueError('not an audit rule: %r' % line)
-    rule = {'list': None, 'action': None, 'arch': None, 'syscalls': [],
-            'fields': [], 'key': None, 'keys': []}
+    rule = _empty_rule()
     watch_path = None
     perms = []
     i = 0
@@ -167,9 +171,7 @@ def parse_rules(text):
         try:
             rules.append(parse_rule_line(line))
         except ValueError as err:
-            rules.append({'list': None, 'action': None, 'arch': None, 'syscalls': [],
-                          'fields': [], 'key': None, 'keys': [], 'text': line,
-                          'parse_error': str(err)})
+            rules.append(dict(_empty_rule(), text=line, parse_error=str(err)))
     return rules
 
 

@@ -161,4 +161,7 @@ def test_unparseable_line_is_kept_with_error():
                                    'something odd\n-a always,exit -X foo\n')
     assert rules[0]['key'] == 'x'
     assert rules[1]['text'] == 'something odd' and 'parse_error' in rules[1]
+    assert dict(rules[1], parse_error=None) == {'list': None, 'action': None, 'arch': None, 'syscalls': [],
+                                                'fields': [], 'key': None, 'keys': [], 'text': 'something odd',
+                                                'parse_error': None}
     assert 'unknown option' in rules[2]['parse_error']
