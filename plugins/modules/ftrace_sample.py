@@ -548,8 +548,10 @@ def plan_function_graph(root, params):
     return params, roots, note, unmatched
 
 
-def _run_recipe(inner, root, restore, recipe, tids, targets, roots, params, half, results):
-    """One function_graph recipe; ``inner`` restores its files when it ends (or fails)."""
+def _run_recipe(inner, root, restore, recipe, targets, roots, params, seconds):
+    """One function_graph recipe for ``seconds``; ``inner`` restores its files when it ends
+    (or fails). Returns the parser's result with ``events_lost``."""
+    tids = targets['tids']
     with inner:
         _top_guarded(inner, root, restore, 'tracing_on', '0')
         _top_guarded(inner, root, restore, 'current_tracer', 'nop')
@@ -579,11 +581,12 @@ def _run_recipe(inner, root, restore, recipe, tids, targets, roots, params, half
         inner.push(reader.close, description='close trace_pipe')
         lost_before = tracefs.events_lost(root)
         write_value(os.path.join(root, 'tracing_on'), '1')
-        _window(reader, half, parser.feed, root, params['buffer_size_kb'])
+        _window(reader, seconds, parser.feed, root, params['buffer_size_kb'])
         write_value(os.path.join(root, 'tracing_on'), '0')
         reader.drain(parser.feed)
-        results[recipe] = parser.flush().result()
-        results[recipe]['events_lost'] = max(0, tracefs.events_lost(root) - lost_before)
+        result = parser.flush().result()
+        result['events_lost'] = max(0, tracefs.events_lost(root) - lost_before)
+    return result
 
 
 def sample_function_graph(guard, root, targets, params, roots=None):
@@ -595,22 +598,18 @@ def sample_function_graph(guard, root, targets, params, roots=None):
     roots = roots or [params['graph_function']]
     restore = tracefs.top_level_restore_values(root)
     half = max(0.5, params['duration_s'] / 2.0)
-    tids = targets['tids']
-    results = {}
+    results = []
     for recipe in ('slow_calls', 'syscall_exits'):
         inner = RestoreGuard(signals=False)
         try:
-            _run_recipe(inner, root, restore, recipe, tids, targets, roots, params, half, results)
+            results.append(_run_recipe(inner, root, restore, recipe, targets, roots, params, half))
         finally:
             guard.restore_errors.extend(inner.restore_errors)
-    return {
-        'slow_calls': results['slow_calls']['slow_calls'],
-        'syscall_exits': results['syscall_exits']['syscall_exits'],
-        'exit_work_by_syscall': results['syscall_exits']['exit_work_by_syscall'],
-        'events_lost': results['slow_calls']['events_lost'] + results['syscall_exits']['events_lost'],
-        'calls': results['slow_calls']['calls'] + results['syscall_exits']['calls'],
-        'lines': results['slow_calls']['lines'] + results['syscall_exits']['lines'],
-    }
+    slow, exits = results
+    graph = {key: slow[key] + exits[key] for key in ('events_lost', 'calls', 'lines')}
+    graph.update(slow_calls=slow['slow_calls'], syscall_exits=exits['syscall_exits'],
+                 exit_work_by_syscall=exits['exit_work_by_syscall'])
+    return graph
 
 
 def empty_facts(params):
