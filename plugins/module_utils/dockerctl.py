@@ -554,21 +554,25 @@ def _summary(info):
     }
 
 
-def _cli_inspect(ref, docker_cli='docker', timeout=10):
-    binary = shutil.which(docker_cli) if hasattr(shutil, 'which') else None
+def _cli(args, docker_cli='docker', timeout=10):
+    """(returncode, stdout) of one docker CLI command; None when there is no CLI or it hangs."""
+    binary = shutil.which(docker_cli)
     if not binary:
         return None
     try:
-        proc = subprocess.Popen([binary, 'inspect', '--type', 'container', '--format',
-                                 '{{json .}}', ref], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-        out, _err = proc.communicate(timeout=timeout)
+        proc = subprocess.run([binary] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if proc.returncode != 0:
+    return proc.returncode, proc.stdout
+
+
+def _cli_inspect(ref, docker_cli='docker', timeout=10):
+    answer = _cli(['inspect', '--type', 'container', '--format', '{{json .}}', ref], docker_cli, timeout)
+    if answer is None or answer[0] != 0:
         return None
     try:
-        summary = _summary(json.loads(out.decode('utf-8', 'replace')))
+        summary = _summary(json.loads(answer[1].decode('utf-8', 'replace')))
     except ValueError:
         return None
     summary['source'] = 'cli'
@@ -619,18 +623,6 @@ def container_by_name_or_id(ref, socket_path=DOCKER_SOCK, use_cli=True):
 
 
 def _cli_answers(docker_cli='docker', timeout=10):
-    binary = shutil.which(docker_cli) if hasattr(shutil, 'which') else None
-    if not binary:
-        return False
-    try:
-        proc = subprocess.Popen([binary, 'version', '--format', '{{.Server.Version}}'],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        proc.communicate(timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0
-
-
-def docker_available(socket_path=DOCKER_SOCK):
-    """True when the socket or the docker CLI reaches a daemon."""
-    return ping(socket_path) or _cli_answers()
+    """True when the docker CLI reaches a daemon."""
+    answer = _cli(['version', '--format', '{{.Server.Version}}'], docker_cli, timeout)
+    return answer is not None and answer[0] == 0

@@ -102,6 +102,36 @@ def test_container_by_name_or_id(engine):
     assert dockerctl.container_by_name_or_id('a/b', socket_path=sock, use_cli=False) is None
 
 
+def _fake_docker_cli(tmp_path, monkeypatch, script):
+    cli = tmp_path / 'bin' / 'docker'
+    cli.parent.mkdir(parents=True)
+    cli.write_text('#!/bin/sh\n' + script)
+    cli.chmod(0o755)
+    monkeypatch.setenv('PATH', str(cli.parent))
+
+
+def test_container_by_name_or_id_falls_back_to_the_cli(tmp_path, monkeypatch):
+    monkeypatch.setattr(dockerctl, 'DOCKER_SOCK', str(tmp_path / 'none.sock'))
+    info = json.dumps({'Id': 'e' * 64, 'Name': '/ids', 'State': {'Pid': 7, 'Running': True},
+                       'HostConfig': {'CpuQuota': 50000, 'CpuPeriod': 100000}})
+    _fake_docker_cli(tmp_path, monkeypatch, f"""case "$1 $6" in
+  'inspect ids') echo '{info}' ;;
+  'version ') echo 27.0 ;;
+  *) exit 1 ;;
+esac
+""")
+    sock = dockerctl.DOCKER_SOCK
+    found = dockerctl.container_by_name_or_id('ids', socket_path=sock)
+    assert found['source'] == 'cli' and found['id'] == 'e' * 64 and found['cpu_quota_us'] == 50000
+    assert dockerctl.container_by_name_or_id('ghost', socket_path=sock) is None  # the daemon answers
+    _fake_docker_cli(tmp_path / 'down', monkeypatch, 'exit 1\n')
+    with pytest.raises(dockerctl.DockerUnavailable):
+        dockerctl.container_by_name_or_id('ids', socket_path=sock)
+    monkeypatch.setenv('PATH', str(tmp_path / 'empty'))  # no CLI at all
+    with pytest.raises(dockerctl.DockerUnavailable):
+        dockerctl.container_by_name_or_id('ids', socket_path=sock)
+
+
 def test_import_image_posts_a_tarball(engine):
     sock, handler = engine
     handler.routes[('POST', '/images/create')] = (200, b'{"status":"sha256:1"}')
