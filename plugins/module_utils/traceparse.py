@@ -518,9 +518,6 @@ class EventParser:
                 frames = None
             bracket = line.find('] ')
             if bracket < 0:
-                first = line.lstrip()
-                if first.startswith('=>') and frames is not None:
-                    frames.append(first[2:].strip())
                 continue
             colon = line.find(': ', bracket)
             if colon < 0:
