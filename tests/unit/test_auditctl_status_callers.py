@@ -74,17 +74,15 @@ def test_audit_tune_prefers_netlink(monkeypatch):
     assert live.get()['enabled'] == 2 and live.source == 'netlink' and module.calls == []
 
 
-def test_audit_tune_reads_the_old_one_line_format(monkeypatch):
+@pytest.mark.parametrize('name,backlog_limit', [
+    ('auditctl-s.old-one-line.txt', 320),  # the old one-line format
+    ('auditctl-s.rhel7.txt', 8192),  # an older multi-line one, without the wait time
+])
+def test_audit_tune_reads_older_formats_without_the_wait_time(monkeypatch, name, backlog_limit):
     monkeypatch.setattr(audit_tune, 'auditnl', NoNetlink)
-    live = audit_tune.Live(FakeModule({'-s': (0, text('auditctl-s.old-one-line.txt'), '')}))
-    assert live.get() == {'enabled': 1, 'backlog_limit': 320, 'backlog_wait_time_jiffies': None, 'rate_limit': 0}
+    live = audit_tune.Live(FakeModule({'-s': (0, text(name), '')}))
+    assert live.get() == {'enabled': 1, 'backlog_limit': backlog_limit, 'backlog_wait_time_jiffies': None, 'rate_limit': 0}
     assert live.source == 'auditctl'
-
-
-def test_audit_tune_older_multi_line_lacks_the_wait_time(monkeypatch):
-    monkeypatch.setattr(audit_tune, 'auditnl', NoNetlink)
-    live = audit_tune.Live(FakeModule({'-s': (0, text('auditctl-s.rhel7.txt'), '')}))
-    assert live.get() == {'enabled': 1, 'backlog_limit': 8192, 'backlog_wait_time_jiffies': None, 'rate_limit': 0}
 
 
 def test_audit_tune_output_without_status_fails_clearly(monkeypatch):
