@@ -17,7 +17,6 @@ Takes the kernel-tests lock; the lab is removed at the end, also on SIGTERM.
     benchmarks/bench_lab.py [--seconds N] [--goal X] [--backend cgroup|docker] [--svg PATH]
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -92,12 +91,7 @@ def run(args):
         print('bench_lab: restore errors: %s' % guard.restore_errors, file=sys.stderr)
     try:
         from ansible_collections.auditgap.fleet.plugins.module_utils import labchart
-        os.makedirs(os.path.dirname(args.svg), exist_ok=True)
-        with open(args.svg, 'w') as handle:
-            handle.write(labchart.timeline_svg(points, markers, title='incident lab (%s backend)' % args.backend))
-        with open(os.path.splitext(args.svg)[0] + '.jsonl', 'w') as handle:
-            for point in points:
-                handle.write(json.dumps(point, sort_keys=True) + '\n')
+        labchart.write_timeline(args.svg, points, markers, title='incident lab (%s backend)' % args.backend)
         print('timeline: %s' % args.svg)
     except ImportError as err:
         print('bench_lab: no picture (%s)' % err, file=sys.stderr)

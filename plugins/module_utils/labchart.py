@@ -7,12 +7,16 @@
 Input: the lab's timeline.jsonl points ``{t, p99_ms, backlog, backlog_peak,
 backlog_limit, lost, backlog_wait_time_actual, throttled_ratio}`` (one per second, written by the workload) and
 optional markers ``[{'t': unix_s, 'label': 'quota lifted'}]``. Output: a
-self-contained ``<svg>`` string the HTML report can inline or link.
+self-contained ``<svg>`` string the HTML report can inline or link
+(``write_timeline`` also writes it to a file, the points beside it).
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
+
+import json
+import os
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import svgchart
 
@@ -52,25 +56,25 @@ def timeline_svg(points, markers=None, title='auditgap incident lab', width=760)
     p99, backlog, throttled, lost, waited, limit, t0 = timeline_series(points, min(starts) if starts else None)
     vlines = [{'x': m['t'] - (t0 or m['t']), 'label': m.get('label', '')} for m in (markers or [])]
     x_max = max([point[0] for point in p99] + [v['x'] for v in vlines] + [1])
+    heights = (220, 200, 180, 180)
     charts = [
         svgchart.line_chart([{'name': 'accept p99 (ms)', 'points': p99, 'color': '#d62728'}],
                             '%s: accept latency p99 per second' % title, 'ms', width=width,
-                            height=220, vlines=vlines, x_min=0, x_max=x_max),
+                            height=heights[0], vlines=vlines, x_min=0, x_max=x_max),
         svgchart.line_chart([{'name': 'audit backlog peak', 'points': backlog, 'color': '#1f77b4'},
                              {'name': 'records lost per s', 'points': lost, 'color': '#7f7f7f'}],
                             'audit backlog (peak of 20 samples per second) and records lost', 'records',
-                            width=width, height=200, x_min=0, x_max=x_max, vlines=vlines,
+                            width=width, height=heights[1], x_min=0, x_max=x_max, vlines=vlines,
                             hlines=[{'y': limit, 'label': 'backlog_limit %d' % limit}] if limit else None),
         svgchart.line_chart([{'name': 'jiffies waited per second (all tasks)', 'points': waited,
                               'color': '#9467bd'}],
                             'kernel: time tasks slept in audit_log_start (backlog_wait_time_actual)',
-                            'jiffies/s', width=width, height=180, x_min=0, x_max=x_max, vlines=vlines),
+                            'jiffies/s', width=width, height=heights[2], x_min=0, x_max=x_max, vlines=vlines),
         svgchart.line_chart([{'name': 'consumer throttled periods (%)', 'points': throttled,
                               'color': '#ff7f0e'}],
                             'audit consumer CFS throttling (nr_throttled / nr_periods)', '%',
-                            width=width, height=180, y_max=100, x_min=0, x_max=x_max, vlines=vlines),
+                            width=width, height=heights[3], y_max=100, x_min=0, x_max=x_max, vlines=vlines),
     ]
-    heights = [220, 200, 180, 180]
     out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d">'
            % (width, sum(heights), width, sum(heights)),
            '<title>%s</title>' % svgchart.esc(title)]
@@ -80,3 +84,16 @@ def timeline_svg(points, markers=None, title='auditgap incident lab', width=760)
         y += height
     out.append('</svg>')
     return '\n'.join(out)
+
+
+def write_timeline(path, points, markers=None, title='auditgap incident lab'):
+    """The timeline picture at ``path`` (.svg) and its points beside it (.jsonl)."""
+    directory = os.path.dirname(path)
+    if directory and not os.path.isdir(directory):
+        os.makedirs(directory)
+    with open(path, 'w') as handle:
+        handle.write(timeline_svg(points, markers, title=title))
+    with open(os.path.splitext(path)[0] + '.jsonl', 'w') as handle:
+        for point in points:
+            handle.write(json.dumps(point, sort_keys=True) + '\n')
+    return path

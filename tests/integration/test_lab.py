@@ -11,7 +11,6 @@ Each stalled phase is kept to a few seconds: while the lab is present every
 audited syscall on the host (accept4, and clone/execve with the seed rules)
 waits up to the CFS period.
 """
-import json
 import os
 import subprocess
 import time
@@ -71,14 +70,8 @@ def wait_records(path, seconds, timeout_s=30.0):
 
 def write_timeline(name, points, markers=None):
     from ansible_collections.auditgap.fleet.plugins.module_utils import labchart
-    os.makedirs(REPORT_DIR, exist_ok=True)
-    path = os.path.join(REPORT_DIR, name)
-    with open(path, 'w') as handle:
-        handle.write(labchart.timeline_svg(points, markers, title='incident lab (%s)' % name))
-    with open(path.replace('.svg', '.jsonl'), 'w') as handle:
-        for point in points:
-            handle.write(json.dumps(point, sort_keys=True) + '\n')
-    return path
+    return labchart.write_timeline(os.path.join(REPORT_DIR, name), points, markers,
+                                   title='incident lab (%s)' % name)
 
 
 @pytest.fixture

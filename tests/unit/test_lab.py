@@ -208,6 +208,15 @@ def test_timeline_svg_from_points():
     assert labchart.timeline_series([])[0] == []
 
 
+def test_write_timeline_svg_and_points(tmp_path):
+    from ansible_collections.auditgap.fleet.plugins.module_utils import labchart
+    points = [{'t': 100, 'p99_ms': 0.5}, {'t': 101, 'p99_ms': 300.0}]
+    path = labchart.write_timeline(str(tmp_path / 'lab' / 'timeline.svg'), points, title='t <1>')
+    with open(path) as handle:
+        assert handle.read() == labchart.timeline_svg(points, title='t <1>')
+    assert labkit.read_jsonl(str(tmp_path / 'lab' / 'timeline.jsonl')) == points
+
+
 def test_validate_lab_params():
     p = labkit.validate_lab_params({'backend': 'docker', 'quota_us': '2000', 'state_path': None})
     assert p['backend'] == 'docker' and p['quota_us'] == 2000 and p['state_path'] == labkit.STATE_FILE
