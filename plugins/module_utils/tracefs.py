@@ -575,7 +575,8 @@ def events_lost(base):
 
 
 class PipeReader:
-    """Non-blocking reader of a trace_pipe that hands out whole lines."""
+    """Non-blocking reader of a trace_pipe that hands out whole lines, a batch
+    (list) per read, for the parsers' ``feed_lines``."""
 
     def __init__(self, path, chunk=1 << 16):
         self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -583,8 +584,8 @@ class PipeReader:
         self._tail = b''
         self.bytes = 0
 
-    def read_until(self, deadline, on_line, stop=None, interval_s=0.25, drain_if=None):
-        """Feed lines until ``deadline`` (time.monotonic) or ``stop()``.
+    def read_until(self, deadline, on_lines, interval_s=0.25, drain_if=None):
+        """Feed lines until ``deadline`` (time.monotonic).
 
         Wakes every ``interval_s`` instead of on every event: a sampled task
         making thousands of syscalls per second must not pay for a reader that
@@ -593,34 +594,34 @@ class PipeReader:
         by ``drain`` after tracing stops, so the window itself costs the traced
         tasks only the tracepoints.
         """
-        while not (stop and stop()):
+        while True:
             now = time.monotonic()
             if now >= deadline:
                 break
             time.sleep(min(interval_s, deadline - now))
             if drain_if is None or drain_if():
-                self.read_available(on_line)
+                self.read_available(on_lines)
 
-    def read_available(self, on_line, max_bytes=64 << 20):
+    def read_available(self, on_lines, max_bytes=64 << 20):
         """Read what is in the pipe now (up to ``max_bytes``)."""
         got = 0
         while got < max_bytes:
-            size = self._read_some(on_line)
+            size = self._read_some(on_lines)
             if not size:
                 break
             got += size
 
-    def drain(self, on_line, max_s=5.0):
+    def drain(self, on_lines, max_s=5.0):
         """Read what is left (after tracing_on=0) until empty or ``max_s``."""
         end = time.monotonic() + max_s
         while time.monotonic() < end:
-            if not self._read_some(on_line):
+            if not self._read_some(on_lines):
                 break
         if self._tail:
-            on_line(self._tail.decode('utf-8', 'replace'))
+            on_lines([self._tail.decode('utf-8', 'replace')])
             self._tail = b''
 
-    def _read_some(self, on_line):
+    def _read_some(self, on_lines):
         try:
             data = os.read(self.fd, self.chunk)
         except OSError as err:
@@ -631,11 +632,10 @@ class PipeReader:
             return False
         size = len(data)
         self.bytes += size
-        data = self._tail + data
-        lines = data.split(b'\n')
-        self._tail = lines.pop()
-        for line in lines:
-            on_line(line.decode('utf-8', 'replace'))
+        # '\n' never occurs inside a UTF-8 sequence: decode everything up to the last one at once
+        head, newline, self._tail = (self._tail + data).rpartition(b'\n')
+        if newline:
+            on_lines(head.decode('utf-8', 'replace').split('\n'))
         return size
 
     def close(self):

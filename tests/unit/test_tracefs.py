@@ -354,7 +354,7 @@ def test_function_graph_interrupted_mid_window_restores(tmp_path, monkeypatch):
     before = {p.name: p.read_text() for p in tmp_path.iterdir()}
     calls = []
 
-    def window(reader, seconds, on_line, base, kb):
+    def window(reader, seconds, on_lines, base, kb):
         calls.append(seconds)
         if len(calls) == 2:  # SIGTERM during the second recipe's window
             raise guard_mod.GuardInterrupted('interrupted by SIGTERM')
@@ -462,3 +462,18 @@ def test_available_filter_functions_read_once_per_sample(tmp_path, monkeypatch):
     assert graph['function_filter'] == ['*audit*'] and graph['function_filter_unmatched'] == ['nope']
     # do_syscall_64 dispatching through x64_sys_call (6.9+): one level more
     assert graph['max_graph_depth_used'] == 3 and ('max_graph_depth', '3') in written
+
+
+def test_pipe_reader_hands_out_whole_lines_in_batches(tmp_path):
+    pipe = tmp_path / 'trace_pipe'
+    pipe.write_bytes('a-1 [000] x\nnode-é [001] y\n\nlast without newline'.encode())
+    batches = []
+    reader = tracefs.PipeReader(str(pipe), chunk=5)  # lines and 'é' split across reads
+    try:
+        reader.read_available(batches.append)
+        assert [line for batch in batches for line in batch] == ['a-1 [000] x', 'node-é [001] y', '']
+        assert all(isinstance(batch, list) for batch in batches)
+        reader.drain(batches.append)
+    finally:
+        reader.close()
+    assert batches[-1] == ['last without newline'] and reader.bytes == pipe.stat().st_size
