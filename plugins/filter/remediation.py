@@ -90,7 +90,7 @@ def auditgap_remediation_plan(findings, host, only=None):
 
 def _after_facts(after_results):
     """Facts from registered results (diagnose_gather's result holds audit_status and
-    cgroup_throttle, ftrace_sample's its own; older roles registered one per module)."""
+    cgroup_throttle, ftrace_sample's its own)."""
     facts = {}
     for res in (after_results or {}).values():
         if not isinstance(res, dict) or res.get('skipped'):
@@ -103,9 +103,7 @@ def _after_facts(after_results):
 
 def _thresholds(thresholds):
     """A thresholds dict, or host variables holding ``diagnose_<key>`` overrides."""
-    if not thresholds:
-        return None
-    if not hasattr(thresholds, 'get'):
+    if not thresholds or not hasattr(thresholds, 'get'):
         return None
     found = {}
     for key in DEFAULT_THRESHOLDS:
