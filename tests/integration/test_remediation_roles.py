@@ -16,12 +16,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, rulesfile
 
 from tests.support.docker import docker_engine  # noqa: F401  (fixture)
+from tests.support.kernel import rmdir_cgroup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE_PLAYBOOK = os.path.join(ROOT, '.venv', 'bin', 'ansible-playbook')
@@ -268,12 +268,7 @@ def throttled_process():
         if proc is not None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        for _ in range(50):
-            try:
-                os.rmdir(group)
-                break
-            except OSError:
-                time.sleep(0.1)
+        rmdir_cgroup(group)
         assert not os.path.exists(group)
 
 
@@ -442,12 +437,5 @@ def test_agent_cpu_raises_the_limited_parent_when_the_own_group_is_unlimited():
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         for group in (child, parent):
-            for _ in range(50):
-                try:
-                    os.rmdir(group)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            rmdir_cgroup(group)
         assert not os.path.exists(parent)
