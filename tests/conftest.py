@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
 sys.path.insert(0, ROOT)
 
-from tests.support.kernel import kernel_lock  # noqa: E402  (after the sys.path set-up)
+from tests.support.kernel import kernel_lock, tracefs_mounted  # noqa: E402  (after the sys.path set-up)
 
 IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
 
@@ -73,3 +73,12 @@ def _kernel_lock(request):
 @pytest.fixture
 def project_root():
     return ROOT
+
+
+@pytest.fixture(scope='session')
+def tracefs_root():
+    """The tracefs root for kernel tests, mounted for the session when the machine has none."""
+    if os.geteuid() != 0:
+        pytest.skip('needs root (tracefs)')
+    with tracefs_mounted() as root:
+        yield root

@@ -20,13 +20,6 @@ KEY = 'auditgap-test-ftrace'
 pytestmark = pytest.mark.kernel
 
 
-def _root():
-    root = tracefs.locate()
-    if root is None:
-        pytest.skip('tracefs is not mounted')
-    return root
-
-
 def _snapshot(root, syscalls=('accept4', 'read')):
     extra = []
     for name in syscalls:
@@ -65,9 +58,9 @@ def _ansible(args):
     return proc.returncode, json.loads(text[start:])
 
 
-def test_stall_syscalls_and_offcpu_name_audit_log_start(tmp_path):
+def test_stall_syscalls_and_offcpu_name_audit_log_start(tmp_path, tracefs_root):
     stall_mod = pytest.importorskip('tests.support.stall')
-    root = _root()
+    root = tracefs_root
     before = _snapshot(root)
     try:
         with stall_mod.audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000, key=KEY) as stall:
@@ -99,8 +92,8 @@ def test_stall_syscalls_and_offcpu_name_audit_log_start(tmp_path):
     assert _snapshot(root) == before
 
 
-def test_sigterm_mid_sample_restores_everything(tmp_path):
-    root = _root()
+def test_sigterm_mid_sample_restores_everything(tmp_path, tracefs_root):
+    root = tracefs_root
     before = _snapshot(root)
     target = subprocess.Popen(['sleep', '60'])
     try:
@@ -135,8 +128,8 @@ def test_sigterm_mid_sample_restores_everything(tmp_path):
     assert _snapshot(root) == before
 
 
-def test_stale_instance_of_dead_sample_is_removed(tmp_path):
-    root = _root()
+def test_stale_instance_of_dead_sample_is_removed(tmp_path, tracefs_root):
+    root = tracefs_root
     dead = subprocess.Popen(['true'])
     dead.wait()
     stale = os.path.join(root, 'instances', 'auditgap-%d' % dead.pid)
@@ -160,16 +153,16 @@ def test_stale_instance_of_dead_sample_is_removed(tmp_path):
     ({'duration_s': 61}, 'duration_s'),
     ({'buffer_size_kb': 10 ** 7}, 'buffer_size_kb'),
 ])
-def test_bad_input_fails_and_changes_nothing(tmp_path, args, needle):
-    root = _root()
+def test_bad_input_fails_and_changes_nothing(tmp_path, args, needle, tracefs_root):
+    root = tracefs_root
     before = _snapshot(root)
     rc, res = _run_module(dict({'duration_s': 1}, **args), tmp_path)
     assert rc != 0 and res['failed'] and needle in res['msg'], res
     assert _snapshot(root) == before
 
 
-def test_function_graph_unavailable_here_is_unsupported(tmp_path):
-    root = _root()
+def test_function_graph_unavailable_here_is_unsupported(tmp_path, tracefs_root):
+    root = tracefs_root
     if 'function_graph' in tracefs.available_tracers(root):
         pytest.skip('this kernel has function_graph (tested in the VM)')
     before = _snapshot(root)
@@ -179,8 +172,8 @@ def test_function_graph_unavailable_here_is_unsupported(tmp_path):
     assert _snapshot(root) == before
 
 
-def test_tracer_busy_and_lock_busy_refuse(tmp_path):
-    root = _root()
+def test_tracer_busy_and_lock_busy_refuse(tmp_path, tracefs_root):
+    root = tracefs_root
     assert tracefs.current_tracer(root) == 'nop'
     tracer = os.path.join(root, 'current_tracer')
     try:
@@ -203,11 +196,11 @@ def test_tracer_busy_and_lock_busy_refuse(tmp_path):
     assert _snapshot(root) == before
 
 
-def test_list_files_get_every_word(tmp_path):
+def test_list_files_get_every_word(tmp_path, tracefs_root):
     """set_event (like set_graph_function and set_ftrace_filter) takes one word per
     write(2): guard.write_value must write the whole list, here in a private instance."""
     from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
-    root = _root()
+    root = tracefs_root
     with tracefs.Lock(), RestoreGuard(signals=False) as guard:
         inst = tracefs.create_instance(guard, root, tracefs.instance_name())
         write_value(os.path.join(inst, 'tracing_on'), '0')

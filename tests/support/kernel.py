@@ -3,11 +3,14 @@
 ``kernel_lock()`` is the host-wide lock every such test and benchmark holds,
 so two runs never change audit settings, tracefs or cgroups at the same time.
 ``rmdir_cgroup()`` removes a cgroup directory a test made, waiting for its
-tasks to leave.
+tasks to leave. ``tracefs_mounted()`` sets up tracefs the way the product does
+on a fresh machine (mounted at /sys/kernel/tracing when nothing is mounted)
+and unmounts only what it mounted.
 """
 import contextlib
 import fcntl
 import os
+import subprocess
 import time
 
 KERNEL_LOCK = '/run/lock/auditgap-kernel-tests.lock'
@@ -22,6 +25,30 @@ def kernel_lock():
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def tracefs_mounted(path='/sys/kernel/tracing'):
+    """Yield the tracefs root; mount it first when the machine has none mounted.
+
+    A fresh machine has tracefs unmounted (ftrace_sample mounts it for its own
+    run and unmounts it again). Tests that inspect tracefs around a module run
+    need it mounted for their whole run, so they mount it here and unmount it
+    at the end, only when they were the ones who mounted it.
+    """
+    from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs
+    root = tracefs.locate()
+    if root is not None:
+        yield root
+        return
+    proc = subprocess.run(['mount', '-t', 'tracefs', 'nodev', path], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise RuntimeError('cannot mount tracefs at %s: %s' % (path, proc.stderr.strip()))
+    try:
+        yield tracefs.locate() or path
+    finally:
+        subprocess.run(['umount', path], capture_output=True, check=False)
 
 
 def rmdir_cgroup(path, attempts=50):
