@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 # Debian packages: what diagnose can use on this host, and what the tests drive for real.
 APT_RUN := auditd
-APT_TEST := auditd docker.io busybox-static chromium iproute2 openssh-server procps util-linux
+APT_TEST := auditd docker.io busybox-static chromium iproute2 openssh-server procps util-linux \
+	prometheus prometheus-node-exporter prometheus-alertmanager
 # The stamp's name carries pyproject.toml's hash: a change of its contents (not of its
 # mtime, e.g. a checkout) reinstalls.
 STAMP := $(VENV)/.installed-$(shell md5sum < pyproject.toml | cut -c1-12)

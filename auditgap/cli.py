@@ -3,21 +3,50 @@
 
     auditgap diagnose [-i INVENTORY] [--hosts PATTERN] [--report-dir DIR]
                       [--sample-seconds N] [--trace auto|always|never] [-e KEY=VALUE ...]
+    auditgap audit    [the same] [--report-root DIR] [--db FILE] [--prom-dir DIR]   (one scheduled run)
+    auditgap history  prune --keep-days N [--db FILE]
 
-Exit status: 0 report written and no warning/critical finding; 1 report
+diagnose exit status: 0 report written and no warning/critical finding; 1 report
 written with warning/critical findings or unreachable/failed hosts; 2 the run
-failed (no report).
+failed (no report). audit: see AUDIT_EXIT_HELP.
 """
 import argparse
 import datetime
 import json
 import os
+import shutil
+import signal
 import sys
 import tempfile
+import time
 
-from auditgap import __version__
+from auditgap import __version__, changes, history, promfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+AUDIT_EXIT_HELP = """exit status (the worst that applies):
+  0  ok: every host diagnosed, no warning/critical finding, nothing regressed
+  1  findings: warning/critical findings, none new since the last run
+  2  usage error (bad option, no such --prom-dir, an inventory with no hosts)
+  3  partial coverage: some hosts unknown (unreachable, failed, not seen for N runs)
+  4  regressions: a host has new findings or metrics worse than its baseline
+  5  run failed: no report (playbook failed, SIGTERM), or the history/report root is unusable
+  6  another auditgap audit holds the lock (this run did nothing)
+errors go to stderr; the summary to stdout."""
+
+
+def _add_run_options(cmd):
+    cmd.add_argument('-i', '--inventory', help='inventory file or directory (default: the project\'s ansible.cfg)')
+    cmd.add_argument('--hosts', help='inventory pattern to diagnose (default: the group fleet)')
+    cmd.add_argument('--sample-seconds', type=float,
+                     help='audit and cgroup sample windows in seconds (default: the role\'s, 5)')
+    cmd.add_argument('--trace', choices=('auto', 'always', 'never'), help='when to run the bounded trace')
+    cmd.add_argument('-e', '--extra-var', action='append', default=[], metavar='KEY=VALUE',
+                     help='extra variable (repeatable), e.g. -e diagnose_throttled_ratio_warn=0.3')
+    cmd.add_argument('--progress', action=argparse.BooleanOptionalAction, default=None,
+                     help='show hosts done/total and elapsed time on stderr as results arrive '
+                     '(default: only when stderr is a terminal)')
 
 
 def build_parser():
@@ -26,15 +55,31 @@ def build_parser():
     parser.add_argument('--version', action='version', version=f'auditgap {__version__}')
     sub = parser.add_subparsers(dest='command', required=True)
     diag = sub.add_parser('diagnose', help='gather, compute findings, write the fleet reports')
-    diag.add_argument('-i', '--inventory', help='inventory file or directory (default: the project\'s ansible.cfg)')
-    diag.add_argument('--hosts', help='inventory pattern to diagnose (default: the group fleet)')
+    _add_run_options(diag)
     diag.add_argument('--report-dir', help='report directory (default: ./reports/<UTC timestamp>, '
                       'with ./reports/latest pointing at it)')
-    diag.add_argument('--sample-seconds', type=float,
-                      help='audit and cgroup sample windows in seconds (default: the role\'s, 5)')
-    diag.add_argument('--trace', choices=('auto', 'always', 'never'), help='when to run the bounded trace')
-    diag.add_argument('-e', '--extra-var', action='append', default=[], metavar='KEY=VALUE',
-                      help='extra variable (repeatable), e.g. -e diagnose_throttled_ratio_warn=0.3')
+    aud = sub.add_parser('audit', help='one scheduled run: diagnose, compare with the history, write metrics',
+                         description='One scheduled audit: diagnose the fleet, store the run in the history '
+                         'database, compare every host with its previous runs (new/resolved findings, '
+                         'regressions and what changed), compute coverage, write the reports, '
+                         'the Prometheus textfile and a short summary.',
+                         epilog=AUDIT_EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_run_options(aud)
+    aud.add_argument('--report-root', default='reports',
+                     help='reports go to ROOT/<UTC run id>/, ROOT/latest points at the newest (default: ./reports)')
+    aud.add_argument('--db', help='history database (default: ROOT/history.db)')
+    aud.add_argument('--prom-dir', help='node_exporter textfile directory: auditgap.prom is written there '
+                     'atomically (the directory must exist)')
+    aud.add_argument('--stale-after-runs', type=int, default=3, metavar='N',
+                     help='a host not seen for N runs is unknown (default: 3)')
+    aud.add_argument('--keep-artifacts', type=int, default=10, metavar='N',
+                     help='ansible-runner artifact directories kept under ROOT/.runner (default: 10)')
+    hist = sub.add_parser('history', help='the audit history: prune old runs')
+    hist.add_argument('--report-root', default='reports', help='as for audit (default: ./reports)')
+    hist.add_argument('--db', help='history database (default: ROOT/history.db)')
+    hsub = hist.add_subparsers(dest='history_command', required=True)
+    prune = hsub.add_parser('prune', help='delete runs older than --keep-days')
+    prune.add_argument('--keep-days', type=float, required=True, metavar='N')
     return parser
 
 
@@ -62,7 +107,8 @@ def playbook_path(root=ROOT):
 def build_run(args, cwd, now, root=ROOT):
     """ansible_runner.run() keyword arguments and the report dir, from parsed arguments."""
     extravars = parse_extra(args.extra_var)
-    report_dir = os.path.abspath(os.path.join(cwd, args.report_dir)) if args.report_dir else default_report_dir(cwd, now)
+    report_dir = getattr(args, 'report_dir', None)
+    report_dir = os.path.abspath(os.path.join(cwd, report_dir)) if report_dir else default_report_dir(cwd, now)
     extravars['report_dir'] = report_dir
     if args.hosts:
         extravars['diagnose_hosts'] = args.hosts
@@ -83,7 +129,7 @@ def build_run(args, cwd, now, root=ROOT):
         kwargs['inventory'] = os.path.abspath(os.path.join(cwd, args.inventory))
     elif os.path.isfile(os.path.join(root, 'inventory.example')):
         kwargs['inventory'] = os.path.join(root, 'inventory.example')
-    return kwargs, report_dir, not args.report_dir
+    return kwargs, report_dir, not getattr(args, 'report_dir', None)
 
 
 def ensure_ansible_on_path(environ=os.environ, executable=sys.executable):
@@ -124,21 +170,84 @@ def exit_status(doc):
     return 1 if bad else 0
 
 
-def diagnose(args, runner=None, cwd=None, now=None, out=sys.stdout):
+class Progress:
+    """ansible-runner event handler: hosts done/total and elapsed time on ``stream``.
+
+    A host is done when its last gather task (``ftrace_sample``, run or skipped) has a result,
+    or when it is unreachable. On a terminal one line is rewritten; otherwise a line per host.
+    """
+    RESULTS = ('runner_on_ok', 'runner_on_failed', 'runner_on_skipped', 'runner_on_unreachable')
+
+    def __init__(self, total, stream, tty, clock=time.monotonic):
+        self.total, self.stream, self.tty, self.clock = total, stream, tty, clock
+        self.start = clock()
+        self.done = set()
+
+    def line(self):
+        total = '?' if self.total is None else self.total
+        return 'auditgap: %d/%s hosts done, %.1f s elapsed' % (len(self.done), total, self.clock() - self.start)
+
+    def __call__(self, event):
+        kind = event.get('event')
+        data = event.get('event_data') or {}
+        host = data.get('host')
+        if kind in self.RESULTS and host and host not in self.done and (
+                kind == 'runner_on_unreachable' or str(data.get('task_action', '')).endswith('ftrace_sample')):
+            self.done.add(host)
+            self.stream.write(('\r%s\033[K' if self.tty else '%s\n') % self.line())
+            self.stream.flush()
+        return True
+
+    def finish(self):
+        if self.tty and self.done:
+            self.stream.write('\n')
+            self.stream.flush()
+
+
+def want_progress(args, stream):
+    if args.progress is not None:
+        return args.progress
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def inventory_hosts(inventory, pattern):
+    """(hosts matching ``pattern``, every host) of an inventory, parsed in-process with Ansible's own parser."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.utils.display import Display
+    Display().verbosity = 0
+    manager = InventoryManager(loader=DataLoader(), sources=[inventory] if inventory else None)
+    return [h.name for h in manager.get_hosts(pattern)], [h.name for h in manager.get_hosts('all')]
+
+
+def _stdout_of(result):
+    try:
+        return result.stdout.read()
+    except (AttributeError, OSError, ValueError):
+        return ''
+
+
+def diagnose(args, runner=None, cwd=None, now=None, out=None, err=None, list_hosts=inventory_hosts):
     cwd = cwd or os.getcwd()
+    out, err = out or sys.stdout, err or sys.stderr
     now = now or datetime.datetime.now(datetime.UTC)
     kwargs, report_dir, is_default = build_run(args, cwd, now)
     if runner is None:
         import ansible_runner
         runner = ansible_runner.run
         ensure_ansible_on_path()
+    progress = None
+    if want_progress(args, err):
+        total = len(list_hosts(kwargs.get('inventory'), args.hosts or 'fleet')[0])
+        progress = kwargs['event_handler'] = Progress(total, err, err.isatty() if hasattr(err, 'isatty') else False)
     with tempfile.TemporaryDirectory(prefix='auditgap-runner-') as private:
         result = runner(private_data_dir=private, **kwargs)
-        stdout = ''
-        try:
-            stdout = result.stdout.read()
-        except (AttributeError, OSError, ValueError):
-            pass
+        stdout = _stdout_of(result)
+    if progress:
+        progress.finish()
     fleet = os.path.join(report_dir, 'fleet.json')
     if not os.path.isfile(fleet):
         out.write(stdout[-4000:] if stdout else '')
@@ -153,12 +262,243 @@ def diagnose(args, runner=None, cwd=None, now=None, out=sys.stdout):
     return exit_status(doc)
 
 
+class AuditError(Exception):
+    """A clear message for stderr and the exit status that goes with it."""
+
+    def __init__(self, message, code=changes.EXIT['failed']):
+        super().__init__(message)
+        self.code = code
+
+
+def run_id_for(now, root):
+    """The UTC run id (also the report dir's name and the runner ident); -2, -3... when taken."""
+    stamp = now.strftime('%Y%m%dT%H%M%SZ')
+    run_id, n = stamp, 1
+    while os.path.lexists(os.path.join(root, run_id)):
+        n += 1
+        run_id = '%s-%d' % (stamp, n)
+    return run_id
+
+
+def _writable_root(root):
+    try:
+        os.makedirs(root, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=root, prefix='.auditgap-probe-')
+        probe.close()
+    except OSError as exc:
+        raise AuditError('cannot write under the report root %s: %s' % (root, exc.strerror or exc)) from exc
+
+
+def _report_module():
+    collections = os.path.join(ROOT, 'collections')
+    if os.path.isdir(collections) and collections not in sys.path:
+        sys.path.insert(0, collections)
+    from ansible_collections.auditgap.fleet.plugins.module_utils import report
+    return report
+
+
+def since_last_run(previous_run, states, rows):
+    """The ``since_last_run`` section of fleet.json (docs/scheduled-audits.md)."""
+    counts = {s: 0 for s in changes.COVERAGE_STATES}
+    for state in states.values():
+        counts[state['state']] += 1
+    by_host = {r['host']: r for r in rows}
+    hosts = []
+    for host in sorted(states):
+        row = by_host.get(host) or {}
+        ch = row.get('changes') or {}
+        item = {'host': host, 'state': states[host]['state'], 'reason': states[host]['reason'],
+                'regressed': bool(ch.get('regressed')), 'first_run': ch.get('first_run', False),
+                'new_findings': ch.get('new_findings', []), 'resolved_findings': ch.get('resolved_findings', []),
+                'worse_metrics': ch.get('worse_metrics', []), 'causes': ch.get('causes', []),
+                'last_good_run': ch.get('last_good_run'), 'first_bad_run': ch.get('first_bad_run')}
+        hosts.append(item)
+    return {'previous_run': previous_run,
+            'coverage': {'ratio': changes.coverage_ratio(states), 'hosts': counts},
+            'hosts': hosts}
+
+
+def _rewrite_reports(doc, report_dir):
+    """fleet.json/md/html again, with the since-last-run section (fleet.json last, as the report role)."""
+    report = _report_module()
+    promfile.write_atomic(os.path.join(report_dir, 'fleet.md'), report.render_markdown(doc))
+    html = os.path.join(report_dir, 'fleet.html')
+    timeline = os.path.join(report_dir, 'lab-timeline.svg')
+    svg = None
+    if os.path.isfile(timeline):
+        with open(timeline, encoding='utf-8') as handle:
+            svg = handle.read()
+    promfile.write_atomic(html, report.render_html(doc, timeline_svg=svg))
+    promfile.write_atomic(os.path.join(report_dir, 'fleet.json'), report.to_json(doc))
+
+
+def audit(args, runner=None, cwd=None, clock=time.time, out=None, err=None, list_hosts=inventory_hosts):
+    """One scheduled audit run; returns the exit status (AUDIT_EXIT_HELP)."""
+    cwd = cwd or os.getcwd()
+    out, err = out or sys.stdout, err or sys.stderr
+    started = clock()
+    root = os.path.abspath(os.path.join(cwd, args.report_root))
+    db_path = os.path.abspath(os.path.join(cwd, args.db)) if args.db else os.path.join(root, 'history.db')
+    if args.prom_dir and not os.path.isdir(os.path.join(cwd, args.prom_dir)):
+        raise AuditError('the textfile directory %s does not exist (--prom-dir): create it, or point at '
+                         'node_exporter\'s --collector.textfile.directory' % args.prom_dir, changes.EXIT_USAGE)
+    if args.stale_after_runs < 1 or args.keep_artifacts < 1:
+        raise AuditError('--stale-after-runs and --keep-artifacts must be >= 1', changes.EXIT_USAGE)
+    prom_dir = os.path.abspath(os.path.join(cwd, args.prom_dir)) if args.prom_dir else None
+    _writable_root(root)
+    terminated = []
+
+    def on_signal(signum, _frame):
+        terminated.append(signum)
+    previous_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with history.run_lock(db_path):
+            conn = history.connect(db_path)
+            try:
+                return _audit_locked(args, runner, cwd, clock, out, err, list_hosts, started, root, db_path,
+                                     prom_dir, conn, terminated)
+            finally:
+                conn.close()
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+
+
+def _audit_locked(args, runner, cwd, clock, out, err, list_hosts, started, root, db_path, prom_dir, conn, terminated):
+    now = datetime.datetime.fromtimestamp(started, datetime.UTC)
+    run_id = run_id_for(now, root)
+    args.report_dir = os.path.join(root, run_id)
+    kwargs, report_dir, _default = build_run(args, cwd, now)
+    try:
+        matched, every = list_hosts(kwargs.get('inventory'), args.hosts or 'fleet')
+    except Exception as exc:  # noqa: BLE001 -- Ansible's parser raises many kinds; the message is what matters
+        raise AuditError('cannot read the inventory %s: %s' % (kwargs.get('inventory'), exc), changes.EXIT_USAGE) from exc
+    if not matched:
+        raise AuditError('the inventory %s has no hosts matching %r: nothing to audit'
+                         % (kwargs.get('inventory'), args.hosts or 'fleet'), changes.EXIT_USAGE)
+    if runner is None:
+        import ansible_runner
+        runner = ansible_runner.run
+        ensure_ansible_on_path()
+    private = os.path.join(root, '.runner')
+    os.makedirs(private, mode=0o700, exist_ok=True)
+    progress = None
+    if want_progress(args, err):
+        progress = kwargs['event_handler'] = Progress(len(matched), err, err.isatty() if hasattr(err, 'isatty') else False)
+    kwargs.update(ident=run_id, rotate_artifacts=args.keep_artifacts, cancel_callback=lambda: bool(terminated))
+    if terminated:
+        raise AuditError('auditgap audit: interrupted before the run started; nothing stored')
+    result = runner(private_data_dir=private, **kwargs)
+    stdout = _stdout_of(result)
+    if progress:
+        progress.finish()
+    fleet = os.path.join(report_dir, 'fleet.json')
+    if terminated:
+        if os.path.isdir(report_dir):
+            shutil.rmtree(report_dir, ignore_errors=True)
+        raise AuditError('auditgap audit: interrupted by signal %d; run %s not stored, its partial report removed, '
+                         'the history and the textfile are as before' % (terminated[0], run_id))
+    previous = history.runs(conn, limit=1)
+    previous_run = previous[0]['run_id'] if previous else None
+    failed = not os.path.isfile(fleet)
+    rows, doc = [], None
+    if not failed:
+        with open(fleet, encoding='utf-8') as handle:
+            doc = json.load(handle)
+        rows = [changes.host_state(entry) for entry in doc.get('hosts') or []]
+    depth = changes.BASELINE_RUNS + 20
+    for row in rows:
+        row['changes'] = changes.compare(row, history.host_history(conn, row['host'], limit=depth))
+        row['regressed'] = row['changes']['regressed']
+    current = {r['host']: r for r in rows}
+    for host in matched:
+        if host not in current:
+            current[host] = {'host': host, 'status': 'failed' if failed else 'unreachable'}
+    in_inventory = set(every)
+    recent = history.recent_hosts(conn, args.stale_after_runs)
+    ago = {h: recent.get(h) for h in history.host_names(conn) if h not in current and h in in_inventory}
+    prev_state = {}
+    for host in ago:
+        last = history.host_history(conn, host, limit=1)
+        prev_state[host] = last[0]['state'] if last else None
+    states = changes.coverage(current, ago, args.stale_after_runs, prev_state)
+    for host, st in states.items():
+        if host in current and not current[host].get('error') and st['state'] == 'unknown' and failed:
+            st['reason'] = 'run failed'
+    for row in rows:
+        row['state'] = states[row['host']]['state']
+    outcome = changes.outcome(failed, states, rows)
+    code = changes.EXIT[outcome]
+    since = since_last_run(previous_run, states, rows)
+    if doc is not None:
+        doc['since_last_run'] = since
+        doc['run_id'] = run_id
+        _rewrite_reports(doc, report_dir)
+    finished = clock()
+    run = {'run_id': run_id, 'started_at': started, 'finished_at': finished, 'outcome': outcome, 'exit_code': code,
+           'hosts_total': len(states), 'coverage_ratio': since['coverage']['ratio'],
+           'report_dir': None if failed else report_dir, 'version': __version__,
+           'message': None if not failed else 'no report (status %s, rc %s)' % (
+               getattr(result, 'status', '?'), getattr(result, 'rc', '?'))}
+    history.store_run(conn, run, rows)
+    text = promfile.render(run, rows, states, history.run_counts(conn), history.last_success_at(conn), __version__)
+    if not failed:
+        promfile.write_atomic(os.path.join(report_dir, promfile.TEXTFILE_NAME), text)
+        point_latest(report_dir)
+    if prom_dir:
+        try:
+            promfile.write_textfile(prom_dir, text)
+        except OSError as exc:
+            err.write('auditgap audit: cannot write the textfile to %s: %s\n' % (prom_dir, exc))
+            code = max(code, changes.EXIT['failed'])
+    if failed:
+        err.write(stdout[-4000:] if stdout else '')
+        err.write('auditgap audit: run %s failed (status %s, rc %s): no report in %s; stored as failed in %s\n'
+                  % (run_id, getattr(result, 'status', '?'), getattr(result, 'rc', '?'), report_dir, db_path))
+        return code
+    lines = [summary_text(doc)] + _report_module().since_last_run_lines(since)
+    lines.append('audit %s: %s (exit %d), history %s' % (run_id, outcome, code, db_path))
+    out.write('\n'.join(lines) + '\n')
+    return code
+
+
+def history_command(args, cwd=None, out=None, err=None):
+    cwd = cwd or os.getcwd()
+    out, err = out or sys.stdout, err or sys.stderr
+    root = os.path.abspath(os.path.join(cwd, args.report_root))
+    db_path = os.path.abspath(os.path.join(cwd, args.db)) if args.db else os.path.join(root, 'history.db')
+    if args.history_command == 'prune':
+        if args.keep_days < 0:
+            raise AuditError('--keep-days must be >= 0', changes.EXIT_USAGE)
+        if not os.path.isfile(db_path):
+            raise AuditError('no history database at %s' % db_path, changes.EXIT_USAGE)
+        with history.run_lock(db_path):
+            conn = history.connect(db_path)
+            try:
+                removed = history.prune(conn, args.keep_days)
+            finally:
+                conn.close()
+        out.write('auditgap history: %d run(s) older than %g day(s) removed from %s\n' % (removed, args.keep_days, db_path))
+        return 0
+    return changes.EXIT_USAGE
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == 'diagnose':
             return diagnose(args)
+        if args.command == 'audit':
+            return audit(args)
+        if args.command == 'history':
+            return history_command(args)
+    except history.LockedError as exc:
+        sys.stderr.write('auditgap: %s\n' % exc)
+        return changes.EXIT_LOCKED
+    except (AuditError, history.HistoryError) as exc:
+        sys.stderr.write('auditgap: %s\n' % exc)
+        return getattr(exc, 'code', changes.EXIT['failed'])
     except ValueError as err:
         parser.error(str(err))
     return 2

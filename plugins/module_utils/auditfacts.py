@@ -54,6 +54,10 @@ def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ')
 
 
+def kernel_release():
+    return os.uname()[2]
+
+
 def build_status(raw, hz):
     """Raw status (auditnl.decode_status / auditparse.parse_status) -> contract ``status``."""
     enabled = raw.get('enabled')
@@ -225,7 +229,7 @@ def run_sample(reader, seconds, interval_ms, hz, backlog_limit, clock=time.monot
 def unsupported(reason, hz=None):
     return {'supported': False, 'reason': reason, 'source': None, 'status': None,
             'hz': hz, 'rules': [], 'rules_source': None, 'consumer': None, 'sample': None,
-            'collected_at': utc_now()}
+            'collected_at': utc_now(), 'kernel_release': kernel_release()}
 
 
 def gather(source='auto', sample_seconds=0, sample_interval_ms=100, rules=True, consumer=True,
@@ -251,6 +255,7 @@ def gather(source='auto', sample_seconds=0, sample_interval_ms=100, rules=True, 
             'consumer': None,
             'sample': None,
             'collected_at': utc_now(),
+            'kernel_release': kernel_release(),
         }
         if errors:
             facts['source_errors'] = errors

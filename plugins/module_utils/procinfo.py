@@ -112,8 +112,13 @@ def _read(path, binary=False):
 
 def unknown_process(pid):
     """The identity ``read_process`` returns, with every field unknown (None)."""
-    return {'pid': int(pid), 'comm': None, 'exe': None, 'cmdline': None,
+    return {'pid': int(pid), 'comm': None, 'exe': None, 'exe_build': None, 'cmdline': None,
             'cgroups': {'v1': {}, 'v2': None}, 'container': None, 'systemd_unit': None}
+
+
+def exe_build(stat_result):
+    """The identity of an executable's build: ``<size>:<mtime>`` (an upgrade changes it)."""
+    return '%d:%d' % (stat_result.st_size, int(stat_result.st_mtime))
 
 
 def read_process(pid, proc_root='/proc'):
@@ -131,6 +136,7 @@ def read_process(pid, proc_root='/proc'):
         pass
     try:
         info['exe'] = os.readlink(os.path.join(base, 'exe'))
+        info['exe_build'] = exe_build(os.stat(os.path.join(base, 'exe')))
     except (IOError, OSError):
         pass
     try:

@@ -160,6 +160,7 @@ def render_markdown(doc):
             hosts = ', '.join(row['hosts'][:10]) + (' ...' if len(row['hosts']) > 10 else '')
             out.append('| `%s` | %d | %d | %d | %s |' % (fid, row['critical'], row['warning'], row['info'], hosts))
         out.append('')
+    out += since_last_run_markdown(doc.get('since_last_run'))
     out += ['## Hosts (worst first)', '']
     quiet = []
     for entry in doc['hosts']:
@@ -193,6 +194,56 @@ def render_markdown(doc):
 
 def _md_inline(text):
     return ' '.join(str(text).split()).replace('|', '\\|')
+
+
+# ---------------------------------------------------------------- since last run (auditgap audit)
+
+def since_last_run_lines(since):
+    """Plain lines of the ``since_last_run`` section (auditgap audit, docs/scheduled-audits.md)."""
+    if not since:
+        return []
+    cov = since.get('coverage') or {}
+    counts = cov.get('hosts') or {}
+    lines = ['since %s: coverage %s (%d ok, %d regressed, %d unknown)' % (
+        since.get('previous_run') or 'no earlier run', _pct(cov.get('ratio')), counts.get('ok', 0),
+        counts.get('regressed', 0), counts.get('unknown', 0))]
+    for host in since.get('hosts') or []:
+        what = []
+        if host.get('regressed'):
+            what.append('REGRESSED')
+        if host.get('new_findings'):
+            what.append('new: ' + ', '.join('%s(%s)' % (f['id'], f['severity']) for f in host['new_findings']))
+        if host.get('resolved_findings'):
+            what.append('resolved: ' + ', '.join(f['id'] for f in host['resolved_findings']))
+        for metric in host.get('worse_metrics') or []:
+            what.append('%s %s (baseline %s)' % (metric['metric'], _fmt(metric['value']), _fmt(metric['baseline'])))
+        if host.get('state') == 'unknown':
+            what.append('UNKNOWN (%s)' % _one_line(host.get('reason'), 120))
+        if what:
+            lines.append('%s: %s' % (host['host'], '; '.join(what)))
+        for cause in (host.get('causes') or [])[:3]:
+            lines.append('  probable cause %d: %s' % (cause['rank'], cause['text']))
+    return lines
+
+
+def since_last_run_markdown(since):
+    if not since:
+        return []
+    lines = since_last_run_lines(since)
+    out = ['## Since last run', '', _md_inline(lines[0]), '']
+    out += ['- %s' % _md_inline(line.strip()) if not line.startswith('  ') else '  - %s' % _md_inline(line.strip())
+            for line in lines[1:]]
+    return out + ([''] if lines[1:] else [])
+
+
+def since_last_run_html(since):
+    if not since:
+        return ''
+    lines = since_last_run_lines(since)
+    items = ''.join('<li class="%s">%s</li>' % ('cause' if line.startswith('  ') else 'change', svgchart.esc(line.strip()))
+                    for line in lines[1:])
+    return '<h2>Since last run</h2><section id="since-last-run"><p>%s</p>%s</section>' % (
+        svgchart.esc(lines[0]), '<ul>%s</ul>' % items if items else '<p>No changes.</p>')
 
 
 # ---------------------------------------------------------------- Prometheus
@@ -348,6 +399,7 @@ def render_html(doc, timeline_svg=None, max_bars=40):
         parts.append(svgchart.bar_chart(_colored(throttle_items, throttle_thr), 'Audit consumer throttled ratio',
                                         x_max=1, width=520, thresholds=[{'x': throttle_thr, 'label': 'warn'}]))
     parts.append('</div>')
+    parts.append(since_last_run_html(doc.get('since_last_run')))
     if timeline_svg:
         parts.append('<h2>Incident lab timeline</h2><div class="timeline">%s</div>' % _strip_xml_decl(timeline_svg))
     parts.append('<h2>Hosts (worst first)</h2>')

@@ -128,6 +128,11 @@ audit_status:
       type: str
       returned: always
       sample: "2026-11-25T20:15:00.123456Z"
+    kernel_release:
+      description: The running kernel's release (C(uname -r)); history compares it between runs.
+      type: str
+      returned: always
+      sample: "6.1.0-27-amd64"
     hz:
       description: The kernel HZ used to convert jiffies, and how it was found.
       type: dict
@@ -251,6 +256,9 @@ audit_status:
           type: str
         exe:
           description: /proc/PID/exe target.
+          type: str
+        exe_build:
+          description: Identity of the consumer's executable, C(<size>:<mtime>); an agent upgrade changes it.
           type: str
         cmdline:
           description: Arguments.

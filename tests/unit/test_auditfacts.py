@@ -180,7 +180,7 @@ def test_consumer_absent_and_invisible(tmp_path):
     assert auditfacts.read_consumer(0, str(tmp_path)) is None
     invisible = auditfacts.read_consumer(999, str(tmp_path))
     assert invisible['found'] is False and invisible['pid'] == 999 and invisible['comm'] is None
-    assert invisible == {'pid': 999, 'found': False, 'comm': None, 'exe': None, 'cmdline': None,
+    assert invisible == {'pid': 999, 'found': False, 'comm': None, 'exe': None, 'exe_build': None, 'cmdline': None,
                          'cgroups': {'v1': {}, 'v2': None}, 'container': None, 'systemd_unit': None}
 
 

@@ -1,3 +1,5 @@
+import os
+
 from ansible_collections.auditgap.fleet.plugins.module_utils import procinfo
 
 DOCKER_ID = '4f' * 32
@@ -45,6 +47,8 @@ def test_read_process_fixture_tree(tmp_path):
     info = procinfo.read_process(4242, proc_root=str(tmp_path))
     assert info['comm'] == 'auditd'
     assert info['exe'] == '/sbin/auditd'
+    st = os.stat('/sbin/auditd') if os.path.exists('/sbin/auditd') else None
+    assert info['exe_build'] == (procinfo.exe_build(st) if st else None)
     assert info['cmdline'] == ['/sbin/auditd', '-n']
     assert info['systemd_unit'] == 'auditd.service'
     assert info['container'] is None
