@@ -6,9 +6,12 @@ import shutil
 import pytest
 from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups
 
+from tests.support import fixturetree
+
 FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'fixtures', 'cgroups')
-V1 = os.path.join(FIX, 'v1')
-V2 = os.path.join(FIX, 'v2')
+# copies with the /proc/<pid>/exe links made (the tree stores their targets in exe.link)
+V1 = fixturetree.materialize(os.path.join(FIX, 'v1'))
+V2 = fixturetree.materialize(os.path.join(FIX, 'v2'))
 CID = 'a7d4bef1b2cc17ea3eaa76a4fab847d22e9f8f588e6e233737e0eca84d0b99a3'
 KID = '3f1c2b9a8e7d6c5b4a392817161514131211100f0e0d0c0b0a09080706050403'
 POD = 'pod0b6c4a2e-9f1d-4c3b-8a7e-5d2f1e0c9b8a'
