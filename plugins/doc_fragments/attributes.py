@@ -10,7 +10,7 @@ __metaclass__ = type
 class ModuleDocFragment(object):
 
     # The shared attribute descriptions; a module adds only its own support
-    # values (attributes: check_mode: support: full, ...).
+    # levels (attributes: check_mode: support: full, ...; platform: platforms: linux).
     DOCUMENTATION = r'''
 options: {}
 attributes:
@@ -18,4 +18,14 @@ attributes:
     description: Can run in check_mode and return changed status prediction without modifying target.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+  platform:
+    description: Target OS/families that can be operated against.
+'''
+
+    # For action plugins (auditgap.fleet.attributes.action): they run on the controller.
+    ACTION = r'''
+options: {}
+attributes:
+  action:
+    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
 '''

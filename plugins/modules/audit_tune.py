@@ -65,6 +65,18 @@ notes:
   - Supports check mode and diff mode.
   - For boot time (before auditd starts) add the kernel parameter C(audit_backlog_limit=N);
     see docs/remediation.md.
+extends_documentation_fragment:
+  - auditgap.fleet.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Reports what would change (live settings, the rules file) and changes nothing.
+  diff_mode:
+    support: full
+    details: The rules file before and after, and the live settings that change.
+  platform:
+    support: full
+    platforms: linux
 '''
 
 EXAMPLES = r'''

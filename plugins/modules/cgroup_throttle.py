@@ -84,10 +84,21 @@ notes:
   - Supports check mode (nothing is ever changed).
   - Needs read access to C(/proc/PID/cgroup) of the targets; the audit consumer lookup needs
     root (CAP_AUDIT_CONTROL) and the initial namespaces.
+  - See docs/cgroup_throttle.md.
 seealso:
-  - name: auditgap cgroup_throttle documentation
-    description: docs/cgroup_throttle.md in the project.
-    link: https://github.com/auditgap/auditgap/blob/main/docs/cgroup_throttle.md
+  - module: auditgap.fleet.audit_status
+  - module: auditgap.fleet.cpu_limit
+extends_documentation_fragment:
+  - auditgap.fleet.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; check mode runs the same measurement and changes nothing.
+  diff_mode:
+    support: none
+  platform:
+    support: full
+    platforms: linux
 '''
 
 EXAMPLES = r'''

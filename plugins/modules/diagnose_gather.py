@@ -59,6 +59,9 @@ attributes:
     support: full
   diff_mode:
     support: none
+  platform:
+    support: full
+    platforms: linux
 '''
 
 EXAMPLES = r'''

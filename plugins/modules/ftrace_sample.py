@@ -121,6 +121,19 @@ notes:
   - Bad input (pid or process name not found, tracer busy, function not traceable, unknown syscall,
     another sample running) fails before tracefs is changed.
   - See docs/ftrace_sample.md.
+extends_documentation_fragment:
+  - auditgap.fleet.attributes
+attributes:
+  check_mode:
+    support: partial
+    details:
+      - Check mode runs the sample as a normal run does; tracefs is changed for the sample window and
+        restored afterwards. The module always reports C(changed=false).
+  diff_mode:
+    support: none
+  platform:
+    support: full
+    platforms: linux
 '''
 
 EXAMPLES = r'''

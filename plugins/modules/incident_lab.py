@@ -92,6 +92,17 @@ options:
 notes:
   - Needs root, Debian's auditd, and for the docker backend docker.io.
   - While the lab is present every audited syscall on the host can wait up to the CFS period.
+extends_documentation_fragment:
+  - auditgap.fleet.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Reports whether the lab would be created or which recorded changes would be undone; changes nothing.
+  diff_mode:
+    support: none
+  platform:
+    support: full
+    platforms: linux
 '''
 
 EXAMPLES = r'''

@@ -1,0 +1,125 @@
+"""The collection's documentation matches its code (what ansible-doc shows users).
+
+- every module declares the attributes check_mode, diff_mode and platform with a
+  support level, through the doc fragment auditgap.fleet.attributes;
+- every filter has plugins/filter/<name>.yml whose options are exactly the
+  filter function's parameters (input first, then the positional ones in order);
+- every role's argument spec lists every default and every role variable its
+  tasks read.
+`make test-collection` checks the same through ansible-doc on the installed copy.
+"""
+import glob
+import importlib
+import inspect
+import os
+import re
+
+import pytest
+import yaml
+
+from ansible_collections.auditgap.fleet.plugins.filter import findings, remediation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'plugins', 'modules', '*.py')))
+FILTERS = dict(findings.FilterModule().filters(), **remediation.FilterModule().filters())
+ROLES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'roles', '*')))
+
+
+def module_doc(name):
+    mod = importlib.import_module('ansible_collections.auditgap.fleet.plugins.modules.%s' % name)
+    return yaml.safe_load(mod.DOCUMENTATION)
+
+
+@pytest.mark.parametrize('name', MODULES)
+def test_module_declares_attributes(name):
+    doc = module_doc(name)
+    assert 'auditgap.fleet.attributes' in doc.get('extends_documentation_fragment', [])
+    attrs = doc.get('attributes') or {}
+    for attr in ('check_mode', 'diff_mode', 'platform'):
+        assert attrs.get(attr, {}).get('support') in ('full', 'partial', 'none', 'N/A'), (name, attr)
+        if attrs[attr]['support'] in ('partial', 'N/A'):
+            assert attrs[attr].get('details'), (name, attr, 'partial support needs details')
+    assert attrs['platform'].get('platforms')
+
+
+def test_state_changing_modules_support_check_and_diff_mode():
+    for name in ('audit_tune', 'cpu_limit', 'audit_rule_narrow'):
+        attrs = module_doc(name)['attributes']
+        assert attrs['check_mode']['support'] == 'full' and attrs['diff_mode']['support'] == 'full', name
+    assert module_doc('incident_lab')['attributes']['check_mode']['support'] == 'full'
+
+
+def test_fragment_describes_every_attribute_modules_use():
+    from ansible_collections.auditgap.fleet.plugins.doc_fragments.attributes import ModuleDocFragment
+    described = set(yaml.safe_load(ModuleDocFragment.DOCUMENTATION)['attributes'])
+    described |= set(yaml.safe_load(ModuleDocFragment.ACTION)['attributes'])
+    for name in MODULES:
+        assert set(module_doc(name)['attributes']) <= described, name
+
+
+@pytest.mark.parametrize('name', sorted(FILTERS))
+def test_filter_documented_as_its_signature(name):
+    path = os.path.join(ROOT, 'plugins', 'filter', name + '.yml')
+    with open(path) as handle:
+        data = yaml.safe_load(handle)
+    doc = data['DOCUMENTATION']
+    assert doc['name'] == name and doc['short_description'] and doc['description']
+    assert data['EXAMPLES'].strip() and data['RETURN']['_value']['description']
+    assert 'auditgap.fleet.%s' % name in data['EXAMPLES']
+    params = list(inspect.signature(FILTERS[name]).parameters.values())
+    options = doc.get('options') or {}
+    assert set(options) == {'_input'} | {p.name for p in params[1:]}, name
+    positional = [p.strip() for p in doc.get('positional', '').split(',') if p.strip()]
+    assert positional == [p.name for p in params[1:]], name
+    for param in params[1:]:
+        required = param.default is inspect.Parameter.empty
+        assert bool(options[param.name].get('required')) == required, (name, param.name)
+        if not required and param.default is not None:
+            assert options[param.name].get('default') == param.default, (name, param.name)
+
+
+def test_no_filter_doc_without_a_filter():
+    docs = {os.path.basename(p)[:-4] for p in glob.glob(os.path.join(ROOT, 'plugins', 'filter', '*.yml'))}
+    assert docs == set(FILTERS)
+
+
+def _role_files(role, sub):
+    return sorted(glob.glob(os.path.join(ROOT, 'roles', role, sub, '**', '*'), recursive=True))
+
+
+@pytest.mark.parametrize('role', ROLES)
+def test_role_argument_spec_covers_what_the_role_reads(role):
+    with open(os.path.join(ROOT, 'roles', role, 'meta', 'argument_specs.yml')) as handle:
+        spec = yaml.safe_load(handle)['argument_specs']['main']
+    options = set(spec.get('options') or {})
+    with open(os.path.join(ROOT, 'roles', role, 'defaults', 'main.yml')) as handle:
+        defaults = set(yaml.safe_load(handle) or {})
+    assert defaults == options, 'defaults and argument spec differ: %s' % sorted(defaults ^ options)
+    text = ''
+    for path in _role_files(role, 'tasks') + _role_files(role, 'templates'):
+        if os.path.isfile(path):
+            with open(path) as handle:
+                text += handle.read()
+    registered = set(re.findall(r'^\s*register:\s*(\w+)', text, re.M))
+    registered |= set(re.findall(r'^\s*(\w+):', text, re.M))  # set_fact keys, module options
+    prefixes = {name.split('_')[0] for name in options} | {role}
+    used = {w for w in re.findall(r'(?<![.\w])([a-z][a-z0-9_]*)\b', _jinja(text)) if w.split('_')[0] in prefixes and '_' in w}
+    unknown = sorted(used - options - registered)
+    assert not unknown, '%s reads variables its argument spec does not describe: %s' % (role, unknown)
+
+
+def _jinja(text):
+    """The Jinja expressions of a role's files: {{ ... }} and when/that/loop values."""
+    parts = re.findall(r'{{(.*?)}}', text, re.S)
+    parts += re.findall(r'^\s*(?:-\s*)?(?:when|that|loop|until|failed_when|changed_when):?\s*(.*)$', text, re.M)
+    parts += re.findall(r'^\s+-\s+(.*)$', text, re.M)
+    return '\n'.join(parts)
+
+
+def test_no_tracked_symlink_is_broken():
+    """ansible-galaxy collection build and antsibull-changelog release refuse broken links."""
+    import subprocess
+    staged = subprocess.run(['git', 'ls-files', '-s'], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    links = [line.split('\t', 1)[1] for line in staged.splitlines() if line.startswith('120000 ')]
+    broken = [p for p in links if not os.path.exists(os.path.join(ROOT, p))]
+    assert not broken, 'tracked symlinks pointing nowhere (store the target in <name>.link): %s' % broken
