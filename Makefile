@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed-$(shell md5sum < pyproject.toml | cut -c1-12)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_NOCOLOR := 1
 
-.PHONY: diagnose test test-fast test-vm lint sanity bench setup apt-run apt-test clean
+.PHONY: diagnose test test-fast test-collection test-vm lint sanity bench setup apt-run apt-test clean
 
 setup: $(STAMP)
 
@@ -41,7 +41,7 @@ diagnose: setup apt-run
 
 test: setup apt-test
 	$(BIN)/pytest tests $(PYTEST_ARGS)
-	$(MAKE) lint sanity
+	$(MAKE) test-collection lint sanity
 	$(MAKE) test-vm
 
 # Molecule scenarios in real VMs (QEMU/libvirt/Vagrant; the scripts install and
@@ -52,9 +52,17 @@ test-vm: setup
 test-fast: setup
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+# The collection as users get it: ansible-galaxy build + install of the tarball, then
+# ansible-doc, plugin imports and playbook auditgap.fleet.diagnose from the installed copy.
+test-collection: setup
+	$(PY) scripts/test-collection
+
 lint: setup
 	$(BIN)/ansible-lint --profile production
 	$(BIN)/ruff check plugins auditgap tests benchmarks
+	$(BIN)/ruff check --no-cache scripts/test-collection
+	$(BIN)/antsibull-changelog lint
+	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
 
 sanity: setup
 	@scripts/sanity $(BIN)
