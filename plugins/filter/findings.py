@@ -44,6 +44,14 @@ DEFAULT_THRESHOLDS = {
     'consumer_min_cores': 0.5,
     # backlog_limit suggested when the backlog saturates or events are lost
     'backlog_limit_suggested': 8192,
+    # audit_consumer_stalled (consumer_activity over the sample window): share of samples the
+    # consumer was stopped (T, or its cgroup frozen) / blocked in disk I/O (D) ...
+    'consumer_stopped_ratio': 0.5,
+    'consumer_io_blocked_ratio': 0.3,
+    # ... ms per second of wall it waited for a CPU (schedstat run_delay), without a CPU limit ...
+    'consumer_run_delay_ms_per_s': 200.0,
+    # ... CPU its busiest thread used (cores): a consumer saturating its own core
+    'consumer_core_saturated_cores': 0.9,
 }
 
 # Syscalls a busy service makes per request/IO: auditing them on every call is
@@ -74,6 +82,7 @@ FINDING_TITLES = {
     'audit_wait_time_accrued': 'Audited syscalls slept (backlog wait time accrued)',
     'audit_consumer_throttled': 'Audit consumer CPU-throttled',
     'audit_consumer_missing': 'Audit enabled without a consumer',
+    'audit_consumer_stalled': 'Audit consumer not draining (stopped, blocked on I/O, starved or saturated)',
     'audited_hot_syscall': 'Hot syscall audited',
     'syscall_stall_observed': 'Syscall stall observed in audit_log_start',
     'audit_immutable': 'Audit configuration immutable',
@@ -147,6 +156,7 @@ class _View:
         self.status = _d(self.audit.get('status')) if self.audit_ok else {}
         self.sample = _d(self.audit.get('sample')) if self.audit_ok else {}
         self.consumer = self.audit.get('consumer') if self.audit_ok else None
+        self.activity = _d(self.audit.get('consumer_activity')) if self.audit_ok else {}
         self.trace_ok = bool(self.trace.get('supported'))
 
     @property
@@ -261,6 +271,16 @@ def agent_cpu_remediation(target, thresholds):
                                           'agent_cpu_limit_cores': _round_up(cores)}}
 
 
+def _backlog_family_remediation(view, thr, ctx, own=None):
+    """A stall finding's fix: the stalled consumer's (a bigger backlog in front of a consumer
+    that does not drain only delays the stall), else ``own``, else the root cause's or a bigger backlog."""
+    if ctx.get('stalled'):
+        return ctx['stalled']['remediation']
+    if own is not None:
+        return own
+    return ctx.get('cause_remediation') or audit_backlog_remediation(view, thr)
+
+
 def audit_backlog_remediation(view, thresholds):
     limit = view.backlog_limit or 0
     suggested = int(max(float(thresholds['backlog_limit_suggested']), 4 * limit))
@@ -312,7 +332,7 @@ def rule_backlog_saturated(view, host, thr, ctx):
     return [_finding('audit_backlog_saturated', severity, host,
                      'Audit backlog peaked at %s of %s (%s, threshold %s)'
                      % (_fmt(peak), _fmt(limit), _pct(ratio), _pct(thr['backlog_saturated_ratio'])),
-                     evidence, audit_backlog_remediation(view, thr))]
+                     evidence, _backlog_family_remediation(view, thr, ctx, audit_backlog_remediation(view, thr)))]
 
 
 def rule_events_lost(view, host, thr, ctx):
@@ -329,7 +349,7 @@ def rule_events_lost(view, host, thr, ctx):
         summary = 'Audit lost %s records in %ss (%s/s)' % (
             _fmt(delta), _fmt(view.sample.get('seconds')), _fmt(view.sample.get('lost_per_s')))
         return [_finding('audit_events_lost', 'warning', host, summary,
-                         evidence, audit_backlog_remediation(view, thr))]
+                         evidence, _backlog_family_remediation(view, thr, ctx, audit_backlog_remediation(view, thr)))]
     if lost:
         return [_finding('audit_events_lost', 'info', host,
                          'Audit lost %s records since boot (no sample window: growth unknown)' % _fmt(lost),
@@ -358,7 +378,7 @@ def rule_wait_time_accrued(view, host, thr, ctx):
                          'Audited syscalls slept %s ms in audit_log_start in a %ss window '
                          '(backlog_wait_time_actual +%s jiffies)'
                          % (_fmt(delta_ms, 0), _fmt(view.sample.get('seconds')), _fmt(delta_j)),
-                         evidence, ctx.get('cause_remediation') or audit_backlog_remediation(view, thr))]
+                         evidence, _backlog_family_remediation(view, thr, ctx))]
     total = _num(view.status.get('backlog_wait_time_actual_jiffies'))
     if total:
         return [_finding('audit_wait_time_accrued', 'info', host,
@@ -408,6 +428,149 @@ def rule_consumer_missing(view, host, thr, ctx):
                      'to the kernel log, rate-limited, or are lost' % _fmt(view.enabled),
                      {'enabled': view.enabled, 'pid': 0, 'backlog': view.status.get('backlog'),
                       'backlog_limit': view.backlog_limit, 'backlog_peak_ratio': ratio})]
+
+
+# ---------------------------------------------------------------- a consumer that does not drain
+
+def _restart_command(view, target):
+    """How to restart the consumer, named: its container, its unit, else its executable."""
+    consumer = _d(view.consumer)
+    container = _d(_d(target).get('container')) or _d(consumer.get('container'))
+    unit = _d(target).get('systemd_unit') or consumer.get('systemd_unit')
+    if container.get('id') and container.get('runtime') == 'docker':
+        return 'docker restart %s' % (container.get('name') or container['id'][:12])
+    if container.get('id'):
+        return 'restart container %s' % (container.get('name') or container['id'][:12])
+    if unit and unit.endswith('.service'):
+        return 'systemctl restart %s' % unit
+    return 'restart %s' % (consumer.get('exe') or consumer.get('comm') or 'the consumer')
+
+
+def _weight_knob(view, target):
+    """Where the consumer's CPU weight is set (not a quota)."""
+    consumer = _d(view.consumer)
+    target = _d(target)
+    container = _d(target.get('container')) or _d(consumer.get('container'))
+    unit = target.get('systemd_unit') or consumer.get('systemd_unit')
+    if container.get('id') and container.get('runtime') == 'docker':
+        return 'docker update --cpu-shares on %s' % (container.get('name') or container['id'][:12])
+    if unit and not container:
+        return 'CPUWeight= on %s' % unit
+    path = target.get('cgroup_path')
+    knob = 'cpu.weight' if target.get('cgroup_version') == 2 else 'cpu.shares'
+    return '%s of cgroup %s' % (knob, path) if path else 'its cgroup cpu.shares/cpu.weight'
+
+
+def _narrow_remediation(view):
+    """audit_rules vars narrowing the broad rules on hot syscalls (None when there are none)."""
+    items = []
+    for name, rules in sorted(view.audited_syscall_rules().items()):
+        if name not in HOT_SYSCALLS:
+            continue
+        broad = [r for r in rules if not any(_d(f).get('name') in NARROWING_FIELDS for f in r.get('fields') or [])]
+        if broad:
+            item = {'syscall': name}
+            keys = sorted({str(r.get('key')) for r in broad if r.get('key')})
+            if keys:
+                item['key'] = keys[0]
+            items.append(item)
+    return {'role': 'audit_rules', 'vars': {'audit_rules_narrow': items}} if items else None
+
+
+def consumer_stall_cause(view, thr, stall_signs):
+    """Why a registered, unthrottled consumer does not drain, from ``consumer_activity``.
+
+    Returns None (no stall, no measurement, or the consumer is CPU-throttled: that
+    chain is audit_consumer_throttled's) or ``{cause, line, fix, remediation, evidence}``
+    with cause ``stopped``, ``io_blocked``, ``cpu_contended`` or ``core_saturated``.
+    """
+    act = view.activity
+    if not stall_signs or not act or not act.get('found') or not _num(view.status.get('pid')):
+        return None
+    ratio, _source, target = view.throttle()
+    if ratio is not None and ratio >= thr['throttled_ratio_warn']:
+        return None
+    states = _d(act.get('state_ratios'))
+    conf = _d(_d(view.consumer).get('auditd_config'))
+    pid = _d(view.consumer).get('pid') or view.status.get('pid')
+    label = _consumer_label(view)
+    samples = act.get('samples')
+    stopped = _num(states.get('T')) or 0.0
+    blocked = _num(states.get('D')) or 0.0
+    delay = _num(act.get('run_delay_ms_per_s'))
+    busiest = _num(act.get('busiest_thread_cores'))
+    cpu = _num(act.get('cpu_cores'))
+    evidence = {'pid': pid, 'state_ratios': states, 'frozen': act.get('frozen'), 'cpu_cores': cpu,
+                'busiest_thread_cores': busiest, 'run_delay_ms_per_s': delay, 'nice': act.get('nice'),
+                'write_bytes_per_s': act.get('write_bytes_per_s'), 'wchan': act.get('wchan'),
+                'd_state_stack': act.get('d_state_stack'), 'samples': samples, 'seconds': act.get('seconds'),
+                'auditd_config': conf or None, 'container': _d(view.consumer).get('container'),
+                'systemd_unit': _d(view.consumer).get('systemd_unit')}
+    if act.get('frozen') or stopped >= thr['consumer_stopped_ratio']:
+        how = 'its cgroup frozen' if act.get('frozen') else 'state T in %s of %s samples' % (_pct(stopped), samples)
+        line = '%s stopped (%s, %s CPU)' % (label, how, _fmt(cpu, 3))
+        fix = ('thaw it (%s) or %s' % ('docker unpause' if _d(evidence['container']).get('runtime') == 'docker'
+                                       else 'its freezer cgroup: THAWED', _restart_command(view, target))
+               if act.get('frozen') else
+               'resume it (kill -CONT %s) or restart it (%s)' % (_fmt(pid), _restart_command(view, target)))
+        return {'cause': 'stopped', 'line': line, 'fix': fix, 'remediation': None, 'evidence': evidence}
+    if blocked >= thr['consumer_io_blocked_ratio']:
+        where = (act.get('wchan') or [{}])[0].get('function') or (act.get('d_state_stack') or '?').split(' <- ')[0]
+        device = conf.get('log_device')
+        detail = ['in %s' % where]
+        if act.get('write_bytes_per_s') is not None:
+            detail.append('writes %s KB/s' % _fmt(_num(act['write_bytes_per_s']) / 1024.0, 1))
+        if conf.get('flush'):
+            detail.append('flush = %s' % conf['flush'])
+        if device:
+            detail.append('log on %s' % device)
+        line = '%s blocked on disk I/O (state D in %s of %s samples, %s)' % (label, _pct(blocked), samples,
+                                                                            ', '.join(detail))
+        free = _num(conf.get('log_free_ratio'))
+        flush = str(conf.get('flush') or '').lower()
+        if free is not None and free < 0.05:
+            fix = 'free space on %s (%s free; disk_full_action = %s in %s)' % (
+                device or 'the log device', _pct(free), conf.get('disk_full_action'), conf.get('path'))
+        elif flush in ('sync', 'data'):
+            fix = 'set flush = incremental_async in %s (now %s: every record waits for %s)' % (
+                conf.get('path'), conf.get('flush'), device or 'the disk')
+        else:
+            fix = 'give its log writes a faster device than %s (log_file %s)' % (
+                device or 'the current one', conf.get('log_file') or '?')
+        return {'cause': 'io_blocked', 'line': line, 'fix': fix, 'remediation': None, 'evidence': evidence}
+    if delay is not None and delay >= thr['consumer_run_delay_ms_per_s']:
+        line = '%s waits for a CPU (run delay %s ms/s, uses %s CPU, no CPU limit throttles it)' % (
+            label, _fmt(delay, 0), _fmt(cpu, 3))
+        knobs = []
+        if conf:
+            knobs.append('priority_boost in %s (now %s)' % (conf.get('path'), conf.get('priority_boost')))
+        knobs.append(_weight_knob(view, target))
+        fix = 'raise its CPU priority or weight, not a quota (%s)' % ' or '.join(knobs)
+        return {'cause': 'cpu_contended', 'line': line, 'fix': fix, 'remediation': None, 'evidence': evidence}
+    if busiest is not None and busiest >= thr['consumer_core_saturated_cores']:
+        line = '%s saturates its core (busiest thread %s CPU)' % (label, _fmt(busiest, 2))
+        remediation = _narrow_remediation(view)
+        fix = 'fewer records, not more CPU: narrow the audit rules'
+        if remediation:
+            fix = 'fewer records, not more CPU: %s' % _fix_text(remediation)
+        return {'cause': 'core_saturated', 'line': line, 'fix': fix, 'remediation': remediation,
+                'evidence': evidence}
+    return None
+
+
+def rule_consumer_stalled(view, host, thr, ctx):
+    stalled = ctx.get('stalled')
+    if not stalled:
+        return []
+    ctx['consumer'] = stalled['line']
+    critical = any(s in ctx['stall_signs'] for s in ('audit_events_lost', 'audit_wait_time_accrued',
+                                                      'syscall_stall_observed'))
+    evidence = dict(stalled['evidence'], cause=stalled['cause'], fix=stalled['fix'],
+                    probable_cause_of=list(ctx['stall_signs']))
+    return [_finding('audit_consumer_stalled', 'critical' if critical else 'warning', host,
+                     '%s; probable cause of %s -> %s' % (stalled['line'], ', '.join(ctx['stall_signs']),
+                                                         stalled['fix']),
+                     evidence, stalled['remediation'])]
 
 
 def rule_audited_hot_syscall(view, host, thr, ctx):
@@ -501,7 +664,7 @@ def rule_syscall_stall_observed(view, host, thr, ctx):
     if worst:
         summary += '; %s p99 %s ms' % (worst, _fmt(evidence['p99_ms']))
     return [_finding('syscall_stall_observed', 'critical', host, summary, evidence,
-                     ctx.get('cause_remediation') or audit_backlog_remediation(view, thr))]
+                     _backlog_family_remediation(view, thr, ctx))]
 
 
 def rule_immutable(view, host, thr, ctx):
@@ -513,7 +676,7 @@ def rule_immutable(view, host, thr, ctx):
 
 
 RULES = (rule_unsupported, rule_backlog_saturated, rule_events_lost, rule_wait_time_accrued,
-         rule_consumer_missing, rule_consumer_throttled, rule_audited_hot_syscall,
+         rule_consumer_missing, rule_consumer_throttled, rule_consumer_stalled, rule_audited_hot_syscall,
          rule_syscall_stall_observed, rule_immutable)
 
 
@@ -552,6 +715,7 @@ def evaluate(host_facts, hostname, thresholds=None):
     ratio, _src, target = view.throttle()
     if target is not None and ratio is not None and ratio >= thr['throttled_ratio_warn']:
         ctx['cause_remediation'] = agent_cpu_remediation(target, thr)
+    ctx['stalled'] = consumer_stall_cause(view, thr, ctx['stall_signs'])
     findings = []
     for rule in RULES:
         findings.extend(rule(view, hostname, thr, ctx))
@@ -584,16 +748,19 @@ def build_chain(view, ctx, findings):
         links.append(backlog)
     if ctx.get('consumer'):
         links.append(ctx['consumer'])
-    remediation = ctx.get('cause_remediation')
-    if remediation is None:
-        for finding in sorted(serious, key=_sort_key):
-            if finding.get('remediation'):
-                remediation = finding['remediation']
-                break
     if not links:
         links.append(serious[0]['summary'])
     chain = ' <- '.join(links)
-    fix = _fix_text(remediation)
+    if ctx.get('stalled'):
+        fix = ctx['stalled']['fix']
+    else:
+        remediation = ctx.get('cause_remediation')
+        if remediation is None:
+            for finding in sorted(serious, key=_sort_key):
+                if finding.get('remediation'):
+                    remediation = finding['remediation']
+                    break
+        fix = _fix_text(remediation)
     if fix:
         chain += ' -> ' + fix
     if view.enabled == 2:

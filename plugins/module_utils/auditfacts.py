@@ -202,9 +202,92 @@ def read_consumer(pid, proc_root='/proc'):
     return info
 
 
+AUDITD_CONF = '/etc/audit/auditd.conf'
+# auditd.conf settings that decide how fast auditd drains the backlog
+AUDITD_SETTINGS = ('log_file', 'write_logs', 'flush', 'freq', 'disk_full_action', 'disk_error_action',
+                   'space_left_action', 'priority_boost', 'q_depth', 'overflow_action', 'plugin_dir')
+
+
+def parse_auditd_conf(text):
+    """auditd.conf text -> {key: value} (keys lower case, comments and blank lines skipped)."""
+    out = {}
+    for line in text.splitlines():
+        line = line.split('#', 1)[0].strip()
+        key, sep, value = line.partition('=')
+        if sep and key.strip():
+            out[key.strip().lower()] = value.strip()
+    return out
+
+
+def auditd_conf_path(cmdline):
+    """The auditd.conf an auditd command line reads (``-c DIR``), else the default."""
+    args = list(cmdline or [])
+    for index, arg in enumerate(args):
+        if arg == '-c' and index + 1 < len(args):
+            return os.path.join(args[index + 1], 'auditd.conf')
+    return AUDITD_CONF
+
+
+def _block_device(path):
+    """Name of the block device holding ``path`` (vda, sda1, dm-0), or None."""
+    try:
+        dev = os.stat(path).st_dev
+    except OSError:
+        return None
+    sysfs = '/sys/dev/block/%d:%d' % (os.major(dev), os.minor(dev))
+    return os.path.basename(os.path.realpath(sysfs)) if os.path.exists(sysfs) else None
+
+
+def read_auditd_config(consumer, proc_root='/proc'):
+    """auditd's drain-relevant settings as the consumer sees them (through /proc/PID/root),
+    or None when the consumer is not auditd. ``log_device``: the block device of log_file,
+    ``log_free_ratio``: free space there; ``plugins``: active plugin names."""
+    consumer = consumer or {}
+    name = consumer.get('comm') or os.path.basename(consumer.get('exe') or '')
+    if name != 'auditd' or not consumer.get('pid'):
+        return None
+    root = os.path.join(proc_root, str(consumer['pid']), 'root')
+    path = auditd_conf_path(consumer.get('cmdline'))
+    out = {'path': path}
+    try:
+        with open(root + path) as handle:
+            conf = parse_auditd_conf(handle.read())
+    except (IOError, OSError) as err:
+        out['error'] = str(err)
+        return out
+    out.update((key, conf.get(key)) for key in AUDITD_SETTINGS)
+    log_dir = os.path.dirname(conf.get('log_file') or '/var/log/audit/audit.log')
+    out['log_device'] = _block_device(root + log_dir)
+    try:
+        vfs = os.statvfs(root + log_dir)
+        out['log_free_ratio'] = round(vfs.f_bavail / float(vfs.f_blocks), 4) if vfs.f_blocks else None
+    except OSError:
+        out['log_free_ratio'] = None
+    plugins = []
+    plugin_dir = conf.get('plugin_dir') or '/etc/audit/plugins.d'
+    try:
+        names = sorted(os.listdir(root + plugin_dir))
+    except OSError:
+        names = []
+    for entry in names:
+        if not entry.endswith('.conf'):
+            continue
+        try:
+            with open(os.path.join(root + plugin_dir, entry)) as handle:
+                plugin = parse_auditd_conf(handle.read())
+        except (IOError, OSError):
+            continue
+        if plugin.get('active', '').lower() == 'yes':
+            plugins.append(entry[:-len('.conf')])
+    out['plugins'] = plugins
+    return out
+
+
 def run_sample(reader, seconds, interval_ms, hz, backlog_limit, clock=time.monotonic,
-               sleep=time.sleep):
-    """Poll the status every ``interval_ms`` for ``seconds``; contract ``sample``."""
+               sleep=time.sleep, on_tick=None):
+    """Poll the status every ``interval_ms`` for ``seconds``; contract ``sample``.
+
+    ``on_tick()`` runs after each status read (the consumer's activity sampler)."""
     timeline = []
     start = clock()
     tick = 0
@@ -216,6 +299,8 @@ def run_sample(reader, seconds, interval_ms, hz, backlog_limit, clock=time.monot
                          'backlog_wait_time_actual_jiffies': raw.get('backlog_wait_time_actual')})
         if raw.get('backlog_limit') is not None:
             backlog_limit = raw['backlog_limit']
+        if on_tick is not None:
+            on_tick()
         if now - start >= seconds:
             break
         tick += 1
@@ -232,8 +317,13 @@ def unsupported(reason, hz=None):
             'collected_at': utc_now(), 'kernel_release': kernel_release()}
 
 
+def _d(value):
+    return value if isinstance(value, dict) else {}
+
+
 def gather(source='auto', sample_seconds=0, sample_interval_ms=100, rules=True, consumer=True,
-           run_command=None, auditctl_path=None, proc_root='/proc', root='/', euid=None):
+           run_command=None, auditctl_path=None, proc_root='/proc', root='/', euid=None,
+           cgroup_root='/sys/fs/cgroup'):
     """The ``audit_status`` facts. Never raises for a host that lacks audit or root."""
     hz = kernelhz.detect_hz(root)
     if euid is None:
@@ -265,14 +355,23 @@ def gather(source='auto', sample_seconds=0, sample_interval_ms=100, rules=True, 
                 facts['rules_source'] = reader.source
             except (auditnl.AuditNetlinkError, RuntimeError, ValueError, OSError) as err:
                 facts['rules_error'] = str(err)
+        activity = None
         if consumer:
             facts['consumer'] = read_consumer(raw.get('pid'), proc_root)
+            if facts['consumer'] is not None:
+                facts['consumer']['auditd_config'] = read_auditd_config(facts['consumer'], proc_root)
+            facts['consumer_activity'] = None
         if sample_seconds and float(sample_seconds) > 0:
+            if consumer and _d(facts['consumer']).get('found'):
+                activity = procinfo.ActivitySampler(raw['pid'], proc_root=proc_root, cgroup_root=cgroup_root)
             try:
                 facts['sample'] = run_sample(reader, float(sample_seconds), int(sample_interval_ms),
-                                             hz['value'], raw.get('backlog_limit'))
+                                             hz['value'], raw.get('backlog_limit'),
+                                             on_tick=activity.tick if activity else None)
             except (auditnl.AuditNetlinkError, RuntimeError, ValueError, OSError) as err:
                 facts['sample_error'] = str(err)
+            if activity is not None:
+                facts['consumer_activity'] = activity.summary()
         return facts
     finally:
         reader.close()

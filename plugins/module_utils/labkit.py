@@ -746,16 +746,21 @@ end_of_event_timeout = 2
 """
 
 
-def write_auditd_config(confdir, workdir, max_log_mb=8):
-    """A config dir for ``auditd -c``: logs under workdir, no plugins."""
+def write_auditd_config(confdir, workdir, max_log_mb=8, overrides=None):
+    """A config dir for ``auditd -c``: logs under workdir, no plugins.
+
+    ``overrides``: {setting: value} replacing the lab's values (e.g. ``{'flush': 'SYNC'}``)."""
     if not os.path.isdir(confdir):
         os.makedirs(confdir, 0o700)
     plugins = os.path.join(workdir, 'plugins.d')
     if not os.path.isdir(plugins):
         os.makedirs(plugins, 0o700)
     path = os.path.join(confdir, 'auditd.conf')
+    lines = AUDITD_CONF.format(workdir=workdir, max_log_mb=int(max_log_mb)).splitlines()
+    for key, value in (overrides or {}).items():
+        lines = [line for line in lines if line.split('=', 1)[0].strip() != key] + ['%s = %s' % (key, value)]
     with open(path, 'w') as handle:
-        handle.write(AUDITD_CONF.format(workdir=workdir, max_log_mb=int(max_log_mb)))
+        handle.write('\n'.join(lines) + '\n')
     os.chmod(path, 0o640)
     return path
 
@@ -1048,8 +1053,11 @@ def enable_v2_cpu(state, version, root):
     return True
 
 
-def start_cgroup_consumer(state, workdir, quota_us, name, period_us=PERIOD_US, cgroup=None):
+def start_cgroup_consumer(state, workdir, quota_us, name, period_us=PERIOD_US, cgroup=None, auditd_conf=None):
     """Create a throttled cpu group, start auditd -n inside it, wait for registration.
+
+    ``cgroup``: (version, parent dir) to create the group under (default the hierarchy's root);
+    ``auditd_conf``: auditd.conf overrides (``write_auditd_config``).
 
     Returns {'pid', 'starttime', 'cgroup_path', 'cgroup_version'}.
     """
@@ -1067,7 +1075,7 @@ def start_cgroup_consumer(state, workdir, quota_us, name, period_us=PERIOD_US, c
     cgroup_create(version, root, name, None, period_us)
     state.record('unthrottle', path=path, version=version)
     confdir = os.path.join(workdir, 'etc')
-    write_auditd_config(confdir, workdir)
+    write_auditd_config(confdir, workdir, overrides=auditd_conf)
     argv = [auditd, '-n', '-s', 'nochange', '-c', confdir]
     pid, start = spawn_daemon(argv, os.path.join(workdir, 'auditd.out'),
                               cgroup_procs=os.path.join(path, 'cgroup.procs'))

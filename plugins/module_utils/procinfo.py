@@ -14,6 +14,7 @@ __metaclass__ = type
 
 import os
 import re
+import time
 
 # Container runtimes leave their id in the cgroup path. Order matters: the
 # first match wins, the most specific patterns first.
@@ -196,3 +197,222 @@ def find_pids_by_name(names, proc_root='/proc'):
     for pids in found.values():
         pids.sort()
     return found
+
+
+# ---------------------------------------------------------------- activity over a window
+# What a process did during a sample window, from /proc: its scheduler state
+# sampled each tick, CPU used (utime+stime), time waiting for a CPU
+# (schedstat run_delay), where it sleeps (wchan, kernel stack of tasks in D)
+# and its I/O. Used to tell why an audit consumer does not drain its backlog.
+
+# Process state for one tick, from its tasks' states: the most telling first.
+STATE_ORDER = ('T', 'D', 'R', 'S')
+_STATE_CLASS = {'T': 'T', 't': 'T', 'D': 'D', 'R': 'R', 'S': 'S', 'I': 'S'}
+ACTIVITY_STACK_DEPTH = 8
+
+
+def parse_stat(text):
+    """/proc/PID/stat -> {state, utime_ticks, stime_ticks, nice, num_threads, policy}.
+
+    The comm field may hold spaces and parentheses: fields are counted after
+    the last ``)``. None when the text is not a stat line.
+    """
+    end = text.rfind(')')
+    if end < 0:
+        return None
+    fields = text[end + 1:].split()
+    if len(fields) < 18:
+        return None
+    try:
+        return {'state': fields[0], 'utime_ticks': int(fields[11]), 'stime_ticks': int(fields[12]),
+                'nice': int(fields[16]), 'num_threads': int(fields[17]),
+                'policy': int(fields[38]) if len(fields) > 38 else None}
+    except ValueError:
+        return None
+
+
+def parse_schedstat(text):
+    """/proc/PID/schedstat -> {run_ns, run_delay_ns, timeslices} (None when malformed)."""
+    parts = text.split()
+    if len(parts) < 3 or not all(p.isdigit() for p in parts[:3]):
+        return None
+    return {'run_ns': int(parts[0]), 'run_delay_ns': int(parts[1]), 'timeslices': int(parts[2])}
+
+
+def parse_io(text):
+    """/proc/PID/io -> {name: int}."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(':')
+        if sep and value.strip().isdigit():
+            out[name.strip()] = int(value.strip())
+    return out
+
+
+def parse_stack(text, depth=ACTIVITY_STACK_DEPTH):
+    """/proc/PID/stack -> function names, innermost first (offsets dropped)."""
+    frames = []
+    for line in text.splitlines():
+        word = line.split()[-1] if line.split() else ''
+        name = word.split('+', 1)[0]
+        if name:
+            frames.append(name)
+    return frames[:depth]
+
+
+def process_state(task_states):
+    """One letter (T, D, R, S) for a process from its tasks' state letters."""
+    classes = {_STATE_CLASS.get(s, 'S') for s in task_states}
+    for letter in STATE_ORDER:
+        if letter in classes:
+            return letter
+    return None
+
+
+def _read_quiet(path):
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except (IOError, OSError):
+        return None
+
+
+def freezer_state(cgroups, cgroup_root='/sys/fs/cgroup'):
+    """True when the process's cgroup is frozen (v1 freezer or v2 cgroup.freeze), False, None unknown."""
+    v1_path = _d(cgroups).get('v1', {}).get('freezer')
+    if v1_path is not None:
+        text = _read_quiet(os.path.join(cgroup_root, 'freezer', v1_path.lstrip('/'), 'freezer.state'))
+        if text is not None:
+            return text.strip() in ('FROZEN', 'FREEZING')
+    v2_path = _d(cgroups).get('v2')
+    if v2_path is not None:
+        for base in (cgroup_root, os.path.join(cgroup_root, 'unified')):
+            text = _read_quiet(os.path.join(base, v2_path.lstrip('/'), 'cgroup.events'))
+            if text is not None:
+                return 'frozen 1' in text.splitlines()
+    return None
+
+
+def _d(value):
+    return value if isinstance(value, dict) else {}
+
+
+class ActivitySampler:
+    """Measures one process over a window: ``tick()`` each poll, ``summary()`` at the end.
+
+    Reads only /proc (and the freezer state); a process that vanishes gives
+    ``found: false``. Pure aggregation in ``summarize_activity``.
+    """
+
+    def __init__(self, pid, proc_root='/proc', cgroup_root='/sys/fs/cgroup', clock=time.monotonic):
+        self.pid = int(pid)
+        self.base = os.path.join(proc_root, str(self.pid))
+        self.cgroup_root = cgroup_root
+        self.clock = clock
+        self.ticks = []
+        self.first = self.counters()
+        self.last = self.first
+        self.started = self.clock()
+        self.ended = self.started
+
+    def tids(self):
+        try:
+            return sorted(int(t) for t in os.listdir(os.path.join(self.base, 'task')) if t.isdigit())
+        except OSError:
+            return []
+
+    def counters(self):
+        """{at, stat, io, tasks: {tid: {ticks, run_delay_ns}}} or None when the process is gone."""
+        stat = parse_stat(_read_quiet(os.path.join(self.base, 'stat')) or '')
+        if stat is None:
+            return None
+        tasks = {}
+        for tid in self.tids():
+            tbase = os.path.join(self.base, 'task', str(tid))
+            tstat = parse_stat(_read_quiet(os.path.join(tbase, 'stat')) or '')
+            sched = parse_schedstat(_read_quiet(os.path.join(tbase, 'schedstat')) or '')
+            if tstat is None:
+                continue
+            tasks[tid] = {'ticks': tstat['utime_ticks'] + tstat['stime_ticks'],
+                          'run_delay_ns': sched['run_delay_ns'] if sched else None}
+        return {'stat': stat, 'io': parse_io(_read_quiet(os.path.join(self.base, 'io')) or ''),
+                'tasks': tasks}
+
+    def tick(self):
+        states, wchans, stacks = [], [], []
+        for tid in self.tids():
+            tbase = os.path.join(self.base, 'task', str(tid))
+            tstat = parse_stat(_read_quiet(os.path.join(tbase, 'stat')) or '')
+            if tstat is None:
+                continue
+            states.append(tstat['state'])
+            if tstat['state'] in ('D', 'S'):
+                wchan = (_read_quiet(os.path.join(tbase, 'wchan')) or '').strip()
+                if wchan and wchan != '0':
+                    wchans.append(wchan)
+            if tstat['state'] == 'D':
+                frames = parse_stack(_read_quiet(os.path.join(tbase, 'stack')) or '')
+                if frames:
+                    stacks.append(frames)
+        self.ticks.append({'state': process_state(states), 'wchans': wchans, 'stacks': stacks})
+
+    def summary(self, clk_tck=None, frozen=None):
+        self.last = self.counters() or self.last
+        self.ended = self.clock()
+        if clk_tck is None:
+            clk_tck = os.sysconf('SC_CLK_TCK')
+        if frozen is None:
+            info = read_process(self.pid, os.path.dirname(self.base))
+            frozen = freezer_state(info['cgroups'], self.cgroup_root) if info else None
+        return summarize_activity(self.pid, self.first, self.last, self.ticks, self.ended - self.started,
+                                  clk_tck, frozen)
+
+
+def summarize_activity(pid, first, last, ticks, seconds, clk_tck, frozen):
+    """The contract ``consumer_activity`` from two counter readings and the ticks (pure)."""
+    if first is None or last is None:
+        return {'pid': pid, 'found': False, 'seconds': round(seconds, 3), 'samples': len(ticks)}
+    states = [t['state'] for t in ticks if t.get('state')]
+    ratios = dict((letter, round(states.count(letter) / float(len(states)), 3) if states else None)
+                  for letter in STATE_ORDER)
+    wchan_counts, stack_counts = {}, {}
+    for tick in ticks:
+        for name in tick.get('wchans') or []:
+            wchan_counts[name] = wchan_counts.get(name, 0) + 1
+        for frames in tick.get('stacks') or []:
+            key = ' <- '.join(frames)
+            stack_counts[key] = stack_counts.get(key, 0) + 1
+    wchan = [{'function': name, 'samples': count}
+             for name, count in sorted(wchan_counts.items(), key=lambda item: (-item[1], item[0]))][:5]
+    d_stack = max(stack_counts.items(), key=lambda item: item[1])[0] if stack_counts else None
+
+    def per_s(delta):
+        return round(delta / seconds, 3) if seconds > 0 else None
+    ticks_delta = (last['stat']['utime_ticks'] + last['stat']['stime_ticks']
+                   - first['stat']['utime_ticks'] - first['stat']['stime_ticks'])
+    cpu_cores = round(ticks_delta / float(clk_tck) / seconds, 3) if seconds > 0 else None
+    busiest, delay_ns = 0, 0
+    delay_known = False
+    for tid, task in last['tasks'].items():
+        before = first['tasks'].get(tid, {'ticks': 0, 'run_delay_ns': 0})
+        busiest = max(busiest, task['ticks'] - before['ticks'])
+        if task['run_delay_ns'] is not None and before.get('run_delay_ns') is not None:
+            delay_known = True
+            delay_ns += task['run_delay_ns'] - before['run_delay_ns']
+    io_first, io_last = first['io'], last['io']
+
+    def io_rate(name):
+        if name not in io_first or name not in io_last:
+            return None
+        return per_s(io_last[name] - io_first[name])
+    return {
+        'pid': pid, 'found': True, 'seconds': round(seconds, 3), 'samples': len(states),
+        'state_ratios': ratios, 'frozen': frozen,
+        'cpu_cores': cpu_cores,
+        'busiest_thread_cores': round(busiest / float(clk_tck) / seconds, 3) if seconds > 0 else None,
+        'run_delay_ms_per_s': round(delay_ns / 1e6 / seconds, 3) if (seconds > 0 and delay_known) else None,
+        'nice': last['stat']['nice'], 'threads': last['stat']['num_threads'],
+        'write_bytes_per_s': io_rate('write_bytes'), 'syscw_per_s': io_rate('syscw'),
+        'syscr_per_s': io_rate('syscr'),
+        'wchan': wchan, 'd_state_stack': d_stack,
+    }

@@ -113,7 +113,8 @@ def cleanup_stale():
 
 @contextlib.contextmanager
 def audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000, key='auditgap-test-stall',
-                rate_per_s=0, rules=None, period_us=labkit.STALL_PERIOD_US, clients=1):
+                rate_per_s=0, rules=None, period_us=labkit.STALL_PERIOD_US, clients=1,
+                parent_quota_us=None, auditd_conf=None):
     """Create the incident on this host for the duration of the block.
 
     ``rules``: base rules (without -k) to add with ``key``; default the seed's
@@ -122,6 +123,8 @@ def audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000, key='aud
     the default 250000 the consumer runs 1 ms every 250 ms (0.4% of a CPU) and
     accept p99 lands at ~250 ms (with a 100 ms period it stays under ~100 ms
     on this machine kind). ``clients``: concurrent client connections.
+    ``parent_quota_us``: put the consumer's group inside a parent group with this quota
+    (the pod/slice shape; ``stall.parent_path``). ``auditd_conf``: auditd.conf overrides.
     """
     if os.geteuid() != 0:
         raise StallRefused('audit_stall needs root')
@@ -153,8 +156,22 @@ def audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000, key='aud
             state.record('audit_status', saved=dict(
                 (k, before[k]) for k in ('enabled', 'backlog_limit', 'backlog_wait_time')))
             labkit.set_status(backlog_limit=int(backlog_limit), backlog_wait_time=int(backlog_wait_time))
+            cgroup, parent_path = None, None
+            if parent_quota_us is not None:
+                version, root = labkit.detect_cgroup()
+                if version is None:
+                    raise StallRefused(root)
+                labkit.enable_v2_cpu(state, version, root)
+                parent_path = os.path.join(root, 'auditgap-test-parent-%s' % name)
+                state.record('cgroup', path=parent_path, version=version)
+                labkit.cgroup_create(version, root, os.path.basename(parent_path), parent_quota_us, period_us)
+                if version == 'v2':
+                    with open(os.path.join(parent_path, 'cgroup.subtree_control'), 'w') as handle:
+                        handle.write('+cpu')
+                cgroup = (version, parent_path)
             consumer = labkit.start_cgroup_consumer(state, workdir, quota_us,
-                                                    name='auditgap-test-%s' % name, period_us=period_us)
+                                                    name='auditgap-test-%s' % name, period_us=period_us,
+                                                    cgroup=cgroup, auditd_conf=auditd_conf)
             state.record('rules', key=key)
             for base in (rules or [labkit.ACCEPT_RULE]):
                 labkit.run_auditctl(labkit.rule_args(base, key))
@@ -164,6 +181,7 @@ def audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000, key='aud
                                              rate_per_s=rate_per_s, clients=clients,
                                              cpu_stat_dir=consumer['cgroup_path'])
             stall = Stall(workdir, consumer, workload, state, key)
+            stall.parent_path = parent_path
             try:
                 yield stall
             except BaseException:
