@@ -524,8 +524,8 @@ def consumer_stall_cause(view, thr, stall_signs):
             detail.append('flush = %s' % conf['flush'])
         if device:
             detail.append('log on %s' % device)
-        line = '%s blocked on disk I/O (state D in %s of %s samples, %s)' % (label, _pct(blocked), samples,
-                                                                            ', '.join(detail))
+        line = '%s blocked on disk I/O (state D in %s of %s samples, %s)' % (
+            label, _pct(blocked), samples, ', '.join(detail))
         free = _num(conf.get('log_free_ratio'))
         flush = str(conf.get('flush') or '').lower()
         if free is not None and free < 0.05:
@@ -563,8 +563,8 @@ def rule_consumer_stalled(view, host, thr, ctx):
     if not stalled:
         return []
     ctx['consumer'] = stalled['line']
-    critical = any(s in ctx['stall_signs'] for s in ('audit_events_lost', 'audit_wait_time_accrued',
-                                                      'syscall_stall_observed'))
+    harmful = ('audit_events_lost', 'audit_wait_time_accrued', 'syscall_stall_observed')
+    critical = any(s in ctx['stall_signs'] for s in harmful)
     evidence = dict(stalled['evidence'], cause=stalled['cause'], fix=stalled['fix'],
                     probable_cause_of=list(ctx['stall_signs']))
     return [_finding('audit_consumer_stalled', 'critical' if critical else 'warning', host,
