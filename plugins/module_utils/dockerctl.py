@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A small Docker helper: the Engine API over the UNIX socket, stdlib only.
+"""A small Docker helper: the Engine API over the UNIX socket, stdlib only (and guard).
 
 Used by cgroup_throttle (container names -> ids), by the incident lab's
 docker backend, by agent_cpu's docker backend and by the tests.
@@ -26,7 +26,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
-import fcntl
 import io
 import json
 import os
@@ -40,9 +39,11 @@ import time
 from http.client import HTTPConnection
 from urllib.parse import quote, urlencode
 
+from ansible_collections.auditgap.fleet.plugins.module_utils import guard
+
 DOCKER_SOCK = '/var/run/docker.sock'
 STATE_DIR = '/run/auditgap-dockerd'
-LOCK_PATH = '/run/lock/auditgap-dockerd.lock'
+LOCK_PATH = os.path.join(guard.STATE_DIR, 'dockerd.lock')
 DEFAULT_LOG = '/var/log/auditgap-dockerd.log'
 DOCKERD_ARGS = ('--bridge=none', '--iptables=false', '--ip6tables=false')
 # cgroup parent dockerd creates (cgroupfs driver); removed again when empty
@@ -153,22 +154,11 @@ def _pid_alive(pid):
         return True
 
 
-class _Lock:
-    def __init__(self, path):
-        self.path = path
-        self.handle = None
-
-    def __enter__(self):
-        parent = os.path.dirname(self.path)
-        if not os.path.isdir(parent):
-            os.makedirs(parent)
-        self.handle = open(self.path, 'a')
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
+def _Lock(path):
+    """The Docker helper's own lock (starting/stopping dockerd), in auditgap's root-only
+    state directory: opened without following symlinks, owner/type/mode checked, holder
+    recorded (guard.HostLock); waits up to 10 minutes (a dockerd start takes up to 60 s)."""
+    return guard.HostLock('dockerctl', wait_s=600, path=path)
 
 
 def _state_file(state_dir, name):

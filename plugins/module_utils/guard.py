@@ -6,12 +6,27 @@
 A guard is an undo stack. Each change registers how to undo itself *before*
 it is made; when the guarded block ends (normally, by an exception, by the
 guard's own timeout, or by SIGTERM/SIGINT/SIGHUP) the undo steps run in
-reverse order. A failing undo step does not stop the others; its error is
-kept in ``restore_errors`` so callers can report it.
+reverse order, with those signals blocked so that nothing cuts the restore
+short. A failing undo step does not stop the others; its error is kept in
+``restore_errors``. A change meant to stay (a remediation that succeeded) is
+kept with :meth:`RestoreGuard.commit`.
 
-SIGKILL cannot be caught: callers that keep state across processes (tracefs
-instances, lab state) name what they create after their pid or a state file
-so that the next run can find and remove leftovers.
+Undo steps are named operations with JSON arguments (:data:`OPS`), not
+closures, so a guard with a ``journal`` also writes them to an undo journal
+(``/run/auditgap/journal-<module>-<pid>.json``, root-only, fsync'd before the
+change is made). SIGKILL cannot be caught: the next run of any auditgap
+module that changes the kernel takes the host lock and replays the journals
+whose owner is dead (:func:`recover`), and reports what it undid
+(``recovered_from_crash``).
+
+The host lock (:class:`HostLock`, ``/run/auditgap/host.lock``) keeps two
+auditgap modules from changing the kernel at the same time; it records its
+holder so that a busy lock names who holds it.
+
+Test-only: ``AUDITGAP_TEST_KILL_AT=N`` in the environment makes a journal
+SIGKILL its own process once N changes are made, right before the next one
+is recorded (or counted, :meth:`Journal.checkpoint`) or the restore or commit
+begins (tests/integration/test_crash_recovery.py). Never set it elsewhere.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -19,8 +34,18 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
+import fcntl
+import json
 import os
 import signal
+import stat
+import subprocess
+import time
+
+STATE_DIR = '/run/auditgap'
+LOCK_NAME = 'host.lock'
+JOURNAL_PREFIX = 'journal-'
+KILL_AT_ENV = 'AUDITGAP_TEST_KILL_AT'
 
 
 class GuardInterrupted(Exception):
@@ -31,89 +56,197 @@ class GuardInterrupted(Exception):
         self.why = why
 
 
+class UnsafePath(Exception):
+    """auditgap's state directory or a file in it is not root-only (or is a symlink)."""
+
+
+class LockBusy(Exception):
+    """Another process holds the host lock (the message names it)."""
+
+
 _SIGNALS = ('SIGTERM', 'SIGINT', 'SIGHUP')
+_BLOCKED = tuple(getattr(signal, name) for name in _SIGNALS) + (signal.SIGALRM,)
 
 
-class RestoreGuard:
-    """Undo stack with signal and timeout handling.
+# ---------------------------------------------------------------------------
+# the root-only state directory
 
-    >>> with RestoreGuard(timeout_s=30) as guard:
-    ...     guard.write_file('/sys/kernel/tracing/tracing_on', '0')
-    ...     guard.push(cleanup_fn, arg, description='remove instance')
+def ensure_state_dir(path=STATE_DIR):
+    """Create ``path`` (0700) when missing and check it: a real directory (not a
+    symlink), owned by us, no access for group or others. Returns ``path``."""
+    try:
+        os.mkdir(path, 0o700)
+    except OSError as err:
+        if err.errno != errno.EEXIST:
+            raise
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafePath('%s is not a directory (a symlink or file planted there?); remove it' % path)
+    if info.st_uid != os.geteuid():
+        raise UnsafePath('%s is owned by uid %d, not by uid %d; remove it' % (path, info.st_uid, os.geteuid()))
+    if info.st_mode & 0o077:
+        raise UnsafePath('%s has mode %o, group/others may write there; expected 0700'
+                         % (path, stat.S_IMODE(info.st_mode)))
+    return path
+
+
+def open_private(path, flags, mode=0o600):
+    """os.open with O_NOFOLLOW|O_CLOEXEC; the result must be a regular file we own,
+    with one link and no access for group/others. Returns the fd."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | getattr(os, 'O_CLOEXEC', 0), mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UnsafePath('%s is a symlink (planted?); remove it' % path) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise UnsafePath('%s is not a plain file (type or hard links); remove it' % path)
+        if info.st_uid != os.geteuid():
+            raise UnsafePath('%s is owned by uid %d; remove it' % (path, info.st_uid))
+        if info.st_mode & 0o077:
+            raise UnsafePath('%s has mode %o; expected 0600' % (path, stat.S_IMODE(info.st_mode)))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def proc_starttime(pid):
+    """Start time of ``pid`` (clock ticks since boot) or None when it is gone."""
+    try:
+        with open('/proc/%d/stat' % int(pid)) as handle:
+            return int(handle.read().rsplit(')', 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def owner_alive(owner):
+    """True when the process a journal or lock names still runs (same start time)."""
+    if not owner or not owner.get('pid'):
+        return False
+    now = proc_starttime(owner['pid'])
+    if now is None:
+        return False
+    return owner.get('starttime') is None or owner['starttime'] == now
+
+
+def _me(module):
+    return {'pid': os.getpid(), 'starttime': proc_starttime(os.getpid()), 'module': module,
+            'since': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+
+
+def _read_json(path):
+    fd = open_private(path, os.O_RDONLY)
+    with os.fdopen(fd, 'r') as handle:
+        return json.load(handle)
+
+
+def _write_json(path, data):
+    """Atomic, durable: a private temp file beside ``path``, fsync, rename, fsync the dir."""
+    directory = os.path.dirname(path)
+    tmp = '%s.tmp.%d' % (path, os.getpid())
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with os.fdopen(fd, 'w') as handle:
+        json.dump(data, handle, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.rename(tmp, path)
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory):
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+# ---------------------------------------------------------------------------
+# the host lock
+
+class HostLock:
+    """Host-wide flock in the root-only state directory.
+
+    ``wait_s``: how long to wait for a busy lock (0: fail at once). The lock
+    file records the holder (pid, start time, module, since) so a busy lock
+    names it; a record left by a dead holder is stale and simply replaced
+    (flock locks die with their process).
     """
 
-    def __init__(self, timeout_s=None, signals=True):
-        self.timeout_s = timeout_s
-        self.handle_signals = signals
-        self._undo = []
-        self._old_handlers = {}
-        self._old_alarm = None
-        self.restore_errors = []
-        self.restored = []
-        self.interrupted = None
+    def __init__(self, module, wait_s=0, path=None, state_dir=STATE_DIR, busy=LockBusy):
+        self.module = module
+        self.wait_s = wait_s
+        self.state_dir = state_dir if path is None else os.path.dirname(path)
+        self.path = path or os.path.join(state_dir, LOCK_NAME)
+        self.busy = busy
+        self.fd = None
+        self.stale_holder = None
 
-    # -- registering changes -------------------------------------------------
-    def push(self, fn, *args, **kwargs):
-        """Register an undo step; ``description`` (keyword) names it in reports."""
-        description = kwargs.pop('description', getattr(fn, '__name__', 'undo'))
-        self._undo.append((description, fn, args, kwargs))
-
-    def write_file(self, path, value, restore_value=None):
-        """Write ``value`` to ``path``; on exit write back what was there.
-
-        ``restore_value`` overrides what is written back (for files whose read
-        format differs from their write format).
-        """
-        if restore_value is None:
-            with open(path, 'r') as handle:
-                restore_value = handle.read().strip()
-        self.push(write_value, path, restore_value, description='restore %s' % path)
-        write_value(path, value)
-
-    # -- context manager -----------------------------------------------------
     def __enter__(self):
-        if self.handle_signals and _in_main_thread():
-            for name in _SIGNALS:
-                signum = getattr(signal, name)
-                self._old_handlers[signum] = signal.signal(signum, self._on_signal)
-            if self.timeout_s:
-                self._old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
-                signal.setitimer(signal.ITIMER_REAL, float(self.timeout_s))
+        ensure_state_dir(self.state_dir)
+        fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
+        deadline = time.monotonic() + max(0.0, float(self.wait_s or 0))
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    os.close(fd)
+                    raise
+            if time.monotonic() >= deadline:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise self.busy(self.describe_busy(holder))
+            time.sleep(0.1)
+        holder = self._holder(fd)
+        if holder and holder.get('pid') != os.getpid():
+            self.stale_holder = holder
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(_me(self.module), sort_keys=True) + '\n').encode(), 0)
+        self.fd = fd
         return self
 
-    def __exit__(self, exc_type, exc, tb):
-        if self.timeout_s and signal.SIGALRM in self._old_handlers:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        # Block further interruption while restoring: a second SIGTERM must not
-        # abort the restore half-way.
-        for signum in self._old_handlers:
-            if signum != signal.SIGALRM:
-                signal.signal(signum, signal.SIG_IGN)
+    @staticmethod
+    def _holder(fd):
         try:
-            self.restore()
-        finally:
-            for signum, handler in self._old_handlers.items():
-                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-            self._old_handlers = {}
+            text = os.pread(fd, 4096, 0).decode('utf-8', 'replace').strip()
+            return json.loads(text) if text else None
+        except (OSError, ValueError):
+            return None
+
+    def describe_busy(self, holder):
+        waited = ' after waiting %gs' % self.wait_s if self.wait_s else ''
+        if holder and owner_alive(holder):
+            return ('host lock %s is held by auditgap %s (pid %s, since %s)%s: another auditgap run is '
+                    'changing this host; try again later'
+                    % (self.path, holder.get('module') or '?', holder.get('pid'), holder.get('since') or '?', waited))
+        return ('host lock %s is held by a process that is not the one it records (%s)%s; '
+                'find it with: fuser %s' % (self.path, 'pid %s, gone' % holder.get('pid') if holder else 'no record',
+                                             waited, self.path))
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:
+                pass
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
         return False
 
-    def restore(self):
-        while self._undo:
-            description, fn, args, kwargs = self._undo.pop()
-            try:
-                fn(*args, **kwargs)
-                self.restored.append(description)
-            except Exception as err:  # keep going: restore everything we can
-                self.restore_errors.append('%s: %s' % (description, err))
 
-    def _on_signal(self, signum, frame):
-        self.interrupted = signal.Signals(signum).name
-        raise GuardInterrupted('interrupted by %s' % self.interrupted)
-
-    def _on_alarm(self, signum, frame):
-        self.interrupted = 'timeout'
-        raise GuardInterrupted('timed out after %ss' % self.timeout_s)
-
+# ---------------------------------------------------------------------------
+# undo operations: name -> function(**args). Each is safe to run twice and on a
+# change that was never made (the journal records the step before the change).
 
 def write_value(path, value):
     """Write ``value`` through one open (O_TRUNC) descriptor, to the last byte.
@@ -136,6 +269,520 @@ def write_value(path, value):
                 raise OSError(errno.EIO, 'short write to %s: %d bytes of %r left' % (path, len(view), data))
     finally:
         os.close(fd)
+
+
+def append_value(path, value):
+    """Write without O_TRUNC (trigger files: O_TRUNC would drop every trigger)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _op_write_if_exists(path, value):
+    """write_value for a file inside something that may be gone (an instance, a cgroup)."""
+    if os.path.exists(path):
+        write_value(path, value)
+
+
+def _op_append(path, value):
+    try:
+        append_value(path, value)
+    except OSError as err:
+        # removing a trigger that is not there: ENOENT/EINVAL, nothing to undo
+        if err.errno not in (errno.ENOENT, errno.EINVAL):
+            raise
+
+
+def _op_remove_instance(root, name):
+    from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs
+    tracefs.remove_instance(root, name)
+
+
+def _op_umount(path):
+    proc = subprocess.run(['umount', path], check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        text = proc.stderr.decode('utf-8', 'replace').strip()
+        if 'not mounted' in text:
+            return
+        raise OSError(text or 'umount failed')
+
+
+def _auditctl(args):
+    proc = subprocess.run(['auditctl'] + list(args), check=False, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=30)
+    return proc.returncode, (proc.stderr or proc.stdout).decode('utf-8', 'replace').strip()
+
+
+def exe_variants(argv):
+    """``argv`` and, when it has ``-F exe=X``, the same with ``exe!=X``: auditctl 3.x
+    prints a loaded ``exe!=X`` as ``exe=X``, so a rule read back may need the other."""
+    out = [list(argv)]
+    if any(a.startswith('exe=') for a in argv):
+        out.append([('exe!=' + a[4:]) if a.startswith('exe=') else a for a in argv])
+    return out
+
+
+def _op_audit_rule_delete(argv):
+    """Delete one loaded rule exactly (``-d`` with the rule's own fields); absent is fine."""
+    text = ''
+    for variant in exe_variants(['-d'] + list(argv[1:])):
+        rc, text = _auditctl(variant)
+        if rc == 0:
+            return
+        if 'No such file' not in text and 'No rule matches' not in text:
+            break
+    else:
+        return  # not loaded (in any spelling): nothing to delete
+    raise RuntimeError('auditctl -d %s: %s' % (' '.join(argv[1:]), text))
+
+
+def _op_audit_rule_add(argv):
+    """Add one rule (``-a``/``-A`` argv); already loaded is fine."""
+    rc, text = _auditctl(list(argv))
+    if rc != 0 and 'exists' not in text:
+        raise RuntimeError('auditctl %s: %s' % (' '.join(argv), text))
+
+
+def _op_audit_rules_restore(rules):
+    """Make the loaded syscall rules exactly ``rules`` (auditctl argv lists, in order):
+    delete each loaded rule not in the list, add the missing ones, and when the order
+    differs, delete and re-add from the first difference on. Watches and rules of other
+    lists are never touched."""
+    from ansible_collections.auditgap.fleet.plugins.module_utils import rulesfile
+    proc = subprocess.run(['auditctl', '-l'], check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError('auditctl -l: %s' % proc.stderr.decode('utf-8', 'replace').strip())
+    loaded = rulesfile.parse_auditctl_list(proc.stdout.decode('utf-8', 'replace'))
+    wanted = [rulesfile.parse_rule(' '.join(argv)) for argv in rules]
+    plan = rulesfile.restore_plan(loaded, wanted)
+    for argv in plan:
+        if argv[0] == '-d':
+            _op_audit_rule_delete(argv)
+        else:
+            _op_audit_rule_add(argv)
+
+
+def _op_audit_set(fields):
+    """Audit status fields (names as auditnl.set_status takes them)."""
+    from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
+    try:
+        auditnl.set_status(**fields)
+        return
+    except Exception:  # netlink refused: auditctl below
+        pass
+    flags = {'failure': '-f', 'rate_limit': '-r', 'backlog_limit': '-b',
+             'backlog_wait_time': '--backlog_wait_time', 'enabled': '-e'}
+    for name in ('failure', 'rate_limit', 'backlog_limit', 'backlog_wait_time', 'enabled'):
+        if name in fields:
+            rc, text = _auditctl([flags[name], str(int(fields[name]))])
+            if rc != 0:
+                raise RuntimeError('auditctl %s %s: %s' % (flags[name], fields[name], text))
+
+
+def _op_file_restore(path, text=None, mode=0o644):
+    """Put a file back: ``text`` None means it did not exist (removed)."""
+    if text is None:
+        try:
+            os.unlink(path)
+        except OSError as err:
+            if err.errno != errno.ENOENT:
+                raise
+        return
+    directory = os.path.dirname(path) or '.'
+    tmp = os.path.join(directory, '.auditgap-restore-%d' % os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, 'w') as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(tmp, mode)
+    os.rename(tmp, path)
+
+
+def _op_systemd_dropin(path, unit, text=None, mode=0o644, cpu_quota=''):
+    """Put a drop-in back (or remove it), daemon-reload, and set the runtime CPUQuota back."""
+    _op_file_restore(path, text, mode)
+    for args in (['systemctl', 'daemon-reload'],
+                 ['systemctl', 'set-property', '--runtime', unit, 'CPUQuota=%s' % (cpu_quota or '')]):
+        proc = subprocess.run(args, check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError('%s: %s' % (' '.join(args), proc.stderr.decode('utf-8', 'replace').strip()))
+
+
+def set_cgroup_limit(version, directory, quota_us, period_us):
+    """A CPU limit on a cgroup (``quota_us`` None or -1: unlimited).
+
+    v1 checks quota/period against the parents on each write: the quota goes to -1
+    first, then the period, then the quota. v2 writes ``cpu.max`` at once.
+    """
+    unlimited = quota_us is None or int(quota_us) < 0
+    if int(version) == 1:
+        qfile = os.path.join(directory, 'cpu.cfs_quota_us')
+        write_value(qfile, '-1')
+        if period_us:
+            write_value(os.path.join(directory, 'cpu.cfs_period_us'), str(int(period_us)))
+        if not unlimited:
+            write_value(qfile, str(int(quota_us)))
+    else:
+        write_value(os.path.join(directory, 'cpu.max'), '%s %d' % ('max' if unlimited else int(quota_us),
+                                                                    int(period_us or 100000)))
+
+
+def _op_cgroup_limit(version, directory, quota_us=None, period_us=None):
+    if os.path.isdir(directory):
+        set_cgroup_limit(version, directory, quota_us, period_us)
+
+
+def _op_rmdir(path):
+    try:
+        os.rmdir(path)
+    except OSError as err:
+        if err.errno != errno.ENOENT:
+            raise
+
+
+OPS = {
+    'write_value': lambda path, value: write_value(path, value),  # late-bound (tests spy on it)
+    'write_if_exists': _op_write_if_exists,
+    'append': _op_append,
+    'remove_instance': _op_remove_instance,
+    'umount': _op_umount,
+    'audit_rule_delete': _op_audit_rule_delete,
+    'audit_rule_add': _op_audit_rule_add,
+    'audit_rules_restore': _op_audit_rules_restore,
+    'audit_set': _op_audit_set,
+    'file_restore': _op_file_restore,
+    'systemd_dropin': _op_systemd_dropin,
+    'rmdir': _op_rmdir,
+    'cgroup_limit': _op_cgroup_limit,
+}
+
+
+def run_op(op, args):
+    if op not in OPS:
+        raise ValueError('unknown undo operation %r' % op)
+    OPS[op](**args)
+
+
+# ---------------------------------------------------------------------------
+# the journal
+
+def _kill_at():
+    value = os.environ.get(KILL_AT_ENV, '')
+    return int(value) if value.strip().isdigit() else None
+
+
+class Journal:
+    """The undo steps of one run, on disk before each change is made.
+
+    ``{version, module, owner: {pid, starttime, module, since}, entries: [{op, args,
+    description}]}``, entries oldest first. The file goes when the run ends with
+    every step undone or its changes committed.
+    """
+
+    def __init__(self, module, state_dir=STATE_DIR, path=None):
+        self.module = module
+        self.state_dir = state_dir
+        self.path = path or os.path.join(state_dir, '%s%s-%d.json' % (JOURNAL_PREFIX, module, os.getpid()))
+        self.data = {'version': 1, 'module': module, 'owner': _me(module), 'entries': []}
+        self.recorded = 0
+        self.kill_at = _kill_at()
+
+    @property
+    def entries(self):
+        return self.data['entries']
+
+    def _maybe_die(self):
+        if self.kill_at is not None and self.recorded >= self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def checkpoint(self):
+        """One more change made under steps already recorded (a multi-command change):
+        counts for the test hook."""
+        self._maybe_die()
+        self.recorded += 1
+
+    def record(self, op, args, description):
+        self._maybe_die()
+        entry = {'op': op, 'args': args, 'description': description}
+        self.entries.append(entry)
+        if len(self.entries) == 1:
+            ensure_state_dir(self.state_dir)
+        _write_json(self.path, self.data)
+        self.recorded += 1
+        return entry
+
+    def before_restore(self):
+        self._maybe_die()
+
+    def done(self, entry):
+        if entry in self.entries:
+            self.entries.remove(entry)
+        if self.entries:
+            _write_json(self.path, self.data)
+        else:
+            self.delete()
+
+    def delete(self):
+        del self.entries[:]
+        try:
+            os.unlink(self.path)
+            _fsync_dir(os.path.dirname(self.path))
+        except OSError:
+            pass
+
+
+def list_journals(state_dir=STATE_DIR):
+    try:
+        names = os.listdir(state_dir)
+    except OSError:
+        return []
+    return sorted(os.path.join(state_dir, n) for n in names
+                  if n.startswith(JOURNAL_PREFIX) and n.endswith('.json'))
+
+
+def recover(state_dir=STATE_DIR, alive=owner_alive):
+    """Replay the journals whose owner is dead (newest step first). Call it holding
+    the host lock. Returns [{journal, module, owner_pid, since, undone, errors}];
+    steps that fail stay in the journal for the next run."""
+    out = []
+    for path in list_journals(state_dir):
+        try:
+            data = _read_json(path)
+        except (OSError, ValueError, UnsafePath) as err:
+            out.append({'journal': path, 'module': None, 'owner_pid': None, 'since': None, 'undone': [],
+                        'errors': ['unreadable journal left alone: %s' % err]})
+            continue
+        owner = data.get('owner') or {}
+        if owner.get('pid') == os.getpid() or alive(owner):
+            continue
+        journal = Journal(data.get('module') or '?', state_dir=state_dir, path=path)
+        journal.data = data
+        journal.kill_at = None
+        undone, errors = _replay(journal)
+        out.append({'journal': path, 'module': data.get('module'), 'owner_pid': owner.get('pid'),
+                    'since': owner.get('since'), 'undone': undone, 'errors': errors})
+    return out
+
+
+def _replay(journal):
+    undone, errors = [], []
+    with signals_blocked():
+        for entry in list(reversed(journal.entries)):
+            try:
+                run_op(entry['op'], entry.get('args') or {})
+                undone.append(entry.get('description') or entry['op'])
+                journal.done(entry)
+            except Exception as err:  # keep going: undo everything we can
+                errors.append('%s: %s' % (entry.get('description') or entry['op'], err))
+    return undone, errors
+
+
+class signals_blocked:
+    """Block SIGTERM/SIGINT/SIGHUP/SIGALRM in this thread for the block.
+
+    At the end, a signal that arrived meanwhile (``pending``, reported) goes to its
+    handler when that is a Python one (an enclosing guard, which then stops and
+    restores too); when it would kill the process (SIG_DFL) or is ignored, it is
+    dropped: the restore it would have cut short is what it asked for.
+    """
+
+    def __init__(self):
+        self.pending = []
+        self._old_mask = None
+
+    def __enter__(self):
+        if hasattr(signal, 'pthread_sigmask'):
+            self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old_mask is None:
+            return False
+        pending = signal.sigpending() & set(_BLOCKED)
+        self.pending = sorted(signal.Signals(s).name for s in pending)
+        dropped = {}
+        if _in_main_thread():
+            for signum in pending:
+                handler = signal.getsignal(signum)
+                if not callable(handler):  # SIG_IGN discards a pending signal
+                    dropped[signum] = signal.signal(signum, signal.SIG_IGN)
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+        finally:
+            for signum, handler in dropped.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        return False
+
+
+# ---------------------------------------------------------------------------
+# the guard
+
+class RestoreGuard:
+    """Undo stack with signal and timeout handling, optionally journaled.
+
+    >>> with RestoreGuard(timeout_s=30, journal='ftrace_sample') as guard:
+    ...     guard.write_file('/sys/kernel/tracing/tracing_on', '0')
+    ...     guard.push_op('remove_instance', 'remove instance x', root=root, name=name)
+    """
+
+    def __init__(self, timeout_s=None, signals=True, journal=None, state_dir=STATE_DIR):
+        self.timeout_s = timeout_s
+        self.handle_signals = signals
+        if isinstance(journal, str):
+            journal = Journal(journal, state_dir=state_dir)
+        self.journal = journal
+        self._undo = []
+        self._old_handlers = {}
+        self.restore_errors = []
+        self.restored = []
+        self.interrupted = None
+        self.signals_during_restore = []
+        self.committed = False
+
+    @property
+    def ok(self):
+        """Every undo step so far succeeded."""
+        return not self.restore_errors
+
+    # -- registering changes -------------------------------------------------
+    def push_op(self, op, description=None, **args):
+        """Register a named, serialisable undo step (journaled when the guard has a journal)."""
+        if op not in OPS:
+            raise ValueError('unknown undo operation %r' % op)
+        description = description or op
+        entry = self.journal.record(op, args, description) if self.journal is not None else None
+        self._undo.append((description, op, args, entry))
+
+    def push(self, fn, *args, **kwargs):
+        """Register an in-process undo step (not journaled: for what dies with the
+        process, such as an open file); ``description`` (keyword) names it."""
+        description = kwargs.pop('description', getattr(fn, '__name__', 'undo'))
+        self._undo.append((description, (fn, args, kwargs), None, None))
+
+    def write_file(self, path, value, restore_value=None):
+        """Write ``value`` to ``path``; on exit write back what was there.
+
+        ``restore_value`` overrides what is written back (for files whose read
+        format differs from their write format).
+        """
+        if restore_value is None:
+            with open(path, 'r') as handle:
+                restore_value = handle.read().strip()
+        self.push_op('write_value', 'restore %s' % path, path=path, value=restore_value)
+        write_value(path, value)
+
+    def checkpoint(self):
+        """Mark one more change made under the undo steps already pushed (see Journal.checkpoint)."""
+        if self.journal is not None:
+            self.journal.checkpoint()
+
+    def commit(self):
+        """Keep every change made so far: drop the undo steps and the journal."""
+        if self.journal is not None:
+            self.journal.before_restore()
+            self.journal.delete()
+        self._undo = []
+        self.committed = True
+
+    # -- context manager -----------------------------------------------------
+    def __enter__(self):
+        if self.handle_signals and _in_main_thread():
+            for name in _SIGNALS:
+                signum = getattr(signal, name)
+                self._old_handlers[signum] = signal.signal(signum, self._on_signal)
+            if self.timeout_s:
+                self._old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
+                signal.setitimer(signal.ITIMER_REAL, float(self.timeout_s))
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        blocked = signals_blocked()
+        with blocked:
+            if self.timeout_s and signal.SIGALRM in self._old_handlers:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            try:
+                self.restore()
+            finally:
+                for signum, handler in self._old_handlers.items():
+                    signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+                self._old_handlers = {}
+        self._note_pending(blocked.pending)
+        return False
+
+    def restore(self):
+        """Run every undo step, newest first, whatever happens; signals are blocked."""
+        blocker = signals_blocked()
+        with blocker:
+            if self.journal is not None and self._undo:
+                self.journal.before_restore()
+            while self._undo:
+                description, op, args, entry = self._undo.pop()
+                try:
+                    if isinstance(op, tuple):
+                        fn, fargs, fkwargs = op
+                        fn(*fargs, **fkwargs)
+                    else:
+                        run_op(op, args)
+                    self.restored.append(description)
+                    if entry is not None:
+                        self.journal.done(entry)
+                except Exception as err:  # keep going: restore everything we can
+                    self.restore_errors.append('%s: %s' % (description, err))
+            if self.journal is not None and not self.journal.entries:
+                self.journal.delete()
+        self._note_pending(blocker.pending)
+
+    def _note_pending(self, pending):
+        for name in pending:
+            if name not in self.signals_during_restore:
+                self.signals_during_restore.append(name)
+        if pending and self.interrupted is None:
+            self.interrupted = pending[0]
+
+    def _on_signal(self, signum, frame):
+        self.interrupted = signal.Signals(signum).name
+        raise GuardInterrupted('interrupted by %s' % self.interrupted)
+
+    def _on_alarm(self, signum, frame):
+        self.interrupted = 'timeout'
+        raise GuardInterrupted('timed out after %ss' % self.timeout_s)
+
+
+LOCK_WAIT_ENV = 'AUDITGAP_LOCK_WAIT_S'
+
+
+def lock_wait(default_s):
+    """How long the controllers wait for the host lock: ``AUDITGAP_LOCK_WAIT_S`` when set
+    (0..3600), else ``default_s``."""
+    value = os.environ.get(LOCK_WAIT_ENV, '').strip()
+    try:
+        return min(3600.0, max(0.0, float(value))) if value else default_s
+    except ValueError:
+        return default_s
+
+
+def locked(module, wait_s=0, state_dir=STATE_DIR, busy=LockBusy):
+    """The host lock for ``module``; entering it also replays dead runs' journals
+    (the lock object's ``recovered`` is what :func:`recover` returned)."""
+    return _Locked(module, wait_s, state_dir, busy)
+
+
+class _Locked(HostLock):
+    def __init__(self, module, wait_s, state_dir, busy):
+        HostLock.__init__(self, module, wait_s=wait_s, state_dir=state_dir, busy=busy)
+        self.recovered = []
+
+    def __enter__(self):
+        HostLock.__enter__(self)
+        try:
+            self.recovered = recover(self.state_dir)
+        except BaseException:
+            HostLock.__exit__(self)
+            raise
+        return self
 
 
 def _in_main_thread():

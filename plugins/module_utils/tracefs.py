@@ -19,18 +19,18 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
-import fcntl
 import fnmatch
 import os
 import re
 import subprocess
 import time
 
+from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import write_value
 
 
 CANDIDATES = ('/sys/kernel/tracing', '/sys/kernel/debug/tracing')
-LOCK_PATH = '/run/lock/auditgap-ftrace.lock'
+LOCK_PATH = os.path.join(guard_mod.STATE_DIR, guard_mod.LOCK_NAME)  # the host lock
 INSTANCE_PREFIX = 'auditgap-'
 _INSTANCE_RE = re.compile(r'auditgap-(\d+)')
 _SYMBOL_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_.]{0,127}')
@@ -57,7 +57,7 @@ class TracerBusy(TracefsError):
     pass
 
 
-class LockBusy(TracefsError):
+class LockBusy(TracefsError, guard_mod.LockBusy):
     pass
 
 
@@ -231,52 +231,19 @@ def mount(guard, path=CANDIDATES[0]):
     """Mount tracefs at ``path`` and register the unmount. Returns path or None."""
     if not os.path.isdir(path):
         return None
+    guard.push_op('umount', 'umount %s' % path, path=path)
     proc = subprocess.run(['mount', '-t', 'tracefs', 'nodev', path], check=False,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if proc.returncode != 0 or not os.path.isfile(os.path.join(path, 'trace')):
         return None
-    guard.push(_umount, path, description='umount %s' % path)
     return path
 
 
-def _umount(path):
-    proc = subprocess.run(['umount', path], check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if proc.returncode != 0:
-        raise OSError(proc.stderr.decode('utf-8', 'replace').strip() or 'umount failed')
-
-
-class Lock:
-    """Host-wide flock so two samples never share tracefs at the same time."""
-
-    def __init__(self, path=LOCK_PATH):
-        self.path = path
-        self.handle = None
-
-    def __enter__(self):
-        directory = os.path.dirname(self.path)
-        if not os.path.isdir(directory):
-            os.makedirs(directory, 0o755)
-        self.handle = open(self.path, 'a+')
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (IOError, OSError) as err:
-            self.handle.close()
-            self.handle = None
-            if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise LockBusy('another ftrace sample holds %s; try again later' % self.path) from None
-            raise
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write('%d\n' % os.getpid())
-        self.handle.flush()
-        return self
-
-    def __exit__(self, *exc):
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
-        return False
+def Lock(path=LOCK_PATH, module='ftrace_sample'):
+    """The host lock (guard.locked: no wait, busy -> LockBusy naming the holder); entering
+    it replays the undo journals of dead runs (``.recovered``). ``path``'s directory is
+    auditgap's state directory (root-only, checked)."""
+    return guard_mod.locked(module, wait_s=0, state_dir=os.path.dirname(path), busy=LockBusy)
 
 
 def available_tracers(root):
@@ -479,23 +446,17 @@ def create_instance(guard, root, name):
     path = os.path.join(root, 'instances', name)
     if os.path.isdir(path):
         remove_instance(root, name)
-    guard.push(remove_instance, root, name, description='remove instance %s' % name)
+    guard.push_op('remove_instance', 'remove instance %s' % name, root=root, name=name)
     os.mkdir(path)
     return path
 
 
-def _append(path, value):
-    """Write without O_TRUNC (trigger files: O_TRUNC would drop every trigger)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
+_append = guard_mod.append_value
 
 
 def guarded_trigger(guard, path, trigger):
     """Add a trigger; the guard removes exactly that trigger (``!`` form)."""
-    guard.push(_append, path, trigger_removal(trigger), description='remove trigger %s' % path)
+    guard.push_op('append', 'remove trigger %s' % path, path=path, value=trigger_removal(trigger))
     _append(path, trigger)
 
 

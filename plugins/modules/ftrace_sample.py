@@ -25,7 +25,9 @@ description:
     in the private instance and returns the sleeps grouped by kernel stack (count, total and max
     off-CPU time, paired with the task's next switch-in).
   - C(auto) runs C(function_graph) where available, else C(syscalls) and C(offcpu) together.
-  - Safety (model perf-tools funcslower) - a host-wide lock (C(/run/lock/auditgap-ftrace.lock)); refuses
+  - Safety (model perf-tools funcslower) - the auditgap host lock (C(/run/auditgap/host.lock), not
+    waited for); every change is written to an undo journal under C(/run/auditgap) first, and the
+    journals of runs that died (SIGKILL) are replayed first (C(recovered_from_crash), docs/safety.md); refuses
     when the top-level tracer is not C(nop) unless I(force); bounded duration and buffer; every
     file it changes is restored and its instance removed on success, error, timeout and SIGTERM
     (RestoreGuard); instances left by a SIGKILLed sample (dead pid) are removed first; every
@@ -270,8 +272,18 @@ ftrace_sample:
       description: SIGTERM/SIGINT/SIGHUP/timeout when the sample was cut short, else null.
       type: str
     restored:
-      description: True when every change was undone.
+      description: True only when every undo step succeeded (whatever error ended the sample).
       type: bool
+    recovered_from_crash:
+      description: >-
+        Undo journals of auditgap runs that died (SIGKILL) which this run replayed before sampling,
+        one entry per journal {journal, module, owner_pid, since, undone, errors}; [] when none.
+      type: list
+      elements: dict
+    signals_during_restore:
+      description: Signals that arrived while restoring (held off until every undo step had run).
+      type: list
+      elements: str
     restore_errors:
       description: Undo steps that failed.
       type: list
@@ -286,7 +298,8 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, tracefs
 from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
-from ansible_collections.auditgap.fleet.plugins.module_utils.guard import GuardInterrupted, RestoreGuard, write_value
+from ansible_collections.auditgap.fleet.plugins.module_utils.guard import (
+    GuardInterrupted, Journal, RestoreGuard, UnsafePath, write_value)
 from ansible_collections.auditgap.fleet.plugins.module_utils.procinfo import find_pids_by_name
 
 try:
@@ -613,7 +626,7 @@ def sample_function_graph(guard, root, targets, params, roots=None):
     half = max(0.5, params['duration_s'] / 2.0)
     results = []
     for recipe in ('slow_calls', 'syscall_exits'):
-        inner = RestoreGuard(signals=False)
+        inner = RestoreGuard(signals=False, journal=guard.journal)
         try:
             results.append(_run_recipe(inner, root, restore, recipe, targets, roots, params, half))
         finally:
@@ -635,6 +648,7 @@ def empty_facts(params):
         'offcpu': [], 'offcpu_unstacked': {'count': 0, 'total_us': 0.0, 'max_us': 0.0},
         'function_graph': None, 'audit_wait_observed': False, 'events': 0, 'events_lost': 0, 'lines': 0,
         'stale_instances_removed': [], 'interrupted': None, 'restored': True, 'restore_errors': [],
+        'recovered_from_crash': [], 'signals_during_restore': [],
     }
 
 
@@ -648,7 +662,8 @@ def split_offcpu(groups):
 
 
 def run_sample(params, geteuid=os.geteuid):
-    """The whole sample; returns facts or raises SampleError (facts attached)."""
+    """The whole sample; returns facts or raises SampleError (facts attached, with the
+    real ``restored``/``restore_errors`` whatever the error was)."""
     facts = empty_facts(params)
     errors = validate_params(params)
     if errors:
@@ -656,21 +671,30 @@ def run_sample(params, geteuid=os.geteuid):
     if geteuid() != 0:
         facts['reason'] = 'ftrace_sample needs root'
         return facts
-    guard = RestoreGuard(timeout_s=params['duration_s'] * 2 + 60)
     try:
-        with tracefs.Lock():
+        with tracefs.Lock() as lock:
+            facts['recovered_from_crash'] = lock.recovered
+            guard = RestoreGuard(timeout_s=params['duration_s'] * 2 + 60,
+                                 journal=Journal('ftrace_sample', state_dir=lock.state_dir))
             try:
                 with guard:
                     _sample(guard, params, facts)
             except GuardInterrupted as err:
                 facts['interrupted'] = guard.interrupted
-                facts['reason'] = '%s; tracefs restored' % err
+                facts['reason'] = '%s; tracefs %s' % (err, 'restored' if guard.ok else 'NOT fully restored')
                 raise SampleError(facts['reason']) from None
             finally:
                 facts['restore_errors'] = list(guard.restore_errors)
-                facts['restored'] = not guard.restore_errors
-    except tracefs.LockBusy as err:
-        raise SampleError(str(err)) from None
+                facts['restored'] = guard.ok
+                facts['signals_during_restore'] = list(guard.signals_during_restore)
+            if guard.interrupted:  # a signal arrived while restoring after the sample ended
+                facts['interrupted'] = guard.interrupted
+                raise SampleError('interrupted by %s while restoring; tracefs %s'
+                                  % (guard.interrupted, 'restored' if guard.ok else 'NOT fully restored'))
+    except (tracefs.LockBusy, UnsafePath) as err:
+        error = SampleError('%s; nothing changed' % err)
+        error.facts = facts
+        raise error from None
     except Unsupported as err:
         facts['supported'] = False
         facts['reason'] = str(err)
@@ -682,6 +706,11 @@ def run_sample(params, geteuid=os.geteuid):
     except SampleError as err:
         err.facts = facts
         raise
+    except Exception as err:  # any other error: report it with what the guard restored
+        error = SampleError('ftrace_sample failed: %s: %s; tracefs %s' % (
+            type(err).__name__, err, 'restored' if facts['restored'] else 'NOT fully restored'))
+        error.facts = facts
+        raise error from None
     return facts
 
 
@@ -760,9 +789,11 @@ def main():
         facts['supported'] = False
         facts['reason'] = str(err)
         module.fail_json(msg=str(err), ftrace_sample=facts)
-    except Exception as err:  # never a traceback: report, the guard has restored
+    except Exception as err:  # never a traceback (run_sample wraps what it can; this is the rest)
+        facts = empty_facts(params)
+        facts['restored'] = None
         module.fail_json(msg='ftrace_sample failed: %s: %s' % (type(err).__name__, err),
-                         ftrace_sample=empty_facts(params))
+                         ftrace_sample=facts)
     if facts['restore_errors']:
         module.warn('ftrace_sample could not restore everything: %s' % '; '.join(facts['restore_errors']))
     module.exit_json(changed=False, ftrace_sample=facts)

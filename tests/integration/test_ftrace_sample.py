@@ -1,5 +1,4 @@
 """ftrace_sample on the real kernel: a real audit stall, tracefs before == after, SIGTERM, bad input."""
-import fcntl
 import json
 import os
 import signal
@@ -9,7 +8,7 @@ import time
 
 import pytest
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils import guard, tracefs
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import write_value
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -186,13 +185,9 @@ def test_tracer_busy_and_lock_busy_refuse(tmp_path, tracefs_root):
         write_value(tracer, 'nop')
     # (a tracer switch expands an unexpanded top-level buffer for good: compare from here)
     before = _snapshot(root)
-    with open(tracefs.LOCK_PATH, 'a+') as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            rc, res = _run_module({'duration_s': 1, 'pids': [1]}, tmp_path)
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    assert rc != 0 and 'another ftrace sample' in res['msg'], res
+    with guard.HostLock('test-holder'):  # the host lock, held by another auditgap run
+        rc, res = _run_module({'duration_s': 1, 'pids': [1]}, tmp_path)
+    assert rc != 0 and 'held by auditgap test-holder (pid %d' % os.getpid() in res['msg'], res
     assert _snapshot(root) == before
 
 

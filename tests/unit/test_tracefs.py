@@ -295,7 +295,10 @@ _REAL_LOCK = tracefs.Lock
 
 
 def tracefs_lock(path):
-    return _REAL_LOCK(path)
+    """The real host lock, in a private state directory of its own (mkdtemp: 0700) beside
+    nothing the test compares; its journals go there too."""
+    import tempfile
+    return _REAL_LOCK(os.path.join(tempfile.mkdtemp(prefix='auditgap-state-'), 'host.lock'))
 
 
 def test_plan_graph_roots():
