@@ -393,21 +393,22 @@ def rule_args(base, key):
 
 
 def rules_with_key(listing, key):
-    """`auditctl -l` lines carrying exactly this key, as -d argument lists."""
+    """`auditctl -l` lines carrying exactly this key, as the argument lists that delete
+    exactly them (``-d`` for a syscall rule, ``-W`` for a watch)."""
     found = []
     for line in listing.splitlines():
         try:
             words = shlex.split(line)
         except ValueError:
             continue
-        if len(words) < 2 or words[0] != '-a':
+        if len(words) < 2 or words[0] not in ('-a', '-w'):
             continue
         keys = [w.split('=', 1)[1] for w in words if w.startswith('key=')]
         for i, w in enumerate(words[:-1]):
             if w == '-k':
                 keys.append(words[i + 1])
         if key in keys:
-            found.append(['-d'] + words[1:])
+            found.append(['-d' if words[0] == '-a' else '-W'] + words[1:])
     return found
 
 
@@ -420,7 +421,13 @@ def delete_rules_by_key(key):
     """Delete every rule carrying ``key`` (only those). Returns how many."""
     count = 0
     for args in rules_with_key('\n'.join(list_rules()), key):
-        run_auditctl(args)
+        try:
+            run_auditctl(args)
+        except RuntimeError:
+            # auditctl 3.x prints a loaded exe!=X as exe=X: delete it as it was added
+            if not any(a.startswith('exe=') for a in args):
+                raise
+            run_auditctl([('exe!=' + a[4:]) if a.startswith('exe=') else a for a in args])
         count += 1
     return count
 

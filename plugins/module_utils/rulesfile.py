@@ -23,6 +23,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import collections
 import os
 import re
 import tempfile
@@ -464,3 +465,49 @@ def parse_auditctl_list(text):
     auditctl prints the loaded rules as ``-a`` lines: the same parse as a rules.d text's.
     """
     return syscall_rules(text)
+
+
+def delete_argv(rule):
+    """auditctl arguments deleting exactly this rule (``-d`` with its own fields)."""
+    return rule_argv(dict(rule, flag='-d'))
+
+
+def restore_plan(loaded, wanted):
+    """auditctl argv lists that turn the ``loaded`` syscall rules into ``wanted``
+    (both parsed, in kernel order), order included: the rules not wanted are deleted
+    exactly; from the first position where the rest differs from ``wanted``, loaded
+    rules are deleted and the wanted ones added (``-a`` appends). Watches are not
+    syscall rules and are never in the plan."""
+    loaded_c = [canonical(r) for r in loaded]
+    wanted_c = [canonical(r) for r in wanted]
+    surplus = collections.Counter(loaded_c) - collections.Counter(wanted_c)
+    plan, kept = [], []
+    for rule, canon in zip(loaded, loaded_c):
+        if surplus[canon] > 0:
+            surplus[canon] -= 1
+            plan.append(delete_argv(rule))
+        else:
+            kept.append((rule, canon))
+    same = 0
+    while same < len(kept) and same < len(wanted_c) and kept[same][1] == wanted_c[same]:
+        same += 1
+    plan.extend(delete_argv(rule) for rule, _canon in kept[same:])
+    plan.extend(rule_argv(dict(rule, flag='-a')) for rule in wanted[same:])
+    return plan
+
+
+def other_lines(listing):
+    """``auditctl -l`` lines that are not syscall rules (watches and the like), in order:
+    what narrowing must leave exactly as it was."""
+    out = []
+    for line in listing.splitlines():
+        line = line.strip()
+        if not line or line == 'No rules':
+            continue
+        try:
+            rule = parse_rule(line)
+        except RulesError:
+            rule = None
+        if rule is None or rule['kind'] != 'syscall':
+            out.append(line)
+    return out

@@ -19,15 +19,19 @@ description:
     left without syscalls is commented out, never turned into an all-syscalls rule). With
     I(scope) the syscall moves to its own rule restricted by C(exe), C(uid), C(auid), C(euid)
     or C(success).
-  - Live, only the affected rules change. Rules carrying a key are reloaded by key
-    (C(auditctl -D -k KEY), then the key's rules from the rules.d files) when the loaded rules
-    of that key are exactly the files' ones and no other loaded key contains KEY (auditctl
-    deletes by substring); otherwise the old rule is deleted exactly (C(auditctl -d))
-    and the new ones added. C(auditctl -D) without a key is never used.
+  - Live, only the affected rules change - each replaced rule is deleted exactly (C(auditctl -d)
+    with the rule's own fields) and its replacements added. Watches (C(-w)), rules of other
+    lists and every rule it does not replace stay loaded. C(auditctl -D) is never used, not even
+    with a key.
   - A loaded rule that audits the syscall but is in no rules.d file is reported in
     C(unmapped) and left alone (it may belong to an agent that loads its own rules).
-  - After the change the loaded rule set must equal the intended one (the rules before, with
-    the old rules replaced by the new ones); otherwise the module fails.
+  - After the change the loaded rule set must equal the intended one (the syscall rules before,
+    with the old rules replaced by the new ones, and every other loaded line - watches - as it
+    was); otherwise the module fails.
+  - Safety - the change runs under the host lock (C(/run/auditgap/host.lock), waiting up to 30 s
+    for another auditgap run) and is journaled (docs/safety.md) - on any failure, and after a
+    crash (the next auditgap run replays the journal), the rules files and the full loaded rule
+    set read first are put back.
   - When audit is immutable (C(enabled 2)) the files are rewritten and C(reboot_required) is true.
 version_added: "0.1.0"
 author: auditgap contributors (@auditgap)
@@ -116,7 +120,7 @@ audit_rule_narrow:
       type: list
       elements: str
     live_method:
-      description: Per changed rule, how it was reloaded (key:KEY or exact), null in check mode.
+      description: Per changed rule, how it was reloaded (always C(exact)), null in check mode.
       type: list
       elements: str
     loaded_before:
@@ -136,14 +140,30 @@ audit_rule_narrow:
     reboot_required:
       description: Files changed but the loaded rules could not be (immutable).
       type: bool
+    recovered_from_crash:
+      description: >-
+        Undo journals of auditgap runs that died (SIGKILL) which this run replayed first - one
+        entry per journal {journal, module, owner_pid, since, undone, errors}; [] when none.
+      type: list
+      elements: dict
+    restored:
+      description: After a failed change, true when files and loaded rules were all put back; null otherwise.
+      type: bool
+    restore_errors:
+      description: Undo steps that failed after a failed change.
+      type: list
+      elements: str
 '''
 
 import collections
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, guard
 from ansible_collections.auditgap.fleet.plugins.module_utils import rulesfile as rf
+
+
+LOCK_WAIT_S = 30
 
 
 class Auditctl:
@@ -191,7 +211,8 @@ def main():
     p = module.params
     out = {'changes': [], 'files_changed': [], 'backups': {}, 'unmapped': [], 'live_method': None,
            'loaded_before': [], 'loaded_after': [], 'loaded_equals_intended': None,
-           'immutable': False, 'reboot_required': False}
+           'immutable': False, 'reboot_required': False, 'recovered_from_crash': [], 'restored': None,
+           'restore_errors': []}
     result = {'changed': False, 'audit_rule_narrow': out}
     try:
         specs = [rf.validate_spec({k: v for k, v in item.items() if v is not None}) for item in p['narrow']]
@@ -202,6 +223,18 @@ def main():
     if not os.path.isdir(p['rules_dir']):
         module.fail_json(msg='rules directory %s does not exist; nothing changed' % p['rules_dir'], **result)
 
+    if module.check_mode:  # nothing changes in check mode: no lock, no crash recovery
+        narrow(module, p, specs, result)
+    try:
+        with guard.locked('audit_rule_narrow', wait_s=guard.lock_wait(LOCK_WAIT_S)) as lock:
+            out['recovered_from_crash'] = lock.recovered
+            narrow(module, p, specs, result)
+    except (guard.LockBusy, guard.UnsafePath) as err:
+        module.fail_json(msg='%s; nothing changed' % err, **result)
+
+
+def narrow(module, p, specs, result):
+    out = result['audit_rule_narrow']
     files = rf.read_rules_dir(p['rules_dir'])
     new_texts = {}
     file_rules_before = []
@@ -251,65 +284,71 @@ def main():
     if module.check_mode or not all_changes:
         module.exit_json(**result)
 
-    # files first (with backup), then the live rules
-    for name in sorted(new_texts):
-        path = os.path.join(p['rules_dir'], name)
-        if p['backup']:
-            out['backups'][path] = module.backup_local(path)
-        mode = os.stat(path).st_mode & 0o7777
-        rf.write_atomic(module, path, new_texts[name][1], mode)
-    if not live_changes:
-        module.exit_json(**result)
+    # journaled: a failure or a crash at any step puts the files and the loaded rules
+    # back as they were read
+    try:
+        apply_changes(module, ctl, p, files, new_texts, live_changes, loaded, loaded_canon, file_rules_before, out)
+    except ApplyFailed as err:
+        module.fail_json(msg=str(err), **result)
+    module.exit_json(**result)
 
+
+class ApplyFailed(Exception):
+    pass
+
+
+def apply_changes(module, ctl, p, files, new_texts, live_changes, loaded, loaded_canon, file_rules_before, out):
+    """Rewrite the files, then delete exactly the replaced loaded rules and add the new
+    ones. Any failure (or a loaded set that is not the intended one) restores the files
+    and the full loaded rule set read first, and raises ApplyFailed."""
+    rg = guard.RestoreGuard(journal='audit_rule_narrow')
+    try:
+        with rg:
+            for name in sorted(new_texts):
+                path = os.path.join(p['rules_dir'], name)
+                if p['backup']:
+                    out['backups'][path] = module.backup_local(path)
+                mode = os.stat(path).st_mode & 0o7777
+                rg.push_op('file_restore', 'restore %s' % path, path=path, text=new_texts[name][0], mode=mode)
+                rf.write_atomic(module, path, new_texts[name][1], mode)
+            if live_changes:
+                change_live(ctl, rg, live_changes, loaded, loaded_canon, file_rules_before, out)
+            rg.commit()
+    except Exception as err:  # any failure: the guard has put everything back
+        out['restored'] = rg.ok
+        out['restore_errors'] = list(rg.restore_errors)
+        raise ApplyFailed('changing the rules failed: %s; %s' % (
+            err, 'files and loaded rules restored' if rg.ok
+            else 'restore incomplete: %s' % '; '.join(rg.restore_errors))) from None
+
+
+def change_live(ctl, rg, live_changes, loaded, loaded_canon, file_rules_before, out):
     intended = collections.Counter(loaded_canon)
     for c in live_changes:
         intended[rf.canonical(c['old_rule'])] -= 1
         for r in c['new_rules']:
             intended[rf.canonical(r)] += 1
     intended = +intended
-
-    # all rules of the new files, to reload a key from
-    new_file_rules = []
-    for name, text in files:
-        new_file_rules.extend(rf.syscall_rules(new_texts[name][1] if name in new_texts else text))
+    listing_before = '\n'.join(out['loaded_before'])
+    others_before = rf.other_lines(listing_before)
+    # as they were added: a file's spelling when a file holds the rule (auditctl -l prints exe!=X as exe=X)
+    spelled = {rf.canonical(r): r for r in file_rules_before}
+    rg.push_op('audit_rules_restore', 'restore the loaded audit rules (%d syscall rules)' % len(loaded),
+               rules=[rf.rule_argv(dict(spelled.get(rf.canonical(r), r), flag='-a')) for r in loaded])
     methods = []
-    reloaded_keys = set()
-    try:
-        for c in live_changes:
-            keys = c['old_rule']['keys']
-            key = keys[0] if len(keys) == 1 else None
-            # reload by key only when the loaded rules of that key are exactly the files' ones
-            # auditctl -D -k matches keys by substring: never when another key contains this one
-            key_ok = key is not None and multiset(r for r in loaded if key in r['keys']) == \
-                multiset(r for r in file_rules_before if key in r['keys']) and \
-                not any(key in k and k != key for r in loaded for k in r['keys'])
-            if key_ok:
-                if key in reloaded_keys:
-                    methods.append('key:%s' % key)
-                    continue
-                ctl.run(['-D', '-k', key])
-                for r in new_file_rules:
-                    if key in r['keys']:
-                        ctl.run(rf.rule_argv(r))
-                reloaded_keys.add(key)
-                methods.append('key:%s' % key)
-            else:
-                old = dict(c['old_rule'])
-                old['flag'] = '-d'
-                ctl.run(rf.rule_argv(old))
-                for r in c['new_rules']:
-                    ctl.run(rf.rule_argv(r))
-                methods.append('exact')
-    except RuntimeError as err:
-        out['live_method'] = methods
-        module.fail_json(msg='changing the loaded rules failed: %s (files were rewritten, backups: %s)'
-                         % (err, out['backups']), **result)
+    for c in live_changes:
+        ctl.run(rf.delete_argv(c['old_rule']))
+        rg.checkpoint()
+        for r in c['new_rules']:
+            ctl.run(rf.rule_argv(dict(r, flag='-a')))
+            rg.checkpoint()
+        methods.append('exact')
     out['live_method'] = methods
     out['loaded_after'], after_rules = ctl.rules()
-    out['loaded_equals_intended'] = multiset(after_rules) == intended
+    others_after = rf.other_lines('\n'.join(out['loaded_after']))
+    out['loaded_equals_intended'] = multiset(after_rules) == intended and others_after == others_before
     if not out['loaded_equals_intended']:
-        module.fail_json(msg='the loaded rules differ from the intended set after the change', **result)
-    module.exit_json(**result)
+        raise RuntimeError('the loaded rules differ from the intended set after the change')
 
 
 if __name__ == '__main__':

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, auditnl, auditparse, kernelhz
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, auditnl, auditparse, kernelhz, labkit
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
 from tests.support.kernel import rmdir_cgroup
 
@@ -32,10 +32,9 @@ def auditctl(*args):
 
 
 def delete_rules_by_key(key):
-    """The by-key delete; never a plain -D."""
+    """Each rule carrying exactly this key, deleted exactly (never auditctl -D)."""
     assert key.startswith('auditgap-test')
-    if any(rule['key'] == key for rule in auditnl.list_rules()):
-        auditctl('-D', '-k', key)
+    labkit.delete_rules_by_key(key)
 
 
 def run_module(*args, check_mode=False):

@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, rulesfile
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, labkit, rulesfile
 
 from tests.support.docker import docker_engine  # noqa: F401  (fixture)
 from tests.support.kernel import rmdir_cgroup
@@ -173,8 +173,8 @@ def keyed_rules(tmp_path):
                         '-F', 'exe=/bin/true', '-k', OTHER], check=True, capture_output=True)
         yield rules_dir
     finally:
-        for key in (KEY, OTHER):
-            subprocess.run(['auditctl', '-D', '-k', key], capture_output=True, check=False)
+        for key in (KEY, OTHER):  # exactly the rules carrying the key (never auditctl -D)
+            labkit.delete_rules_by_key(key)
         assert not [r for r in loaded_rules() if 'auditgap-test-narrow' in r]
 
 

@@ -113,3 +113,27 @@ def test_syscall_rules_keeps_only_syscall_rules():
     rules = rf.syscall_rules(text)
     assert [r['flag'] for r in rules] == ['-a', '-A']
     assert all(r['kind'] == 'syscall' for r in rules)
+
+
+def _parsed(*lines):
+    return [rf.parse_rule(line) for line in lines]
+
+
+def test_restore_plan_deletes_exactly_and_keeps_the_order():
+    a = '-a always,exit -F arch=b64 -S clone -F key=k'
+    b = '-a always,exit -F arch=b64 -S bind,listen,accept4 -F success=1 -F key=k'
+    b2 = '-a always,exit -F arch=b64 -S bind,listen -F success=1 -F key=k'
+    c = '-a always,exit -F arch=b64 -S execve -F key=other'
+    # narrowed half-way: b deleted, b2 added at the end; the restore puts b back in place
+    plan = rf.restore_plan(_parsed(a, c, b2), _parsed(a, b, c))
+    assert plan == [['-d', 'always,exit', '-F', 'arch=b64', '-S', 'bind,listen', '-F', 'success=1', '-k', 'k'],
+                    ['-d', 'always,exit', '-F', 'arch=b64', '-S', 'execve', '-k', 'other'],
+                    ['-a', 'always,exit', '-F', 'arch=b64', '-S', 'bind,listen,accept4', '-F', 'success=1', '-k', 'k'],
+                    ['-a', 'always,exit', '-F', 'arch=b64', '-S', 'execve', '-k', 'other']]
+    assert rf.restore_plan(_parsed(a, b, c), _parsed(a, b, c)) == []
+
+
+def test_other_lines_are_the_watches():
+    listing = ('-w /etc/passwd -p wa -k auditgap-test\n'
+               '-a always,exit -F arch=b64 -S accept4 -F key=auditgap-test\nNo rules\n')
+    assert rf.other_lines(listing) == ['-w /etc/passwd -p wa -k auditgap-test']
