@@ -63,6 +63,9 @@ options:
     default: true
 notes:
   - Supports check mode and diff mode.
+  - Safety - a change runs under the auditgap host lock (C(/run/auditgap/host.lock), waiting up to
+    30 s for another auditgap run) and is journaled (docs/safety.md) - a failure rolls the file and
+    every live setting back, and after a crash the next auditgap run does (C(recovered_from_crash)).
   - For boot time (before auditd starts) add the kernel parameter C(audit_backlog_limit=N);
     see docs/remediation.md.
 extends_documentation_fragment:
@@ -139,13 +142,25 @@ audit_tune:
     hz:
       description: Kernel HZ used for the wait-time bound, and where it came from.
       type: dict
+    recovered_from_crash:
+      description: >-
+        Undo journals of auditgap runs that died (SIGKILL) which this run replayed first, one entry
+        per journal {journal, module, owner_pid, since, undone, errors}; [] when none.
+      type: list
+      elements: dict
+    restored:
+      description: After a failed change, true when the file and every live setting were put back; null otherwise.
+      type: bool
+    restore_errors:
+      description: Undo steps that failed after a failed change.
+      type: list
+      elements: str
 '''
 
 import os
-import shutil
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, auditparse, kernelhz, rulesfile
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, auditparse, guard, kernelhz, rulesfile
 
 MAX_BACKLOG_LIMIT = 1048576
 MAX_RATE_LIMIT = 2147483647
@@ -158,6 +173,7 @@ LIVE = (
     ('rate_limit', 'rate_limit', '-r'),
 )
 SYSTEM_RULES_DIR = '/etc/audit/rules.d'
+LOCK_WAIT_S = 30
 
 
 def kernel_hz():
@@ -290,7 +306,8 @@ def main():
         'source': None, 'requested': requested, 'before': None, 'after': None, 'live_changes': {},
         'immutable': False, 'rules_file': p['rules_file'], 'file_changed': False, 'backup_file': None,
         'effective_at_boot': {}, 'overridden_by': {}, 'augenrules_check': None,
-        'reboot_required': False, 'hz': {'value': hz, 'source': hz_source}}}
+        'reboot_required': False, 'hz': {'value': hz, 'source': hz_source},
+        'recovered_from_crash': [], 'restored': None, 'restore_errors': []}}
     out = result['audit_tune']
     if all(v is None for v in requested.values()):
         module.fail_json(msg='nothing to do: give backlog_limit, backlog_wait_time_jiffies and/or rate_limit', **result)
@@ -300,7 +317,21 @@ def main():
     rules_dir = os.path.dirname(p['rules_file'])
     if p['persistent'] and not os.path.isdir(rules_dir):
         module.fail_json(msg='rules directory %s does not exist (is auditd installed?); nothing changed' % rules_dir, **result)
+    if module.check_mode:  # nothing changes in check mode: no lock, no crash recovery
+        tune(module, p, result)
+    try:
+        with guard.locked('audit_tune', wait_s=guard.lock_wait(LOCK_WAIT_S)) as lock:
+            out['recovered_from_crash'] = lock.recovered
+            tune(module, p, result)
+    except (guard.LockBusy, guard.UnsafePath) as err:
+        module.fail_json(msg='%s; nothing changed' % err, **result)
 
+
+def tune(module, p, result):
+    """Read, compare, and (not in check mode) apply; ends the module (exit_json/fail_json)."""
+    out = result['audit_tune']
+    requested = out['requested']
+    rules_dir = os.path.dirname(p['rules_file'])
     live = Live(module)
     before = live.get()
     out['source'] = live.source
@@ -346,36 +377,29 @@ def main():
             module.warn(w)
         module.exit_json(**result)
 
-    existed = old_text is not None
-    if out['file_changed']:
-        if p['backup'] and existed:
-            out['backup_file'] = module.backup_local(p['rules_file'])
-        rulesfile.write_atomic(module, p['rules_file'], new_text)
-    done = []
+    # journaled: a failure, or a crash (replayed by the next auditgap run), puts the file
+    # and every live setting back
+    rg = guard.RestoreGuard(journal='audit_tune')
     try:
-        for name in ('backlog_limit', 'backlog_wait_time_jiffies', 'rate_limit'):
-            if name in live_todo:
-                live.set(name, live_todo[name][1])
-                done.append(name)
-    except Exception as err:  # noqa: BLE001 -- netlink errors of any kind fall back / roll back
-        rollback_errors = []
-        for name in reversed(done):
-            try:
-                live.set(name, before[name])
-            except Exception as err2:  # noqa: BLE001 -- netlink errors of any kind fall back / roll back
-                rollback_errors.append('%s: %s' % (name, err2))
-        if out['file_changed']:
-            try:
-                if existed and out['backup_file']:
-                    shutil.copyfile(out['backup_file'], p['rules_file'])
-                elif existed:
-                    rulesfile.write_atomic(module, p['rules_file'], old_text)
-                else:
-                    os.unlink(p['rules_file'])
-            except OSError as err3:
-                rollback_errors.append('rules file: %s' % err3)
+        with rg:
+            if out['file_changed']:
+                if p['backup'] and old_text is not None:
+                    out['backup_file'] = module.backup_local(p['rules_file'])
+                rg.push_op('file_restore', 'restore %s' % p['rules_file'], path=p['rules_file'], text=old_text,
+                           mode=0o640)
+                rulesfile.write_atomic(module, p['rules_file'], new_text)
+            sname = {n: s for n, s, _o in LIVE}
+            for name in ('backlog_limit', 'backlog_wait_time_jiffies', 'rate_limit'):
+                if name in live_todo:
+                    rg.push_op('audit_set', 'set %s back to %s' % (name, before[name]),
+                               fields={sname[name]: before[name]})
+                    live.set(name, live_todo[name][1])
+            rg.commit()
+    except Exception as err:  # noqa: BLE001 -- any failure: the guard has rolled back
+        out['restored'] = rg.ok
+        out['restore_errors'] = list(rg.restore_errors)
         module.fail_json(msg='live change failed (%s); rolled back%s' % (
-            err, (' with errors: %s' % '; '.join(rollback_errors)) if rollback_errors else ''), **result)
+            err, (' with errors: %s' % '; '.join(rg.restore_errors)) if rg.restore_errors else ''), **result)
     out['after'] = live.get()
     mismatch = {k: out['after'].get(k) for k in live_todo if out['after'].get(k) != live_todo[k][1]}
     if mismatch:

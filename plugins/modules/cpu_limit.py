@@ -117,18 +117,18 @@ cpu_limit:
       type: str
 '''
 
-import contextlib
 import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, dockerctl, procinfo
 from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups as cg
-from ansible_collections.auditgap.fleet.plugins.module_utils.guard import write_value
+from ansible_collections.auditgap.fleet.plugins.module_utils import guard
 
 TARGET_KINDS = ('pid', 'container', 'systemd_unit', 'cgroup_path', 'audit_consumer')
 DEFAULT_PERIOD_US = 100000
 DROPIN_NAME = '50-auditgap-cpu.conf'
+LOCK_WAIT_S = 30
 
 
 class Failure(Exception):
@@ -265,27 +265,11 @@ def cgroup_backend(module, tgt, wanted, result):
             version, directory, fmt_cores(v['limit_cores']), v['quota_us'] if v['quota_us'] is not None else 'max', v['period_us'])
     apply = None
     if change:
-        def apply():
-            if version == 1:
-                qfile = os.path.join(directory, 'cpu.cfs_quota_us')
-                pfile = os.path.join(directory, 'cpu.cfs_period_us')
-                # the kernel checks quota/period against parents on each write:
-                # raise the quota first when growing, the period first when shrinking it
-                old_period = group['period_us']
-                old_quota = group['quota_us'] if group['quota_us'] is not None else -1
-                try:
-                    if old_period != period:
-                        write_value(qfile, '-1')
-                        write_value(pfile, str(period))
-                    write_value(qfile, str(quota))
-                except OSError:
-                    # never leave a half-applied change: put the old values back
-                    for fname, value in ((qfile, '-1'), (pfile, str(old_period)), (qfile, str(old_quota))):
-                        with contextlib.suppress(OSError):
-                            write_value(fname, value)
-                    raise
-            else:
-                write_value(os.path.join(directory, 'cpu.max'), '%d %d' % (quota, period))
+        def apply(rg):
+            # one undo step puts quota and period back together, in the order the kernel accepts
+            rg.push_op('cgroup_limit', 'restore the CPU limit of %s' % directory, version=version,
+                       directory=directory, quota_us=group['quota_us'], period_us=group['period_us'])
+            guard.set_cgroup_limit(version, directory, quota, period)
 
     def reread():
         g = cg.read_group(hier, path)
@@ -339,7 +323,7 @@ def docker_backend(module, tgt, wanted, result):
     def describe(v):
         return 'docker container %s (%s): %s\n' % (info['name'], info['id'][:12], fmt_cores(v['limit_cores']))
 
-    def apply():
+    def apply(rg):
         try:
             dockerctl.docker_api('POST', '/containers/%s/update' % info['id'], body=body, socket_path=sock)
         except dockerctl.DockerError as err2:
@@ -415,7 +399,9 @@ def systemd_backend(module, tgt, wanted, result):
     def describe(v):
         return 'systemd unit %s: CPUQuota=%s\n%s' % (unit, v['cpu_quota'], v['dropin'] or '')
 
-    def apply():
+    def apply(rg):
+        rg.push_op('systemd_dropin', 'restore %s and CPUQuota of %s' % (path, unit), path=path, unit=unit,
+                   text=old_text, cpu_quota=quota_percent(current) if current else '')
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.auditgap-')
         with os.fdopen(fd, 'w') as handle:
@@ -449,9 +435,23 @@ def main():
         },
         supports_check_mode=True,
     )
-    p = module.params
-    out = {'backend': None, 'target': {}, 'before': None, 'after': None, 'limited_by': None, 'dropin': None}
+    out = {'backend': None, 'target': {}, 'before': None, 'after': None, 'limited_by': None, 'dropin': None,
+           'recovered_from_crash': [], 'restored': None, 'restore_errors': []}
     result = {'changed': False, 'cpu_limit': out}
+    if module.check_mode:  # nothing changes in check mode: no lock, no crash recovery
+        run(module, result)
+    try:
+        with guard.locked('cpu_limit', wait_s=guard.lock_wait(LOCK_WAIT_S)) as lock:
+            out['recovered_from_crash'] = lock.recovered
+            run(module, result)
+    except (guard.LockBusy, guard.UnsafePath) as err:
+        module.fail_json(msg='%s; nothing changed' % err, **result)
+
+
+def run(module, result):
+    """Resolve, decide and (not in check mode) apply; ends the module."""
+    p = module.params
+    out = result['cpu_limit']
     wanted = p['limit_cores']
     try:
         if not 0.01 <= wanted <= 1024:
@@ -475,10 +475,16 @@ def main():
                           'before': describe(before), 'after': describe(after)}
     if not change or module.check_mode:
         module.exit_json(**result)
+    rg = guard.RestoreGuard(journal='cpu_limit')
     try:
-        apply()
-    except (Failure, OSError) as err:
-        module.fail_json(msg='applying the CPU limit failed: %s' % err, **result)
+        with rg:  # a failure, or a crash (the next auditgap run), puts the old limit back
+            apply(rg)
+            rg.commit()
+    except Exception as err:  # noqa: BLE001 -- any failure: the guard has rolled back
+        out['restored'] = rg.ok
+        out['restore_errors'] = list(rg.restore_errors)
+        module.fail_json(msg='applying the CPU limit failed: %s; %s' % (
+            err, 'rolled back' if rg.ok else 'roll-back incomplete: %s' % '; '.join(rg.restore_errors)), **result)
     out['after'] = reread()
     module.exit_json(**result)
 
