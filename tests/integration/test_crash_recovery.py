@@ -1,0 +1,357 @@
+"""Fault injection on the real kernel: every changing module SIGKILLed between two of its
+changes, then the next auditgap run puts the host back as it was and says so.
+
+The kill comes from the test-only hook AUDITGAP_TEST_KILL_AT=N (guard.Journal): the
+module kills itself with SIGKILL once N changes are made, right before the next one (or
+before its restore/commit). Each test raises N until the module finishes, so every step
+between two changes is covered without counting them here. The recovering run is
+audit_tune asked for the values already set (it changes nothing itself), or
+ftrace_sample: "any auditgap module that changes the kernel".
+
+Also here: the defects these guarantees fixed (narrowing kept watches, the lock file
+planted as a symlink, controllers waiting for the host lock) and two SIGTERMs during a
+restore. function_graph is not built into this kernel: its undo journal is driven on the
+top-level files it changes that exist here (ftrace_sample._top_guarded, as the recipes
+call it); the molecule scenario `ftrace` runs the live recipe.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, guard, labkit, tracefs
+from tests.support.kernel import rmdir_cgroup
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODULES = os.path.join(ROOT, 'plugins', 'modules')
+COLLECTIONS = os.path.join(ROOT, 'collections')
+KEY = 'auditgap-test-crash'
+OTHER = 'auditgap-test-other'  # not containing KEY (auditctl -D -k matched by substring)
+CPU_V1 = '/sys/fs/cgroup/cpu'
+
+pytestmark = pytest.mark.kernel
+
+
+def start(module, args, tmp_path, env=None):
+    path = tmp_path / ('args-%s-%d.json' % (module, time.monotonic_ns()))
+    path.write_text(json.dumps({'ANSIBLE_MODULE_ARGS': args}))
+    full_env = dict(os.environ, PYTHONPATH=COLLECTIONS)
+    full_env.pop('AUDITGAP_TEST_KILL_AT', None)
+    full_env.update(env or {})
+    return subprocess.Popen([sys.executable, os.path.join(MODULES, module + '.py'), str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=ROOT)
+
+
+def finish(proc, timeout=120):
+    out, err = proc.communicate(timeout=timeout)
+    if proc.returncode == -signal.SIGKILL:
+        return proc.returncode, None
+    try:
+        return proc.returncode, json.loads(out.decode())
+    except ValueError:
+        raise AssertionError('module output is not JSON: %r %r' % (out[-2000:], err[-2000:])) from None
+
+
+def run(module, args, tmp_path, env=None):
+    return finish(start(module, args, tmp_path, env))
+
+
+def audit_settings():
+    out = subprocess.run(['auditctl', '-s'], capture_output=True, text=True, check=True).stdout
+    status = auditparse.parse_status(out)
+    return {k: status[k] for k in ('enabled', 'failure', 'rate_limit', 'backlog_limit', 'backlog_wait_time')}
+
+
+def loaded():
+    out = subprocess.run(['auditctl', '-l'], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.strip() and line.strip() != 'No rules']
+
+
+def recover_with_audit_tune(tmp_path):
+    """Any auditgap module: audit_tune asked for the backlog limit already set (changes nothing)."""
+    current = audit_settings()['backlog_limit']
+    rc, res = run('audit_tune', {'backlog_limit': current, 'persistent': False}, tmp_path)
+    assert rc == 0, res
+    assert res['changed'] is False
+    return res['audit_tune']['recovered_from_crash']
+
+
+def recover_with_ftrace_sample(tmp_path):
+    """Any auditgap module: a short syscalls sample of this test process."""
+    rc, res = run('ftrace_sample', {'mode': 'syscalls', 'pids': [os.getpid()], 'syscalls': ['getppid'],
+                                    'duration_s': 0.2}, tmp_path)
+    assert rc == 0, res
+    return res['ftrace_sample']['recovered_from_crash']
+
+
+def kill_at_each_step(module, args, tmp_path, snapshot, recover=recover_with_audit_tune, max_steps=20):
+    """SIGKILL ``module`` after 1, 2, ... changes until it finishes; after each kill the
+    recovering run must leave ``snapshot()`` as it was and report the dead run's journal.
+    Returns (kills, the finishing run's (rc, result))."""
+    before = snapshot()
+    kills = 0
+    for n in range(1, max_steps):
+        proc = start(module, args, tmp_path, env={guard.KILL_AT_ENV: str(n)})
+        rc, res = finish(proc)
+        if rc != -signal.SIGKILL:
+            return kills, (rc, res)
+        kills += 1
+        recovered = recover(tmp_path)
+        mine = [r for r in recovered if r['owner_pid'] == proc.pid]
+        assert len(mine) == 1 and mine[0]['module'] == module and mine[0]['errors'] == [], (n, recovered)
+        assert mine[0]['undone'], (n, recovered)
+        assert snapshot() == before, 'after a SIGKILL at step %d and recovery' % n
+        assert not [p for p in guard.list_journals() if p.endswith('-%d.json' % proc.pid)]
+    raise AssertionError('%s never finished' % module)
+
+
+# -- ftrace_sample ------------------------------------------------------------------------
+
+def tracefs_state(root, syscalls=('getppid',)):
+    extra = ['events/syscalls/%s%s/%s' % (prefix, name, rel)
+             for name in syscalls for prefix in ('sys_enter_', 'sys_exit_') for rel in ('enable', 'filter')]
+    return tracefs.snapshot(root, extra)
+
+
+@pytest.mark.parametrize('mode', ['syscalls', 'offcpu'])
+def test_ftrace_sample_killed_at_each_step_is_recovered(tmp_path, tracefs_root, mode):
+    args = {'mode': mode, 'pids': [os.getpid()], 'syscalls': ['getppid'] if mode == 'syscalls' else None,
+            'duration_s': 0.2}
+    kills, (rc, res) = kill_at_each_step('ftrace_sample', args, tmp_path, lambda: tracefs_state(tracefs_root))
+    assert kills >= 3
+    assert rc == 0 and res['ftrace_sample']['restored'], res
+
+
+FUNCTION_GRAPH_FILES = '''
+import sys
+from ansible_collections.auditgap.fleet.plugins.module_utils import guard, tracefs
+from ansible_collections.auditgap.fleet.plugins.modules import ftrace_sample as fs
+root = sys.argv[1]
+with tracefs.Lock() as lock:
+    g = guard.RestoreGuard(journal=guard.Journal('ftrace_sample', state_dir=lock.state_dir))
+    with g:
+        restore = tracefs.top_level_restore_values(root)
+        fs._top_guarded(g, root, restore, 'tracing_thresh', '100000')
+        fs._top_guarded(g, root, restore, 'buffer_size_kb', '2048')
+        fs._top_guarded(g, root, restore, 'current_tracer', 'nop')
+print('restored' if g.ok else g.restore_errors)
+'''
+
+
+def test_function_graph_top_level_files_killed_at_each_step_are_recovered(tmp_path, tracefs_root):
+    """The recipes' own _top_guarded on the real top-level tracing_thresh, buffer_size_kb and
+    current_tracer; the next ftrace_sample replays the journal (no tracer busy after)."""
+    root = tracefs_root
+    before = tracefs_state(root)
+    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
+    kills = 0
+    for n in range(1, 10):
+        env[guard.KILL_AT_ENV] = str(n)
+        proc = subprocess.Popen([sys.executable, '-c', FUNCTION_GRAPH_FILES, root], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        out, err = proc.communicate(timeout=60)
+        if proc.returncode != -signal.SIGKILL:
+            assert proc.returncode == 0 and out.strip() == 'restored', err
+            break
+        kills += 1
+        recovered = recover_with_ftrace_sample(tmp_path)
+        assert [r['owner_pid'] for r in recovered] == [proc.pid], recovered
+        assert len(recovered) == 1 and recovered[0]['errors'] == [] and recovered[0]['undone'], recovered
+        assert tracefs_state(root) == before, 'after a SIGKILL at step %d' % n
+    assert kills == 3
+
+
+def test_two_sigterms_during_a_sample_restore_everything(tmp_path, tracefs_root):
+    root = tracefs_root
+    before = tracefs_state(root, ('getppid', 'read'))
+    proc = start('ftrace_sample', {'mode': 'syscalls', 'pids': [os.getpid()], 'syscalls': ['getppid', 'read'],
+                                   'duration_s': 20}, tmp_path)
+    instance = os.path.join(root, 'instances', 'auditgap-%d' % proc.pid)
+    deadline = time.time() + 30
+    while time.time() < deadline and not os.path.exists(os.path.join(instance, 'events/syscalls/sys_exit_read/enable')):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    rc, res = finish(proc)
+    facts = res['ftrace_sample']
+    assert rc != 0 and facts['interrupted'] == 'SIGTERM', res
+    assert facts['restored'] is True and facts['restore_errors'] == [], res
+    assert tracefs_state(root, ('getppid', 'read')) == before
+    assert guard.list_journals() == [] or all(not p.endswith('-%d.json' % proc.pid) for p in guard.list_journals())
+
+
+# -- audit_tune ---------------------------------------------------------------------------
+
+@pytest.fixture
+def audit_settings_back():
+    before = audit_settings()
+    if before['enabled'] == 2:
+        pytest.skip('audit is immutable on this host')
+    yield before
+    labkit.set_status(**{k: before[k] for k in ('rate_limit', 'backlog_limit', 'backlog_wait_time')})
+    assert audit_settings() == before
+
+
+def test_audit_tune_killed_at_each_step_is_recovered(tmp_path, audit_settings_back, tracefs_root):
+    before = audit_settings_back
+    rules_dir = tmp_path / 'rules.d'
+    rules_dir.mkdir()
+    rules_file = rules_dir / '99-auditgap-test.rules'
+    args = {'backlog_limit': before['backlog_limit'] + 1,
+            'backlog_wait_time_jiffies': 250 if before['backlog_wait_time'] != 250 else 251,
+            'rate_limit': before['rate_limit'] + 100000,
+            'rules_file': str(rules_file), 'augenrules_check': False}
+
+    def snapshot():
+        return audit_settings(), rules_file.exists() and rules_file.read_text()
+    kills, (rc, res) = kill_at_each_step('audit_tune', args, tmp_path, snapshot, recover=recover_with_ftrace_sample)
+    assert kills == 4  # the file, three settings (the 4th kill: before the commit)
+    assert rc == 0 and res['changed'], res
+    assert audit_settings()['backlog_limit'] == before['backlog_limit'] + 1
+
+
+def test_audit_tune_waits_for_the_host_lock_then_fails_clearly(tmp_path, audit_settings_back):
+    before = audit_settings_back
+    with guard.HostLock('test-holder'):
+        rc, res = run('audit_tune', {'backlog_limit': before['backlog_limit'] + 1, 'persistent': False},
+                      tmp_path, env={guard.LOCK_WAIT_ENV: '1'})
+    assert rc != 0 and 'held by auditgap test-holder (pid %d' % os.getpid() in res['msg'], res
+    assert 'after waiting 1s' in res['msg'] and 'nothing changed' in res['msg']
+    assert audit_settings() == before
+
+
+# -- cpu_limit (cgroup backend) ----------------------------------------------------------
+
+@pytest.fixture
+def throttled_group():
+    if not os.path.exists(os.path.join(CPU_V1, 'cpu.cfs_quota_us')):
+        pytest.skip('no cgroup v1 cpu hierarchy here')  # this project's machines have one
+    name = 'auditgap-test-crash-%d' % os.getpid()
+    path = os.path.join(CPU_V1, name)
+    os.mkdir(path)
+    try:
+        guard.write_value(os.path.join(path, 'cpu.cfs_quota_us'), '1000')
+        yield '/' + name, path
+    finally:
+        rmdir_cgroup(path)
+
+
+def test_cpu_limit_killed_at_each_step_is_recovered(tmp_path, throttled_group):
+    name, path = throttled_group
+    args = {'backend': 'cgroup', 'target': {'cgroup_path': name}, 'limit_cores': 0.5, 'period_us': 50000}
+
+    def snapshot():
+        return [open(os.path.join(path, f)).read() for f in ('cpu.cfs_quota_us', 'cpu.cfs_period_us')]
+    assert snapshot() == ['1000\n', '100000\n']
+    kills, (rc, res) = kill_at_each_step('cpu_limit', args, tmp_path, snapshot)
+    assert kills == 1  # one undo step covers the quota and period writes (killed before the commit)
+    assert rc == 0 and res['changed'] and snapshot() == ['25000\n', '50000\n'], res
+
+
+def test_cpu_limit_waits_for_the_host_lock_then_fails_clearly(tmp_path, throttled_group):
+    name, path = throttled_group
+    with guard.HostLock('test-holder'):
+        rc, res = run('cpu_limit', {'backend': 'cgroup', 'target': {'cgroup_path': name}, 'limit_cores': 0.5},
+                      tmp_path, env={guard.LOCK_WAIT_ENV: '0.5'})
+    assert rc != 0 and 'held by auditgap test-holder' in res['msg'] and 'nothing changed' in res['msg'], res
+    assert open(os.path.join(path, 'cpu.cfs_quota_us')).read() == '1000\n'
+
+
+# -- audit_rule_narrow ---------------------------------------------------------------------
+
+FILE_RULES = ('-a always,exit -F arch=b64 -S clone,fork,execve -k %s\n'
+              '-a always,exit -F arch=b64 -S bind,listen,accept4 -F success=1 -k %s\n' % (KEY, KEY))
+
+
+@pytest.fixture
+def keyed_rules_and_watch(tmp_path):
+    """A watch with the test key, the file's two rules, and a rule of another key after them."""
+    if audit_settings()['enabled'] == 2:
+        pytest.skip('audit is immutable on this host')
+    rules_dir = tmp_path / 'rules.d'
+    rules_dir.mkdir()
+    (rules_dir / '50-test.rules').write_text(FILE_RULES)
+    watched = tmp_path / 'watched'
+    watched.write_text('')
+    try:
+        subprocess.run(['auditctl', '-w', str(watched), '-p', 'wa', '-k', KEY], check=True, capture_output=True)
+        for line in FILE_RULES.splitlines():
+            subprocess.run(['auditctl'] + line.split(), check=True, capture_output=True)
+        subprocess.run(['auditctl', '-a', 'always,exit', '-F', 'arch=b64', '-S', 'getppid', '-k', OTHER],
+                       check=True, capture_output=True)
+        yield rules_dir, str(watched)
+    finally:
+        subprocess.run(['auditctl', '-W', str(watched), '-p', 'wa', '-k', KEY], capture_output=True, check=False)
+        for key in (KEY, OTHER):
+            labkit.delete_rules_by_key(key)
+        assert not [r for r in loaded() if KEY in r]
+
+
+def test_narrowing_keeps_watches_and_other_rules(tmp_path, keyed_rules_and_watch):
+    """Today's -D -k KEY deleted the watch carrying KEY; exact -d leaves it."""
+    rules_dir, watched = keyed_rules_and_watch
+    before = loaded()
+    rc, res = run('audit_rule_narrow', {'narrow': [{'syscall': 'accept4', 'key': KEY}], 'rules_dir': str(rules_dir)},
+                  tmp_path)
+    assert rc == 0 and res['changed'], res
+    after = loaded()
+    assert [r for r in after if r.startswith('-w')] == [r for r in before if r.startswith('-w')]
+    assert any(watched in r for r in after)
+    assert [r for r in after if OTHER in r] == [r for r in before if OTHER in r]
+    assert '-a always,exit -F arch=b64 -S bind,listen -F success=1 -F key=%s' % KEY in after
+    assert res['audit_rule_narrow']['loaded_equals_intended'] is True
+    assert res['audit_rule_narrow']['live_method'] == ['exact']
+
+
+def test_audit_rule_narrow_killed_at_each_step_is_recovered(tmp_path, keyed_rules_and_watch):
+    rules_dir, _watched = keyed_rules_and_watch
+    rules_file = rules_dir / '50-test.rules'
+    args = {'narrow': [{'syscall': 'accept4'}], 'rules_dir': str(rules_dir), 'backup': False}
+
+    def snapshot():
+        return loaded(), rules_file.read_text()
+    kills, (rc, res) = kill_at_each_step('audit_rule_narrow', args, tmp_path, snapshot)
+    assert kills == 4  # file, delete, add, (before the commit)
+    assert rc == 0 and res['changed'], res
+
+
+def test_audit_rule_narrow_waits_for_the_host_lock_then_fails_clearly(tmp_path, keyed_rules_and_watch):
+    rules_dir, _watched = keyed_rules_and_watch
+    before = loaded(), (rules_dir / '50-test.rules').read_text()
+    with guard.HostLock('test-holder'):
+        rc, res = run('audit_rule_narrow', {'narrow': [{'syscall': 'accept4'}], 'rules_dir': str(rules_dir)},
+                      tmp_path, env={guard.LOCK_WAIT_ENV: '0.5'})
+    assert rc != 0 and 'held by auditgap test-holder' in res['msg'] and 'nothing changed' in res['msg'], res
+    assert (loaded(), (rules_dir / '50-test.rules').read_text()) == before
+
+
+# -- the lock file -------------------------------------------------------------------------
+
+def test_a_symlink_planted_as_the_lock_file_is_refused_and_its_target_untouched(tmp_path, tracefs_root):
+    """Today the lock under /run/lock was opened following symlinks: root truncated the target."""
+    victim = tmp_path / 'victim'
+    victim.write_text('precious\n')
+    lock_path = tracefs.LOCK_PATH
+    guard.ensure_state_dir(os.path.dirname(lock_path))
+    held = None
+    if os.path.lexists(lock_path):
+        held = guard.HostLock('test-planting')  # nobody else holds it while the symlink is there
+        held.__enter__()
+        os.unlink(lock_path)
+    try:
+        os.symlink(str(victim), lock_path)
+        rc, res = run('ftrace_sample', {'mode': 'syscalls', 'pids': [os.getpid()], 'syscalls': ['getppid'],
+                                        'duration_s': 0.2}, tmp_path)
+    finally:
+        os.unlink(lock_path)
+        if held is not None:
+            held.__exit__()
+    assert victim.read_text() == 'precious\n'
+    assert rc != 0 and 'symlink' in res['msg'] and 'Traceback' not in res['msg'], res
