@@ -228,9 +228,9 @@ class HostLock:
             return ('host lock %s is held by auditgap %s (pid %s, since %s)%s: another auditgap run is '
                     'changing this host; try again later'
                     % (self.path, holder.get('module') or '?', holder.get('pid'), holder.get('since') or '?', waited))
+        recorded = 'pid %s, gone' % holder.get('pid') if holder else 'no record'
         return ('host lock %s is held by a process that is not the one it records (%s)%s; '
-                'find it with: fuser %s' % (self.path, 'pid %s, gone' % holder.get('pid') if holder else 'no record',
-                                             waited, self.path))
+                'find it with: fuser %s' % (self.path, recorded, waited, self.path))
 
     def __exit__(self, *exc):
         if self.fd is not None:
@@ -278,6 +278,10 @@ def append_value(path, value):
         os.write(fd, value.encode())
     finally:
         os.close(fd)
+
+
+def _op_write_value(path, value):
+    write_value(path, value)  # late-bound: tests spy on guard.write_value
 
 
 def _op_write_if_exists(path, value):
@@ -426,8 +430,8 @@ def set_cgroup_limit(version, directory, quota_us, period_us):
         if not unlimited:
             write_value(qfile, str(int(quota_us)))
     else:
-        write_value(os.path.join(directory, 'cpu.max'), '%s %d' % ('max' if unlimited else int(quota_us),
-                                                                    int(period_us or 100000)))
+        quota = 'max' if unlimited else str(int(quota_us))
+        write_value(os.path.join(directory, 'cpu.max'), '%s %d' % (quota, int(period_us or 100000)))
 
 
 def _op_cgroup_limit(version, directory, quota_us=None, period_us=None):
@@ -444,7 +448,7 @@ def _op_rmdir(path):
 
 
 OPS = {
-    'write_value': lambda path, value: write_value(path, value),  # late-bound (tests spy on it)
+    'write_value': _op_write_value,
     'write_if_exists': _op_write_if_exists,
     'append': _op_append,
     'remove_instance': _op_remove_instance,
