@@ -4,6 +4,7 @@
     auditgap diagnose [-i INVENTORY] [--hosts PATTERN] [--report-dir DIR]
                       [--sample-seconds N] [--trace auto|always|never] [-e KEY=VALUE ...]
     auditgap audit    [the same] [--report-root DIR] [--db FILE] [--prom-dir DIR]   (one scheduled run)
+    auditgap history  [--host H] [--runs N] [--format table|json|html] [--output FILE] [--db FILE]
     auditgap history  prune --keep-days N [--db FILE]
 
 diagnose exit status: 0 report written and no warning/critical finding; 1 report
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from auditgap import __version__, changes, history, promfile
+from auditgap import __version__, changes, history, promfile, trends
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,10 +75,17 @@ def build_parser():
                      help='a host not seen for N runs is unknown (default: 3)')
     aud.add_argument('--keep-artifacts', type=int, default=10, metavar='N',
                      help='ansible-runner artifact directories kept under ROOT/.runner (default: 10)')
-    hist = sub.add_parser('history', help='the audit history: prune old runs')
+    hist = sub.add_parser('history', help='the audit history per host and finding (table, json, history.html); prune',
+                          description='Per host and per finding over the stored audit runs: first seen, resolved, '
+                          'flapping, and the trend of backlog peak ratio, throttled ratio and lost/s.')
     hist.add_argument('--report-root', default='reports', help='as for audit (default: ./reports)')
     hist.add_argument('--db', help='history database (default: ROOT/history.db)')
-    hsub = hist.add_subparsers(dest='history_command', required=True)
+    hist.add_argument('--host', action='append', default=[], help='only this host (repeatable; default: every host)')
+    hist.add_argument('--runs', type=int, default=100, metavar='N', help='the last N runs of each host (default: 100)')
+    hist.add_argument('--format', choices=('table', 'json', 'html'), default='table',
+                      help='table (stdout), json (stdout) or html (ROOT/history.html, or --output)')
+    hist.add_argument('--output', help='write to this file instead (atomically)')
+    hsub = hist.add_subparsers(dest='history_command')
     prune = hsub.add_parser('prune', help='delete runs older than --keep-days')
     prune.add_argument('--keep-days', type=float, required=True, metavar='N')
     return parser
@@ -290,11 +298,7 @@ def _writable_root(root):
 
 
 def _report_module():
-    collections = os.path.join(ROOT, 'collections')
-    if os.path.isdir(collections) and collections not in sys.path:
-        sys.path.insert(0, collections)
-    from ansible_collections.auditgap.fleet.plugins.module_utils import report
-    return report
+    return trends.collection_module('report')
 
 
 def since_last_run(previous_run, states, rows):
@@ -480,7 +484,35 @@ def history_command(args, cwd=None, out=None, err=None):
                 conn.close()
         out.write('auditgap history: %d run(s) older than %g day(s) removed from %s\n' % (removed, args.keep_days, db_path))
         return 0
-    return changes.EXIT_USAGE
+    if args.runs < 1:
+        raise AuditError('--runs must be >= 1', changes.EXIT_USAGE)
+    conn = history.connect(db_path, readonly=True)
+    try:
+        hosts = args.host or history.host_names(conn)
+        unknown = [h for h in hosts if h not in set(history.host_names(conn))]
+        if unknown:
+            raise AuditError('no such host in the history: %s' % ', '.join(unknown), changes.EXIT_USAGE)
+        summaries = trends.worst_first([trends.host_summary(h, history.host_timeline(conn, h, limit=args.runs))
+                                        for h in hosts])
+    finally:
+        conn.close()
+    if args.format == 'json':
+        text = json.dumps({'db': db_path, 'hosts': summaries}, indent=2, sort_keys=True) + '\n'
+    elif args.format == 'html':
+        text = trends.render_html(summaries, datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ'), db_path)
+    else:
+        text = trends.render_table(summaries)
+    target = args.output or (os.path.join(root, 'history.html') if args.format == 'html' else None)
+    if target:
+        target = os.path.abspath(os.path.join(cwd, target))
+        try:
+            promfile.write_atomic(target, text)
+        except OSError as exc:
+            raise AuditError('cannot write %s: %s' % (target, exc.strerror or exc)) from exc
+        out.write('auditgap history: %s\n' % target)
+    else:
+        out.write(text)
+    return 0
 
 
 def main(argv=None):

@@ -19,6 +19,8 @@ previous state (SQLite's WAL journal), and the next run works.
 import contextlib
 import errno
 import fcntl
+import itertools
+import operator
 import os
 import sqlite3
 import time
@@ -227,6 +229,37 @@ def host_history(conn, host, limit=None, before_run=None):
             r['host'] = host
             r['findings'] = found.get(r['run'], [])
     return rows
+
+
+TIMELINE_FIELDS = ('run', 'run_id', 'started_at', 'state', 'status', 'backlog_peak_ratio', 'throttled_ratio', 'lost_per_s')
+
+
+def host_timeline(conn, host, limit=None):
+    """What ``auditgap history`` shows of one host, oldest first: dicts of TIMELINE_FIELDS plus
+    ``findings``: [(id, severity)].
+
+    Two indexed range reads (host_runs and findings by host, both in primary-key order) and few
+    columns: fast over many runs (benchmarks/bench_audit.py).
+    """
+    row = conn.execute('SELECT id FROM hosts WHERE name = ?', (host,)).fetchone()
+    if not row:
+        return []
+    host_id = row[0]
+    sql = ('SELECT hr.run, r.run_id, r.started_at, hr.state, hr.status, hr.backlog_peak_ratio, hr.throttled_ratio, '
+           'hr.lost_per_s FROM host_runs hr JOIN runs r ON r.id = hr.run WHERE hr.host = ? ORDER BY hr.run DESC')
+    if limit:
+        sql += ' LIMIT %d' % int(limit)
+    rows = conn.execute(sql, (host_id,)).fetchall()
+    if not rows:
+        return []
+    rows.reverse()
+    found = {}
+    cursor = conn.execute('SELECT run, finding, severity FROM findings WHERE host = ? AND run >= ? ORDER BY run',
+                          (host_id, rows[0][0]))
+    for run_pk, group in itertools.groupby(cursor, key=operator.itemgetter(0)):
+        found[run_pk] = [(finding, severity) for _run, finding, severity in group]
+    fields = TIMELINE_FIELDS + ('findings',)
+    return [dict(zip(fields, r + (found.get(r[0], []),))) for r in rows]
 
 
 def host_names(conn):

@@ -3,6 +3,7 @@ import datetime
 import io
 import json
 import os
+import re
 
 import pytest
 
@@ -379,3 +380,25 @@ def test_progress_quiet_when_not_a_terminal():
     assert cli.want_progress(parse('diagnose'), io.StringIO()) is False
     assert cli.want_progress(parse('diagnose', '--progress'), io.StringIO()) is True
     assert cli.want_progress(parse('audit', '--no-progress'), io.StringIO()) is False
+
+
+def test_history_table_json_html(tmp_path, capsys):
+    clock = Clock()
+    for name in ('healthy', 'lab_stall', 'lab_stall', 'healthy'):
+        run_audit(tmp_path, audit_doc(fixture_entry(name)), clock=clock)
+    capsys.readouterr()
+    root = str(tmp_path / 'reports')
+    assert cli.main(['history', '--report-root', root]) == 0
+    table = capsys.readouterr().out
+    assert 'web: 4 run(s)' in table and 'last state ok' in table
+    assert re.search(r'audit_consumer_throttled +critical +\S+ +\S+ +\S+ +1 no', table)
+    assert cli.main(['history', '--report-root', root, '--format', 'json', '--runs', '2']) == 0
+    doc = json.loads(capsys.readouterr().out)
+    web = doc['hosts'][0]
+    assert web['host'] == 'web' and web['runs'] == 2 and len(web['series']['backlog_peak_ratio']) == 2
+    assert cli.main(['history', '--report-root', root, '--format', 'html']) == 0
+    assert (tmp_path / 'reports' / 'history.html').read_text().count('<svg') == 3
+    assert cli.main(['history', '--report-root', root, '--host', 'nobody']) == 2
+    assert 'no such host' in capsys.readouterr().err
+    assert cli.main(['history', '--report-root', str(tmp_path / 'none')]) == 5
+    assert 'no history database' in capsys.readouterr().err
