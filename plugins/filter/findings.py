@@ -38,8 +38,17 @@ DEFAULT_THRESHOLDS = {
     'hot_syscall_per_s': 50.0,
     # ... or when its p99 latency reaches this many ms
     'slow_syscall_p99_ms': 10.0,
-    # sleep accrued in audit_log_start during the window (ms) from which audit_wait_time_accrued is critical
-    'wait_accrued_crit_ms': 100.0,
+    # Measured harm (docs/findings.md "Severity from measured harm"): critical means users feel
+    # it or records are lost. Latency of audited syscalls in the trace (p99, max, ms) ...
+    'harm_crit_p99_ms': 100.0,
+    'harm_crit_max_ms': 1000.0,
+    'harm_warn_p99_ms': 10.0,
+    'harm_warn_max_ms': 100.0,
+    # ... time tasks slept in audit_log_start per second of wall (ms/s) ...
+    'harm_crit_wait_ms_per_s': 100.0,
+    'harm_warn_wait_ms_per_s': 10.0,
+    # ... and records lost per second: critical above this (0: any loss is critical)
+    'harm_crit_lost_per_s': 0.0,
     # CPU suggested for a throttled consumer is at least this many cores
     'consumer_min_cores': 0.5,
     # backlog_limit suggested when the backlog saturates or events are lost
@@ -306,6 +315,93 @@ def _compact(value):
     return str(value)
 
 
+# ---------------------------------------------------------------- harm
+
+HARM_LEVELS = ('critical', 'warning', 'low', 'none')
+
+
+def _worst_audited_syscall(view):
+    """(name, p99_ms, max_ms) of the audited syscall with the worst p99 in the trace, or Nones."""
+    audited = view.audited_syscall_rules()
+    worst = (None, None, None)
+    for name, stats in view.trace_syscalls().items():
+        p99 = _ms(_d(stats).get('p99_us'))
+        if name in audited and p99 is not None and (worst[1] is None or p99 > worst[1]):
+            worst = (name, p99, _ms(_d(stats).get('max_us')))
+    return worst
+
+
+def _audit_sleeps(view):
+    """(off-CPU stacks, function_graph slow calls) of the trace that pass through audit_log_start."""
+    if not view.trace_ok:
+        return [], []
+    stacks = [st for st in view.trace.get('offcpu') or []
+              if 'audit_log_start' in (st.get('stack') or []) or 'audit_log_start' in str(st.get('stack_text', ''))]
+    slow_calls = [c for c in _d(view.trace.get('function_graph')).get('slow_calls') or []
+                  if 'audit_log_start' in (c.get('chain') or [])]
+    return stacks, slow_calls
+
+
+def _audit_sleep_max_ms(view):
+    """Longest sleep in audit_log_start the trace saw (off-CPU stacks, slow chains), or None."""
+    stacks, slow_calls = _audit_sleeps(view)
+    values = [_num(st.get('max_us')) for st in stacks] + [_num(c.get('duration_us')) for c in slow_calls]
+    values = [v for v in values if v is not None]
+    return max(values) / 1000.0 if values else None
+
+
+def measure_harm(view, thr):
+    """How much the stall hurts, measured: {level, p99_ms, max_ms, syscall, wait_ms_per_s, lost_per_s, reasons}.
+
+    level: ``critical`` (users feel it or records are lost), ``warning``, ``low`` (measurable,
+    below the warning thresholds), ``none`` (nothing measured: no sample, no trace).
+    """
+    syscall, p99_ms, max_ms = _worst_audited_syscall(view)
+    sleep_ms = _audit_sleep_max_ms(view)
+    if sleep_ms is not None and (max_ms is None or sleep_ms > max_ms):
+        max_ms = sleep_ms
+    sample = view.sample
+    seconds = _num(sample.get('seconds')) if sample else None
+    wait_ms = _num(sample.get('backlog_wait_time_actual_delta_ms')) if sample else None
+    wait_per_s = round(wait_ms / seconds, 3) if (wait_ms is not None and seconds) else None
+    lost_per_s = _num(sample.get('lost_per_s')) if sample else None
+    if lost_per_s is None and sample and _num(sample.get('lost_delta')) and seconds:
+        lost_per_s = _num(sample.get('lost_delta')) / seconds
+    crit, warn = [], []
+    if lost_per_s is not None and lost_per_s > thr['harm_crit_lost_per_s']:
+        crit.append('%s records lost/s' % _fmt(lost_per_s, 2))
+    for value, key, label in ((p99_ms, 'p99_ms', '%s p99' % (syscall or 'syscall')),
+                              (max_ms, 'max_ms', 'max'), (wait_per_s, 'wait_ms_per_s', 'slept')):
+        if value is None:
+            continue
+        unit = ' ms/s' if key == 'wait_ms_per_s' else ' ms'
+        if value >= thr['harm_crit_' + key]:
+            crit.append('%s %s%s >= %s' % (label, _fmt(value), unit, _fmt(thr['harm_crit_' + key])))
+        elif value >= thr['harm_warn_' + key]:
+            warn.append('%s %s%s >= %s' % (label, _fmt(value), unit, _fmt(thr['harm_warn_' + key])))
+    measured = [v for v in (p99_ms, max_ms, wait_per_s, lost_per_s) if v is not None]
+    if crit:
+        level = 'critical'
+    elif warn:
+        level = 'warning'
+    elif measured:
+        level = 'low'
+    else:
+        level = 'none'
+    return {'level': level, 'syscall': syscall, 'p99_ms': p99_ms, 'max_ms': max_ms,
+            'wait_ms_per_s': wait_per_s, 'lost_per_s': lost_per_s, 'reasons': crit or warn}
+
+
+def _harm_severity(ctx, floor='warning'):
+    """critical only when the measured harm is; otherwise ``floor`` (warning or info)."""
+    level = _d(ctx.get('harm')).get('level')
+    if level == 'critical':
+        return 'critical'
+    if level == 'warning':
+        return 'warning'
+    return floor
+
+
 # ---------------------------------------------------------------- rules
 
 def rule_unsupported(view, host, thr, ctx):
@@ -324,11 +420,11 @@ def rule_backlog_saturated(view, host, thr, ctx):
     limit = view.backlog_limit
     if ratio is None or ratio < thr['backlog_saturated_ratio']:
         return []
-    severity = 'critical' if ratio >= 1.0 else 'warning'
+    severity = _harm_severity(ctx)
     ctx['backlog'] = '%s (%s/%s)' % ('audit backlog at limit' if ratio >= 1.0 else 'audit backlog near limit',
                                      _fmt(peak), _fmt(limit))
     evidence = {'backlog_peak': peak, 'backlog_limit': limit, 'backlog_peak_ratio': round(ratio, 4),
-                'source': source, 'threshold_ratio': thr['backlog_saturated_ratio']}
+                'source': source, 'threshold_ratio': thr['backlog_saturated_ratio'], 'harm': ctx.get('harm')}
     return [_finding('audit_backlog_saturated', severity, host,
                      'Audit backlog peaked at %s of %s (%s, threshold %s)'
                      % (_fmt(peak), _fmt(limit), _pct(ratio), _pct(thr['backlog_saturated_ratio'])),
@@ -345,10 +441,10 @@ def rule_events_lost(view, host, thr, ctx):
             return []
         ctx['lost'] = 'lost +%s' % _fmt(delta)
         evidence = {'lost_delta': delta, 'lost_per_s': view.sample.get('lost_per_s'), 'lost': lost,
-                    'sample_seconds': view.sample.get('seconds')}
+                    'sample_seconds': view.sample.get('seconds'), 'harm': ctx.get('harm')}
         summary = 'Audit lost %s records in %ss (%s/s)' % (
             _fmt(delta), _fmt(view.sample.get('seconds')), _fmt(view.sample.get('lost_per_s')))
-        return [_finding('audit_events_lost', 'warning', host, summary,
+        return [_finding('audit_events_lost', _harm_severity(ctx), host, summary,
                          evidence, _backlog_family_remediation(view, thr, ctx, audit_backlog_remediation(view, thr)))]
     if lost:
         return [_finding('audit_events_lost', 'info', host,
@@ -366,14 +462,14 @@ def rule_wait_time_accrued(view, host, thr, ctx):
         if delta_j <= 0:
             return []
         delta_ms = _num(view.sample.get('backlog_wait_time_actual_delta_ms'))
-        severity = 'critical' if (delta_ms is None or delta_ms >= thr['wait_accrued_crit_ms']) else 'warning'
+        severity = _harm_severity(ctx, floor='info')
         ctx['wait'] = 'tasks slept %s ms in audit_log_start during %ss' % (
             _fmt(delta_ms, 0), _fmt(view.sample.get('seconds')))
         evidence = {'backlog_wait_time_actual_delta_jiffies': delta_j,
                     'backlog_wait_time_actual_delta_ms': delta_ms,
                     'backlog_wait_time_ms': view.status.get('backlog_wait_time_ms'),
                     'sample_seconds': view.sample.get('seconds'),
-                    'hz': _d(view.audit.get('hz')).get('value')}
+                    'hz': _d(view.audit.get('hz')).get('value'), 'harm': ctx.get('harm')}
         return [_finding('audit_wait_time_accrued', severity, host,
                          'Audited syscalls slept %s ms in audit_log_start in a %ss window '
                          '(backlog_wait_time_actual +%s jiffies)'
@@ -394,7 +490,8 @@ def rule_consumer_throttled(view, host, thr, ctx):
     if ratio is None or ratio < thr['throttled_ratio_warn']:
         return []
     stalling = bool(ctx.get('stall_signs'))
-    severity = 'critical' if (ratio >= thr['throttled_ratio_crit'] and stalling) else 'warning'
+    severity = 'critical' if (ratio >= thr['throttled_ratio_crit'] and stalling
+                              and _harm_severity(ctx) == 'critical') else 'warning'
     limit = target.get('limit_cores')
     sample = _d(target.get('sample'))
     label = _consumer_label(view, target)
@@ -407,7 +504,7 @@ def rule_consumer_throttled(view, host, thr, ctx):
                 'nr_throttled_delta': sample.get('nr_throttled_delta'),
                 'container': target.get('container'), 'systemd_unit': target.get('systemd_unit'),
                 'pids': target.get('pids'), 'threshold_ratio': thr['throttled_ratio_warn'],
-                'probable_cause_of': list(ctx.get('stall_signs') or [])}
+                'probable_cause_of': list(ctx.get('stall_signs') or []), 'harm': ctx.get('harm')}
     summary = '%s: throttled in %s of CFS periods%s (%s)' % (
         label, _pct(ratio), '' if source == 'sample' else ' since cgroup creation', limit_text)
     if stalling:
@@ -563,11 +660,9 @@ def rule_consumer_stalled(view, host, thr, ctx):
     if not stalled:
         return []
     ctx['consumer'] = stalled['line']
-    harmful = ('audit_events_lost', 'audit_wait_time_accrued', 'syscall_stall_observed')
-    critical = any(s in ctx['stall_signs'] for s in harmful)
     evidence = dict(stalled['evidence'], cause=stalled['cause'], fix=stalled['fix'],
-                    probable_cause_of=list(ctx['stall_signs']))
-    return [_finding('audit_consumer_stalled', 'critical' if critical else 'warning', host,
+                    probable_cause_of=list(ctx['stall_signs']), harm=ctx.get('harm'))
+    return [_finding('audit_consumer_stalled', _harm_severity(ctx), host,
                      '%s; probable cause of %s -> %s' % (stalled['line'], ', '.join(ctx['stall_signs']),
                                                          stalled['fix']),
                      evidence, stalled['remediation'])]
@@ -635,26 +730,17 @@ def rule_audited_hot_syscall(view, host, thr, ctx):
 def rule_syscall_stall_observed(view, host, thr, ctx):
     if not view.trace_ok or not view.trace.get('audit_wait_observed'):
         return []
-    stacks = [s for s in view.trace.get('offcpu') or []
-              if 'audit_log_start' in (s.get('stack') or []) or 'audit_log_start' in str(s.get('stack_text', ''))]
-    slow_calls = [c for c in _d(view.trace.get('function_graph')).get('slow_calls') or []
-                  if 'audit_log_start' in (c.get('chain') or [])]
-    audited = view.audited_syscall_rules()
-    syscalls = _d(view.trace.get('syscalls'))
-    worst, worst_p99 = None, None
-    for name, stats in syscalls.items():
-        p99 = _num(_d(stats).get('p99_us'))
-        if name in audited and p99 is not None and (worst is None or p99 > worst_p99):
-            worst, worst_p99 = name, p99
-    max_us = max([_num(s.get('max_us')) or 0 for s in stacks] + [_num(c.get('duration_us')) or 0 for c in slow_calls] + [0])
+    stacks, slow_calls = _audit_sleeps(view)
+    worst, p99_ms, max_ms = _worst_audited_syscall(view)
+    max_sleep_ms = _audit_sleep_max_ms(view) or 0.0
     evidence = {'offcpu_stacks': [{'stack_text': s.get('stack_text') or ' <- '.join(s.get('stack') or []),
                                    'count': s.get('count'), 'total_us': s.get('total_us'), 'max_us': s.get('max_us'),
                                    'pids': s.get('pids')} for s in stacks[:3]],
                 'slow_calls': slow_calls[:3], 'modes': view.trace.get('modes'),
-                'duration_s': view.trace.get('duration_s'), 'max_sleep_ms': round(max_us / 1000.0, 3)}
+                'duration_s': view.trace.get('duration_s'), 'max_sleep_ms': round(max_sleep_ms, 3),
+                'harm': ctx.get('harm')}
     if worst:
-        evidence.update({'syscall': worst, 'p99_ms': worst_p99 / 1000.0,
-                         'max_ms': _ms(syscalls[worst].get('max_us')) or 0.0})
+        evidence.update({'syscall': worst, 'p99_ms': p99_ms, 'max_ms': max_ms or 0.0})
         ctx.setdefault('symptoms', []).insert(0, '%s stalls (p99 %s ms, max %s ms)' % (
             worst, _fmt(evidence['p99_ms']), _fmt(evidence['max_ms'])))
     else:
@@ -663,7 +749,7 @@ def rule_syscall_stall_observed(view, host, thr, ctx):
     summary = 'Trace saw tasks sleeping in audit_log_start (schedule_timeout) for up to %s ms' % _fmt(evidence['max_sleep_ms'])
     if worst:
         summary += '; %s p99 %s ms' % (worst, _fmt(evidence['p99_ms']))
-    return [_finding('syscall_stall_observed', 'critical', host, summary, evidence,
+    return [_finding('syscall_stall_observed', _harm_severity(ctx), host, summary, evidence,
                      _backlog_family_remediation(view, thr, ctx))]
 
 
@@ -712,6 +798,7 @@ def evaluate(host_facts, hostname, thresholds=None):
     thr = merge_thresholds(thresholds)
     view = _View(host_facts)
     ctx = {'stall_signs': _stall_signs(view, thr)}
+    ctx['harm'] = measure_harm(view, thr)
     ratio, _src, target = view.throttle()
     if target is not None and ratio is not None and ratio >= thr['throttled_ratio_warn']:
         ctx['cause_remediation'] = agent_cpu_remediation(target, thr)
@@ -785,13 +872,13 @@ def auditgap_host_summary(host_facts, hostname, thresholds=None, error=None, rea
     facts = {k: v for k, v in _d(host_facts).items() if k in ('audit_status', 'cgroup_throttle', 'ftrace_sample')}
     if not reachable:
         return {'host': hostname, 'reachable': False, 'error': error or 'unreachable', 'status': 'unreachable',
-                'severity': None, 'findings': [], 'chain': None, 'facts': facts, 'metrics': {}}
+                'severity': None, 'findings': [], 'chain': None, 'facts': facts, 'metrics': {}, 'harm': None}
     findings, chain = evaluate(facts, hostname, thresholds)
     severity = worst_severity(findings)
     status = 'failed' if error else severity
     return {'host': hostname, 'reachable': True, 'error': error, 'status': status,
             'severity': severity, 'findings': findings, 'chain': chain, 'facts': facts,
-            'metrics': host_metrics(facts)}
+            'metrics': host_metrics(facts), 'harm': measure_harm(_View(facts), merge_thresholds(thresholds))}
 
 
 def host_metrics(host_facts):

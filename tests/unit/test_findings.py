@@ -86,7 +86,12 @@ def test_backlog_saturated_threshold_and_severity():
     assert by_id(F.auditgap_findings(facts, 'h'), 'audit_backlog_saturated')['severity'] == 'warning'
     sample.update(backlog_peak=8192, backlog_peak_ratio=1.0)
     found = by_id(F.auditgap_findings(facts, 'h'), 'audit_backlog_saturated')
-    assert found['severity'] == 'critical'
+    assert found['severity'] == 'warning'  # at the limit, but nobody measured any harm
+    assert found['evidence']['harm']['level'] == 'low'
+    sample.update(backlog_wait_time_actual_delta_jiffies=250, backlog_wait_time_actual_delta_ms=1000)
+    found = by_id(F.auditgap_findings(facts, 'h'), 'audit_backlog_saturated')
+    assert found['severity'] == 'critical'  # 200 ms/s slept
+    sample.update(backlog_wait_time_actual_delta_jiffies=0, backlog_wait_time_actual_delta_ms=0)
     assert found['remediation'] == {'role': 'audit_backlog', 'vars': {'audit_backlog_limit': 32768}}
     # custom threshold
     sample.update(backlog_peak=4096, backlog_peak_ratio=0.5)
@@ -120,7 +125,9 @@ def test_events_lost_only_when_growing():
     facts['audit_status']['status']['lost'] = 40
     assert serious(F.auditgap_findings(facts, 'h')) == []  # old losses, no growth in the window
     facts['audit_status']['sample'].update(lost_delta=3, lost_per_s=0.6)
-    assert by_id(F.auditgap_findings(facts, 'h'), 'audit_events_lost')['severity'] == 'warning'
+    assert by_id(F.auditgap_findings(facts, 'h'), 'audit_events_lost')['severity'] == 'critical'  # records lost
+    assert by_id(F.auditgap_findings(facts, 'h', {'harm_crit_lost_per_s': 1}),
+                 'audit_events_lost')['severity'] == 'warning'
     facts['audit_status']['sample'] = None
     assert by_id(F.auditgap_findings(facts, 'h'), 'audit_events_lost')['severity'] == 'info'
 
@@ -135,9 +142,11 @@ def test_wait_time_accrued_only_when_growing():
     assert found['severity'] == 'critical'
     assert found['evidence']['backlog_wait_time_actual_delta_ms'] == 1000
     facts['audit_status']['sample'].update(backlog_wait_time_actual_delta_jiffies=2,
-                                           backlog_wait_time_actual_delta_ms=8)
-    assert by_id(F.auditgap_findings(facts, 'h'), 'audit_wait_time_accrued')['severity'] == 'warning'
-    assert by_id(F.auditgap_findings(facts, 'h', {'wait_accrued_crit_ms': 5}),
+                                           backlog_wait_time_actual_delta_ms=8)  # 1.6 ms/s: nobody feels it
+    assert by_id(F.auditgap_findings(facts, 'h'), 'audit_wait_time_accrued')['severity'] == 'info'
+    assert by_id(F.auditgap_findings(facts, 'h', {'harm_warn_wait_ms_per_s': 1.6}),
+                 'audit_wait_time_accrued')['severity'] == 'warning'
+    assert by_id(F.auditgap_findings(facts, 'h', {'harm_crit_wait_ms_per_s': 1.6}),
                  'audit_wait_time_accrued')['severity'] == 'critical'
     facts['audit_status']['sample'].update(backlog_wait_time_actual_delta_jiffies=250,
                                            backlog_wait_time_actual_delta_ms=1000)
