@@ -30,6 +30,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
+import itertools
 import os
 import socket
 import struct
@@ -172,7 +173,9 @@ PERM_BITS = ((4, 'r'), (2, 'w'), (1, 'x'), (8, 'a'))
 U32_MAX = 0xFFFFFFFF
 
 _NLMSGHDR = struct.Struct('=IHHII')
-_U32 = struct.Struct('=I')
+_STATUS_NAMES = STATUS_FIELDS[1:]
+_STATUS = struct.Struct('=%dI' % len(_STATUS_NAMES))
+_TIMEVAL = struct.Struct('ll')  # struct timeval: native longs
 
 
 class AuditNetlinkError(Exception):
@@ -229,13 +232,14 @@ def decode_status(payload):
     """
     if len(payload) < STATUS_MIN_SIZE:
         raise ValueError('audit status reply too short: %d bytes' % len(payload))
-    status = {}
-    for index, name in enumerate(STATUS_FIELDS):
-        offset = 4 * index
-        if offset + 4 <= len(payload):
-            status[name] = _U32.unpack_from(payload, offset)[0]
-        else:
-            status[name] = None
+    if len(payload) >= STATUS_SIZE:
+        # the common case in one unpack (the read is sampled in a loop: every microsecond shows)
+        return dict(zip(_STATUS_NAMES, _STATUS.unpack_from(payload, 4)))
+    count = len(payload) // 4
+    values = struct.unpack_from('=%dI' % count, payload)
+    status = dict(zip(STATUS_FIELDS, values))
+    for name in STATUS_FIELDS[count:]:
+        status[name] = None
     status.pop('mask')
     return status
 
@@ -463,14 +467,19 @@ class AuditSocket:
                 raise AuditNetlinkError('the kernel has no audit support (NETLINK_AUDIT: %s)'
                                         % _strerror(code), code)
             raise AuditNetlinkError('cannot open a NETLINK_AUDIT socket: %s' % err, code)
+        self.timeout_s = timeout_s
         try:
             if rcvbuf:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(rcvbuf))
-            self.sock.bind((0, 0))
-            self.sock.settimeout(timeout_s)
+            # no bind: the kernel binds the socket to a port id on its first send.
+            # A blocking socket with a kernel receive timeout: Python's own timeout
+            # (settimeout) polls before every recv, an extra system call per read
+            seconds = int(timeout_s)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                 _TIMEVAL.pack(seconds, int((timeout_s - seconds) * 1e6)))
         except OSError as err:
             self.sock.close()
-            raise AuditNetlinkError('cannot bind the NETLINK_AUDIT socket: %s' % err, err.errno)
+            raise AuditNetlinkError('cannot set up the NETLINK_AUDIT socket: %s' % err, err.errno)
         self._seq = 0
         # messages that arrived for nobody in particular (audit records when
         # this socket is the registered consumer)
@@ -506,24 +515,27 @@ class AuditSocket:
         One overall deadline (the socket timeout), so a flood of audit records
         on a consumer socket cannot keep us waiting for a lost reply forever.
         """
-        deadline = time.monotonic() + (self.sock.gettimeout() or 2.0)
+        deadline = time.monotonic() + (self.timeout_s or 2.0)
         while True:
             if time.monotonic() > deadline:
                 raise AuditNetlinkError('no reply from the kernel audit subsystem (timeout)',
                                         errno.ETIMEDOUT)
-            try:
-                data = self.sock.recv(1 << 17)
-            except socket.timeout:
-                raise AuditNetlinkError('no reply from the kernel audit subsystem (timeout)',
-                                        errno.ETIMEDOUT)
-            except OSError as err:
-                raise AuditNetlinkError('reading the audit reply failed: %s' % _strerror(err.errno),
-                                        err.errno)
+            data = self._recv()
             for msg_type, flags, msg_seq, _pid, payload in iter_nlmsgs(data):
                 if msg_seq != seq:
                     self.unsolicited += 1
                     continue
                 yield msg_type, flags, payload
+
+    def _recv(self):
+        try:
+            return self.sock.recv(1 << 17)
+        except (socket.timeout, BlockingIOError):  # SO_RCVTIMEO expired (EAGAIN)
+            raise AuditNetlinkError('no reply from the kernel audit subsystem (timeout)',
+                                    errno.ETIMEDOUT)
+        except OSError as err:
+            raise AuditNetlinkError('reading the audit reply failed: %s' % _strerror(err.errno),
+                                    err.errno)
 
     @staticmethod
     def _raise_for(err, what):
@@ -535,9 +547,35 @@ class AuditSocket:
         raise AuditNetlinkError('%s: %s%s' % (what, _strerror(err), ' (%s)' % hint if hint else ''), err)
 
     def get_status(self):
-        """AUDIT_GET -> decoded status dict (see decode_status)."""
-        seq = self._send(AUDIT_GET)
-        for msg_type, _flags, payload in self._replies(seq):
+        """AUDIT_GET -> decoded status dict (see decode_status).
+
+        Fast path: the first datagram is the whole reply (one message of our
+        sequence number), decoded in place; anything else (an error, records
+        on a consumer socket) goes through the general reply loop.
+        """
+        self._seq = seq = (self._seq + 1) & U32_MAX or 1
+        try:
+            self.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size, AUDIT_GET, NLM_F_REQUEST, seq, 0))
+        except OSError as err:
+            raise AuditNetlinkError('sending audit request %d failed: %s' % (AUDIT_GET, _strerror(err.errno)),
+                                    err.errno)
+        data = self._recv()
+        if len(data) >= _NLMSGHDR.size + STATUS_SIZE:
+            length, msg_type, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(data)
+            if msg_type == AUDIT_GET and msg_seq == seq and length == len(data):
+                return dict(zip(_STATUS_NAMES, _STATUS.unpack_from(data, _NLMSGHDR.size + 4)))
+        return self._status_reply(seq, data)
+
+    def _status_reply(self, seq, data):
+        """The general path of get_status, starting with the datagram already read."""
+        replies = self._replies(seq)
+        pending = []
+        for msg_type, _flags, msg_seq, _pid, payload in iter_nlmsgs(data):
+            if msg_seq != seq:
+                self.unsolicited += 1
+                continue
+            pending.append((msg_type, _flags, payload))
+        for msg_type, _flags, payload in itertools.chain(pending, replies):
             if msg_type == NLMSG_ERROR:
                 err = decode_error(payload)
                 if err:

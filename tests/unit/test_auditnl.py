@@ -203,13 +203,11 @@ class FakeSock:
     def close(self):
         pass
 
-    def gettimeout(self):
-        return 1.0
-
 
 def fake_socket(fake):
     sock = auditnl.AuditSocket.__new__(auditnl.AuditSocket)
     sock.sock = fake
+    sock.timeout_s = 1.0
     sock._seq = 0
     sock.unsolicited = 0
     return sock
@@ -263,10 +261,8 @@ def test_reply_deadline_under_a_flood_of_records():
 
         def recv(self, size):
             return auditnl.encode_nlmsg(1300, b'type=SYSCALL', 0, seq=0)
-
-        def gettimeout(self):
-            return 0.05
     sock = fake_socket(Flood(BASE))
+    sock.timeout_s = 0.05
     with pytest.raises(auditnl.AuditNetlinkError) as err:
         sock.get_status()
     assert err.value.errno == errno.ETIMEDOUT and sock.unsolicited > 0
