@@ -68,7 +68,7 @@ sanity: setup
 	@scripts/sanity $(BIN)
 
 bench: setup apt-test
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@status=0; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || status=1; done; exit $$status
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

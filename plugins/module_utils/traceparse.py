@@ -22,8 +22,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import collections
+import functools
 import heapq
+import itertools
 import math
+import operator
 import re
 
 # ---------------------------------------------------------------------------
@@ -64,6 +68,36 @@ class LatencyStats:
                 heapq.heappush(self._heap, (value, self._seq, item))
             elif value > self._heap[0][0]:
                 heapq.heapreplace(self._heap, (value, self._seq, item))
+
+    def add_batch(self, batch):
+        """``add(value, (int(pid), start, value))`` for each ``(value, pid text, start)`` of
+        ``batch``, in order, with the same result: count, total, min, max and buckets in
+        C-level bulk steps, the top heap only for values above its floor."""
+        values = [item[0] for item in batch]
+        self.count += len(values)
+        self.total = functools.reduce(operator.add, values, self.total)
+        high = max(values)
+        low = min(values)
+        if self.max is None or high > self.max:
+            self.max = high
+        if self.min is None or low < self.min:
+            self.min = low
+        buckets = self.buckets
+        log, base = math.log, self._LOG_BASE
+        for value, count in collections.Counter(values).items():
+            key = int(log(value) / base) if value > 0.01 else -1000
+            buckets[key] = buckets.get(key, 0) + count
+        if not self.top:
+            return
+        heap = self._heap
+        seq = self._seq
+        for value, pid, start in batch:
+            seq += 1
+            if len(heap) < self.top:
+                heapq.heappush(heap, (value, seq, (int(pid), start, value)))
+            elif value > heap[0][0]:
+                heapq.heapreplace(heap, (value, seq, (int(pid), start, value)))
+        self._seq = seq
 
     def percentile(self, fraction):
         if not self.count:
@@ -191,6 +225,29 @@ def _fg_fields(line):
     return (cpu, ts, proc, duration, kind, function, indent)
 
 
+# One function_graph call line: ``[abstime |] cpu) [proc |] [mark] [duration us] | text``.
+# Groups: abstime, cpu, proc (``comm-pid``), duration, the indent of the text, the text
+# (without trailing blanks). The ``\n`` before each line is the literal the engine scans for.
+_FG_RE = re.compile(
+    r'\n *(?:(\d+\.\d+) \| +)?(\d+)\) +(?:([^|\n]*?-\d+) +\| +)?(?:[-+!#*@$] +)?'
+    r'(?:(\d+(?:\.\d+)?) us)? *\|( *)([^\n]*[^\s])')
+
+
+def _text_batches(lines, size=8192):
+    """Chunks of whole lines as text (lines with or without their newline)."""
+    if isinstance(lines, (list, tuple)):
+        batches = (lines,)
+    else:
+        it = iter(lines)
+        batches = iter(lambda: list(itertools.islice(it, size)), [])
+    for batch in batches:
+        if batch:
+            if batch[-1][-1:] == '\n' and batch[0][-1:] == '\n':
+                yield ''.join(batch)
+            else:
+                yield '\n'.join(line.rstrip('\n') for line in batch) + '\n'
+
+
 def parse_function_graph_line(line):
     """One function_graph line as a dict, or None for headers and noise.
 
@@ -260,9 +317,68 @@ class FunctionGraphParser:
                 'ts_s': ts, 'proc': proc}
 
     def feed_lines(self, lines):
-        feed = self._feed
-        for line in lines:
-            feed(line)
+        """Feed an iterable of lines (with or without their newline); parsed in batches by ``feed_text``."""
+        for text in _text_batches(lines):
+            self.feed_text(text)
+        return self
+
+    def feed_text(self, text):
+        """Feed a chunk of whole lines (the last newline may be missing).
+
+        The hot path: one regular expression splits every call line of the chunk
+        into its columns (C speed), the loop below only keeps the call stacks.
+        Lines that are no call (headers, CPU and context switch markers, comments)
+        do not match. Same results as ``feed`` line by line.
+        """
+        if not text:
+            return self
+        self.lines += text.count('\n') + (text[-1] != '\n')
+        opened_by = self._open
+        finish = self._finish
+        for abstime, cpu, proc, duration, indent, text in _FG_RE.findall('\n' + text):
+            first = text[0]
+            last = text[-1]
+            if first == '}':
+                function = None
+                open_c = text.find('/*')
+                if open_c > 0:
+                    close_c = text.find('*/', open_c)
+                    function = text[open_c + 2:close_c if close_c > 0 else None].strip() or None
+                kind = 2
+            elif last == '{':
+                kind = 0
+                function = text[:-1].rstrip()
+                if function[-2:] == '()':
+                    function = function[:-2]
+            elif last == ';':
+                kind = 1
+                function = text[:-1].rstrip()
+                if function[-2:] == '()':
+                    function = function[:-2]
+            else:
+                continue  # comments (trace_printk, "/* event */"): not calls
+            cpu = int(cpu)
+            ts = float(abstime) if abstime else None
+            proc = proc or None
+            key = proc or cpu
+            stack = opened_by.get(key)
+            if stack is None:
+                stack = opened_by[key] = []
+            indent = len(indent)
+            depth = (indent - 1) // 2 if indent > 1 else 0
+            if kind == 0:
+                while stack and stack[-1][0] >= depth:
+                    stack.pop()
+                stack.append((depth, function, ts))
+                continue
+            if kind == 2:
+                while stack and stack[-1][0] > depth:
+                    stack.pop()
+                if stack and stack[-1][0] == depth:
+                    function = function or stack.pop()[1]
+            if not duration:
+                continue
+            finish(key, (cpu, float(duration), depth, function or '?', ts, proc))
         return self
 
     def _feed(self, line):
@@ -466,6 +582,76 @@ def stack_text(stack):
     return ' <- '.join(stack)
 
 
+# One event line, found from its ``-pid [cpu]`` (a literal the regex engine scans for
+# fast), in the forms ``comm-pid [cpu] flags ts: body`` (flags absent without irq-info)
+# and, with record-tgid, ``comm-pid (tgid) [cpu] ...``. Groups: task pid, ts, then either
+# the syscall name and '(' (sys_enter) or ' -> ' (sys_exit); or sched_switch's prev_pid,
+# prev_state and next_pid; or, after ``<stack trace>``, the frame lines (each
+# ``\n => frame``) that follow. The rest of a line is never looked at.
+_EVENT_RE = re.compile(
+    r'-(\d+) +(?:\([^)\n]*\) +)?\[\d+\] +(?:[^\d\s]\S* +)?(\d+(?:\.\d+)?): '
+    r'(?:sys_(\w+)(\(| -> )'
+    r'|sched_switch: prev_comm=.*? prev_pid=(\d+) .*? prev_state=(\S+) ==> .*? next_pid=(\d+)'
+    r'|<stack trace>((?:\n =>.*)*))')
+
+
+def _line_ts(line):
+    """The timestamp of one event line (``... [cpu] flags ts: ...``), or None."""
+    bracket = line.find('] ')
+    if bracket < 0:
+        return None
+    colon = line.find(': ', bracket)
+    if colon < 0:
+        return None
+    try:
+        return float(line[line.rfind(' ', bracket, colon) + 1:colon])
+    except ValueError:
+        return None
+
+
+def _first_ts(text):
+    start = 0
+    while start < len(text):
+        end = text.find('\n', start)
+        if end < 0:
+            end = len(text)
+        ts = _line_ts(text[start:end])
+        if ts is not None:
+            return ts
+        start = end + 1
+    return None
+
+
+def _last_ts(text):
+    end = len(text)
+    while end > 0:
+        start = text.rfind('\n', 0, end - 1) + 1
+        ts = _line_ts(text[start:end])
+        if ts is not None:
+            return ts
+        end = start
+    return None
+
+
+def _trailing_stack(text):
+    """Where a ``<stack trace>`` that reaches the end of ``text`` starts (None: none).
+
+    ``text`` ends with a newline. Only frame lines may follow that header.
+    """
+    end = len(text) - 1
+    while True:
+        start = text.rfind('\n', 0, end) + 1
+        line = text[start:end]
+        if line[1:3] == '=>':
+            if start == 0:
+                return None
+            end = start - 1
+            continue
+        if line.endswith('<stack trace>'):
+            return start
+        return None
+
+
 class EventParser:
     """Streaming parser for the syscall and sched_switch event text.
 
@@ -475,6 +661,7 @@ class EventParser:
 
     def __init__(self, pids=None, syscalls=None, top=10, max_stacks=256):
         self.pids = set(int(p) for p in pids) if pids else None
+        self._pid_keys = set(str(p) for p in self.pids) if self.pids else None  # pids as the text shows them
         self.syscalls = set(syscalls) if syscalls else None
         self.top = top
         self.max_stacks = max_stacks
@@ -482,184 +669,158 @@ class EventParser:
         self.events = 0
         self.first_ts = None
         self.last_ts = None
-        self._enter = {}       # pid -> (name, ts)
+        self._enter = {}       # pid text -> (name, ts text)
         self._sys = {}         # name -> LatencyStats
-        self._out = {}         # pid -> [ts, state, stack or None]
-        self._stack_pid = None
-        self._stack_frames = None
+        self._out = {}         # pid text -> [ts, state, stack or None]
+        self._carry = ''       # a stack trace at the end of the last chunk (may go on)
         self._groups = {}      # stack tuple -> [count, total, max, set(pids), states{}]
         self.unpaired_exits = 0
         self.stacks_overflow = 0
         self._clean_cache = {}
 
-    # -- line dispatch -------------------------------------------------------
+    # -- input ---------------------------------------------------------------
     def feed(self, line):
         self.feed_lines((line,))
 
     def feed_lines(self, lines):
-        """Feed an iterable of lines (the hot loop: str methods only, no regex, inlined)."""
-        switch = self._switch
-        enter = self._enter
-        pids = self.pids
-        count = 0
-        frames = self._stack_frames
-        first_ts = self.first_ts
-        ts = self.last_ts
-        for line in lines:
-            count += 1
-            if line[1:3] == '=>':
-                # a stack frame of the "<stack trace>" above
-                if frames is not None:
-                    frames.append(line[line.find('=>') + 2:].strip())
-                continue
-            if frames is not None:
-                self._stack_frames = frames
-                self._end_stack()
-                frames = None
-            bracket = line.find('] ')
-            if bracket < 0:
-                continue
-            colon = line.find(': ', bracket)
-            if colon < 0:
-                continue
-            try:
-                ts = float(line[line.rfind(' ', bracket, colon) + 1:colon])
-            except ValueError:
-                continue
-            if first_ts is None:
-                first_ts = ts
-            head = line[colon + 2:colon + 6]
-            if head == 'sys_':
-                # comm-pid [cpu] ...: the pid; (comm-pid (tgid) [cpu] with record-tgid)
-                open_b = line.rfind(' [', 0, bracket)
-                task = line[:open_b].rstrip()
-                if task[-1:] == ')':
-                    task = task[:task.rfind('(')].rstrip()
-                try:
-                    pid = int(task[task.rfind('-') + 1:])
-                except ValueError:
-                    continue
-                arrow = line.find(' -> ', colon)
-                if arrow < 0:
-                    paren = line.find('(', colon)
-                    if paren > 0:
-                        enter[pid] = (line[colon + 6:paren], ts)
-                    continue
-                name = line[colon + 6:arrow]
-                entered = enter.pop(pid, None)
-                if entered is None or entered[0] != name:
-                    self.unpaired_exits += 1
-                    continue
-                if pids is not None and pid not in pids:
-                    continue
-                self._exit(pid, name, entered[1], ts)
-            elif head == 'sche':
-                body = line[colon + 2:]
-                if body.startswith('sched_switch: '):
-                    switch(ts, body)
-            elif head == '<sta':
-                pid = self._task_pid(line, bracket)
-                if pid is not None:
-                    self._stack_pid = pid
-                    frames = self._stack_frames = []
-        self._stack_frames = frames
-        self.first_ts = first_ts
-        self.last_ts = ts
-        self.lines += count
+        """Feed an iterable of lines (with or without their newline); parsed in batches by ``feed_text``."""
+        for text in _text_batches(lines):
+            self.feed_text(text)
         return self
 
-    @staticmethod
-    def _task_pid(line, bracket):
-        """The pid of ``comm-pid [cpu]`` (also ``comm-pid (tgid) [cpu]``)."""
-        open_b = line.rfind(' [', 0, bracket)
-        if open_b < 0:
-            return None
-        head = line[:open_b].rstrip()
-        if head.endswith(')'):  # record-tgid
-            head = head[:head.rfind('(')].rstrip()
-        dash = head.rfind('-')
-        try:
-            return int(head[dash + 1:])
-        except ValueError:
-            return None
+    def feed_text(self, text):
+        """Feed a chunk of whole lines (the last newline may be missing).
 
-    # -- syscalls ------------------------------------------------------------
-    def _exit(self, pid, name, start_ts, ts):
-        if self.syscalls is not None and name not in self.syscalls:
-            return
-        self.events += 1
-        duration = (ts - start_ts) * 1e6
-        stats = self._sys.get(name)
-        if stats is None:
-            stats = self._sys[name] = LatencyStats(top=self.top)
-        stats.add(duration, (pid, start_ts, duration))
+        The hot path: one regular expression finds every line that matters in
+        the chunk (C speed); Python sees only the matched fields. A stack trace
+        at the very end of a chunk may go on in the next one, so it is held back
+        until then (or ``flush``).
+        """
+        if self._carry:
+            text = self._carry + text
+            self._carry = ''
+        if not text:
+            return self
+        if text[-1] != '\n':
+            text += '\n'
+        tail = _trailing_stack(text)
+        if tail is not None:
+            self._carry = text[tail:]
+            text = text[:tail]
+            if not text:
+                return self
+        self._parse_text(text)
+        return self
+
+    def _parse_text(self, text):
+        self.lines += text.count('\n')
+        if self.first_ts is None:
+            self.first_ts = _first_ts(text)
+        last = _last_ts(text)
+        if last is not None:
+            self.last_ts = last
+        # Per chunk, the hot loop only pairs events (dicts keyed by the pid text) and
+        # collects what finished; the statistics take each batch in C-level bulk steps.
+        enter = self._enter
+        enter_pop = enter.pop
+        pids = self._pid_keys
+        wanted = self.syscalls
+        out = self._out
+        out_pop = out.pop
+        exits = {}           # syscall -> [(duration us, pid text, start ts)]
+        switch_ins = []      # (pid text, off-CPU us, state, stack)
+        unpaired = 0
+        for task, ts, name, kind, prev_pid, state, next_pid, frames in _EVENT_RE.findall(text):
+            if name:
+                if kind == '(':
+                    enter[task] = (name, ts)
+                    continue
+                entered = enter_pop(task, None)
+                if entered is None or entered[0] != name:
+                    unpaired += 1
+                    continue
+                if pids is not None and task not in pids:
+                    continue
+                if wanted is not None and name not in wanted:
+                    continue
+                start = float(entered[1])
+                batch = exits.get(name)
+                if batch is None:
+                    batch = exits[name] = []
+                batch.append(((float(ts) - start) * 1e6, task, start))
+            elif prev_pid:
+                ts = float(ts)
+                pending = out_pop(next_pid, None)
+                if pending is not None:
+                    switch_ins.append((next_pid, (ts - pending[0]) * 1e6, pending[1], pending[2]))
+                if prev_pid != '0' and (pids is None or prev_pid in pids):
+                    out[prev_pid] = [ts, state, None]
+            else:
+                # <stack trace> of the task that just switched out, with its frames
+                pending = out.get(task)
+                if pending is not None and pending[2] is None:
+                    pending[2] = self._stack(frames)
+        self.unpaired_exits += unpaired
+        for name, batch in exits.items():
+            stats = self._sys.get(name)
+            if stats is None:
+                stats = self._sys[name] = LatencyStats(top=self.top)
+            stats.add_batch(batch)
+            self.events += len(batch)
+        if switch_ins:
+            self._account_batch(switch_ins)
+
+    def _stack(self, frames):
+        stack = self._clean_cache.get(frames)
+        if stack is None:
+            stack = tuple(clean_stack([f.strip() for f in frames.split('\n =>')[1:]]))
+            if len(self._clean_cache) < 4096:
+                self._clean_cache[frames] = stack
+        return stack
 
     # -- sched_switch --------------------------------------------------------
-    def _switch(self, ts, body):
-        # prev_comm=X prev_pid=N prev_prio=P prev_state=S ==> next_comm=Y next_pid=M next_prio=Q
-        arrow = body.find(' ==> ')
-        if arrow < 0:
-            return
-        prev = body[14:arrow]
-        nxt = body[arrow + 5:]
-        i = prev.rfind(' prev_pid=')
-        j = prev.find(' ', i + 10)
-        k = prev.rfind(' prev_state=')
-        n = nxt.rfind(' next_pid=')
-        m = nxt.find(' ', n + 10)
-        try:
-            prev_pid = int(prev[i + 10:j])
-            next_pid = int(nxt[n + 10:m] if m > 0 else nxt[n + 10:])
-        except ValueError:
-            return
-        state = prev[k + 12:] if k >= 0 else '?'
-        pending = self._out.pop(next_pid, None)
-        if pending is not None:
-            self._account(next_pid, ts - pending[0], pending[1], pending[2])
-        if prev_pid and (self.pids is None or prev_pid in self.pids):
-            self._out[prev_pid] = [ts, state, None]
-
-    def _end_stack(self):
-        frames = self._stack_frames
-        pid = self._stack_pid
-        self._stack_frames = None
-        self._stack_pid = None
-        pending = self._out.get(pid)
-        if pending is not None and pending[2] is None:
-            raw = tuple(frames)
-            stack = self._clean_cache.get(raw)
-            if stack is None:
-                stack = tuple(clean_stack(frames))
-                if len(self._clean_cache) < 4096:
-                    self._clean_cache[raw] = stack
-            pending[2] = stack
-
-    def _account(self, pid, seconds, state, stack):
-        if stack is None:
-            stack = ()
-        self.events += 1
-        group = self._groups.get(stack)
-        if group is None:
-            if len(self._groups) >= self.max_stacks:
-                self.stacks_overflow += 1
-                stack = ('[other stacks]',)
-                group = self._groups.get(stack)
+    def _account_batch(self, switch_ins):
+        """Add the switch-ins of one chunk (in order) to their stack groups."""
+        by_stack = {}
+        for item in switch_ins:
+            stack = item[3] or ()
+            batch = by_stack.get(stack)
+            if batch is None:
+                batch = by_stack[stack] = []
+            batch.append(item)
+        for stack, batch in by_stack.items():
+            group = self._groups.get(stack)
             if group is None:
-                group = self._groups[stack] = [0, 0.0, 0.0, set(), {}]
-        us = seconds * 1e6
-        group[0] += 1
-        group[1] += us
-        if us > group[2]:
-            group[2] = us
-        if len(group[3]) < 64:
-            group[3].add(pid)
-        state = state.rstrip('+') or 'R'
-        group[4][state] = group[4].get(state, 0) + 1
+                if len(self._groups) >= self.max_stacks:
+                    self.stacks_overflow += len(batch)
+                    stack = ('[other stacks]',)
+                    group = self._groups.get(stack)
+                if group is None:
+                    group = self._groups[stack] = [0, 0.0, 0.0, set(), {}]
+            self.events += len(batch)
+            durations = [item[1] for item in batch]
+            group[0] += len(batch)
+            group[1] = functools.reduce(operator.add, durations, group[1])
+            longest = max(durations)
+            if longest > group[2]:
+                group[2] = longest
+            pids = group[3]
+            if len(pids) < 64:
+                for pid in dict.fromkeys(item[0] for item in batch):
+                    if len(pids) >= 64:
+                        break
+                    pids.add(int(pid))
+            states = group[4]
+            for state, count in collections.Counter(item[2] for item in batch).items():
+                state = state.rstrip('+') or 'R'
+                states[state] = states.get(state, 0) + count
 
     # -- results -------------------------------------------------------------
     def flush(self):
-        if self._stack_frames is not None:
-            self._end_stack()
+        """End of input (so far): a stack trace held back at the end of a chunk is parsed now."""
+        if self._carry:
+            text, self._carry = self._carry, ''
+            self._parse_text(text)
         return self
 
     def syscalls_result(self):
