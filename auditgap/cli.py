@@ -73,6 +73,12 @@ def build_parser():
                      'atomically (the directory must exist)')
     aud.add_argument('--stale-after-runs', type=int, default=3, metavar='N',
                      help='a host not seen for N runs is unknown (default: 3)')
+    aud.add_argument('--interval', type=float, metavar='SECONDS',
+                     help='the schedule\'s interval: how late this run is = now - (previous run + interval), '
+                     'written as auditgap_schedule_lateness_seconds')
+    aud.add_argument('--max-lateness', type=float, metavar='SECONDS',
+                     help='with --interval: warn on stderr when the run is later than this (the schedule missed runs: '
+                     'host down, timer stopped); the audit still runs')
     aud.add_argument('--keep-artifacts', type=int, default=10, metavar='N',
                      help='ansible-runner artifact directories kept under ROOT/.runner (default: 10)')
     hist = sub.add_parser('history', help='the audit history per host and finding (table, json, history.html); prune',
@@ -270,6 +276,13 @@ def diagnose(args, runner=None, cwd=None, now=None, out=None, err=None, list_hos
     return exit_status(doc)
 
 
+def schedule_lateness(started, previous_started, interval):
+    """Seconds this run starts after it was due (previous run + interval; 0 when early); None when unknown."""
+    if not interval or previous_started is None:
+        return None
+    return max(0.0, round(started - (previous_started + interval), 3))
+
+
 class AuditError(Exception):
     """A clear message for stderr and the exit status that goes with it."""
 
@@ -348,6 +361,10 @@ def audit(args, runner=None, cwd=None, clock=time.time, out=None, err=None, list
                          'node_exporter\'s --collector.textfile.directory' % args.prom_dir, changes.EXIT_USAGE)
     if args.stale_after_runs < 1 or args.keep_artifacts < 1:
         raise AuditError('--stale-after-runs and --keep-artifacts must be >= 1', changes.EXIT_USAGE)
+    if (args.interval is not None and args.interval <= 0) or (args.max_lateness is not None and args.max_lateness < 0):
+        raise AuditError('--interval must be > 0 and --max-lateness >= 0', changes.EXIT_USAGE)
+    if args.max_lateness is not None and not args.interval:
+        raise AuditError('--max-lateness needs --interval', changes.EXIT_USAGE)
     prom_dir = os.path.abspath(os.path.join(cwd, args.prom_dir)) if args.prom_dir else None
     _writable_root(root)
     terminated = []
@@ -392,6 +409,11 @@ def _audit_locked(args, runner, cwd, clock, out, err, list_hosts, started, root,
     kwargs.update(ident=run_id, rotate_artifacts=args.keep_artifacts, cancel_callback=lambda: bool(terminated))
     if terminated:
         raise AuditError('auditgap audit: interrupted before the run started; nothing stored')
+    previous = history.runs(conn, limit=1)
+    lateness = schedule_lateness(started, previous[0]['started_at'] if previous else None, args.interval)
+    if lateness is not None and args.max_lateness is not None and lateness > args.max_lateness:
+        err.write('auditgap audit: this run is %.0f s late (more than --max-lateness %g s after the previous run + '
+                  '--interval): scheduled runs were missed\n' % (lateness, args.max_lateness))
     result = runner(private_data_dir=private, **kwargs)
     stdout = _stdout_of(result)
     if progress:
@@ -402,7 +424,6 @@ def _audit_locked(args, runner, cwd, clock, out, err, list_hosts, started, root,
             shutil.rmtree(report_dir, ignore_errors=True)
         raise AuditError('auditgap audit: interrupted by signal %d; run %s not stored, its partial report removed, '
                          'the history and the textfile are as before' % (terminated[0], run_id))
-    previous = history.runs(conn, limit=1)
     previous_run = previous[0]['run_id'] if previous else None
     failed = not os.path.isfile(fleet)
     rows, doc = [], None
@@ -441,7 +462,7 @@ def _audit_locked(args, runner, cwd, clock, out, err, list_hosts, started, root,
     finished = clock()
     run = {'run_id': run_id, 'started_at': started, 'finished_at': finished, 'outcome': outcome, 'exit_code': code,
            'hosts_total': len(states), 'coverage_ratio': since['coverage']['ratio'],
-           'report_dir': None if failed else report_dir, 'version': __version__,
+           'report_dir': None if failed else report_dir, 'version': __version__, 'lateness_seconds': lateness,
            'message': None if not failed else 'no report (status %s, rc %s)' % (
                getattr(result, 'status', '?'), getattr(result, 'rc', '?'))}
     history.store_run(conn, run, rows)

@@ -77,6 +77,9 @@ def render(run, hosts, states, run_counts, last_success_at=None, version=None):
     if run.get('finished_at') is not None and run.get('started_at') is not None:
         duration = round(run['finished_at'] - run['started_at'], 3)
     out.family('auditgap_run_duration_seconds', 'gauge', 'Wall time of the last audit run.', [((), duration)])
+    out.family('auditgap_schedule_lateness_seconds', 'gauge',
+               'How late the last run started: now - (previous run + the schedule interval); 0 on time.',
+               [((), run.get('lateness_seconds'))])
     out.family('auditgap_last_run_outcome', 'gauge',
                'Outcome of the last audit run (1 for the outcome it had, 0 for the others).',
                [((('outcome', o),), 1 if run.get('outcome') == o else 0) for o in changes.OUTCOME_ORDER])

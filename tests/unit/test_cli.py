@@ -402,3 +402,20 @@ def test_history_table_json_html(tmp_path, capsys):
     assert 'no such host' in capsys.readouterr().err
     assert cli.main(['history', '--report-root', str(tmp_path / 'none')]) == 5
     assert 'no history database' in capsys.readouterr().err
+
+
+def test_schedule_lateness(tmp_path):
+    assert cli.schedule_lateness(10000.0, 6000.0, 3600) == 400.0
+    assert cli.schedule_lateness(9000.0, 6000.0, 3600) == 0.0
+    assert cli.schedule_lateness(9000.0, None, 3600) is None and cli.schedule_lateness(9000.0, 1.0, None) is None
+    clock = Clock()
+    run_audit(tmp_path, audit_doc(fixture_entry('healthy')), clock=clock)
+    clock.now += 7200
+    rc, _out, err, seen = run_audit(tmp_path, audit_doc(fixture_entry('healthy')), '--interval', '3600',
+                                    '--max-lateness', '600', clock=clock)
+    assert rc == 0 and 'late (more than --max-lateness 600 s' in err
+    with open(os.path.join(seen[0]['extravars']['report_dir'], 'auditgap.prom')) as handle:
+        late = re.search(r'^auditgap_schedule_lateness_seconds (\S+)$', handle.read(), re.M)
+    assert 3600 < float(late.group(1)) < 3700
+    with pytest.raises(cli.AuditError, match='needs --interval'):
+        run_audit(tmp_path, None, '--max-lateness', '5')
