@@ -93,6 +93,21 @@ def host_entry(host, results, thresholds):
     return entry
 
 
+def safe_host_entry(host, results, thresholds):
+    """host_entry, or a failed entry when the results break the findings (never lost)."""
+    try:
+        return host_entry(host, results, thresholds)
+    except Exception as exc:  # noqa: BLE001 -- a bad fact must never lose the fleet report
+        return {'host': host, 'reachable': True, 'status': 'failed', 'severity': None,
+                'error': 'findings failed: %s' % to_text(exc), 'findings': [], 'chain': None,
+                'facts': results, 'metrics': {}}
+
+
+def host_entries(inputs, thresholds):
+    """[entry] for (host, results) pairs with the same thresholds (benchmarks, tests)."""
+    return [safe_host_entry(host, results, dict(thresholds)) for host, results in inputs]
+
+
 def host_thresholds(host_vars):
     """Thresholds set for one host (inventory, group_vars, -e) as diagnose_<key> variables."""
     found = {}
@@ -107,9 +122,13 @@ def host_thresholds(host_vars):
 
 
 def write_atomic(path, text):
+    """``text``: a string or an iterable of strings (written as they come)."""
     tmp = '%s.tmp.%d' % (path, os.getpid())
     with open(tmp, 'w', encoding='utf-8') as handle:
-        handle.write(text)
+        if isinstance(text, str):
+            handle.write(text)
+        else:
+            handle.writelines(text)
     os.rename(tmp, path)
 
 
@@ -135,8 +154,8 @@ def point_latest(report_dir):
     return link
 
 
-RENDERERS = {'json': ('fleet.json', report.to_json), 'md': ('fleet.md', report.render_markdown),
-             'html': ('fleet.html', report.render_html), 'prom': ('fleet.prom', report.render_prometheus)}
+RENDERERS = {'json': ('fleet.json', report.fleet_json_chunks), 'md': ('fleet.md', report.render_markdown),
+             'html': ('fleet.html', report.render_html_chunks), 'prom': ('fleet.prom', report.render_prometheus)}
 
 
 def write_reports(doc, report_dir, formats, timeline_svg=None):
@@ -145,8 +164,8 @@ def write_reports(doc, report_dir, formats, timeline_svg=None):
     files = []
     for entry in doc['hosts']:
         path = os.path.join(report_dir, report.safe_filename(entry['host']) + '.json')
-        write_atomic(path, report.to_json(dict(entry, generated_at=doc['generated_at'],
-                                               auditgap_version=report.AUDITGAP_VERSION)))
+        write_atomic(path, report.to_json_line(dict(entry, generated_at=doc['generated_at'],
+                                                    auditgap_version=report.AUDITGAP_VERSION)) + '\n')
         files.append(path)
     for fmt in sorted(formats, key=lambda f: f == 'json'):
         name, render = RENDERERS[fmt]
@@ -196,12 +215,7 @@ class ActionModule(ActionBase):
                     results[name] = plain(value)
             thresholds = host_thresholds(hv)
             thresholds.update(arg_thresholds)
-            try:
-                entries.append(host_entry(host, results, thresholds))
-            except Exception as exc:  # noqa: BLE001 -- a bad fact must never lose the fleet report
-                entries.append({'host': host, 'reachable': True, 'status': 'failed', 'severity': None,
-                                'error': 'findings failed: %s' % to_text(exc), 'findings': [], 'chain': None,
-                                'facts': results, 'metrics': {}})
+            entries.append(safe_host_entry(host, results, thresholds))
 
         timeline_svg = None
         svg_path = args.get('timeline_svg') or os.path.join(report_dir, 'lab-timeline.svg')

@@ -81,6 +81,28 @@ def to_json(data):
     return json.dumps(data, indent=2, sort_keys=True, default=str) + '\n'
 
 
+def to_json_line(data):
+    """Compact JSON (json's C encoder: indent=2 falls back to the slow pure-Python one)."""
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def fleet_json_chunks(doc):
+    """fleet.json in pieces: the head indented, then one line per host (docs/scale.md).
+
+    The same document as ``to_json(doc)`` for a JSON reader, written in time
+    linear in the hosts with the C encoder, and without one string of it all.
+    """
+    head = to_json(dict((k, v) for k, v in doc.items() if k != 'hosts')).rstrip()
+    hosts = doc.get('hosts') or []
+    if not hosts:
+        yield head[:-1].rstrip() + (',' if len(head) > 2 else '') + '\n  "hosts": []\n}\n'
+        return
+    yield head[:-1].rstrip() + (',' if len(head) > 2 else '') + '\n  "hosts": [\n    '
+    for index, entry in enumerate(hosts):
+        yield (',\n    ' if index else '') + to_json_line(entry)
+    yield '\n  ]\n}\n'
+
+
 def summary_lines(doc, limit=20):
     """The short fleet summary printed at the end of the play."""
     summ = doc['summary']
@@ -355,34 +377,110 @@ section.host{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;margin:1em
 .charts{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start}
 pre{white-space:pre-wrap;font-size:.8em;max-height:30em;overflow:auto;background:#fafafa}
 code{background:#f3f3f3}
+details.host{border:1px solid #ccc;border-radius:6px;padding:.3em 1em;margin:.5em 0;content-visibility:auto;contain-intrinsic-size:auto 3em}
+details.host>summary{cursor:pointer;font-weight:bold;padding:.2em 0}
+details.host>summary .line{font-weight:normal;color:#444;font-family:monospace;font-size:.85em;margin-left:.5em}
+#search{font-size:1em;padding:.3em .5em;width:28em;max-width:90%}
+#worst td.line{font-family:monospace;font-size:.85em}#worst td:first-child,#worst td:nth-child(2){white-space:nowrap}
 """
 
 
+# The page stays usable at 10,000 hosts (docs/scale.md): every host is listed, the first
+# HTML_WORST in a table on the first screen, the first HTML_DETAILED with charts and
+# evidence; the others with their findings and chain (the rest is in <host>.json).
+HTML_WORST = 20
+HTML_DETAILED = 200
+HTML_TEXT_MAX = 4000
+HTML_EVIDENCE_MAX = 20000
+
+_SEARCH_JS = """
+(function(){var q=document.getElementById('search');if(!q){return;}
+var items=document.querySelectorAll('[data-host]'),count=document.getElementById('search-count'),
+healthy=document.getElementById('healthy');
+function run(){var v=q.value.trim().toLowerCase(),shown=0,shownHealthy=0;
+for(var i=0;i<items.length;i++){var el=items[i];
+var hit=!v||el.getAttribute('data-host').indexOf(v)>=0||(el.getAttribute('data-ids')||'').indexOf(v)>=0;
+el.hidden=!hit;if(hit){shown++;if(el.tagName==='TR'&&el.parentNode.closest('#healthy')){shownHealthy++;}}
+if(hit&&v&&el.tagName==='DETAILS'&&items.length<2000){el.open=true;}}
+if(healthy&&v){healthy.open=shownHealthy>0;}
+count.textContent=v?shown+' match(es)':'';}
+q.addEventListener('input',run);if(q.value){run();}})();
+"""
+
+
+def _clip(text, limit=HTML_TEXT_MAX):
+    text = str(text or '')
+    return text if len(text) <= limit else text[:limit] + ' ... (%d more characters in <host>.json)' % (len(text) - limit)
+
+
+def _host_ids(entry):
+    return ' '.join(sorted(set(str(f.get('id')) for f in entry.get('findings') or [] if isinstance(f, dict))))
+
+
+def _host_line(entry):
+    if entry.get('error'):
+        return _one_line(entry['error'], 200)
+    if entry.get('chain'):
+        return _one_line(entry['chain'], 200)
+    return ', '.join('%s(%s)' % (f.get('id'), f.get('severity')) for f in entry.get('findings') or []
+                     if isinstance(f, dict) and f.get('severity') != 'info') or '-'
+
+
+def _worst_table(noisy):
+    if not noisy:
+        return '<p id="worst">No host has a warning or worse.</p>'
+    rows = ['<table id="worst"><tr><th>host</th><th>status</th><th>findings</th><th>chain / error</th></tr>']
+    for entry in noisy[:HTML_WORST]:
+        status = entry.get('status') or 'ok'
+        rows.append('<tr class="%s"><td><a href="#%s">%s</a></td><td>%s</td><td>%s</td><td class="line">%s</td></tr>' % (
+            svgchart.esc(status), svgchart.esc('host-' + safe_filename(entry['host'])), svgchart.esc(entry['host']),
+            svgchart.esc(status.upper()), svgchart.esc(_host_ids(entry) or '-'), svgchart.esc(_host_line(entry))))
+    rows.append('</table>')
+    if len(noisy) > HTML_WORST:
+        rows.append('<p class="meta">%d more host(s) below, worst first.</p>' % (len(noisy) - HTML_WORST))
+    return ''.join(rows)
+
+
 def render_html(doc, timeline_svg=None, max_bars=40):
-    """Self-contained HTML: inline CSS and SVG, no scripts, no external assets."""
+    """Self-contained HTML: inline CSS, SVG and script (the host search), no external assets."""
+    return ''.join(render_html_chunks(doc, timeline_svg, max_bars))
+
+
+def render_html_chunks(doc, timeline_svg=None, max_bars=40):
+    """fleet.html in pieces (written as they come: a 10,000-host page is never one string)."""
     summ = doc['summary']
-    parts = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-             '<title>auditgap fleet report %s</title>' % svgchart.esc(doc.get('generated_at')),
-             '<style>%s</style></head><body>' % _CSS,
-             '<h1>auditgap fleet report</h1>',
-             '<p class="meta">Generated %s by auditgap %s &middot; %d host(s) &middot; report dir %s</p>' % (
-                 svgchart.esc(doc.get('generated_at')), svgchart.esc(doc.get('auditgap_version')), summ['hosts'],
-                 svgchart.esc(doc.get('report_dir') or '-'))]
-    parts.append('<h2>Fleet summary</h2><div class="cards">')
+    hosts = doc['hosts']
+    yield ''.join([
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<title>auditgap fleet report %s</title>' % svgchart.esc(doc.get('generated_at')),
+        '<style>%s</style></head><body>' % _CSS,
+        '<h1>auditgap fleet report</h1>',
+        '<p class="meta">Generated %s by auditgap %s &middot; %d host(s) &middot; report dir %s</p>' % (
+            svgchart.esc(doc.get('generated_at')), svgchart.esc(doc.get('auditgap_version')), summ['hosts'],
+            svgchart.esc(doc.get('report_dir') or '-'))])
+    parts = ['<h2>Fleet summary</h2><div class="cards">']
     for status in STATUS_ORDER:
         parts.append('<div class="card %s" id="count-%s"><b>%d</b>%s</div>'
                      % (status, status, summ['by_status'].get(status, 0), status))
     parts.append('</div>')
+    noisy = [e for e in hosts if not (e.get('status') == 'ok' and not e.get('error'))]
+    quiet = [e for e in hosts if e.get('status') == 'ok' and not e.get('error')]
+    parts.append('<p><label>Find a host or finding id: <input id="search" type="search" placeholder="host name or finding id">'
+                 '</label> <span id="search-count" class="meta"></span></p>')
+    parts.append('<h2>Worst hosts</h2>')
+    parts.append(_worst_table(noisy))
     if summ['by_id']:
-        parts.append('<table id="by-id"><tr><th>finding</th><th>critical</th><th>warning</th><th>info</th>'
-                     '<th>hosts</th></tr>')
+        parts.append('<h2>Findings by id</h2><table id="by-id"><tr><th>finding</th><th>critical</th><th>warning</th>'
+                     '<th>info</th><th>hosts</th><th>first hosts</th></tr>')
         for fid in sorted(summ['by_id'], key=lambda f: (-summ['by_id'][f]['critical'], -summ['by_id'][f]['warning'], f)):
             row = summ['by_id'][fid]
-            parts.append('<tr><td><code>%s</code></td><td>%d</td><td>%d</td><td>%d</td><td>%s</td></tr>' % (
-                svgchart.esc(fid), row['critical'], row['warning'], row['info'],
+            parts.append('<tr><td><code>%s</code></td><td>%d</td><td>%d</td><td>%d</td><td>%d</td><td>%s</td></tr>' % (
+                svgchart.esc(fid), row['critical'], row['warning'], row['info'], len(row['hosts']),
                 svgchart.esc(', '.join(row['hosts'][:12]) + (' ...' if len(row['hosts']) > 12 else ''))))
         parts.append('</table>')
-    reachable = [e for e in doc['hosts'] if e.get('reachable') and (e.get('metrics') or {}).get('audit_supported')]
+    yield ''.join(parts)
+    reachable = [e for e in hosts if e.get('reachable') and (e.get('metrics') or {}).get('audit_supported')]
     backlog_items = sorted(((e['host'], (e.get('metrics') or {}).get('audit_backlog_peak_ratio')) for e in reachable),
                            key=lambda item: -(_num(item[1]) or 0))[:max_bars]
     throttle_items = sorted(((e['host'], (e.get('metrics') or {}).get('consumer_throttled_ratio')) for e in reachable
@@ -391,7 +489,7 @@ def render_html(doc, timeline_svg=None, max_bars=40):
     thresholds = doc.get('thresholds') or {}
     backlog_thr = _num(thresholds.get('backlog_saturated_ratio')) or 0.8
     throttle_thr = _num(thresholds.get('throttled_ratio_warn')) or 0.2
-    parts.append('<div class="charts">')
+    parts = ['<div class="charts">']
     if backlog_items:
         parts.append(svgchart.bar_chart(_colored(backlog_items, backlog_thr), 'Backlog peak / backlog_limit',
                                         x_max=1, width=520, thresholds=[{'x': backlog_thr, 'label': 'saturated'}]))
@@ -403,23 +501,25 @@ def render_html(doc, timeline_svg=None, max_bars=40):
     if timeline_svg:
         parts.append('<h2>Incident lab timeline</h2><div class="timeline">%s</div>' % _strip_xml_decl(timeline_svg))
     parts.append('<h2>Hosts (worst first)</h2>')
-    quiet = []
-    for entry in doc['hosts']:
-        if entry.get('status') == 'ok' and not entry.get('error'):
-            quiet.append(entry)
-            continue
-        parts.append(_html_host(entry))
+    yield ''.join(parts)
+    for index, entry in enumerate(noisy):
+        yield _html_host(entry, detailed=index < HTML_DETAILED, open_=index < HTML_WORST)
     if quiet:
-        parts.append('<h2>Healthy hosts (%d)</h2><table id="healthy"><tr><th>host</th><th>backlog peak</th>'
-                     '<th>limit</th><th>consumer pid</th><th>throttled</th></tr>' % len(quiet))
-        for entry in quiet:
+        parts = ['<details id="healthy"><summary><h2 style="display:inline">Healthy hosts (%d)</h2></summary>'
+                 '<table><tr><th>host</th><th>backlog peak</th><th>limit</th><th>consumer pid</th><th>throttled</th></tr>'
+                 % len(quiet)]
+        for index, entry in enumerate(quiet):
             m = entry.get('metrics') or {}
-            parts.append('<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>' % (
-                svgchart.esc(entry['host']), _fmt(m.get('audit_backlog_peak')), _fmt(m.get('audit_backlog_limit')),
-                _fmt(m.get('audit_consumer_pid')), _pct(m.get('consumer_throttled_ratio'))))
-        parts.append('</table>')
-    parts.append('</body></html>\n')
-    return ''.join(parts)
+            parts.append('<tr data-host="%s"><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>' % (
+                svgchart.esc(str(entry['host']).lower()), svgchart.esc(entry['host']), _fmt(m.get('audit_backlog_peak')),
+                _fmt(m.get('audit_backlog_limit')), _fmt(m.get('audit_consumer_pid')),
+                _pct(m.get('consumer_throttled_ratio'))))
+            if index % 1000 == 999:
+                yield ''.join(parts)
+                parts = []
+        parts.append('</table></details>')
+        yield ''.join(parts)
+    yield '<script>%s</script></body></html>\n' % _SEARCH_JS
 
 
 def _wait_series(entry, timeline):
@@ -442,24 +542,31 @@ def _strip_xml_decl(svg):
     return re.sub(r'^\s*<\?xml[^>]*\?>', '', svg)
 
 
-def _html_host(entry):
+def _html_host(entry, detailed=True, open_=True):
+    """One host as a <details> section: open for the worst, charts and evidence when ``detailed``."""
     status = entry.get('status') or 'ok'
     host_id = 'host-' + safe_filename(entry['host'])
-    parts = ['<section class="host" id="%s"><h3>%s <span class="badge %s">%s</span></h3>'
-             % (svgchart.esc(host_id), svgchart.esc(entry['host']), svgchart.esc(status), svgchart.esc(status.upper()))]
+    parts = ['<details class="host" id="%s" data-host="%s" data-ids="%s"%s><summary>%s '
+             '<span class="badge %s">%s</span><span class="line">%s</span></summary>'
+             % (svgchart.esc(host_id), svgchart.esc(str(entry['host']).lower()), svgchart.esc(_host_ids(entry)),
+                ' open' if open_ else '', svgchart.esc(entry['host']), svgchart.esc(status),
+                svgchart.esc(status.upper()), '' if open_ else svgchart.esc(_host_line(entry)))]
     if entry.get('error'):
-        parts.append('<div class="error">Error: %s</div>' % svgchart.esc(entry['error']))
+        parts.append('<div class="error">Error: %s</div>' % svgchart.esc(_clip(entry['error'])))
     if entry.get('chain'):
-        parts.append('<p><b>Causal chain</b></p><div class="chain">%s</div>' % svgchart.esc(entry['chain']))
+        parts.append('<p><b>Causal chain</b></p><div class="chain">%s</div>' % svgchart.esc(_clip(entry['chain'])))
     metrics = entry.get('metrics') or {}
     charts = []
-    if metrics.get('audit_supported'):
+    if not detailed:
+        pass
+    elif metrics.get('audit_supported'):
         charts.append(svgchart.gauge(metrics.get('audit_backlog_peak'), metrics.get('audit_backlog_limit'),
                                      'backlog peak / limit', warn_ratio=0.8))
         if metrics.get('consumer_throttled_ratio') is not None:
             charts.append(svgchart.gauge(metrics.get('consumer_throttled_ratio'), 1, 'consumer throttled',
                                          warn_ratio=0.2, text=_pct(metrics.get('consumer_throttled_ratio'))))
     timeline = (((entry.get('facts') or {}).get('audit_status') or {}).get('sample') or {}).get('timeline') or []
+    timeline = timeline if detailed and isinstance(timeline, list) else []
     if timeline and metrics.get('audit_backlog_limit'):
         limit = metrics.get('audit_backlog_limit')
         lost0 = _num(timeline[0].get('lost')) or 0
@@ -485,9 +592,13 @@ def _html_host(entry):
                    if rem else '-')
             parts.append('<tr class="%s"><td>%s</td><td><b>%s</b><br><code>%s</code></td><td>%s</td><td>%s</td></tr>' % (
                 svgchart.esc(finding['severity']), svgchart.esc(finding['severity']), svgchart.esc(finding.get('title') or finding['id']),
-                svgchart.esc(finding['id']), svgchart.esc(finding['summary']), fix))
+                svgchart.esc(finding['id']), svgchart.esc(_clip(finding['summary'])), fix))
         parts.append('</table>')
-        parts.append('<details><summary>Evidence</summary><pre>%s</pre></details>' % svgchart.esc(json.dumps(
-            {f['id']: f.get('evidence') for f in entry['findings']}, indent=1, sort_keys=True, default=str)))
-    parts.append('</section>')
+        if detailed:
+            parts.append('<details><summary>Evidence</summary><pre>%s</pre></details>' % svgchart.esc(_clip(json.dumps(
+                {f['id']: f.get('evidence') for f in entry['findings']}, indent=1, sort_keys=True, default=str),
+                HTML_EVIDENCE_MAX)))
+    if not detailed:
+        parts.append('<p class="meta">Charts and evidence: %s.json</p>' % svgchart.esc(safe_filename(entry['host'])))
+    parts.append('</details>')
     return ''.join(parts)

@@ -68,3 +68,69 @@ def test_screenshot_renders(tmp_path, fleet_html):
     proc = chromium(tmp_path, f'--screenshot={shot}', '--window-size=1200,1600', fleet_html.as_uri())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert shot.is_file() and shot.stat().st_size > 20000
+
+
+# ---------------------------------------------------------------- 10,000 hosts (issue 17)
+
+PROBE = """<script>
+(function(){
+var out={};
+var worst=document.querySelector('#worst tr:nth-child(2) a');
+out.worst_host=worst?worst.textContent:null;
+out.worst_top=worst?worst.getBoundingClientRect().bottom:null;
+out.viewport=window.innerHeight;
+out.hosts_listed=document.querySelectorAll('[data-host]').length;
+out.details_open=document.querySelectorAll('details.host[open]').length;
+var q=document.getElementById('search');
+q.value=%s;q.dispatchEvent(new Event('input'));
+var shown=[];document.querySelectorAll('[data-host]').forEach(function(el){if(!el.hidden){shown.push(el.getAttribute('data-host'));}});
+out.search_shown=shown;out.search_count=document.getElementById('search-count').textContent;
+out.healthy_open=document.getElementById('healthy').open;
+var pre=document.createElement('pre');pre.id='probe';pre.textContent=JSON.stringify(out);document.body.appendChild(pre);
+})();
+</script></body>"""
+
+
+@pytest.fixture(scope='module')
+def fleet_10k(tmp_path_factory):
+    """fleet.html of 10,000 synthetic hosts (benchmarks/fleetgen.py) through the report step."""
+    from ansible_collections.auditgap.fleet.plugins.action import diagnose_report as A
+
+    from benchmarks.fleetgen import fleet_results
+    tmp = tmp_path_factory.mktemp('fleet10k')
+    entries = A.host_entries(fleet_results(10000, bad=True), F.merge_thresholds())
+    doc = R.fleet_document(entries, '2026-12-01T10:00:00Z', F.merge_thresholds(), str(tmp / 'r'))
+    A.write_reports(doc, str(tmp / 'r'), A.FORMATS)
+    return doc, tmp / 'r' / 'fleet.html'
+
+
+def test_10k_hosts_open_worst_first_and_search(tmp_path, fleet_10k):
+    doc, html = fleet_10k
+    assert html.stat().st_size < 25 * 1024 * 1024
+    healthy = next(e['host'] for e in doc['hosts'] if e['status'] == 'ok' and e['host'].startswith('host'))
+    probed = tmp_path / 'probed.html'
+    probed.write_text(html.read_text().replace('</body>', PROBE % json.dumps(healthy.upper()), 1))
+    proc = chromium(tmp_path, '--window-size=1280,900', '--dump-dom', probed.as_uri())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.DOTALL)
+    assert found, proc.stdout[-2000:]
+    out = json.loads(found.group(1).replace('&quot;', '"').replace('&lt;', '<').replace('&gt;', '>').replace('&amp;', '&'))
+    worst = doc['hosts'][0]
+    assert worst['status'] == 'critical'
+    # the worst host is named and linked on the first screen
+    assert out['worst_host'] == worst['host']
+    assert 0 < out['worst_top'] <= out['viewport'], out
+    # every host is in the page once (the duplicated name twice), only the worst are open
+    assert out['hosts_listed'] == len(doc['hosts'])
+    assert out['details_open'] == R.HTML_WORST
+    # the search (inline script, no network) narrows 10,000 hosts to the one asked for, healthy ones unfolded
+    assert out['search_shown'] == [healthy.lower()], out['search_shown'][:5]
+    assert out['search_count'] == '1 match(es)'
+    assert out['healthy_open'] is True
+
+
+def test_10k_hosts_screenshot(tmp_path, fleet_10k):
+    shot = tmp_path / 'fleet10k.png'
+    proc = chromium(tmp_path, f'--screenshot={shot}', '--window-size=1280,900', fleet_10k[1].as_uri())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert shot.is_file() and shot.stat().st_size > 20000

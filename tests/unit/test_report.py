@@ -97,7 +97,8 @@ def test_prometheus_label_escaping():
 def test_html_self_contained_and_complete():
     html = R.render_html(fleet(), timeline_svg='<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><title>lab timeline</title></svg>')
     assert html.startswith('<!DOCTYPE html>')
-    assert '<script' not in html
+    # one inline script (the host search), nothing loaded from anywhere
+    assert html.count('<script') == 1 and not re.search(r'<script[^>]*src', html)
     assert not re.search(r'(src|href)\s*=\s*["\']?(https?:|//)', html)
     assert '<link' not in html
     assert html.count('<svg') >= 10
@@ -117,7 +118,7 @@ def test_html_self_contained_and_complete():
 def test_html_escapes_host_names_and_text():
     doc = R.fleet_document([F.auditgap_host_summary({}, '<b>x</b>', error='<script>alert(1)</script>', reachable=False)], 'x')
     html = R.render_html(doc)
-    assert '<script>' not in html and '&lt;script&gt;' in html
+    assert '<script>alert' not in html and '&lt;script&gt;' in html
 
 
 def test_safe_filename():
@@ -181,3 +182,28 @@ def test_write_reports_all_files_fleet_json_last(tmp_path):
         bogus = json.load(handle)
     assert bogus['status'] == 'unreachable' and bogus['generated_at'] == doc['generated_at']
     assert not [n for n in os.listdir(str(tmp_path / 'r')) if '.tmp.' in n]
+
+
+def test_fleet_json_streamed_is_the_same_document(tmp_path):
+    doc = fleet()
+    assert json.loads(''.join(R.fleet_json_chunks(doc))) == json.loads(R.to_json(doc))
+    empty = R.fleet_document([], 'x')
+    assert json.loads(''.join(R.fleet_json_chunks(empty))) == json.loads(R.to_json(empty))
+    assert R.render_html(doc) == ''.join(R.render_html_chunks(doc))
+
+
+def test_bad_input_fleet_every_host_reported(tmp_path):
+    """Duplicated names, a huge result, malformed and non-dict results: every host is in every file."""
+    from benchmarks.fleetgen import fleet_results
+    inputs = list(fleet_results(30, bad=True))
+    entries = action.host_entries(inputs, F.merge_thresholds())
+    doc = R.fleet_document(entries, '2026-12-01T10:00:00Z')
+    action.write_reports(doc, str(tmp_path), action.FORMATS)
+    fleet_doc = json.loads((tmp_path / 'fleet.json').read_text())
+    assert len(fleet_doc['hosts']) == len(inputs)
+    html = (tmp_path / 'fleet.html').read_text()
+    for host, _results in inputs:
+        assert R.svgchart.esc(host.lower()) in html
+    by_host = {e['host']: e for e in fleet_doc['hosts']}
+    assert by_host['not-a-dict']['status'] == 'failed'
+    assert len(html) < 2 * 1024 * 1024  # the 1 MB result is not copied into the page
