@@ -447,6 +447,20 @@ def _op_rmdir(path):
             raise
 
 
+def _op_lab_undo(state_path):
+    """Undo what the incident lab's state file records (labkit.undo_state, Docker
+    handlers included): a lab whose ``state=present`` died half-way."""
+    from ansible_collections.auditgap.fleet.plugins.module_utils import labkit
+    try:
+        from ansible_collections.auditgap.fleet.plugins.module_utils import labdocker
+        handlers = labdocker.UNDO_HANDLERS
+    except ImportError:
+        handlers = {}
+    errors = labkit.undo_state(labkit.LabState(state_path), handlers)[1]
+    if errors:
+        raise RuntimeError('; '.join(errors))
+
+
 OPS = {
     'write_value': _op_write_value,
     'write_if_exists': _op_write_if_exists,
@@ -461,6 +475,7 @@ OPS = {
     'systemd_dropin': _op_systemd_dropin,
     'rmdir': _op_rmdir,
     'cgroup_limit': _op_cgroup_limit,
+    'lab_undo': _op_lab_undo,
 }
 
 

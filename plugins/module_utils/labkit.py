@@ -287,6 +287,33 @@ def stop_process(pid, starttime=None, timeout_s=10.0):
     return True
 
 
+def pids_with_cmdline(argv, proc_root='/proc'):
+    """Pids whose command line is exactly ``argv`` (a daemon started with it)."""
+    want = b'\0'.join(a.encode() for a in argv) + b'\0'
+    found = []
+    for name in os.listdir(proc_root):
+        if not name.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc_root, name, 'cmdline'), 'rb') as handle:
+                if handle.read() == want:
+                    found.append(int(name))
+        except (IOError, OSError):
+            continue
+    return found
+
+
+def stop_spawned(entry):
+    """Undo a ``spawn`` entry (recorded before the daemon started, when its pid was not
+    known yet): stop every process running exactly that command line; for the audit
+    consumer, wait until the kernel drops its registration."""
+    for pid in pids_with_cmdline(entry['argv']):
+        start = proc_starttime(pid)
+        stop_process(pid, start, timeout_s=15.0)
+        if entry.get('consumer'):
+            release_stale_registration(pid)
+
+
 # --------------------------------------------------------------------------
 # audit status and rules
 # --------------------------------------------------------------------------
@@ -540,8 +567,11 @@ def cgroup_remove(path, timeout_s=10.0):
 class LabState:
     """A JSON list of changes made to the host, written before each change."""
 
-    def __init__(self, path):
+    def __init__(self, path, on_record=None):
         self.path = path
+        # called before each change is recorded: incident_lab passes its RestoreGuard's
+        # checkpoint (the journal's test-only kill hook counts lab steps too)
+        self.on_record = on_record
         self.data = {'version': 1, 'entries': []}
         if os.path.exists(path):
             with open(path) as handle:
@@ -566,6 +596,8 @@ class LabState:
         os.rename(tmp, self.path)
 
     def record(self, kind, **data):
+        if self.on_record is not None:
+            self.on_record()
         entry = dict(data, kind=kind)
         self.entries.append(entry)
         self.save()
@@ -587,7 +619,7 @@ class LabState:
 
 # Undo order: quiet the load first, then the rules, let the consumer drain
 # unthrottled and stop it, then settings, groups, containers, files.
-UNDO_ORDER = ('process', 'rules', 'unthrottle', 'container', 'consumer', 'moved_process',
+UNDO_ORDER = ('process', 'rules', 'unthrottle', 'container', 'consumer', 'spawn', 'moved_process',
               'audit_status', 'cgroup', 'v2_subtree', 'image', 'dockerd', 'path')
 
 
@@ -608,6 +640,8 @@ def _undo_entry(entry, handlers):
     elif kind == 'consumer':
         stop_process(entry['pid'], entry.get('starttime'), timeout_s=15.0)
         release_stale_registration(entry['pid'])
+    elif kind == 'spawn':
+        stop_spawned(entry)
     elif kind == 'rules':
         delete_rules_by_key(entry['key'])
     elif kind == 'unthrottle':
@@ -1003,6 +1037,7 @@ def start_workload(state, workdir, script_path, python=None, rate_per_s=0,
             os.unlink(os.path.join(workdir, name))
         except OSError:
             pass
+    state.record('spawn', name='workload', argv=argv)  # stops client and server (same argv) after a crash
     pid, start = spawn_daemon(argv, os.path.join(workdir, 'workload.log'))
     state.record('process', name='workload-client', pid=pid, starttime=start)
     deadline = time.time() + timeout_s
@@ -1084,6 +1119,8 @@ def start_cgroup_consumer(state, workdir, quota_us, name, period_us=PERIOD_US, c
     confdir = os.path.join(workdir, 'etc')
     write_auditd_config(confdir, workdir, overrides=auditd_conf)
     argv = [auditd, '-n', '-s', 'nochange', '-c', confdir]
+    # before the start, when its pid is not known yet: a crash right after it still stops it
+    state.record('spawn', name='auditd', argv=argv, consumer=True)
     pid, start = spawn_daemon(argv, os.path.join(workdir, 'auditd.out'),
                               cgroup_procs=os.path.join(path, 'cgroup.procs'))
     state.record('consumer', name='auditd', pid=pid, starttime=start, backend='cgroup')
@@ -1317,16 +1354,17 @@ def throttle_existing_consumer(state, pid, quota_us, period_us, name):
             'cgroup_version': version, 'quota_us': quota_us, 'period_us': period_us}
 
 
-def lab_present(params, docker_backend=None, check_mode=False, handlers=None):
+def lab_present(params, docker_backend=None, check_mode=False, handlers=None, on_record=None):
     """Create the incident lab. Returns (changed, result dict).
 
     ``docker_backend``: a callable(state, workdir, p) -> consumer dict for
     the docker backend (plugins/module_utils/labdocker.py), so labkit stays
     free of project imports; ``handlers``: the undo handlers of its entries
-    (labdocker.UNDO_HANDLERS), for a broken or other-backend lab found first.
+    (labdocker.UNDO_HANDLERS), for a broken or other-backend lab found first;
+    ``on_record``: called before each change is recorded (LabState).
     """
     p = validate_lab_params(params)
-    state = LabState(p['state_path'])
+    state = LabState(p['state_path'], on_record)
     info = lab_info(state)
     if info and info['alive'] and (info['backend'] == p['backend']):
         return False, dict(info, state='present', note='already present')
@@ -1342,7 +1380,7 @@ def lab_present(params, docker_backend=None, check_mode=False, handlers=None):
         errors = undo_state(state, handlers)[1]
         if errors:
             raise RuntimeError('could not clean up the previous lab: %s' % '; '.join(errors))
-        state = LabState(p['state_path'])
+        state = LabState(p['state_path'], on_record)
         status = get_status()
     workdir = lab_workdir(p['state_path'])
     state.record('path', path=workdir, mode='lab_dir')

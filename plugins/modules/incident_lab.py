@@ -26,6 +26,10 @@ description:
     state file records and nothing else (rules by key only, previous audit settings, the lab's
     consumer, cgroups, container, image, dockerd when the lab started it, workload); it is safe
     to run twice and after a crash half-way.
+  - C(present) and C(absent) take the auditgap host lock (C(/run/auditgap/host.lock), waiting up to
+    60 s). Until the lab is complete, C(present)'s undo journal (docs/safety.md) holds one step -
+    undo what the state file records - so a failure removes the half-made lab, and so does the
+    next run of any auditgap module that changes the kernel after a SIGKILL (C(recovered_from_crash)).
   - When another audit consumer is registered the lab refuses, unless
     I(allow_existing_consumer) is true; the existing consumer is then moved into the lab's
     throttled cgroup and moved back at C(state=absent).
@@ -178,13 +182,30 @@ incident_lab:
       description: Changes that could not be undone (absent; they stay in the state file for a retry).
       type: list
       elements: str
+    recovered_from_crash:
+      description: >-
+        Undo journals of auditgap runs that died (SIGKILL) which this run replayed first (a lab
+        whose C(state=present) died half-way is removed this way), one entry per journal
+        {journal, module, owner_pid, since, undone, errors}; [] when none.
+      type: list
+      elements: dict
+    restored:
+      description: After a failed C(present), true when everything the half-made lab changed was undone.
+      type: bool
+    restore_errors:
+      description: After a failed C(present), the undo steps that failed.
+      type: list
+      elements: str
 '''
 
+import contextlib
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import labkit
+from ansible_collections.auditgap.fleet.plugins.module_utils import guard, labkit
+
+LOCK_WAIT_S = 60
 
 
 def _docker_backend(state, workdir, params):
@@ -224,8 +245,12 @@ def main():
     if os.geteuid() != 0:
         module.fail_json(msg='incident_lab needs root', incident_lab={'state': None})
     if wanted == 'absent':
-        changed, result = labkit.lab_absent(params['state_path'], check_mode=module.check_mode,
-                                            handlers=_docker_handlers())
+        if module.check_mode:
+            changed, result = labkit.lab_absent(params['state_path'], check_mode=True, handlers=_docker_handlers())
+            module.exit_json(changed=changed, incident_lab=result)
+        with _locked(module) as lock:
+            changed, result = labkit.lab_absent(params['state_path'], handlers=_docker_handlers())
+            result['recovered_from_crash'] = lock.recovered
         if result['errors']:
             module.fail_json(msg='some lab changes could not be undone (kept in %s for a retry): %s'
                              % (params['state_path'], '; '.join(result['errors'])),
@@ -238,15 +263,47 @@ def main():
     if not labkit.find_auditd() and params['backend'] == 'cgroup':
         module.fail_json(msg='auditd is not installed (Debian: apt-get install auditd)',
                          incident_lab={'state': None})
-    try:
-        changed, result = labkit.lab_present(params, docker_backend=_docker_backend,
-                                             check_mode=module.check_mode, handlers=_docker_handlers())
-    except labkit.LabRefused as err:
-        module.fail_json(msg=str(err), incident_lab={'state': None})
-    except Exception as err:  # undo the half-made lab: never leave a stall behind
-        undo = labkit.lab_absent(params['state_path'], handlers=_docker_handlers())[1]
-        module.fail_json(msg='could not create the lab: %s' % err, incident_lab=undo)
+    if module.check_mode:
+        try:
+            changed, result = labkit.lab_present(params, docker_backend=_docker_backend, check_mode=True,
+                                                 handlers=_docker_handlers())
+        except labkit.LabRefused as err:
+            module.fail_json(msg=str(err), incident_lab={'state': None})
+        module.exit_json(changed=changed, incident_lab=result)
+    with _locked(module) as lock:
+        # the journal holds one step - undo what the lab's state file records - until the lab
+        # is complete: a failure, or a crash (the next auditgap run), removes the half-made lab
+        rg = guard.RestoreGuard(journal='incident_lab')
+        try:
+            with rg:
+                rg.push_op('lab_undo', 'undo the half-made lab (%s)' % params['state_path'],
+                           state_path=params['state_path'])
+                changed, result = labkit.lab_present(params, docker_backend=_docker_backend,
+                                                     handlers=_docker_handlers(), on_record=rg.checkpoint)
+                rg.commit()
+        except labkit.LabRefused as err:
+            module.fail_json(msg=str(err), incident_lab={'state': None, 'recovered_from_crash': lock.recovered})
+        except Exception as err:  # the guard has undone the half-made lab: never leave a stall behind
+            module.fail_json(msg='could not create the lab: %s; %s' % (
+                err, 'everything it changed is undone' if rg.ok else 'undo incomplete: %s' % '; '.join(rg.restore_errors)),
+                incident_lab={'state': 'absent' if rg.ok else None, 'restored': rg.ok,
+                              'restore_errors': list(rg.restore_errors), 'recovered_from_crash': lock.recovered})
+        result['recovered_from_crash'] = lock.recovered
     module.exit_json(changed=changed, incident_lab=result)
+
+
+@contextlib.contextmanager
+def _locked(module):
+    """The host lock (waited for; dead runs' journals replayed), or the task fails."""
+    lock = guard.locked('incident_lab', wait_s=guard.lock_wait(LOCK_WAIT_S))
+    try:
+        lock.__enter__()
+    except (guard.LockBusy, guard.UnsafePath) as err:
+        module.fail_json(msg='%s; nothing changed' % err, incident_lab={'state': None})
+    try:
+        yield lock
+    finally:
+        lock.__exit__(None, None, None)
 
 
 if __name__ == '__main__':

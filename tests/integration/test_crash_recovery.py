@@ -355,3 +355,30 @@ def test_a_symlink_planted_as_the_lock_file_is_refused_and_its_target_untouched(
             held.__exit__()
     assert victim.read_text() == 'precious\n'
     assert rc != 0 and 'symlink' in res['msg'] and 'Traceback' not in res['msg'], res
+
+
+# -- incident_lab ----------------------------------------------------------------------------
+
+def test_incident_lab_killed_at_each_step_is_recovered(tmp_path, tracefs_root):
+    """state=present SIGKILLed after each recorded lab change (audit settings, cgroup, the
+    consumer, rules): the next auditgap run removes the half-made lab."""
+    if not labkit.find_auditd():
+        pytest.skip('auditd is not installed (make test installs it)')
+    if labkit.get_status().get('pid'):
+        pytest.skip('another audit consumer is registered')
+    state_path = str(tmp_path / 'lab' / 'state.json')
+    args = {'state': 'present', 'backend': 'cgroup', 'workload': False, 'key': 'auditgap-test-lab-crash',
+            'state_path': state_path}
+
+    def snapshot():
+        return labkit.host_snapshot(daemons=('auditd',))
+    before = snapshot()
+    try:
+        kills, (rc, res) = kill_at_each_step('incident_lab', args, tmp_path, snapshot,
+                                             recover=recover_with_ftrace_sample)
+        assert kills >= 5  # lab dir, audit settings, cgroup, unthrottle, consumer, rules
+        assert rc == 0 and res['incident_lab']['state'] == 'present', res
+    finally:
+        rc, res = run('incident_lab', {'state': 'absent', 'state_path': state_path}, tmp_path)
+    assert rc == 0, res
+    assert labkit.snapshot_diff(before, snapshot()) == []
