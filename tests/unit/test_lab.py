@@ -270,3 +270,24 @@ def test_present_undoes_a_broken_lab_with_the_backend_handlers(tmp_path, monkeyp
         labkit.lab_present({'state_path': path}, handlers={'container': undone.append})
     assert [e['id'] for e in undone] == ['c0ffee']
     assert [e['kind'] for e in labkit.LabState(path).entries] == ['path', 'audit_status']
+
+
+def test_spawn_entry_stops_the_daemon_by_its_command_line(tmp_path):
+    """A daemon is recorded before it starts (its pid unknown): undo finds it by argv."""
+    import subprocess
+    import sys
+    argv = [sys.executable, '-c', 'import time; time.sleep(60)', str(tmp_path)]
+    proc = subprocess.Popen(argv)
+    try:
+        for _ in range(100):
+            if labkit.pids_with_cmdline(argv):
+                break
+            import time
+            time.sleep(0.02)
+        assert labkit.pids_with_cmdline(argv) == [proc.pid]
+        labkit.stop_spawned({'kind': 'spawn', 'name': 'x', 'argv': argv})
+        assert proc.wait(timeout=10) == -15
+        assert labkit.pids_with_cmdline(argv) == []
+    finally:
+        proc.kill()
+        proc.wait()
