@@ -480,3 +480,29 @@ def test_pipe_reader_hands_out_whole_lines_in_batches(tmp_path):
     finally:
         reader.close()
     assert batches[-1] == ['last without newline'] and reader.bytes == pipe.stat().st_size
+
+
+def test_any_error_reports_the_real_restore_result(tmp_path, monkeypatch):
+    """An error that is not the module's own (here a ValueError in the window) still
+    returns the facts with what the guard could not put back: restored false, the failed
+    step named (today: empty facts saying restored true)."""
+    _fake_tracefs(tmp_path)
+    (tmp_path / 'available_tracers').write_text('function_graph nop\n')
+    (tmp_path / 'available_filter_functions').write_text('do_syscall_64\n')
+    (tmp_path / 'set_event').write_text('')
+    monkeypatch.setattr(tracefs, 'locate', lambda proc_root='/proc': str(tmp_path))
+    monkeypatch.setattr(tracefs, 'Lock', lambda: tracefs_lock(str(tmp_path / 'ftrace.lock')))
+    monkeypatch.setattr(ftrace_sample, 'audit_consumer_pid', lambda: None)
+
+    def window(reader, seconds, on_lines, base, kb):
+        (tmp_path / 'tracing_thresh').unlink()  # its undo step will fail
+        os.mkdir(str(tmp_path / 'tracing_thresh'))
+        raise ValueError('parser broke')
+    monkeypatch.setattr(ftrace_sample, '_window', window)
+    with pytest.raises(ftrace_sample.SampleError) as err:
+        ftrace_sample.run_sample(_params(mode='function_graph', pids=[1], duration_s=1), geteuid=lambda: 0)
+    facts = err.value.facts
+    assert 'ValueError: parser broke' in str(err.value) and 'NOT fully restored' in str(err.value)
+    assert facts['restored'] is False
+    assert [e for e in facts['restore_errors'] if 'tracing_thresh' in e]
+    assert (tmp_path / 'current_tracer').read_text() == 'nop'  # every other step still ran
