@@ -81,3 +81,20 @@ def test_fleet_diagnose_over_ssh(sshfleet, tmp_path):
         # ssh's own words reach the report (nobody holds the address: ARP fails).
         assert 'No route to host' in json.dumps(host['error']), host['error']
         assert name in (report_dir / 'fleet.md').read_text()
+
+
+def test_blackholed_host_times_out_once(tmp_path):
+    """A black-holed host (its packets vanish) is unreachable after the connect timeout, not
+    refused and not retried: the case of benchmarks/bench_fleet.py and docs/scale.md."""
+    from tests.support.sshfleet import SSHFleet
+    with SSHFleet(hosts=1, unreachable=1, blackhole=True, net='10.215.0') as fleet:
+        res = subprocess.run(
+            fleet.cmd([_tool('ansible'), '-i', fleet.inventory, 'fleet', '-m', 'ansible.builtin.ping', '-o',
+                       '-e', 'ansible_ssh_timeout=3']),
+            check=False, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    out = res.stdout
+    assert res.returncode == 4, (res.returncode, out, res.stderr)
+    assert f'{fleet.reachable[0]} | SUCCESS' in out, out
+    down = [line for line in out.splitlines() if line.startswith(fleet.unreachable[0] + ' | UNREACHABLE')]
+    assert down and 'timed out' in down[0], out
+    assert 'No route to host' not in out

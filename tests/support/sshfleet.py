@@ -68,17 +68,28 @@ def cleanup_stale(prefix=PREFIX + 'f'):
 class SSHFleet:
     """N namespace hosts with sshd, plus ``unreachable`` hosts with no sshd."""
 
+    _count = 0   # fleets made by this process: each gets its own namespace names
+
     def __init__(self, hosts=3, unreachable=1, net=DEFAULT_NET, group='fleet',
-                 extra_groups=None, python='/usr/bin/python3'):
-        if not 1 <= hosts <= 50 or not 0 <= unreachable <= 10:
-            raise ValueError('hosts must be 1..50 and unreachable 0..10')
+                 extra_groups=None, python='/usr/bin/python3', blackhole=False, cgroup=None):
+        """``blackhole``: the unreachable hosts' addresses answer ARP from the hub (a static
+        neighbour entry to a MAC nobody has), so their packets vanish and ssh waits for its
+        ConnectTimeout, like a host that is down behind a router (without it: "No route to
+        host" after ARP fails). ``cgroup``: directories of cgroup v1 hierarchies (e.g.
+        ``/sys/fs/cgroup/cpuacct/x``) each sshd is put in, so its sessions and the modules they
+        run are accounted there (benchmarks/bench_fleet.py)."""
+        if not 1 <= hosts <= 230 or not 0 <= unreachable <= 30 or hosts + unreachable > 239:
+            raise ValueError('hosts must be 1..230 and unreachable 0..30 (239 in all)')
+        self.blackhole = blackhole
+        self.cgroups = list(cgroup or [])
         self.n_hosts = hosts
         self.n_unreachable = unreachable
         self.net = net
         self.group = group
         self.extra_groups = extra_groups or []
         self.python = python
-        self.tag = f'{PREFIX}f{os.getpid()}'
+        SSHFleet._count += 1
+        self.tag = f'{PREFIX}f{os.getpid()}' + (f'-{SSHFleet._count}' if SSHFleet._count > 1 else '')
         self.hub = self.tag + '-hub'
         self.hub_addr = f'{net}.1'
         self.tmp = None
@@ -142,7 +153,11 @@ class SSHFleet:
             host = {'name': name, 'addr': addr, 'reachable': reachable, 'ns': None}
             self.hosts.append(host)
             if not reachable:
-                # An address in the range that nobody holds: ssh gets no answer.
+                # An address in the range that nobody holds: ARP fails (No route to host), or
+                # with blackhole the frames go to a MAC nobody has (ssh times out).
+                if self.blackhole:
+                    _run(['ip', '-n', self.hub, 'neigh', 'replace', addr, 'lladdr',
+                          '02:00:00:00:%02x:%02x' % (i >> 8 & 255, i & 255), 'dev', 'br0', 'nud', 'permanent'])
                 continue
             ns = f'{self.tag}-h{i}'
             host['ns'] = ns
@@ -165,8 +180,11 @@ class SSHFleet:
     def _start_sshd(self, host, authorized):
         d = os.path.join(self.tmp, host['name'])
         os.makedirs(d)
-        hostkey = os.path.join(d, 'ssh_host_ed25519_key')
-        _run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', hostkey])
+        # one host key for every host (key generation is most of a host's start-up; the
+        # clients do not check host keys)
+        hostkey = os.path.join(self.tmp, 'ssh_host_ed25519_key')
+        if not os.path.exists(hostkey):
+            _run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', hostkey])
         cfg = os.path.join(d, 'sshd_config')
         with open(cfg, 'w') as f:
             f.write('\n'.join([
@@ -194,6 +212,10 @@ class SSHFleet:
             ['nsenter', f"--net=/run/netns/{host['ns']}", SSHD, '-D', '-f', cfg, '-E', log],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
+        for cgroup in self.cgroups:
+            # nsenter execs sshd (same pid); sshd forks sessions only once it listens
+            with open(os.path.join(cgroup, 'cgroup.procs'), 'w') as f:
+                f.write(str(host['proc'].pid))
 
     @staticmethod
     def _wait_listening(host, deadline):
