@@ -237,11 +237,27 @@ class _View:
         return _d(self.trace.get('syscalls')) if self.trace_ok else {}
 
 
+def container_display(container):
+    """A container as people name it: namespace/pod/container for a pod, its name, else its short id."""
+    container = _d(container)
+    kube = _d(container.get('kubernetes'))
+    if kube.get('pod'):
+        return '/'.join(str(kube.get(k)) for k in ('namespace', 'pod', 'container') if kube.get(k))
+    if container.get('name'):
+        return str(container['name'])
+    return str(container.get('id') or '?')[:12]
+
+
 def _consumer_label(view, target=None):
     consumer = _d(view.consumer)
     name = consumer.get('comm') or (os_basename(consumer.get('exe')) if consumer.get('exe') else None)
     pid = consumer.get('pid') or _d(view.status).get('pid')
     label = 'consumer %s pid %s' % (name or '?', _fmt(pid))
+    container = _d(_d(target).get('container'))
+    if not container.get('name') and not container.get('kubernetes'):
+        container = _d(consumer.get('container')) or container
+    if container.get('id'):
+        label += ' in container %s' % container_display(container)
     if target:
         path = target.get('limited_by') or target.get('cgroup_path')
         if path:
@@ -268,6 +284,7 @@ def agent_cpu_remediation(target, thresholds):
     cores = max(float(thresholds['consumer_min_cores']), 4 * limit, 2 * usage)
     container = _d(target.get('container'))
     if container.get('id') and container.get('runtime') == 'docker':
+        # the name when known (unique on a Docker host), else the full id
         backend, tgt = 'docker', {'container': container.get('name') or container.get('id')}
     elif target.get('systemd_unit') and not container:
         backend, tgt = 'systemd', {'systemd_unit': target.get('systemd_unit')}

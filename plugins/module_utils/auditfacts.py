@@ -191,14 +191,29 @@ def consumer_pid(run_command, auditctl_path):
     return auditnl.consumer_from_status(raw)
 
 
-def read_consumer(pid, proc_root='/proc'):
-    """The registered consumer's identity (contract ``consumer``), or None without one."""
+def read_consumer(pid, proc_root='/proc', container_lookup=None):
+    """The registered consumer's identity (contract ``consumer``), or None without one.
+
+    ``container_lookup(id) -> (info, reason)`` (dockerctl.lookup_container) names the
+    consumer's container: ``container.name`` and, for a pod, ``container.kubernetes``.
+    """
     if not pid:
         return None
     info = procinfo.read_process(pid, proc_root)
     if info is None:
         return dict(procinfo.unknown_process(pid), found=False)
     info['found'] = True
+    container = info.get('container')
+    if container is not None:
+        container.setdefault('name', None)
+        if container_lookup is not None and container.get('id'):
+            found, _reason = container_lookup(container['id'])
+            if found:
+                container['name'] = found.get('name')
+                if found.get('kubernetes'):
+                    container['kubernetes'] = found['kubernetes']
+                if container.get('runtime') == 'unknown' and found.get('source') != 'crictl':
+                    container['runtime'] = 'docker'
     return info
 
 
@@ -323,7 +338,7 @@ def _d(value):
 
 def gather(source='auto', sample_seconds=0, sample_interval_ms=100, rules=True, consumer=True,
            run_command=None, auditctl_path=None, proc_root='/proc', root='/', euid=None,
-           cgroup_root='/sys/fs/cgroup'):
+           cgroup_root='/sys/fs/cgroup', container_lookup=None):
     """The ``audit_status`` facts. Never raises for a host that lacks audit or root."""
     hz = kernelhz.detect_hz(root)
     if euid is None:
@@ -357,7 +372,7 @@ def gather(source='auto', sample_seconds=0, sample_interval_ms=100, rules=True, 
                 facts['rules_error'] = str(err)
         activity = None
         if consumer:
-            facts['consumer'] = read_consumer(raw.get('pid'), proc_root)
+            facts['consumer'] = read_consumer(raw.get('pid'), proc_root, container_lookup)
             if facts['consumer'] is not None:
                 facts['consumer']['auditd_config'] = read_auditd_config(facts['consumer'], proc_root)
             facts['consumer_activity'] = None

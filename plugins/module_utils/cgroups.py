@@ -600,10 +600,21 @@ class Collector:
             unit = unit or u2
         if container is not None:
             pod_uid = container.get('pod_uid')
+            kubernetes = container.get('kubernetes')
             container = {'runtime': container.get('runtime'), 'id': container.get('id'),
                          'name': container.get('name')}
+            if container['name'] is None and container['id'] and self.container_lookup is not None:
+                # a container found from the cgroup path (the audit consumer's own): name it too
+                info, _reason = self.container_lookup(container['id'])
+                if info:
+                    container['name'] = info.get('name')
+                    kubernetes = info.get('kubernetes')
+                    if container['runtime'] == 'unknown' and info.get('source') != 'crictl':
+                        container['runtime'] = 'docker'
             if pod_uid:
                 container['pod_uid'] = pod_uid
+            if kubernetes:
+                container['kubernetes'] = kubernetes
         entry['container'] = container
         entry['systemd_unit'] = unit
         for group in groups:
@@ -700,11 +711,13 @@ class Collector:
         if info is None and self.container_lookup is not None and match['runtime'] in ('docker', 'unknown'):
             info, _reason = self.container_lookup(match['id'])
         container = {'runtime': match['runtime'], 'id': match['id'],
-                     'name': (info or {}).get('name'), 'pod_uid': match.get('pod_uid')}
+                     'name': (info or {}).get('name'), 'pod_uid': match.get('pod_uid'),
+                     'kubernetes': (info or {}).get('kubernetes')}
         if info and container['runtime'] == 'unknown':
             container['runtime'] = 'docker'
-        if not container['pod_uid']:
-            del container['pod_uid']
+        for key in ('pod_uid', 'kubernetes'):
+            if not container[key]:
+                del container[key]
         if match['pids']:
             return self._by_pids('container', ref, match['pids'], container=container)
         return [self._measured('container', ref, match['paths'][0], [], container=container)]

@@ -540,8 +540,34 @@ def _summary(info):
         'cpu_quota_us': host_config.get('CpuQuota') or 0,
         'cpu_period_us': host_config.get('CpuPeriod') or 0,
         'cgroup_parent': host_config.get('CgroupParent') or None,
+        'labels': (info.get('Config') or {}).get('Labels') or {},
         'source': 'socket',
     }
+
+
+# CRI labels the kubelet puts on every container (docker via dockershim/cri-dockerd, containerd, cri-o)
+KUBERNETES_LABELS = (('namespace', 'io.kubernetes.pod.namespace'), ('pod', 'io.kubernetes.pod.name'),
+                     ('container', 'io.kubernetes.container.name'))
+
+
+def kubernetes_from_labels(labels):
+    """{namespace, pod, container} from a container's CRI labels, or None when it is no pod's."""
+    labels = labels or {}
+    found = dict((key, labels.get(label)) for key, label in KUBERNETES_LABELS)
+    return found if found['pod'] else None
+
+
+def _cri_inspect(cid, crictl='crictl', timeout=10):
+    """A container by id through crictl (containerd, cri-o): {id, name, labels, source: crictl} or None."""
+    answer = _cli(['inspect', '--output', 'json', cid], crictl, timeout)
+    if answer is None or answer[0] != 0:
+        return None
+    try:
+        status = (json.loads(answer[1].decode('utf-8', 'replace')) or {}).get('status') or {}
+    except ValueError:
+        return None
+    return {'id': status.get('id') or cid, 'name': (status.get('metadata') or {}).get('name'),
+            'labels': status.get('labels') or {}, 'source': 'crictl'}
 
 
 def _cli(args, docker_cli='docker', timeout=10):
@@ -570,14 +596,26 @@ def _cli_inspect(ref, docker_cli='docker', timeout=10):
 
 
 def lookup_container(ref):
-    """(info or None, reason): a container by name or id; never raises."""
+    """(info or None, reason): a container by name or id; never raises.
+
+    Docker first (Engine API, else the CLI); a full container id Docker does not
+    know is asked of the CRI (``crictl inspect``: containerd, cri-o). ``info``
+    has ``kubernetes: {namespace, pod, container}`` when the CRI labels name a pod.
+    """
+    reason = None
     try:
         info = container_by_name_or_id(ref)
     except DockerError as exc:
-        return None, 'no Docker daemon to resolve names: %s' % exc
+        info, reason = None, 'no Docker daemon to resolve names: %s' % exc
     except Exception as exc:  # lookup problems are reasons, not crashes
-        return None, 'docker lookup failed: %s' % exc
-    return info, None
+        info, reason = None, 'docker lookup failed: %s' % exc
+    if info is None and ref and len(ref) == 64 and all(c in '0123456789abcdef' for c in ref):
+        info = _cri_inspect(ref)
+        if info is not None:
+            reason = None
+    if info is not None:
+        info['kubernetes'] = kubernetes_from_labels(info.get('labels'))
+    return info, reason
 
 
 def container_by_name_or_id(ref, socket_path=DOCKER_SOCK, use_cli=True):

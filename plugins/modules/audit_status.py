@@ -271,7 +271,10 @@ audit_status:
           description: C({v1 {controller path}, v2 path}).
           type: dict
         container:
-          description: C({runtime, id, pod_uid?}) when it runs in a container, else null.
+          description:
+            - C({runtime, id, name, pod_uid?, kubernetes?}) when it runs in a container, else null.
+            - C(name) is resolved through the Docker API (else C(crictl inspect)); C(kubernetes) is
+              C({namespace, pod, container}) from the CRI labels of a pod's container.
           type: dict
         systemd_unit:
           description: The systemd service or scope, or null.
@@ -319,7 +322,7 @@ audit_status:
 '''
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, dockerctl
 
 
 def main():
@@ -351,6 +354,7 @@ def main():
             consumer=params['consumer'],
             run_command=run_command,
             auditctl_path=module.get_bin_path('auditctl'),
+            container_lookup=dockerctl.lookup_container,
         )
     except Exception as err:  # never a traceback: a host without audit still gets a report
         facts = auditfacts.unsupported('unexpected error reading audit status: %s: %s'

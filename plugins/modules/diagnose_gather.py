@@ -159,7 +159,8 @@ def main():
     def audit():
         return auditfacts.gather(source=params['source'], sample_seconds=params['audit_sample_seconds'],
                                  sample_interval_ms=params['sample_interval_ms'], rules=True, consumer=True,
-                                 run_command=run_command, auditctl_path=module.get_bin_path('auditctl'))
+                                 run_command=run_command, auditctl_path=module.get_bin_path('auditctl'),
+                                 container_lookup=docker_lookup)
 
     def cgroup():
         return cgroups.collect(options, root='/', container_lookup=docker_lookup, audit_lookup=audit_consumer_pid)

@@ -110,6 +110,17 @@ def check_remediation(fleet, remediation):
     return rec
 
 
+def check_container_named(fleet):
+    """The consumer's own container (started with a name) is named in facts, chain and fix target."""
+    from ansible_collections.auditgap.fleet.plugins.module_utils import labdocker
+    local = next(h for h in fleet['hosts'] if h['host'] == 'localhost')
+    assert local['facts']['audit_status']['consumer']['container']['name'] == labdocker.CONTAINER
+    throttled = next(f for f in local['findings'] if f['id'] == 'audit_consumer_throttled')
+    assert throttled['evidence']['container']['name'] == labdocker.CONTAINER
+    assert 'in container %s' % labdocker.CONTAINER in local['chain']
+    assert throttled['remediation']['vars']['agent_cpu_target'] == {'container': labdocker.CONTAINER}
+
+
 @pytest.mark.parametrize('backend', ['cgroup', 'docker'])
 def test_lab_diagnose_remediate_absent(tmp_path, backend):
     before = audit_state()
@@ -125,6 +136,8 @@ def test_lab_diagnose_remediate_absent(tmp_path, backend):
         stalled_p99 = p99_of(records, since=time.time() - 4)
         fleet, _dry, remediation, t_applied = diagnose_and_remediate(tmp_path)
         check_remediation(fleet, remediation)
+        if backend == 'docker':
+            check_container_named(fleet)
         time.sleep(4)
         with open(LAB_LATENCY) as handle:
             records = [json.loads(line) for line in handle if line.strip()]
