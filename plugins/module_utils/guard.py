@@ -190,8 +190,14 @@ class HostLock:
         self.stale_holder = None
 
     def __enter__(self):
-        ensure_state_dir(self.state_dir)
-        fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
+        try:
+            ensure_state_dir(self.state_dir)
+            fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
+        except UnsafePath:
+            raise
+        except OSError as err:
+            raise UnsafePath('cannot use the host lock %s: %s (auditgap changes the kernel as root)'
+                             % (self.path, err.strerror or err)) from None
         deadline = time.monotonic() + max(0.0, float(self.wait_s or 0))
         while True:
             try:

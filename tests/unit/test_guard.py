@@ -249,3 +249,11 @@ def test_two_sigterms_during_restore_do_not_cut_it_short(tmp_path):
     # the inner restore ran to the end, then the signal stopped the outer block
     assert lines == ["inner True [] ['SIGTERM']", 'outer SIGTERM'], (out, err)
     assert proc.returncode == 0
+
+
+def test_lock_in_a_directory_we_cannot_create_is_a_clear_error(tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    with pytest.raises(guard_mod.UnsafePath, match='cannot use the host lock'):
+        with guard_mod.HostLock('t', state_dir=str(blocker / 'state')):
+            pass
