@@ -36,8 +36,10 @@ import socket
 import struct
 import time
 
-from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls_x86 import (
+from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls import (
+    audit_arch,
     syscall_name,
+    table_for,
 )
 
 NETLINK_AUDIT = 9
@@ -116,12 +118,6 @@ ACTIONS = {0: 'never', 1: 'possible', 2: 'always'}
 AUDIT_MAX_FIELDS = 64
 AUDIT_BITMASK_SIZE = 64
 RULE_HEADER_SIZE = 4 * (3 + AUDIT_BITMASK_SIZE + 3 * AUDIT_MAX_FIELDS + 1)  # 1040
-
-AUDIT_ARCH_X86_64 = 0xC000003E
-AUDIT_ARCH_I386 = 0x40000003
-ARCHES = {AUDIT_ARCH_X86_64: 'b64', AUDIT_ARCH_I386: 'b32'}
-# machine names (uname -m, auditctl -F arch=) -> the arch names above
-MACHINE_ARCHES = {'x86_64': 'b64', 'i386': 'b32', 'i686': 'b32'}
 
 OPERATORS = {
     0x08000000: '&',
@@ -316,7 +312,7 @@ def _perm_text(value):
 def _field_value(name, raw):
     """Numeric field value as ``auditctl -l`` prints it."""
     if name == 'arch':
-        return ARCHES.get(raw, '0x%x' % raw)
+        return audit_arch(raw)[0]
     if name == 'perm':
         return _perm_text(raw)
     if name in HEX_FIELDS:
@@ -331,7 +327,7 @@ def _field_value(name, raw):
     return str(raw)
 
 
-def _syscalls_from_mask(words, arch):
+def _syscalls_from_mask(words, table):
     # auditctl -S all sets every word but the last (as libaudit checks it)
     if all(word == U32_MAX for word in words[:-1]):
         return ['all']
@@ -341,17 +337,17 @@ def _syscalls_from_mask(words, arch):
             continue
         for bit in range(32):
             if word & (1 << bit):
-                names.append(syscall_name(arch, index * 32 + bit))
+                names.append(syscall_name(table, index * 32 + bit))
     return names
 
 
-def machine_arch():
-    """'b64' on x86_64, 'b32' on i386/i686, else None (syscalls stay numeric)."""
-    return MACHINE_ARCHES.get(os.uname()[4])
+def decode_rule(payload, machine=None):
+    """struct audit_rule_data -> rule dict (the shape ``auditparse.parse_rules`` returns).
 
-
-def decode_rule(payload, default_arch='b64'):
-    """struct audit_rule_data -> rule dict (the shape ``auditparse.parse_rules`` returns)."""
+    Syscall numbers are named with the table of the rule's ``AUDIT_ARCH_*``
+    (x86_64, i386, aarch64, arm); a rule without an arch field uses the native
+    table of ``machine`` (uname -m, default this host's).
+    """
     if len(payload) < RULE_HEADER_SIZE:
         raise ValueError('audit rule too short: %d bytes' % len(payload))
     words = struct.unpack_from('=%dI' % (RULE_HEADER_SIZE // 4), payload)
@@ -366,6 +362,7 @@ def decode_rule(payload, default_arch='b64'):
     field_count = min(field_count, AUDIT_MAX_FIELDS)
 
     arch = None
+    table = table_for(None, machine)
     fields = []
     keys = []
     offset = 0
@@ -388,14 +385,12 @@ def decode_rule(payload, default_arch='b64'):
         else:
             value = _field_value(name, raw)
         if name == 'arch':
-            arch = value
+            arch, table = audit_arch(raw)
         fields.append({'name': name, 'op': op, 'value': value})
 
     list_name = FILTER_LISTS.get(flags & ~AUDIT_FILTER_PREPEND & 0xFF, 'list_%d' % flags)
-    # names only where the table fits: an explicit b64/b32, or this machine's arch
-    syscall_arch = arch if arch is not None else default_arch
     if list_name in ('exit', 'entry'):
-        syscalls = _syscalls_from_mask(mask, syscall_arch)
+        syscalls = _syscalls_from_mask(mask, table)
     else:
         syscalls = []
     rule = {
@@ -584,10 +579,8 @@ class AuditSocket:
             if msg_type == AUDIT_GET:
                 return decode_status(payload)
 
-    def list_rules(self, default_arch=None):
-        """AUDIT_LIST_RULES -> [rule dict] in kernel order."""
-        if default_arch is None:
-            default_arch = machine_arch()
+    def list_rules(self, machine=None):
+        """AUDIT_LIST_RULES -> [rule dict] in kernel order (``machine``: see decode_rule)."""
         seq = self._send(AUDIT_LIST_RULES)
         rules = []
         for msg_type, _flags, payload in self._replies(seq):
@@ -599,7 +592,7 @@ class AuditSocket:
             if msg_type == NLMSG_DONE:
                 return rules
             if msg_type == AUDIT_LIST_RULES:
-                rules.append(decode_rule(payload, default_arch))
+                rules.append(decode_rule(payload, machine))
 
     def _set(self, mask, values):
         seq = self._send(AUDIT_SET, encode_status(mask, **values), NLM_F_REQUEST | NLM_F_ACK)
@@ -659,10 +652,10 @@ def consumer_pid(timeout_s=2.0):
     return consumer_from_status(status)
 
 
-def list_rules(timeout_s=2.0, default_arch=None):
+def list_rules(timeout_s=2.0, machine=None):
     """The loaded audit rules, decoded."""
     with AuditSocket(timeout_s) as sock:
-        return sock.list_rules(default_arch)
+        return sock.list_rules(machine)
 
 
 def set_status(allow_immutable=False, sock=None, **fields):

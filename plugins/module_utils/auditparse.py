@@ -5,7 +5,10 @@
 
 ``parse_status(text)`` returns the same dict as ``auditnl.decode_status``
 (fields the text lacks are None), plus ``loginuid_immutable`` when printed.
-``parse_rules(text)`` returns the same rule dicts as ``auditnl.decode_rule``.
+``parse_rules(text)`` returns the same rule dicts as ``auditnl.decode_rule``;
+syscall numbers auditctl printed (ones its table lacks) are named with the
+table of the rule's arch on the host the text came from (``machine``,
+default this host: ``-F arch=b64`` is aarch64 on an aarch64 host).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -16,10 +19,10 @@ import re
 import shlex
 
 from ansible_collections.auditgap.fleet.plugins.module_utils.auditnl import (
-    MACHINE_ARCHES,
     STATUS_FIELDS,
     render_rule,
 )
+from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls import arch_label, named
 
 # names auditctl used in older one-line output -> the struct's names
 _STATUS_ALIASES = {'flag': 'failure', 'features': 'feature_bitmap'}
@@ -90,8 +93,11 @@ def _empty_rule():
             'fields': [], 'key': None, 'keys': []}
 
 
-def parse_rule_line(line):
-    """One ``auditctl -l`` line -> rule dict; raises ValueError when it is not a rule."""
+def parse_rule_line(line, machine=None):
+    """One ``auditctl -l`` line -> rule dict; raises ValueError when it is not a rule.
+
+    ``machine``: uname -m of the host the line comes from (default this host).
+    """
     try:
         tokens = shlex.split(line)
     except ValueError:
@@ -99,6 +105,7 @@ def parse_rule_line(line):
     if not tokens or tokens[0] not in ('-a', '-A', '-w', '-W'):
         raise ValueError('not an audit rule: %r' % line)
     rule = _empty_rule()
+    arch_value = None
     watch_path = None
     perms = []
     i = 0
@@ -129,7 +136,8 @@ def parse_rule_line(line):
                 rule['keys'].append(value)
             else:
                 if name == 'arch':
-                    value = MACHINE_ARCHES.get(value, value)
+                    arch_value = value
+                    value = arch_label(value)
                     rule['arch'] = value
                 rule['fields'].append({'name': name, 'op': op, 'value': value})
         elif opt == '-C':
@@ -151,12 +159,14 @@ def parse_rule_line(line):
         rule['syscalls'] = ['all']
     if 'all' in rule['syscalls']:
         rule['syscalls'] = ['all']
+    else:
+        rule['syscalls'] = named(rule['syscalls'], arch_value, machine)
     rule['key'] = rule['keys'][0] if rule['keys'] else None
     rule['text'] = line.strip()
     return rule
 
 
-def parse_rules(text):
+def parse_rules(text, machine=None):
     """Parse ``auditctl -l`` output into rule dicts.
 
     ``No rules`` gives []. A line that is not a rule is kept as
@@ -169,7 +179,7 @@ def parse_rules(text):
         if not line or line == 'No rules':
             continue
         try:
-            rules.append(parse_rule_line(line))
+            rules.append(parse_rule_line(line, machine))
         except ValueError as err:
             rules.append(dict(_empty_rule(), text=line, parse_error=str(err)))
     return rules

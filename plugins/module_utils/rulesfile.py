@@ -28,6 +28,8 @@ import os
 import re
 import tempfile
 
+from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls import arch_label, named
+
 _FIELD_RE = re.compile(r'^([A-Za-z_0-9]+)(!=|<=|>=|&=|=|<|>|&)(.*)$')
 _LISTS = ('exit', 'task', 'user', 'exclude', 'filesystem', 'io_uring', 'entry')
 _ACTIONS = ('always', 'never')
@@ -144,19 +146,27 @@ def syscall_rules(text):
     return rules
 
 
-def canonical(rule, syscall_names=None):
+def syscall_names(rule, machine=None):
+    """The rule's syscalls, numbers named with the table of its arch on a host of ``machine``
+    (uname -m, default this host: ``-F arch=b64`` is aarch64 on aarch64)."""
+    arch = [value for name, _op, value in rule['fields'] if name == 'arch']
+    return named(rule['syscalls'], arch[0] if arch else None, machine)
+
+
+def canonical(rule, machine=None):
     """Hashable form for comparing rules regardless of spelling.
 
-    ``syscall_names`` maps numbers (as strings) to names. ``exe`` fields
+    Syscall numbers compare as names (``syscall_names``). ``exe`` fields
     compare without their operator: auditctl 3.0 prints ``exe!=X`` as
     ``exe=X``.
     """
-    names = syscall_names or {}
-    syscalls = tuple(sorted({names.get(s, s) for s in rule['syscalls']}))
+    syscalls = tuple(sorted(set(syscall_names(rule, machine))))
     fields = []
     for name, op, value in rule['fields']:
         if name == 'exe':
             op = '~'
+        elif name == 'arch':
+            value = arch_label(value)  # -F arch=x86_64 loads as b64
         fields.append((name, op, value))
     return (rule['list'], rule['action'], syscalls,
             tuple(sorted(fields)), tuple(sorted(rule['keys'])))
@@ -257,19 +267,18 @@ def validate_spec(spec):
     return {'syscall': syscall, 'key': key, 'scope': parse_scope(spec.get('scope'))}
 
 
-def rule_matches(rule, spec, syscall_names=None):
+def rule_matches(rule, spec, machine=None):
     """Does narrowing ``spec`` apply to this rule?"""
     if rule is None or rule['kind'] != 'syscall' or rule['flag'] == '-d':
         return False
     if rule['list'] != 'exit' or rule['action'] != 'always':
         return False
-    names = syscall_names or {}
-    if spec['syscall'] not in [names.get(s, s) for s in rule['syscalls']]:
+    if spec['syscall'] not in syscall_names(rule, machine):
         return False
     return not (spec['key'] is not None and spec['key'] not in rule['keys'])
 
 
-def narrow_rule(rule, spec, syscall_names=None):
+def narrow_rule(rule, spec, machine=None):
     """Rules replacing ``rule`` once ``spec`` is applied.
 
     Without scope the syscall leaves the rule; if it was the only one, the
@@ -278,18 +287,18 @@ def narrow_rule(rule, spec, syscall_names=None):
     with the scope fields (replacing fields of the same name). Returns the
     input unchanged (one element, same canonical form) when already narrow.
     """
-    names = syscall_names or {}
+    names = dict(zip(rule['syscalls'], syscall_names(rule, machine)))
     syscall = spec['syscall']
     scope = spec['scope']
     if scope:
         scope_names = {f[0] for f in scope}
-        if rule['syscalls'] and all(names.get(s, s) == syscall for s in rule['syscalls']):
+        if rule['syscalls'] and all(names[s] == syscall for s in rule['syscalls']):
             kept_fields = [f for f in rule['fields'] if f[0] not in scope_names]
             if sorted(kept_fields + scope) == sorted(rule['fields']):
                 return [rule]
     out = []
     rest = _copy(rule)
-    rest['syscalls'] = [s for s in rule['syscalls'] if names.get(s, s) != syscall]
+    rest['syscalls'] = [s for s in rule['syscalls'] if names[s] != syscall]
     if rest['syscalls']:
         out.append(rest)
     if scope:
@@ -300,7 +309,7 @@ def narrow_rule(rule, spec, syscall_names=None):
     return out
 
 
-def narrow_text(text, specs, syscall_names=None):
+def narrow_text(text, specs, machine=None):
     """Apply narrowing specs to one rules file's text.
 
     Returns ``(new_text, changes)``; ``changes`` is a list of
@@ -323,9 +332,9 @@ def narrow_text(text, specs, syscall_names=None):
                 nxt = []
                 hit = False
                 for r in current:
-                    if rule_matches(r, spec, syscall_names):
-                        replaced = narrow_rule(r, spec, syscall_names)
-                        if [canonical(x, syscall_names) for x in replaced] != [canonical(r, syscall_names)]:
+                    if rule_matches(r, spec, machine):
+                        replaced = narrow_rule(r, spec, machine)
+                        if [canonical(x, machine) for x in replaced] != [canonical(r, machine)]:
                             hit = True
                         nxt.extend(replaced)
                     else:

@@ -194,19 +194,6 @@ def syscalls_from_rules(rules):
     return seen
 
 
-def syscalls_from_auditctl(text):
-    """``auditctl -l`` text -> syscall names named by ``-S`` (fallback when netlink is absent)."""
-    rules = []
-    for line in text.splitlines():
-        tokens = line.split()
-        names = []
-        for i, tok in enumerate(tokens[:-1]):
-            if tok == '-S':
-                names.extend(tokens[i + 1].split(','))
-        rules.append({'syscalls': names})
-    return syscalls_from_rules(rules)
-
-
 # ---------------------------------------------------------------------------
 # host access
 

@@ -296,7 +296,7 @@ import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, auditparse, tracefs
 from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import (
     GuardInterrupted, Journal, RestoreGuard, UnsafePath, write_value)
@@ -413,7 +413,7 @@ def audit_rule_syscalls():
             pass
     text = _run(['auditctl', '-l'])
     if text is not None:
-        return tracefs.syscalls_from_auditctl(text), 'audit_rules_auditctl'
+        return tracefs.syscalls_from_rules(auditparse.parse_rules(text)), 'audit_rules_auditctl'
     return [], 'none'
 
 

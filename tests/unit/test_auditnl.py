@@ -4,8 +4,7 @@ import os
 import struct
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
-from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls_x86 import syscall_name
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, syscalls
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'audit')
 
@@ -340,18 +339,18 @@ def synthetic_rule(fields, values, flags, mask, action=2, list_flags=4):
     return struct.pack('=%dI' % len(words), *words)
 
 
-def test_decode_rule_foreign_arch_keeps_syscall_numbers():
+def test_decode_rule_names_syscalls_by_the_rules_arch():
     mask = [1 << 5] + [0] * 63
-    payload = synthetic_rule([11], [0xC00000B7], [0x40000000], mask)   # arch=aarch64
-    rule = auditnl.decode_rule(payload)
-    assert rule['arch'] == '0xc00000b7' and rule['syscalls'] == ['5']
-    b64 = auditnl.decode_rule(synthetic_rule([11], [auditnl.AUDIT_ARCH_X86_64], [0x40000000], mask))
-    assert b64['syscalls'] == ['fstat']
-    no_arch = auditnl.decode_rule(synthetic_rule([], [], [], mask), default_arch=None)
-    assert no_arch['syscalls'] == ['5'] and no_arch['arch'] is None
-
-
-def test_syscall_names_per_arch_and_the_shared_numbers():
-    assert syscall_name('b64', 5) == 'fstat' and syscall_name('b32', 5) == 'open'
-    assert syscall_name('b64', 435) == syscall_name('b32', 435) == 'clone3'  # 424+: one number everywhere
-    assert syscall_name('b64', 400) == '400' and syscall_name(None, 5) == '5'
+    rule = auditnl.decode_rule(synthetic_rule([11], [syscalls.AUDIT_ARCH_X86_64], [0x40000000], mask))
+    assert rule['arch'] == 'b64' and rule['syscalls'] == ['fstat']
+    # AUDIT_ARCH_AARCH64 names its own table whatever the host: auditctl prints it as b64
+    rule = auditnl.decode_rule(synthetic_rule([11], [syscalls.AUDIT_ARCH_AARCH64], [0x40000000], mask),
+                               machine='x86_64')
+    assert rule['arch'] == 'b64' and rule['syscalls'] == ['setxattr']
+    assert rule['text'] == '-a always,exit -F arch=b64 -S setxattr'
+    # an architecture without a table: the arch as a number, syscalls stay numbers
+    rule = auditnl.decode_rule(synthetic_rule([11], [0x80000016], [0x40000000], mask))    # s390x
+    assert rule['arch'] == '0x80000016' and rule['syscalls'] == ['5']
+    # no arch field: the host's native table, none for a machine without one
+    assert auditnl.decode_rule(synthetic_rule([], [], [], mask), machine='aarch64')['syscalls'] == ['setxattr']
+    assert auditnl.decode_rule(synthetic_rule([], [], [], mask), machine='ppc64le')['syscalls'] == ['5']

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, auditparse, tracefs
 from ansible_collections.auditgap.fleet.plugins.modules import ftrace_sample
 
 MOUNTS = """sysfs /sys sysfs rw 0 0
@@ -73,8 +73,8 @@ def test_syscalls_from_rules():
     assert tracefs.syscalls_from_rules(rules) == ['bind', 'listen', 'accept4', 'clone']
     with open(os.path.join(os.path.dirname(__file__), '..', 'fixtures', 'ftrace', 'auditctl-l.seed-rules.txt')) as h:
         text = h.read()
-    assert tracefs.syscalls_from_auditctl(text) == ['bind', 'listen', 'accept4', 'clone', 'fork', 'execve',
-                                                    'adjtimex', 'settimeofday']
+    assert tracefs.syscalls_from_rules(auditparse.parse_rules(text)) == ['bind', 'listen', 'accept4', 'clone', 'fork', 'execve',
+                                                                       'adjtimex', 'settimeofday']
 
 
 def test_validate_pids(tmp_path):
