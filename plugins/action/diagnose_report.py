@@ -33,7 +33,7 @@ GATHERED = ('audit_status', 'cgroup_throttle', 'ftrace_sample')
 RESULT_FACTS = {'gather': ('audit_status', 'cgroup_throttle'), 'audit_status': ('audit_status',),
                 'cgroup_throttle': ('cgroup_throttle',), 'ftrace_sample': ('ftrace_sample',)}
 RESULT_ORDER = ('gather', 'audit_status', 'cgroup_throttle', 'ftrace_sample')
-_ARGS = frozenset(('report_dir', 'hosts', 'thresholds', 'timeline_svg', 'latest_link', 'formats', 'print_summary'))
+_ARGS = frozenset(('report_dir', 'base_dir', 'hosts', 'thresholds', 'timeline_svg', 'latest_link', 'formats', 'print_summary'))
 # host variable -> findings threshold key (defaults: findings.DEFAULT_THRESHOLDS = roles/diagnose/defaults)
 THRESHOLD_VARS = {'diagnose_' + key: key for key in DEFAULT_THRESHOLDS}
 FORMATS = ('json', 'md', 'html', 'prom')
@@ -200,7 +200,7 @@ class ActionModule(ActionBase):
         report_dir = args.get('report_dir')
         latest = args.get('latest_link')
         if not report_dir:
-            report_dir = default_report_dir(now)
+            report_dir = default_report_dir(now, os.path.expanduser(to_text(args.get('base_dir') or 'reports')))
             latest = True if latest is None else latest
         report_dir = os.path.expanduser(to_text(report_dir))
         arg_thresholds = plain(args.get('thresholds') or {})

@@ -25,9 +25,16 @@ description:
 options:
   report_dir:
     description:
-      - Directory for the reports (created). When not given, C(./reports/<UTC timestamp>/) and
-        C(./reports/latest) is pointed at it.
+      - Directory for the reports (created). When not given, C(<base_dir>/<UTC timestamp>/) and
+        C(<base_dir>/latest) is pointed at it.
     type: path
+  base_dir:
+    description:
+      - Where the timestamped report directories and the C(latest) link go when I(report_dir) is not
+        given (created). Relative paths are relative to the playbook run's working directory. Point it at
+        persistent storage where the controller is a throwaway container (an AWX execution environment).
+    type: path
+    default: reports
   hosts:
     description:
       - Inventory hosts to report on. Default is every host on which the C(auditgap.fleet.diagnose) role
