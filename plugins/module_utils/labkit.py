@@ -338,11 +338,15 @@ def parse_auditctl_status(text):
 
 
 def netlink_get_status():
-    """Minimal AUDIT_GET over NETLINK_AUDIT (read only). Raises OSError."""
+    """Minimal AUDIT_GET over NETLINK_AUDIT (read only). Raises OSError.
+
+    No bind(2): the kernel binds the socket on its first send. The lab's rules audit
+    ``bind`` (the seed's ``-S bind,listen,accept4``), so a sampler calling bind would
+    itself sleep in audit_log_start during the stall and miss the samples it is there for.
+    """
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
     try:
         sock.settimeout(2.0)
-        sock.bind((0, 0))
         sock.send(struct.pack('=IHHII', 16, AUDIT_GET, 1, 1, 0))  # NLM_F_REQUEST
         while True:
             data = sock.recv(65536)
@@ -889,6 +893,7 @@ class Recorder:
         self.last_flush = int(time.time())
         self.last_cpu = read_cpu_stat(cpu_stat_dir) if cpu_stat_dir else {}
         self.backlog_peak = None
+        self.backlog_samples = 0
 
     def sample_backlog(self):
         """Called every ~50 ms: keep the second's backlog peak (a 1 s sample misses the fills)."""
@@ -898,8 +903,10 @@ class Recorder:
             backlog = netlink_get_status().get('backlog')
         except (OSError, socket.error, struct.error):
             return
-        if backlog is not None and (self.backlog_peak is None or backlog > self.backlog_peak):
-            self.backlog_peak = backlog
+        if backlog is not None:
+            self.backlog_samples += 1
+            if self.backlog_peak is None or backlog > self.backlog_peak:
+                self.backlog_peak = backlog
 
     def add(self, value_ms):
         if value_ms is None:
@@ -926,8 +933,9 @@ class Recorder:
         if self.timeline_path:
             point = {'t': second, 'p99_ms': record['p99_ms'], 'count': record['count'],
                      'backlog': None, 'lost': None, 'throttled_ratio': None,
-                     'backlog_peak': self.backlog_peak}
+                     'backlog_peak': self.backlog_peak, 'backlog_samples': self.backlog_samples}
             self.backlog_peak = None
+            self.backlog_samples = 0
             try:
                 status = netlink_get_status()
                 point['backlog'] = status.get('backlog')

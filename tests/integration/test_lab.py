@@ -112,6 +112,10 @@ def _end_to_end(backend):
     assert window['count'] > 0
     assert window['p99_ms'] >= STALL_MIN_P99_MS, (window, records)
     assert any((p.get('throttled_ratio') or 0) > 0.5 for p in points), points
+    # the backlog sampler is not audited: it reads the full backlog while accept4 stalls
+    stalled = [p for p in points if (p.get('p99_ms') or 0) >= STALL_MIN_P99_MS]
+    assert stalled and max(p.get('backlog_peak') or 0 for p in stalled) >= 0.8 * status['backlog_limit'], points
+    assert sum(1 for p in stalled if p.get('backlog_samples')) >= len(stalled) / 2.0, points
     assert os.path.getsize(svg) > 1000
     # present again: nothing changes
     assert changed_count(playbook('-e', 'lab_state=present', '-e', 'lab_backend=%s' % backend).stdout) == 0

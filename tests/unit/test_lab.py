@@ -198,14 +198,32 @@ def test_timeline_svg_from_points():
     points = [{'t': 100 + i, 'p99_ms': 0.5 if i < 3 else 300.0, 'backlog': 1, 'backlog_peak': 60,
                'backlog_limit': 64, 'lost': i, 'backlog_wait_time_actual': 100 * i * i,
                'throttled_ratio': 0.0 if i < 3 else 1.0} for i in range(8)]
-    p99, backlog, throttled, lost, waited, limit, t0 = labchart.timeline_series(points)
+    p99, backlog, throttled, lost, waited, limit, t0 = labchart.timeline_series(points, hz=250)
     assert t0 == 100 and limit == 64
     assert p99[0] == (0, 0.5) and throttled[-1] == (7, 100.0)
-    assert backlog[0] == (0, 60) and lost[0] == (1, 1) and waited[0] == (1, 100)
+    assert backlog[0] == (0, 60) and lost[0] == (1, 1) and waited[0] == (1, 400.0)  # 100 jiffies at HZ 250
     svg = labchart.timeline_svg(points, [{'t': 99, 'label': 'quota <1000>'}])
     assert svg.startswith('<svg') and svg.rstrip().endswith('</svg>')
     assert 'quota &lt;1000&gt;' in svg and 'backlog_limit 64' in svg
     assert labchart.timeline_series([])[0] == []
+
+
+def test_timeline_missing_samples_are_gaps_not_zeros():
+    from ansible_collections.auditgap.fleet.plugins.module_utils import labchart
+    points = [{'t': 100, 'p99_ms': 1.0, 'backlog_peak': 64, 'backlog_samples': 20, 'lost': 0,
+               'backlog_wait_time_actual': 0},
+              {'t': 101, 'p99_ms': 500.0, 'backlog_peak': None, 'backlog': 0, 'backlog_samples': 0,
+               'lost': 4, 'backlog_wait_time_actual': 100},           # the sampler got nothing this second
+              # 102..103 missing: the workload wrote no point
+              {'t': 104, 'p99_ms': 400.0, 'backlog_peak': 70, 'backlog_samples': 3, 'lost': 10,
+               'backlog_wait_time_actual': 400}]
+    p99, backlog, _throttled, lost, waited, _limit, _t0 = labchart.timeline_series(points, hz=100)
+    assert backlog == [(0, 64), (1, None), (2, None), (4, 70)]
+    assert p99 == [(0, 1.0), (1, 500.0), (2, None), (4, 400.0)]
+    assert lost == [(1, 4.0), (2, None), (4, 2.0)]                   # 6 over 3 s
+    assert waited == [(1, 1000.0), (2, None), (4, 1000.0)]           # ms/s: 300 jiffies over 3 s at HZ 100
+    svg = labchart.timeline_svg(points, hz=100)
+    assert 'ms/s' in svg and 'jiffies/s' not in svg
 
 
 def test_write_timeline_svg_and_points(tmp_path):
