@@ -34,6 +34,7 @@ missed.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -141,7 +142,8 @@ def run_one(fleet, kind, inventory, limit, tmp, targets, tag, n_reachable):
             with open(fleet_json) as f:
                 doc = json.load(f)
             ok = doc['summary']['reachable'] == n_reachable
-            down_errors = sorted(set(str(h.get('error'))[-60:] for h in doc['hosts'] if not h.get('reachable')))
+            down_errors = sorted(set(re.sub(r'\d+\.\d+\.\d+\.\d+', 'ADDR', str(h.get('error')))[-60:]
+                                     for h in doc['hosts'] if not h.get('reachable')))
     if not ok:
         sys.stderr.write('%s run failed (rc %d):\n%s\n%s\n' % (tag, proc.returncode, proc.stdout[-3000:],
                                                                proc.stderr[-2000:]))

@@ -92,14 +92,17 @@ from ansible_collections.auditgap.fleet.plugins.module_utils import (
     auditfacts,
     auditnl,
     cgroups,
-    dockerctl,
 )
 
 
 audit_consumer_pid = auditnl.consumer_pid
 
 
-docker_lookup = dockerctl.lookup_container
+def docker_lookup(*args, **kwargs):
+    """dockerctl.lookup_container, imported only when a consumer sits in a container: its
+    HTTP and tar imports were a third of this module's start-up on every host (docs/scale.md)."""
+    from ansible_collections.auditgap.fleet.plugins.module_utils import dockerctl
+    return dockerctl.lookup_container(*args, **kwargs)
 
 
 def cgroup_options(seconds):

@@ -1,4 +1,5 @@
 """diagnose_gather: both collectors at once, errors become supported: false."""
+import os
 import threading
 import time
 
@@ -40,3 +41,14 @@ def test_cgroup_options_are_the_consumer_only():
     opts = G.cgroup_options(3.0)
     assert opts['audit_consumer'] is True and opts['sample_seconds'] == 3.0
     assert all(opts[k] == [] for k in ('pids', 'process_names', 'systemd_units', 'containers', 'cgroup_paths'))
+
+
+def test_docker_client_not_imported_at_start_up():
+    """The module's start-up on each host leaves the Docker client (HTTP, tar) out (docs/scale.md)."""
+    import subprocess
+    import sys
+    code = ('import sys; from ansible_collections.auditgap.fleet.plugins.modules import diagnose_gather; '
+            'print(any(m.endswith(".dockerctl") or m in ("http.client", "tarfile") for m in sys.modules))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.stdout.strip() == 'False', out
