@@ -30,6 +30,7 @@ missed.
 
     benchmarks/bench_fleet.py [--sizes 1,10] [--rounds 1] [--timeout 5]
     benchmarks/bench_fleet.py --sizes 1,10,50,100,200      (minutes)
+    BENCH_FLEET_STRATEGY=mitogen_linear benchmarks/bench_fleet.py   (with mitogen installed)
 """
 import argparse
 import json
@@ -94,7 +95,15 @@ def _env():
     env = dict(os.environ)
     env.update({'ANSIBLE_CONFIG': os.path.join(ROOT, 'ansible.cfg'), 'ANSIBLE_NOCOLOR': '1',
                 'ANSIBLE_FORCE_COLOR': '0'})
+    if STRATEGY:
+        # e.g. mitogen_linear (pip install mitogen): its strategy plugins directory and name
+        import ansible_mitogen
+        env['ANSIBLE_STRATEGY_PLUGINS'] = os.path.join(os.path.dirname(ansible_mitogen.__file__), 'plugins', 'strategy')
+        env['ANSIBLE_STRATEGY'] = STRATEGY
     return env
+
+
+STRATEGY = os.environ.get('BENCH_FLEET_STRATEGY')
 
 
 def write_inventory(fleet, path, timeout):
