@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,19 @@ class Cgroup:
                 f.write(str(os.getpid()))
 
     def remove(self):
+        # what is left are the run's own ssh ControlPersist masters (they outlive ansible by
+        # ControlPersist seconds): end them, by pid, so the cgroup can go
+        for d in self.dirs:
+            try:
+                with open(os.path.join(d, 'cgroup.procs')) as f:
+                    pids = [int(p) for p in f.read().split()]
+            except FileNotFoundError:
+                continue
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         for d in self.dirs:
             for _ in range(50):
                 try:
