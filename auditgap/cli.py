@@ -14,7 +14,9 @@ failed (no report). audit: see AUDIT_EXIT_HELP.
 import argparse
 import datetime
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -24,6 +26,44 @@ import time
 from auditgap import __version__, changes, history, promfile, trends
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the longest audit sample window (auditfacts.MAX_SAMPLE_SECONDS; a unit test keeps them equal)
+MAX_SAMPLE_SECONDS = 300
+# extra variables that must be numbers >= 0: the findings thresholds (findings.DEFAULT_THRESHOLDS,
+# as diagnose_<key>) and the sample lengths; a unit test keeps the list complete
+NUMERIC_VARS = frozenset((
+    'diagnose_backlog_saturated_ratio', 'diagnose_throttled_ratio_warn', 'diagnose_throttled_ratio_crit',
+    'diagnose_hot_syscall_per_s', 'diagnose_slow_syscall_p99_ms', 'diagnose_wait_accrued_crit_ms',
+    'diagnose_consumer_min_cores', 'diagnose_backlog_limit_suggested',
+    'diagnose_audit_sample_seconds', 'diagnose_cgroup_sample_seconds', 'diagnose_trace_seconds',
+))
+_CONTROL = re.compile(r'[\x00-\x1f\x7f]')
+
+
+def text_arg(value):
+    """A path or pattern argument: no control characters (a newline would forge output lines)."""
+    if _CONTROL.search(value):
+        raise argparse.ArgumentTypeError('%r holds a control character' % value)
+    if not value.strip():
+        raise argparse.ArgumentTypeError('empty value')
+    return value
+
+
+def number(value, low=0.0, high=None):
+    """A finite float in low..high, else ValueError with the reason."""
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise ValueError('%r is not a number' % (value,)) from None
+    if not math.isfinite(result) or result < low or (high is not None and result > high):
+        raise ValueError('%r is not a number between %g and %s' % (value, low, '%g' % high if high is not None else 'any'))
+    return result
+
+
+def sample_seconds(value):
+    try:
+        return number(value, 0, MAX_SAMPLE_SECONDS)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 AUDIT_EXIT_HELP = """exit status (the worst that applies):
@@ -38,10 +78,11 @@ errors go to stderr; the summary to stdout."""
 
 
 def _add_run_options(cmd):
-    cmd.add_argument('-i', '--inventory', help='inventory file or directory (default: the project\'s ansible.cfg)')
-    cmd.add_argument('--hosts', help='inventory pattern to diagnose (default: the group fleet)')
-    cmd.add_argument('--sample-seconds', type=float,
-                     help='audit and cgroup sample windows in seconds (default: the role\'s, 5)')
+    cmd.add_argument('-i', '--inventory', type=text_arg, help='inventory file or directory (default: the project\'s ansible.cfg)')
+    cmd.add_argument('--hosts', type=text_arg, help='inventory pattern to diagnose (default: the group fleet)')
+    cmd.add_argument('--sample-seconds', type=sample_seconds,
+                     help='audit and cgroup sample windows in seconds, 0..%d (default: the role\'s, 5)'
+                     % MAX_SAMPLE_SECONDS)
     cmd.add_argument('--trace', choices=('auto', 'always', 'never'), help='when to run the bounded trace')
     cmd.add_argument('-e', '--extra-var', action='append', default=[], metavar='KEY=VALUE',
                      help='extra variable (repeatable), e.g. -e diagnose_throttled_ratio_warn=0.3')
@@ -57,7 +98,7 @@ def build_parser():
     sub = parser.add_subparsers(dest='command', required=True)
     diag = sub.add_parser('diagnose', help='gather, compute findings, write the fleet reports')
     _add_run_options(diag)
-    diag.add_argument('--report-dir', help='report directory (default: ./reports/<UTC timestamp>, '
+    diag.add_argument('--report-dir', type=text_arg, help='report directory (default: ./reports/<UTC timestamp>, '
                       'with ./reports/latest pointing at it)')
     aud = sub.add_parser('audit', help='one scheduled run: diagnose, compare with the history, write metrics',
                          description='One scheduled audit: diagnose the fleet, store the run in the history '
@@ -66,10 +107,10 @@ def build_parser():
                          'the Prometheus textfile and a short summary.',
                          epilog=AUDIT_EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_options(aud)
-    aud.add_argument('--report-root', default='reports',
+    aud.add_argument('--report-root', default='reports', type=text_arg,
                      help='reports go to ROOT/<UTC run id>/, ROOT/latest points at the newest (default: ./reports)')
-    aud.add_argument('--db', help='history database (default: ROOT/history.db)')
-    aud.add_argument('--prom-dir', help='node_exporter textfile directory: auditgap.prom is written there '
+    aud.add_argument('--db', type=text_arg, help='history database (default: ROOT/history.db)')
+    aud.add_argument('--prom-dir', type=text_arg, help='node_exporter textfile directory: auditgap.prom is written there '
                      'atomically (the directory must exist)')
     aud.add_argument('--stale-after-runs', type=int, default=3, metavar='N',
                      help='a host not seen for N runs is unknown (default: 3)')
@@ -104,6 +145,13 @@ def parse_extra(items):
         key = key.strip()
         if not sep or not key or not key.replace('_', 'a').isalnum() or key[0].isdigit():
             raise ValueError(f'extra variable must be KEY=VALUE with an identifier as KEY: {item!r}')
+        if _CONTROL.search(value):
+            raise ValueError(f'extra variable {key}: the value holds a control character')
+        if key in NUMERIC_VARS:
+            try:
+                number(value)
+            except ValueError as err:
+                raise ValueError(f'extra variable {key}: {err}') from None
         out[key] = value
     return out
 
@@ -127,8 +175,6 @@ def build_run(args, cwd, now, root=ROOT):
     if args.hosts:
         extravars['diagnose_hosts'] = args.hosts
     if args.sample_seconds is not None:
-        if args.sample_seconds < 0:
-            raise ValueError('--sample-seconds must be >= 0')
         extravars['diagnose_audit_sample_seconds'] = args.sample_seconds
         extravars['diagnose_cgroup_sample_seconds'] = args.sample_seconds
     if args.trace:
@@ -156,12 +202,9 @@ def ensure_ansible_on_path(environ=os.environ, executable=sys.executable):
 
 
 def point_latest(report_dir):
-    link = os.path.join(os.path.dirname(report_dir), 'latest')
-    tmp = '%s.tmp.%d' % (link, os.getpid())
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    os.symlink(os.path.basename(report_dir), tmp)
-    os.rename(tmp, link)
+    """<parent>/latest -> report_dir, as the report step does it (report.point_latest: a
+    symlink made under a random name, then renamed)."""
+    _report_module().point_latest(report_dir)
 
 
 def summary_text(doc):
@@ -338,15 +381,13 @@ def since_last_run(previous_run, states, rows):
 def _rewrite_reports(doc, report_dir):
     """fleet.json/md/html again, with the since-last-run section (fleet.json last, as the report role)."""
     report = _report_module()
-    promfile.write_atomic(os.path.join(report_dir, 'fleet.md'), report.render_markdown(doc))
+    # the modes of the report step: the facts hold the audit consumer's command line
+    promfile.write_atomic(os.path.join(report_dir, 'fleet.md'), report.render_markdown(doc), report.REPORT_MODE)
     html = os.path.join(report_dir, 'fleet.html')
     timeline = os.path.join(report_dir, 'lab-timeline.svg')
-    svg = None
-    if os.path.isfile(timeline):
-        with open(timeline, encoding='utf-8') as handle:
-            svg = handle.read()
-    promfile.write_atomic(html, report.render_html(doc, timeline_svg=svg))
-    promfile.write_atomic(os.path.join(report_dir, 'fleet.json'), report.to_json(doc))
+    svg = report.read_svg(timeline)[0] if os.path.isfile(timeline) else None
+    promfile.write_atomic(html, report.render_html(doc, timeline_svg=svg), report.REPORT_MODE)
+    promfile.write_atomic(os.path.join(report_dir, 'fleet.json'), report.to_json(doc), report.REPORT_MODE)
 
 
 def audit(args, runner=None, cwd=None, clock=time.time, out=None, err=None, list_hosts=inventory_hosts):

@@ -24,6 +24,7 @@ from ansible.utils.display import Display
 from ansible_collections.auditgap.fleet.plugins.filter.findings import (
     DEFAULT_THRESHOLDS,
     auditgap_host_summary,
+    threshold_errors,
 )
 from ansible_collections.auditgap.fleet.plugins.module_utils import report
 
@@ -98,9 +99,7 @@ def safe_host_entry(host, results, thresholds):
     try:
         return host_entry(host, results, thresholds)
     except Exception as exc:  # noqa: BLE001 -- a bad fact must never lose the fleet report
-        return {'host': host, 'reachable': True, 'status': 'failed', 'severity': None,
-                'error': 'findings failed: %s' % to_text(exc), 'findings': [], 'chain': None,
-                'facts': results, 'metrics': {}}
+        return report.failed_entry(host, 'findings failed: %s' % to_text(exc))
 
 
 def host_entries(inputs, thresholds):
@@ -121,17 +120,6 @@ def host_thresholds(host_vars):
     return found
 
 
-def write_atomic(path, text):
-    """``text``: a string or an iterable of strings (written as they come)."""
-    tmp = '%s.tmp.%d' % (path, os.getpid())
-    with open(tmp, 'w', encoding='utf-8') as handle:
-        if isinstance(text, str):
-            handle.write(text)
-        else:
-            handle.writelines(text)
-    os.rename(tmp, path)
-
-
 def default_report_dir(now, base='reports'):
     stamp = now.strftime('%Y%m%dT%H%M%SZ')
     path = os.path.join(base, stamp)
@@ -142,38 +130,36 @@ def default_report_dir(now, base='reports'):
     return path
 
 
-def point_latest(report_dir):
-    """<parent>/latest -> report_dir (relative, replaced atomically)."""
-    parent = os.path.dirname(os.path.abspath(report_dir))
-    link = os.path.join(parent, 'latest')
-    tmp = '%s.tmp.%d' % (link, os.getpid())
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    os.symlink(os.path.basename(os.path.abspath(report_dir)), tmp)
-    os.rename(tmp, link)
-    return link
-
-
 RENDERERS = {'json': ('fleet.json', report.fleet_json_chunks), 'md': ('fleet.md', report.render_markdown),
              'html': ('fleet.html', report.render_html_chunks), 'prom': ('fleet.prom', report.render_prometheus)}
 
 
 def write_reports(doc, report_dir, formats, timeline_svg=None):
-    """<host>.json files, then the fleet formats; fleet.json last (its presence means complete)."""
-    os.makedirs(report_dir, exist_ok=True)
+    """<host>.json files, then the fleet formats; fleet.json last (its presence means complete).
+    Each file is written through an O_EXCL temp file in report_dir (report.write_atomic)."""
+    os.makedirs(report_dir, mode=0o750, exist_ok=True)
     files = []
     for entry in doc['hosts']:
-        path = os.path.join(report_dir, report.safe_filename(entry['host']) + '.json')
-        write_atomic(path, report.to_json_line(dict(entry, generated_at=doc['generated_at'],
-                                                    auditgap_version=report.AUDITGAP_VERSION)) + '\n')
+        path = os.path.join(report_dir, entry.get('report_file') or report.safe_filename(entry['host']) + '.json')
+        report.write_atomic(path, report.to_json_line(dict(entry, generated_at=doc['generated_at'],
+                                                           auditgap_version=report.AUDITGAP_VERSION)) + '\n',
+                            report.REPORT_MODE)
         files.append(path)
     for fmt in sorted(formats, key=lambda f: f == 'json'):
         name, render = RENDERERS[fmt]
         path = os.path.join(report_dir, name)
         text = render(doc, timeline_svg=timeline_svg) if fmt == 'html' else render(doc)
-        write_atomic(path, text)
+        report.write_atomic(path, text, report.FILE_MODES.get(name, report.REPORT_MODE))
         files.append(path)
     return files
+
+
+def check_thresholds(thresholds):
+    """AnsibleError for unusable report-wide thresholds: one clear error instead of every
+    host failing on the same value."""
+    bad = threshold_errors(thresholds) if isinstance(thresholds, dict) else ['thresholds must be a mapping']
+    if bad:
+        raise AnsibleError('diagnose_report: %s; no report written' % '; '.join(bad))
 
 
 class ActionModule(ActionBase):
@@ -204,6 +190,7 @@ class ActionModule(ActionBase):
             latest = True if latest is None else latest
         report_dir = os.path.expanduser(to_text(report_dir))
         arg_thresholds = plain(args.get('thresholds') or {})
+        check_thresholds(arg_thresholds)
 
         entries = []
         for host in hosts:
@@ -220,12 +207,11 @@ class ActionModule(ActionBase):
         timeline_svg = None
         svg_path = args.get('timeline_svg') or os.path.join(report_dir, 'lab-timeline.svg')
         if os.path.isfile(svg_path):
-            try:
-                with open(svg_path, encoding='utf-8') as handle:
-                    timeline_svg = handle.read()
-            except (IOError, OSError, UnicodeError) as err:
-                display.warning('timeline SVG %s not embedded: %s' % (svg_path, to_text(err)))
+            timeline_svg, why = report.read_svg(svg_path)
+            if why:
+                display.warning('timeline SVG %s not embedded: %s' % (svg_path, why))
         generated_at = now.strftime('%Y-%m-%dT%H:%M:%SZ')
+        entries = report.checked_entries(entries)
         doc = report.fleet_document(entries, generated_at, thresholds=arg_thresholds,
                                     report_dir=os.path.abspath(report_dir))
         try:
@@ -235,7 +221,7 @@ class ActionModule(ActionBase):
                            'msg': 'cannot write the reports to %s: %s' % (report_dir, to_text(err))})
             return result
         if latest:
-            result['latest'] = point_latest(report_dir)
+            result['latest'] = report.point_latest(report_dir)
         lines = report.summary_lines(doc)
         if boolean(args.get('print_summary', True), strict=False):
             display.display('\n'.join(lines))

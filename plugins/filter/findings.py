@@ -63,6 +63,10 @@ DEFAULT_THRESHOLDS = {
     'consumer_core_saturated_cores': 0.9,
 }
 
+# The largest values the remediation roles take (agent_cpu_limit_cores, audit_backlog_limit).
+MAX_LIMIT_CORES = 1024.0
+MAX_BACKLOG_LIMIT = 1048576
+
 # Syscalls a busy service makes per request/IO: auditing them on every call is
 # what turns a slow consumer into user-visible latency.
 HOT_SYSCALLS = frozenset((
@@ -110,10 +114,10 @@ def _num(value):
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    if math.isnan(number):
-        return None
+    if not math.isfinite(number):
+        return None  # NaN or infinity from a host is no measurement
     return number
 
 
@@ -137,14 +141,27 @@ def _ms(us):
     return None if number is None else number / 1000.0
 
 
+def threshold_errors(thresholds):
+    """Why some known thresholds are unusable (each must be a finite number >= 0), else []."""
+    errors = []
+    for key, value in sorted(_d(thresholds).items()):
+        if key not in DEFAULT_THRESHOLDS or value is None or value == '':
+            continue
+        number = _num(value)
+        if number is None or number < 0:
+            errors.append('threshold %s: %r is not a number >= 0' % (key, value))
+    return errors
+
+
 def merge_thresholds(thresholds=None):
+    """The defaults with the overrides given; ValueError naming the bad ones."""
+    errors = threshold_errors(thresholds)
+    if errors:
+        raise ValueError('; '.join(errors))
     merged = dict(DEFAULT_THRESHOLDS)
     for key, value in _d(thresholds).items():
         if value is not None and value != '':
-            merged[key] = value
-    for key, value in list(merged.items()):
-        if key in DEFAULT_THRESHOLDS and _num(value) is not None:
-            merged[key] = float(value)
+            merged[key] = float(value) if key in DEFAULT_THRESHOLDS else value
     return merged
 
 
@@ -281,7 +298,8 @@ def agent_cpu_remediation(target, thresholds):
     sample = _d(target.get('sample'))
     limit = _num(target.get('limit_cores')) or _num(sample.get('limit_cores')) or 0.0
     usage = _num(sample.get('cpu_usage_cores')) or 0.0
-    cores = max(float(thresholds['consumer_min_cores']), 4 * limit, 2 * usage)
+    # within what agent_cpu takes (0.01..1024 cores), whatever a host reported
+    cores = min(max(float(thresholds['consumer_min_cores']), 4 * limit, 2 * usage), MAX_LIMIT_CORES)
     container = _d(target.get('container'))
     if container.get('id') and container.get('runtime') == 'docker':
         # the name when known (unique on a Docker host), else the full id
@@ -309,7 +327,7 @@ def _backlog_family_remediation(view, thr, ctx, own=None):
 
 def audit_backlog_remediation(view, thresholds):
     limit = view.backlog_limit or 0
-    suggested = int(max(float(thresholds['backlog_limit_suggested']), 4 * limit))
+    suggested = int(min(max(float(thresholds['backlog_limit_suggested']), 4 * limit), MAX_BACKLOG_LIMIT))
     return {'role': 'audit_backlog', 'vars': {'audit_backlog_limit': suggested}}
 
 

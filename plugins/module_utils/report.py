@@ -14,8 +14,14 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import base64
+import contextlib
+import hashlib
 import json
+import math
+import os
 import re
+import tempfile
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import svgchart
 
@@ -26,10 +32,54 @@ _STATUS_RANK = {s: i for i, s in enumerate(STATUS_ORDER)}
 SEVERITIES = ('critical', 'warning', 'info')
 
 
+# <host>.json names that are the fleet files' own
+RESERVED_NAMES = frozenset(('fleet', 'remediation', 'latest', 'lab-timeline'))
+NAME_MAX = 100  # characters of a host's file name before the suffix (file systems allow 255 bytes)
+
+
 def safe_filename(host):
-    """A file name for ``<host>.json`` (no path separators, no leading dot)."""
-    name = re.sub(r'[^A-Za-z0-9._@:+-]', '_', str(host)).lstrip('.')
-    return name or '_'
+    """A unique, bounded file name stem for ``<host>.json``.
+
+    A host name made only of ``A-Za-z0-9._@:+-`` (no leading dot, at most
+    NAME_MAX characters, not a fleet file's name) is used as it is. Any other
+    name is cleaned (other characters become ``_``), cut to NAME_MAX and given
+    ``~`` and 10 hex digits of the sha256 of the real name: ``web/1`` ->
+    ``web_1~<hash>``, which no host name used as is can be (``~`` is never kept),
+    so two hosts never share a file.
+    """
+    raw = str(host)
+    name = re.sub(r'[^A-Za-z0-9._@:+-]', '_', raw).lstrip('.')
+    if name == raw and name and len(name) <= NAME_MAX and name.lower() not in RESERVED_NAMES:
+        return name
+    digest = hashlib.sha256(raw.encode('utf-8', 'surrogatepass')).hexdigest()[:10]
+    return '%s~%s' % (name[:NAME_MAX] or '_', digest)
+
+
+def failed_entry(host, error, reachable=True):
+    """A host entry for a host whose facts could not be judged or rendered."""
+    return {'host': str(host), 'reachable': bool(reachable), 'status': 'failed', 'severity': None,
+            'error': _one_line(error, 1000), 'findings': [], 'chain': None, 'facts': {}, 'metrics': {}}
+
+
+def checked_entries(entries):
+    """Every entry, each one rendered alone in every format first (its JSON, Markdown, HTML
+    section and Prometheus samples): a host whose entry cannot be rendered (a value no format
+    can hold) becomes ``failed`` with the error, so one bad host never loses the report of
+    the others."""
+    out = []
+    for entry in entries:
+        try:
+            single = fleet_document([entry], '1970-01-01T00:00:00Z')
+            to_json_line(single['hosts'][0])
+            render_markdown(single)
+            _html_host(single['hosts'][0])
+            render_prometheus(single)
+        except Exception as err:  # noqa: BLE001 -- whatever a bad value raises, the host is reported
+            host = entry.get('host') if isinstance(entry, dict) else entry
+            entry = failed_entry(host, 'report failed: %s: %s' % (type(err).__name__, err),
+                                 reachable=entry.get('reachable', True) if isinstance(entry, dict) else True)
+        out.append(entry)
+    return out
 
 
 def host_sort_key(entry):
@@ -67,8 +117,10 @@ def fleet_summary(hosts):
 
 
 def fleet_document(hosts, generated_at, thresholds=None, report_dir=None, extra=None):
-    """The fleet.json document: hosts sorted by severity (worst first)."""
-    ordered = sorted(hosts, key=host_sort_key)
+    """The fleet.json document: hosts sorted by severity (worst first), each with the name of
+    its ``<host>.json`` (``report_file``)."""
+    ordered = [dict(e, report_file=e.get('report_file') or safe_filename(e['host']) + '.json')
+               for e in sorted(hosts, key=host_sort_key)]
     doc = {'schema': SCHEMA, 'auditgap_version': AUDITGAP_VERSION, 'generated_at': generated_at,
            'report_dir': report_dir, 'thresholds': thresholds or {},
            'summary': fleet_summary(ordered), 'hosts': ordered}
@@ -78,12 +130,13 @@ def fleet_document(hosts, generated_at, thresholds=None, report_dir=None, extra=
 
 
 def to_json(data):
-    return json.dumps(data, indent=2, sort_keys=True, default=str) + '\n'
+    """Strict JSON (no NaN/Infinity, which JSON parsers refuse)."""
+    return json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False) + '\n'
 
 
 def to_json_line(data):
     """Compact JSON (json's C encoder: indent=2 falls back to the slow pure-Python one)."""
-    return json.dumps(data, sort_keys=True, default=str)
+    return json.dumps(data, sort_keys=True, default=str, allow_nan=False)
 
 
 def fleet_json_chunks(doc):
@@ -101,6 +154,68 @@ def fleet_json_chunks(doc):
     for index, entry in enumerate(hosts):
         yield (',\n    ' if index else '') + to_json_line(entry)
     yield '\n  ]\n}\n'
+
+
+# ---------------------------------------------------------------- files
+
+# The reports carry the hosts' facts (the audit consumer's command line): owner and group
+# only; fleet.prom goes to node_exporter's textfile collector and holds no command line.
+REPORT_MODE = 0o640
+FILE_MODES = {'fleet.prom': 0o644}
+SVG_MAX_BYTES = 4 * 1024 * 1024
+
+
+def read_svg(path):
+    """(svg text or None, why not or None): an SVG file to embed, at most SVG_MAX_BYTES."""
+    try:
+        with open(path, 'rb') as handle:
+            data = handle.read(SVG_MAX_BYTES + 1)
+        if len(data) > SVG_MAX_BYTES:
+            return None, 'larger than %d bytes' % SVG_MAX_BYTES
+        text = data.decode('utf-8')
+    except (IOError, OSError, UnicodeError) as err:
+        return None, str(err)
+    if not re.match(r'\s*(<\?xml[^>]*\?>\s*)?(<!--.*?-->\s*)*<svg[\s>]', text, re.DOTALL):
+        return None, 'not an SVG document'
+    return text, None
+
+
+def write_atomic(path, text, mode=0o640):
+    """Write ``path`` (``text``: a string or an iterable of strings, written as they come)
+    through a temp file made with O_EXCL in the same directory (a planted file or symlink is
+    never followed), then rename it over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.%s.' % os.path.basename(path)[:60], suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
+            os.fchmod(handle.fileno(), mode)
+            if isinstance(text, str):
+                handle.write(text)
+            else:
+                handle.writelines(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def point_latest(report_dir):
+    """<parent>/latest -> report_dir (relative), replaced atomically through a symlink
+    made under a random name."""
+    parent = os.path.dirname(os.path.abspath(report_dir))
+    link = os.path.join(parent, 'latest')
+    for _attempt in range(100):
+        tmp = os.path.join(parent, '.latest.%s.tmp' % os.urandom(6).hex())
+        try:
+            os.symlink(os.path.basename(os.path.abspath(report_dir)), tmp)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise OSError('cannot create a temporary symlink in %s' % parent)
+    os.replace(tmp, link)
+    return link
 
 
 def summary_lines(doc, limit=20):
@@ -139,12 +254,14 @@ def _one_line(text, width=300):
 # ---------------------------------------------------------------- helpers
 
 def _num(value):
+    """A finite float, else None (a string, NaN or infinity from a host is no number)."""
     if isinstance(value, bool) or value is None:
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def _fmt(value):
@@ -167,10 +284,37 @@ def _status_counts_line(summ):
 
 # ---------------------------------------------------------------- Markdown
 
+# what Markdown (CommonMark/GFM) or inline HTML acts on inside a line; `_` only at a word's edge
+_MD_SPECIAL = re.compile(r'([\\`*\[\]<>#|~+]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))')
+_MD_LINE_START = re.compile(r'^([-=.]|\d+[.)])')
+
+
+def md_text(text):
+    """Text for Markdown: one line, every character Markdown or inline HTML acts on escaped
+    (a host name or message can never make a link, an image, emphasis, a heading or a table cell)."""
+    line = ' '.join(str('' if text is None else text).split())
+    return _MD_SPECIAL.sub(r'\\\1', line)
+
+
+def md_line(text):
+    """md_text for text that starts a line (no list item, rule or setext heading either)."""
+    return _MD_LINE_START.sub(lambda m: m.group(1)[:-1] + '\\' + m.group(1)[-1], md_text(text))
+
+
+def md_code(text):
+    """An inline code span holding ``text`` (one line; fenced with more backticks than it
+    contains, so it cannot end early); ``|`` escaped for table cells."""
+    line = ' '.join(str('' if text is None else text).split()).replace('|', '\\|')
+    longest = max([len(run) for run in re.findall('`+', line)] + [0])
+    fence = '`' * (longest + 1)
+    return '%s %s %s' % (fence, line, fence) if longest else '`%s`' % line
+
+
 def render_markdown(doc):
     summ = doc['summary']
     intro = 'Generated %s by auditgap %s. %d host(s): %s.' % (
-        doc.get('generated_at'), doc.get('auditgap_version'), summ['hosts'], _status_counts_line(summ))
+        md_text(doc.get('generated_at')), md_text(doc.get('auditgap_version')), summ['hosts'],
+        _status_counts_line(summ))
     out = ['# auditgap fleet report', '', intro, '']
     out += ['| status | hosts |', '|---|---|']
     out += ['| %s | %d |' % (s, summ['by_status'].get(s, 0)) for s in STATUS_ORDER]
@@ -179,8 +323,8 @@ def render_markdown(doc):
         out += ['## Findings by id', '', '| id | critical | warning | info | hosts |', '|---|---|---|---|---|']
         for fid in sorted(summ['by_id']):
             row = summ['by_id'][fid]
-            hosts = ', '.join(row['hosts'][:10]) + (' ...' if len(row['hosts']) > 10 else '')
-            out.append('| `%s` | %d | %d | %d | %s |' % (fid, row['critical'], row['warning'], row['info'], hosts))
+            hosts = ', '.join(md_text(h) for h in row['hosts'][:10]) + (' ...' if len(row['hosts']) > 10 else '')
+            out.append('| %s | %d | %d | %d | %s |' % (md_code(fid), row['critical'], row['warning'], row['info'], hosts))
         out.append('')
     out += since_last_run_markdown(doc.get('since_last_run'))
     out += ['## Hosts (worst first)', '']
@@ -188,14 +332,14 @@ def render_markdown(doc):
     for entry in doc['hosts']:
         status = entry.get('status')
         if status in ('ok',) and not entry.get('error'):
-            quiet.append(entry['host'])
+            quiet.append(str(entry['host']))
             continue
-        out.append('### %s: %s' % (entry['host'], status.upper() if status else '?'))
+        out.append('### %s: %s' % (md_text(entry['host']), md_text(status.upper() if status else '?')))
         out.append('')
         if entry.get('error'):
-            out += ['**Error:** `%s`' % _md_inline(entry['error']), '']
+            out += ['**Error:** %s' % md_code(entry['error']), '']
         if entry.get('chain'):
-            out += ['**Chain:** %s' % _md_inline(entry['chain']), '']
+            out += ['**Chain:** %s' % md_text(entry['chain']), '']
         metrics = entry.get('metrics') or {}
         if metrics.get('audit_supported'):
             out += ['Backlog peak %s / limit %s (%s), lost %s (%s/s in window), wait accrued %s ms, '
@@ -205,17 +349,15 @@ def render_markdown(doc):
                         _fmt(metrics.get('audit_lost_per_s')), _fmt(metrics.get('audit_wait_accrued_ms')),
                         _fmt(metrics.get('audit_consumer_pid')), _pct(metrics.get('consumer_throttled_ratio'))), '']
         for finding in entry.get('findings') or []:
-            out.append('- **%s** `%s`: %s' % (finding['severity'], finding['id'], _md_inline(finding['summary'])))
+            out.append('- **%s** %s: %s' % (md_text(finding['severity']), md_code(finding['id']),
+                                            md_text(finding['summary'])))
             if finding.get('remediation'):
-                out.append('  - fix: role `%s`, vars `%s`' % (finding['remediation'].get('role'), _vars_json(finding['remediation'])))
+                out.append('  - fix: role %s, vars %s' % (md_code(finding['remediation'].get('role')),
+                                                          md_code(_vars_json(finding['remediation']))))
         out.append('')
     if quiet:
-        out += ['## Healthy hosts (%d)' % len(quiet), '', ', '.join(quiet), '']
+        out += ['## Healthy hosts (%d)' % len(quiet), '', md_line(', '.join(quiet)), '']
     return '\n'.join(out)
-
-
-def _md_inline(text):
-    return ' '.join(str(text).split()).replace('|', '\\|')
 
 
 # ---------------------------------------------------------------- since last run (auditgap audit)
@@ -252,8 +394,8 @@ def since_last_run_markdown(since):
     if not since:
         return []
     lines = since_last_run_lines(since)
-    out = ['## Since last run', '', _md_inline(lines[0]), '']
-    out += ['- %s' % _md_inline(line.strip()) if not line.startswith('  ') else '  - %s' % _md_inline(line.strip())
+    out = ['## Since last run', '', md_text(lines[0]), '']
+    out += ['- %s' % md_text(line.strip()) if not line.startswith('  ') else '  - %s' % md_text(line.strip())
             for line in lines[1:]]
     return out + ([''] if lines[1:] else [])
 
@@ -499,7 +641,8 @@ def render_html_chunks(doc, timeline_svg=None, max_bars=40):
     parts.append('</div>')
     parts.append(since_last_run_html(doc.get('since_last_run')))
     if timeline_svg:
-        parts.append('<h2>Incident lab timeline</h2><div class="timeline">%s</div>' % _strip_xml_decl(timeline_svg))
+        parts.append('<h2>Incident lab timeline</h2><div class="timeline">%s</div>'
+                     % svg_img(timeline_svg, 'incident lab timeline'))
     parts.append('<h2>Hosts (worst first)</h2>')
     yield ''.join(parts)
     for index, entry in enumerate(noisy):
@@ -522,6 +665,16 @@ def render_html_chunks(doc, timeline_svg=None, max_bars=40):
     yield '<script>%s</script></body></html>\n' % _SEARCH_JS
 
 
+def _timeline(entry):
+    """The audit sample's timeline points that have a numeric time, in order (a point a host
+    sent garbage in is left out of the charts; the facts keep it)."""
+    sample = (((entry.get('facts') or {}).get('audit_status') or {}).get('sample') or {})
+    points = sample.get('timeline') if isinstance(sample, dict) else None
+    if not isinstance(points, list):
+        return []
+    return [dict(p, t_s=_num(p.get('t_s'))) for p in points if isinstance(p, dict) and _num(p.get('t_s')) is not None]
+
+
 def _wait_series(entry, timeline):
     """[(t_s, ms slept since the window start)] when backlog_wait_time_actual grew, else []."""
     hz = _num((((entry.get('facts') or {}).get('audit_status') or {}).get('hz') or {}).get('value'))
@@ -538,8 +691,11 @@ def _colored(items, threshold):
              'color': '#d62728' if (_num(value) or 0) >= threshold else '#1f77b4'} for label, value in items]
 
 
-def _strip_xml_decl(svg):
-    return re.sub(r'^\s*<\?xml[^>]*\?>', '', svg)
+def svg_img(svg, alt):
+    """An SVG document as an ``<img>`` with a data: URI: the page stays self-contained, and a
+    browser runs no script and loads nothing an SVG shown as an image holds."""
+    data = base64.b64encode(svg.encode('utf-8')).decode('ascii')
+    return '<img alt="%s" src="data:image/svg+xml;base64,%s">' % (svgchart.esc(alt), data)
 
 
 def _html_host(entry, detailed=True, open_=True):
@@ -565,14 +721,14 @@ def _html_host(entry, detailed=True, open_=True):
         if metrics.get('consumer_throttled_ratio') is not None:
             charts.append(svgchart.gauge(metrics.get('consumer_throttled_ratio'), 1, 'consumer throttled',
                                          warn_ratio=0.2, text=_pct(metrics.get('consumer_throttled_ratio'))))
-    timeline = (((entry.get('facts') or {}).get('audit_status') or {}).get('sample') or {}).get('timeline') or []
-    timeline = timeline if detailed and isinstance(timeline, list) else []
-    if timeline and metrics.get('audit_backlog_limit'):
-        limit = metrics.get('audit_backlog_limit')
+    timeline = _timeline(entry) if detailed else []
+    if timeline and _num(metrics.get('audit_backlog_limit')):
+        limit = _num(metrics.get('audit_backlog_limit'))
         lost0 = _num(timeline[0].get('lost')) or 0
-        series = [{'name': 'backlog', 'points': [(p.get('t_s'), p.get('backlog')) for p in timeline]},
+        series = [{'name': 'backlog', 'points': [(p['t_s'], _num(p.get('backlog'))) for p in timeline
+                                                 if _num(p.get('backlog')) is not None]},
                   {'name': 'lost (since start)',
-                   'points': [(p.get('t_s'), (_num(p.get('lost')) or 0) - lost0) for p in timeline]}]
+                   'points': [(p['t_s'], (_num(p.get('lost')) or 0) - lost0) for p in timeline]}]
         top = max([limit * 1.1, 1] + [_num(p.get('backlog')) or 0 for p in timeline])
         charts.append(svgchart.line_chart(series, 'Backlog against limit during the sample', 'records',
                                           width=460, height=200, y_max=top,
@@ -599,6 +755,7 @@ def _html_host(entry, detailed=True, open_=True):
                 {f['id']: f.get('evidence') for f in entry['findings']}, indent=1, sort_keys=True, default=str),
                 HTML_EVIDENCE_MAX)))
     if not detailed:
-        parts.append('<p class="meta">Charts and evidence: %s.json</p>' % svgchart.esc(safe_filename(entry['host'])))
+        parts.append('<p class="meta">Charts and evidence: %s</p>' % svgchart.esc(
+            entry.get('report_file') or safe_filename(entry['host']) + '.json'))
     parts.append('</details>')
     return ''.join(parts)

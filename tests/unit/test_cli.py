@@ -62,9 +62,11 @@ def test_bad_arguments_exit_2(capsys):
     assert exc.value.code == 2
 
 
-def test_negative_sample_seconds(tmp_path):
-    with pytest.raises(ValueError):
-        cli.build_run(parse('diagnose', '--sample-seconds', '-1'), str(tmp_path), NOW)
+def test_limits_match_the_collection():
+    from ansible_collections.auditgap.fleet.plugins.filter.findings import DEFAULT_THRESHOLDS
+    from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts
+    assert cli.MAX_SAMPLE_SECONDS == auditfacts.MAX_SAMPLE_SECONDS
+    assert {'diagnose_' + key for key in DEFAULT_THRESHOLDS} <= cli.NUMERIC_VARS
 
 
 class FakeResult:

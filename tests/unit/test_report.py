@@ -1,4 +1,5 @@
 """Fleet report rendering (pure) and the controller-side report step's pieces."""
+import base64
 import json
 import os
 import re
@@ -95,7 +96,8 @@ def test_prometheus_label_escaping():
 
 
 def test_html_self_contained_and_complete():
-    html = R.render_html(fleet(), timeline_svg='<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><title>lab timeline</title></svg>')
+    svg = '<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><title>lab timeline</title></svg>'
+    html = R.render_html(fleet(), timeline_svg=svg)
     assert html.startswith('<!DOCTYPE html>')
     # one inline script (the host search), nothing loaded from anywhere
     assert html.count('<script') == 1 and not re.search(r'<script[^>]*src', html)
@@ -103,7 +105,9 @@ def test_html_self_contained_and_complete():
     assert '<link' not in html
     assert html.count('<svg') >= 10
     assert '<?xml' not in html
-    assert 'lab timeline' in html
+    # the lab timeline is an <img> with a data: URI (no script of it runs; still self-contained)
+    data = re.search(r'<img alt="incident lab timeline" src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)">', html)
+    assert data and base64.b64decode(data.group(1)).decode() == svg
     assert html.index('id="count-critical"') < html.index('id="host-seed_incident"')
     assert html.index('id="host-lab_stall"') < html.index('id="host-bogus"')
     assert 'Audit consumer CPU-throttled' in html
@@ -121,11 +125,18 @@ def test_html_escapes_host_names_and_text():
     assert '<script>alert' not in html and '&lt;script&gt;' in html
 
 
-def test_safe_filename():
+def test_safe_filename_unique_and_bounded():
     assert R.safe_filename('web-01.example.com') == 'web-01.example.com'
-    assert R.safe_filename('../etc/passwd') == '_etc_passwd'
-    assert R.safe_filename('a/b') == 'a_b'
-    assert R.safe_filename('') == '_'
+    assert R.safe_filename('web_1') == 'web_1'
+    # a cleaned name carries a hash of the real one: never another host's name, never a path
+    assert re.fullmatch(r'web_1~[0-9a-f]{10}', R.safe_filename('web/1'))
+    assert R.safe_filename('web/1') != R.safe_filename('web:1/') != R.safe_filename('web_1')
+    assert re.fullmatch(r'_etc_passwd~[0-9a-f]{10}', R.safe_filename('../etc/passwd'))
+    assert re.fullmatch(r'_~[0-9a-f]{10}', R.safe_filename(''))
+    assert R.safe_filename('fleet') != 'fleet' and R.safe_filename('Remediation') != 'Remediation'
+    long_names = ['h' * 259, 'h' * 258 + 'x']
+    stems = [R.safe_filename(n) for n in long_names]
+    assert stems[0] != stems[1] and all(len(x) <= R.NAME_MAX + 11 for x in stems)
 
 
 def test_action_host_entry_from_registered_results():
@@ -166,9 +177,9 @@ def test_action_report_dir_and_latest(tmp_path):
     second = action.default_report_dir(now, base=str(tmp_path))
     assert second.endswith('20261125T200000Z-2')
     os.makedirs(second)
-    link = action.point_latest(first)
+    link = R.point_latest(first)
     assert link == str(tmp_path / 'latest') and os.readlink(link) == os.path.basename(first)
-    link = action.point_latest(second)
+    link = R.point_latest(second)
     assert os.readlink(link) == os.path.basename(second)
 
 
@@ -178,10 +189,13 @@ def test_write_reports_all_files_fleet_json_last(tmp_path):
     assert os.path.basename(files[-1]) == 'fleet.json'
     names = sorted(os.listdir(str(tmp_path / 'r')))
     assert names == sorted(['fleet.json', 'fleet.md', 'fleet.html', 'fleet.prom'] + [n + '.json' for n in NAMES + ('bogus',)])
+    modes = {n: os.stat(str(tmp_path / 'r' / n)).st_mode & 0o777 for n in names}
+    # the facts hold the consumer's command line: owner and group only; fleet.prom is for node_exporter
+    assert modes.pop('fleet.prom') == 0o644 and set(modes.values()) == {0o640}
     with open(str(tmp_path / 'r' / 'bogus.json')) as handle:
         bogus = json.load(handle)
     assert bogus['status'] == 'unreachable' and bogus['generated_at'] == doc['generated_at']
-    assert not [n for n in os.listdir(str(tmp_path / 'r')) if '.tmp.' in n]
+    assert not [n for n in os.listdir(str(tmp_path / 'r')) if n.endswith('.tmp')]
 
 
 def test_fleet_json_streamed_is_the_same_document(tmp_path):
