@@ -6,10 +6,13 @@
 
 Filters (``auditgap.fleet.<name>``):
 
-- ``auditgap_fleet_findings(fleet_doc)`` -> every finding of fleet.json
+- ``auditgap_fleet_findings(fleet_doc)`` -> every finding of fleet.json (checked against
+  its schema first: module_utils/fleetschema.py)
 - ``auditgap_remediation_plan(findings, host, only=None)`` ->
-  ``{role: {vars, findings: [ids]}}`` for the remediations the host's findings name
-  (items may also be explicit remediations ``{role, vars}``, applied to every host)
+  ``{role: {vars, findings: [ids]}}`` for the remediations the findings naming exactly
+  this host name (items may also be explicit remediations ``{role, vars}``, applied to
+  every host); every item is checked first
+- ``auditgap_remediation_items(items)`` -> the items unchanged once each is checked
 - ``auditgap_remediation_host(before, plan, outcomes, after_results, host, thresholds, applied)``
   -> one host's record of remediation.json
 - ``auditgap_remediation_document(records, generated_at, report_dir, applied)`` -> remediation.json
@@ -20,9 +23,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from ansible.errors import AnsibleFilterError
 from ansible_collections.auditgap.fleet.plugins.filter.findings import DEFAULT_THRESHOLDS, auditgap_findings
+from ansible_collections.auditgap.fleet.plugins.module_utils import fleetschema, report
 
-ROLES = ('agent_cpu', 'audit_backlog', 'audit_rules')  # the order remediate.yml applies them
+ROLES = fleetschema.ROLES  # the order remediate.yml applies them
 SEVERITY_RANK = {'critical': 0, 'warning': 1, 'info': 2}
 GATHERED = ('audit_status', 'cgroup_throttle', 'ftrace_sample')
 
@@ -36,40 +41,64 @@ def _plain(value):
 
 
 def auditgap_fleet_findings(fleet_doc):
-    """All findings of a fleet.json document (``hosts`` as a list or a mapping)."""
-    doc = _plain(fleet_doc) or {}
-    hosts = doc.get('hosts') or []
-    if isinstance(hosts, dict):
-        hosts = [dict(v, host=v.get('host', k)) for k, v in hosts.items()]
+    """All findings of a fleet.json document, after checking it against its schema
+    (module_utils/fleetschema.py, docs/fleet.schema.json): a document that is not
+    ``auditgap.fleet/v1``, a finding without its host, an unknown role or variable
+    fails here, before anything is planned."""
+    doc = _plain(fleet_doc)
+    errs = fleetschema.fleet_errors(doc)
+    if errs:
+        raise AnsibleFilterError(fleetschema.describe(errs, 'fleet.json') + '; nothing planned')
+    return [dict(finding, host=entry['host']) for entry in doc['hosts'] for finding in entry['findings']]
+
+
+def _checked_items(findings):
+    """[(item, explicit)]: remediate_findings / remediate_remediations items, each checked.
+    Findings ``{id, severity, host, remediation}`` apply to their host; explicit
+    remediations ``{role, vars}`` (operator input) to every host."""
+    items = _plain(findings)
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise AnsibleFilterError('remediation plan: expected a list of findings or {role, vars} items, got %s; '
+                                 'nothing planned' % type(items).__name__)
     out = []
-    for entry in hosts:
-        for finding in entry.get('findings') or []:
-            finding = dict(finding)
-            finding.setdefault('host', entry.get('host'))
-            out.append(finding)
+    for index, item in enumerate(items):
+        where = 'item %d' % index
+        explicit = isinstance(item, dict) and 'role' in item and 'id' not in item
+        if explicit:
+            errs = fleetschema.explicit_remediation_errors(item, where)
+        else:
+            errs = fleetschema.finding_errors(item, where)
+        if errs:
+            raise AnsibleFilterError(fleetschema.describe(errs, 'remediation plan') + '; nothing planned')
+        if explicit:
+            item = {'id': 'explicit:%s' % item['role'], 'severity': 'info', 'host': None, 'remediation': item}
+        out.append((item, explicit))
     return out
+
+
+def auditgap_remediation_items(items):
+    """``items`` unchanged once each is a valid finding or explicit remediation (else AnsibleFilterError)."""
+    _checked_items(items)
+    return items
 
 
 def auditgap_remediation_plan(findings, host, only=None):
     """``{role: {vars, findings}}`` for one host.
 
-    The most severe finding naming a role sets its vars; ``audit_rules``
-    narrow items from several findings are merged (unique by syscall+key).
-    ``only`` restricts to some roles.
+    Only findings naming exactly this host count; explicit remediations
+    ``{role, vars}`` apply to every host. The most severe finding naming a role
+    sets its vars; ``audit_rules`` narrow items from several findings are merged
+    (unique by syscall+key). ``only`` restricts to some roles. Malformed items
+    fail (AnsibleFilterError) before anything is planned.
     """
     plan = {}
-    items = []
-    for item in _plain(findings) or []:
-        if isinstance(item, dict) and 'role' in item and 'remediation' not in item:
-            # an explicit remediation {role, vars}: applies to every host
-            item = {'id': 'explicit:%s' % item['role'], 'severity': 'info', 'host': None, 'remediation': item}
-        if isinstance(item, dict):
-            items.append(item)
-    mine = [f for f in items if f.get('host') in (host, None)]
+    mine = [item for item, explicit in _checked_items(findings) if explicit or item['host'] == host]
     mine.sort(key=lambda f: SEVERITY_RANK.get(f.get('severity'), 3))
     for finding in mine:
         rem = finding.get('remediation')
-        if not isinstance(rem, dict) or rem.get('role') not in ROLES:
+        if not rem:
             continue
         role = rem['role']
         if only and role not in only:
@@ -138,7 +167,7 @@ def auditgap_remediation_host(before, plan, outcomes, after_results, host, thres
     still there, ``not_remediated`` when no role ran for it, ``pending``
     in a dry run; findings only present after are ``new``.
     """
-    before = [f for f in (_plain(before) or []) if f.get('host') in (host, None)]
+    before = [f for f in (_plain(before) or []) if isinstance(f, dict) and f.get('host') == host]
     plan = _plain(plan) or {}
     outcomes = _plain(outcomes) or {}
     after = None
@@ -202,24 +231,25 @@ def auditgap_remediation_document(records, generated_at, report_dir=None, applie
 
 
 def _md_cell(value):
-    return str(value if value is not None else '').replace('|', '\\|').replace('\n', ' ')
+    return report.md_text('' if value is None else value)
 
 
 def auditgap_remediation_markdown(doc):
     doc = _plain(doc) or {}
     s = doc.get('summary') or {}
     lines = ['# auditgap remediation (%s)' % doc.get('mode'), '',
-             'Generated %s from the diagnosis in `%s`.' % (doc.get('generated_at'), doc.get('report_dir')), '',
+             'Generated %s from the diagnosis in %s.' % (_md_cell(doc.get('generated_at')),
+                                                         report.md_code(doc.get('report_dir'))), '',
              '%s host(s): %s fixed, %s not fixed, %s new, %s not remediated, %s failed role run(s).' % (
                  s.get('hosts', 0), s.get('fixed', 0), s.get('not_fixed', 0), s.get('new', 0),
                  s.get('not_remediated', 0), s.get('failed_roles', 0)), '']
     for rec in doc.get('hosts') or []:
-        lines += ['## %s' % rec.get('host'), '']
+        lines += ['## %s' % _md_cell(rec.get('host')), '']
         if rec.get('remediations'):
             lines += ['| role | changed | failed | vars | message |', '|---|---|---|---|---|']
             for r in rec['remediations']:
-                lines.append('| %s | %s | %s | `%s` | %s |' % (
-                    r['role'], r['changed'], r['failed'], _md_cell(r.get('vars')), _md_cell(r.get('msg'))))
+                lines.append('| %s | %s | %s | %s | %s |' % (
+                    _md_cell(r['role']), r['changed'], r['failed'], report.md_code(r.get('vars')), _md_cell(r.get('msg'))))
             lines.append('')
         else:
             lines += ['No remediation named for this host.', '']
@@ -231,7 +261,7 @@ def auditgap_remediation_markdown(doc):
                 b = f.get('before') or {}
                 a = f.get('after') or {}
                 lines.append('| %s | **%s** | %s %s | %s %s |' % (
-                    f['id'], f['status'], _md_cell(b.get('severity')), _md_cell(b.get('summary')),
+                    _md_cell(f['id']), _md_cell(f['status']), _md_cell(b.get('severity')), _md_cell(b.get('summary')),
                     _md_cell(a.get('severity')), _md_cell(a.get('summary'))))
             lines.append('')
     return '\n'.join(lines) + '\n'
@@ -241,6 +271,7 @@ class FilterModule(object):
     def filters(self):
         return {
             'auditgap_fleet_findings': auditgap_fleet_findings,
+            'auditgap_remediation_items': auditgap_remediation_items,
             'auditgap_remediation_plan': auditgap_remediation_plan,
             'auditgap_remediation_host': auditgap_remediation_host,
             'auditgap_remediation_document': auditgap_remediation_document,

@@ -17,6 +17,8 @@ import time
 import pytest
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse
 
+from tests.support.hoststate import host_state
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, '.venv', 'bin')
 LAB_LATENCY = '/run/auditgap-lab/latency.jsonl'
@@ -147,5 +149,36 @@ def test_lab_diagnose_remediate_absent(tmp_path, backend):
             assert after_p99 * 3 <= stalled_p99, (stalled_p99, after_p99)
     finally:
         rc, out = playbook('lab.yml', '-e', 'lab_state=absent', '-e', 'lab_backend=%s' % backend)
+    assert rc == 0, out[-4000:]
+    assert audit_state() == before
+
+
+def test_check_mode_wins_over_auditgap_apply(tmp_path):
+    """An AWX "Check" job with auditgap_apply set: `--check -e auditgap_apply=true` on the lab
+    changes nothing on the host (audit, cgroup quotas, /etc/audit) and writes no report."""
+    before = audit_state()
+    rc, out = playbook('lab.yml', '-e', 'lab_state=present', '-e', 'lab_backend=cgroup',
+                       '-e', 'incident_lab_rate_per_s=%d' % LAB_RATE_PER_S)
+    try:
+        assert rc == 0, out[-4000:]
+        report_dir = tmp_path / 'report'
+        rc, out = playbook('diagnose.yml', '-e', 'report_dir=%s' % report_dir,
+                           '-e', 'diagnose_audit_sample_seconds=2', '-e', 'diagnose_cgroup_sample_seconds=2',
+                           '-e', 'diagnose_trace=never')
+        assert rc == 0, out[-4000:]
+        with open(report_dir / 'fleet.json') as handle:
+            fleet = json.load(handle)
+        roles = {(f.get('remediation') or {}).get('role') for h in fleet['hosts'] for f in h['findings']}
+        assert 'agent_cpu' in roles, roles
+        state = host_state()
+        # the role defaults: /etc/audit/rules.d is where audit_backlog and audit_rules would write
+        rc, checked = playbook('remediate.yml', '--check', '-e', 'auditgap_apply=true',
+                               '-e', 'remediate_report_dir=%s' % report_dir)
+        assert rc == 0, checked[-4000:]
+        assert '--check wins over auditgap_apply' in checked
+        assert host_state() == state
+        assert not (report_dir / 'remediation.json').exists()
+    finally:
+        rc, out = playbook('lab.yml', '-e', 'lab_state=absent', '-e', 'lab_backend=cgroup')
     assert rc == 0, out[-4000:]
     assert audit_state() == before

@@ -1,4 +1,6 @@
 """remediate.yml's pure parts: plan per host, before/after record, report (no root)."""
+import pytest
+from ansible.errors import AnsibleFilterError
 from ansible_collections.auditgap.fleet.plugins.filter import remediation as rem
 from ansible_collections.auditgap.fleet.plugins.modules import cpu_limit
 
@@ -37,13 +39,15 @@ def test_plan_merges_narrow_items_and_accepts_explicit_remediations():
     assert narrow == [{'syscall': 'accept4', 'key': 'net'}, {'syscall': 'connect'}]
     explicit = rem.auditgap_remediation_plan([{'role': 'audit_backlog', 'vars': {'audit_backlog_limit': 16384}}], 'any')
     assert explicit['audit_backlog']['vars'] == {'audit_backlog_limit': 16384}
-    assert rem.auditgap_remediation_plan([{'role': 'rm_rf', 'vars': {}}], 'any') == {}
+    with pytest.raises(AnsibleFilterError, match=r"item 0.role: 'rm_rf' is not one of agent_cpu"):
+        rem.auditgap_remediation_plan([{'role': 'rm_rf', 'vars': {}}], 'any')
 
 
-def test_fleet_findings_from_list_or_mapping():
-    doc = {'hosts': [{'host': 'a', 'findings': [{'id': 'x'}]}, {'host': 'b', 'findings': []}]}
-    assert rem.auditgap_fleet_findings(doc) == [{'id': 'x', 'host': 'a'}]
-    assert rem.auditgap_fleet_findings({'hosts': {'a': {'findings': [{'id': 'y'}]}}}) == [{'id': 'y', 'host': 'a'}]
+def test_fleet_findings_take_their_entrys_host():
+    doc = {'schema': 'auditgap.fleet/v1',
+           'hosts': [{'host': 'a', 'status': 'info', 'findings': [{'id': 'x', 'severity': 'info'}]},
+                     {'host': 'b', 'status': 'ok', 'findings': []}]}
+    assert rem.auditgap_fleet_findings(doc) == [{'id': 'x', 'severity': 'info', 'host': 'a'}]
 
 
 def test_dry_run_record_is_pending_and_applied_record_compares_after(monkeypatch):
