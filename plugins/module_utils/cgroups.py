@@ -464,6 +464,7 @@ def match_container_id(ref, proc_cgroups, group_dirs=()):
     return matches
 
 
+MAX_SAMPLE_SECONDS = 3600
 UNIT_RE = re.compile(r'^[A-Za-z0-9:_.\\@-]+$')
 UNIT_SUFFIXES = ('.service', '.scope', '.slice', '.socket', '.mount', '.swap', '.target')
 
@@ -526,11 +527,25 @@ def validate_options(options):
         if not re.match(r'^/?[A-Za-z0-9][A-Za-z0-9_.-]*$', ref):
             return f'containers: {ref!r} is not a container id or name'
     for path in options.get('cgroup_paths') or []:
-        if not path.startswith('/') or '/../' in path + '/' or '/./' in path + '/':
-            return f'cgroup_paths: {path!r} must be an absolute path without . or .. components'
+        error = cgroup_path_error(path)
+        if error:
+            return f'cgroup_paths: {error}'
     seconds = options.get('sample_seconds')
-    if seconds is not None and (seconds < 0 or seconds > 3600):
-        return f'sample_seconds: {seconds!r} must be between 0 and 3600'
+    if seconds is not None and not (isinstance(seconds, (int, float)) and 0 <= seconds <= MAX_SAMPLE_SECONDS):
+        return f'sample_seconds: {seconds!r} must be a number between 0 and {MAX_SAMPLE_SECONDS}'
+    return None
+
+
+def cgroup_path_error(path):
+    """Why ``path`` is not a cgroup path (as in /proc/PID/cgroup) to read or write, or None:
+    it must be an absolute path without ``.``/``..`` components or control characters, so it
+    stays inside the cgroup tree."""
+    if not isinstance(path, str) or not path.startswith('/') or re.search(r'[\x00-\x1f\x7f]', path):
+        return f'{path!r} must be an absolute path (as in /proc/PID/cgroup)'
+    if '/../' in path + '/' or '/./' in path + '/':
+        return f'{path!r} must be an absolute path without . or .. components'
+    if len(path) > 4096:
+        return 'a cgroup path is at most 4096 characters'
     return None
 
 

@@ -126,6 +126,9 @@ def _round(value, digits=1):
 # function_graph
 
 _DURATION_MARKS = '+!#*@$'
+# timestamps (s) and durations (us) beyond this are no trace data (1e15 us is 31 years);
+# the bound also rejects NaN and infinity, which would break the statistics
+TS_LIMIT = 1e15
 _SYSCALL_FN = re.compile(r'^(?:SyS_|sys_|__x64_sys_|__ia32_sys_|__arm64_sys_|__se_sys_|__do_sys_|ksys_|__sys_)'
                          r'(?P<name>\w+)$')
 _EXIT_WORK_FN = re.compile(r'(?:exit_work|exit_to_user_mode|syscall_exit)')
@@ -170,6 +173,8 @@ def _fg_fields(line):
             ts = float(first)
         except ValueError:
             return None
+        if not -TS_LIMIT < ts < TS_LIMIT:
+            return None
         c = 1
         first = parts[1]
         close = first.find(')')
@@ -196,6 +201,8 @@ def _fg_fields(line):
             duration = float(rest)
         except ValueError:
             return None
+        if not 0 <= duration < TS_LIMIT:
+            return None  # NaN, infinity, negative or overflowing: not a duration
     raw = parts[-1]
     text = raw.lstrip(' ')
     indent = len(raw) - len(text)
@@ -228,9 +235,11 @@ def _fg_fields(line):
 # One function_graph call line: ``[abstime |] cpu) [proc |] [mark] [duration us] | text``.
 # Groups: abstime, cpu, proc (``comm-pid``), duration, the indent of the text, the text
 # (without trailing blanks). The ``\n`` before each line is the literal the engine scans for.
+# Numbers have at most 15 integer digits: a longer one (an overflow, a corrupt line) is no
+# trace data and would turn into infinity in the statistics; such a line does not match.
 _FG_RE = re.compile(
-    r'\n *(?:(\d+\.\d+) \| +)?(\d+)\) +(?:([^|\n]*?-\d+) +\| +)?(?:[-+!#*@$] +)?'
-    r'(?:(\d+(?:\.\d+)?) us)? *\|( *)([^\n]*[^\s])')
+    r'\n *(?:(\d{1,15}\.\d{1,9}) \| +)?(\d+)\) +(?:([^|\n]*?-\d+) +\| +)?(?:[-+!#*@$] +)?'
+    r'(?:(\d{1,15}(?:\.\d{1,9})?) us)? *\|( *)([^\n]*[^\s])')
 
 
 def _text_batches(lines, size=8192):
@@ -589,7 +598,7 @@ def stack_text(stack):
 # prev_state and next_pid; or, after ``<stack trace>``, the frame lines (each
 # ``\n => frame``) that follow. The rest of a line is never looked at.
 _EVENT_RE = re.compile(
-    r'-(\d+) +(?:\([^)\n]*\) +)?\[\d+\] +(?:[^\d\s]\S* +)?(\d+(?:\.\d+)?): '
+    r'-(\d+) +(?:\([^)\n]*\) +)?\[\d+\] +(?:[^\d\s]\S* +)?(\d{1,15}(?:\.\d{1,9})?): '
     r'(?:sys_(\w+)(\(| -> )'
     r'|sched_switch: prev_comm=.*? prev_pid=(\d+) .*? prev_state=(\S+) ==> .*? next_pid=(\d+)'
     r'|<stack trace>((?:\n =>.*)*))')
@@ -604,9 +613,10 @@ def _line_ts(line):
     if colon < 0:
         return None
     try:
-        return float(line[line.rfind(' ', bracket, colon) + 1:colon])
+        ts = float(line[line.rfind(' ', bracket, colon) + 1:colon])
     except ValueError:
         return None
+    return ts if -TS_LIMIT < ts < TS_LIMIT else None  # NaN, infinity, overflow: no stamp
 
 
 def _first_ts(text):

@@ -37,10 +37,13 @@ options:
     default: auto
   target:
     description:
-      - One of C(pid), C(container) (name or id), C(systemd_unit), C(cgroup_path) (path in the
-        cpu hierarchy, as in /proc/PID/cgroup). Empty or C(audit_consumer) means the process
-        registered as the audit daemon.
-    type: dict
+      - A mapping with one of C(pid) (a process id above 1), C(container) (name or id),
+        C(systemd_unit), C(cgroup_path) (an absolute path in the cpu hierarchy, as in
+        /proc/PID/cgroup, without C(.) or C(..) components). Empty or C(audit_consumer) means
+        the process registered as the audit daemon.
+      - Only a mapping is accepted; the C(key=value) string form (C(pid=1)) is refused, so a
+        mistyped target never silently names another process.
+    type: raw
   limit_cores:
     description: The new limit in CPU cores (0.01..1024).
     type: float
@@ -118,9 +121,11 @@ cpu_limit:
 '''
 
 import os
+import re
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, dockerctl, procinfo
 from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups as cg
 from ansible_collections.auditgap.fleet.plugins.module_utils import guard
@@ -143,13 +148,44 @@ def audit_consumer_pid(module):
     return pid
 
 
+TARGET_SPEC = ArgumentSpecValidator(
+    {'pid': {'type': 'int'}, 'container': {'type': 'str'}, 'systemd_unit': {'type': 'str'},
+     'cgroup_path': {'type': 'str'}, 'audit_consumer': {'type': 'bool'}},
+    mutually_exclusive=[list(TARGET_KINDS)])
+CONTAINER_RE = re.compile(r'^/?[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$')
+
+
+def check_target(target):
+    """(kind, value) of a target mapping (None, {} or audit_consumer: the audit consumer);
+    Failure with the reason for anything else, before anything is looked up."""
+    if target is None:
+        target = {}
+    if not isinstance(target, dict):
+        raise Failure('target must be a mapping such as {pid: 1234} or {container: ids-agent}, got %s %r'
+                      % (type(target).__name__, target))
+    # unset keys (null, '', audit_consumer: false) name nothing; 0 stays (and is refused below)
+    target = {k: v for k, v in target.items() if v is not None and v is not False and not (isinstance(v, str) and not v)}
+    checked = TARGET_SPEC.validate(target)
+    if checked.error_messages:
+        raise Failure('target: %s' % '; '.join(checked.error_messages))
+    given = [(k, checked.validated_parameters[k]) for k in TARGET_KINDS if k in target]
+    kind, name = given[0] if given else ('audit_consumer', True)
+    if kind == 'pid' and name < 2:
+        raise Failure('target pid must be a process id above 1 (PID 1 is init), got %d' % name)
+    if kind == 'container' and not CONTAINER_RE.match(name):
+        raise Failure('target container %r is not a container name or id' % name)
+    if kind == 'systemd_unit' and not cg.UNIT_RE.match(name):
+        raise Failure('target systemd_unit %r is not a unit name' % name)
+    if kind == 'cgroup_path':
+        error = cg.cgroup_path_error(name)
+        if error:
+            raise Failure('target cgroup_path %s' % error)
+    return kind, name
+
+
 def resolve_target(module, target):
     """-> {kind, name, pid, info (procinfo), container, systemd_unit}"""
-    target = {k: v for k, v in (target or {}).items() if v not in (None, '')}
-    unknown = sorted(set(target) - set(TARGET_KINDS))
-    if unknown or len(target) > 1:
-        raise Failure('target must name exactly one of %s, got %s' % (', '.join(TARGET_KINDS), sorted(target)))
-    kind, name = (next(iter(target.items())) if target else ('audit_consumer', True))
+    kind, name = check_target(target)
     out = {'kind': kind, 'name': str(name), 'pid': None, 'info': None, 'container': None, 'systemd_unit': None}
     if kind == 'audit_consumer':
         pid = audit_consumer_pid(module)
@@ -157,10 +193,7 @@ def resolve_target(module, target):
         kind = 'pid'
         name = pid
     if kind == 'pid':
-        try:
-            pid = int(name)
-        except (TypeError, ValueError):
-            raise Failure('target pid must be a number, got %r' % (name,))
+        pid = int(name)
         info = procinfo.read_process(pid)
         if info is None:
             raise Failure('target process %d not found' % pid)
@@ -169,8 +202,6 @@ def resolve_target(module, target):
         out['container'] = {'runtime': 'docker', 'id': str(name)}
     elif kind == 'systemd_unit':
         out['systemd_unit'] = str(name)
-    elif kind == 'cgroup_path' and not str(name).startswith('/'):
-        raise Failure('target cgroup_path must be absolute (as in /proc/PID/cgroup), got %r' % (name,))
     return out
 
 
@@ -426,7 +457,7 @@ def main():
     module = AnsibleModule(
         argument_spec={
             'backend': {'type': 'str', 'default': 'auto', 'choices': ['auto', 'docker', 'systemd', 'cgroup']},
-            'target': {'type': 'dict'},
+            'target': {'type': 'raw'},
             'limit_cores': {'type': 'float', 'required': True},
             'force': {'type': 'bool', 'default': False},
             'period_us': {'type': 'int'},
@@ -456,6 +487,8 @@ def run(module, result):
     try:
         if not 0.01 <= wanted <= 1024:
             raise Failure('limit_cores %g out of range 0.01..1024' % wanted)
+        if p['period_us'] is not None and not 1000 <= p['period_us'] <= 1000000:
+            raise Failure('period_us %s out of range 1000..1000000' % p['period_us'])
         tgt = resolve_target(module, p['target'])
         out['target'] = {'kind': tgt['kind'], 'name': tgt['name'], 'pid': tgt['pid'],
                          'container': tgt['container'], 'systemd_unit': tgt['systemd_unit']}
