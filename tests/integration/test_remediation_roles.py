@@ -323,7 +323,8 @@ def test_agent_cpu_refuses_lowering_unless_forced(throttled_process):
 @pytest.mark.parametrize('variables,message', [
     ({'agent_cpu_target': {'pid': 2 ** 22 + 7}}, 'target process 4194311 not found'),
     ({'agent_cpu_target': {'cgroup_path': '/auditgap-test-absent'}}, 'not found in the cpu hierarchy'),
-    ({'agent_cpu_target': {'pid': 1, 'container': 'x'}}, 'exactly one of'),
+    ({'agent_cpu_target': {'pid': 1, 'container': 'x'}}, 'parameters are mutually exclusive: pid|container'),
+    ({'agent_cpu_target': 'pid=1'}, 'target must be a mapping'),
     ({'agent_cpu_backend': 'systemd', 'agent_cpu_target': {'systemd_unit': 'auditgap-test-missing.service'}},
      'auditgap-test-missing.service' if IN_VM else 'systemd is not running'),
 ])
