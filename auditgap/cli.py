@@ -84,7 +84,7 @@ def _add_run_options(cmd):
                      help='audit and cgroup sample windows in seconds, 0..%d (default: the role\'s, 5)'
                      % MAX_SAMPLE_SECONDS)
     cmd.add_argument('--trace', choices=('auto', 'always', 'never'), help='when to run the bounded trace')
-    cmd.add_argument('-e', '--extra-var', action='append', default=[], metavar='KEY=VALUE',
+    cmd.add_argument('-e', '--extra-var', action='append', default=[], metavar='KEY=VALUE', type=extra_var,
                      help='extra variable (repeatable), e.g. -e diagnose_throttled_ratio_warn=0.3')
     cmd.add_argument('--progress', action=argparse.BooleanOptionalAction, default=None,
                      help='show hosts done/total and elapsed time on stderr as results arrive '
@@ -154,6 +154,15 @@ def parse_extra(items):
                 raise ValueError(f'extra variable {key}: {err}') from None
         out[key] = value
     return out
+
+
+def extra_var(item):
+    """One -e item, checked when the command line is parsed (parse_extra's rules)."""
+    try:
+        parse_extra([item])
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return item
 
 
 def default_report_dir(cwd, now):

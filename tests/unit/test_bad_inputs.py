@@ -51,7 +51,10 @@ CLI_CASES = [
 
 
 @pytest.mark.parametrize('argv,message', CLI_CASES, ids=[' '.join(a)[:40] for a, _m in CLI_CASES])
-def test_cli_refuses_with_one_line(argv, message, capsys, tmp_path):
+def test_cli_refuses_with_one_line(argv, message, capsys, monkeypatch):
+    def never(*_args, **_kwargs):
+        raise AssertionError('the CLI accepted %r and would have run' % (argv,))
+    monkeypatch.setattr(cli, 'diagnose', never)
     with pytest.raises(SystemExit) as exc:
         cli.main(['diagnose'] + argv)
     assert exc.value.code == 2
