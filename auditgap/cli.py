@@ -28,14 +28,9 @@ from auditgap import __version__, changes, history, promfile, trends
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the longest audit sample window (auditfacts.MAX_SAMPLE_SECONDS; a unit test keeps them equal)
 MAX_SAMPLE_SECONDS = 300
-# extra variables that must be numbers >= 0: the findings thresholds (findings.DEFAULT_THRESHOLDS,
-# as diagnose_<key>) and the sample lengths; a unit test keeps the list complete
-NUMERIC_VARS = frozenset((
-    'diagnose_backlog_saturated_ratio', 'diagnose_throttled_ratio_warn', 'diagnose_throttled_ratio_crit',
-    'diagnose_hot_syscall_per_s', 'diagnose_slow_syscall_p99_ms', 'diagnose_wait_accrued_crit_ms',
-    'diagnose_consumer_min_cores', 'diagnose_backlog_limit_suggested',
-    'diagnose_audit_sample_seconds', 'diagnose_cgroup_sample_seconds', 'diagnose_trace_seconds',
-))
+# extra variables that must be numbers >= 0: the sample lengths, and the findings thresholds
+# (numeric_vars(): findings.DEFAULT_THRESHOLDS as diagnose_<key>)
+SAMPLE_VARS = frozenset(('diagnose_audit_sample_seconds', 'diagnose_cgroup_sample_seconds', 'diagnose_trace_seconds'))
 _CONTROL = re.compile(r'[\x00-\x1f\x7f]')
 
 
@@ -147,13 +142,23 @@ def parse_extra(items):
             raise ValueError(f'extra variable must be KEY=VALUE with an identifier as KEY: {item!r}')
         if _CONTROL.search(value):
             raise ValueError(f'extra variable {key}: the value holds a control character')
-        if key in NUMERIC_VARS:
+        if key in numeric_vars():
             try:
                 number(value)
             except ValueError as err:
                 raise ValueError(f'extra variable {key}: {err}') from None
         out[key] = value
     return out
+
+
+def numeric_vars():
+    """The -e variables that must be numbers >= 0 (the thresholds when the collection is importable)."""
+    try:
+        trends.collection_module('report')  # puts the collection on sys.path
+        from ansible_collections.auditgap.fleet.plugins.filter.findings import DEFAULT_THRESHOLDS
+    except ImportError:
+        return SAMPLE_VARS
+    return SAMPLE_VARS | {'diagnose_' + key for key in DEFAULT_THRESHOLDS}
 
 
 def extra_var(item):

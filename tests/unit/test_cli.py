@@ -66,7 +66,7 @@ def test_limits_match_the_collection():
     from ansible_collections.auditgap.fleet.plugins.filter.findings import DEFAULT_THRESHOLDS
     from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts
     assert cli.MAX_SAMPLE_SECONDS == auditfacts.MAX_SAMPLE_SECONDS
-    assert {'diagnose_' + key for key in DEFAULT_THRESHOLDS} <= cli.NUMERIC_VARS
+    assert {'diagnose_' + key for key in DEFAULT_THRESHOLDS} <= cli.numeric_vars()
 
 
 class FakeResult:
