@@ -103,8 +103,9 @@ def safe_host_entry(host, results, thresholds):
 
 
 def host_entries(inputs, thresholds):
-    """[entry] for (host, results) pairs with the same thresholds (benchmarks, tests)."""
-    return [safe_host_entry(host, results, dict(thresholds)) for host, results in inputs]
+    """[entry] for (host, results) pairs with the same thresholds (benchmarks, tests), checked
+    for the report as the action checks them (report.checked_entries)."""
+    return report.checked_entries([safe_host_entry(host, results, dict(thresholds)) for host, results in inputs])
 
 
 def host_thresholds(host_vars):

@@ -72,7 +72,8 @@ def checked_entries(entries):
             single = fleet_document([entry], '1970-01-01T00:00:00Z')
             to_json_line(single['hosts'][0])
             render_markdown(single)
-            _html_host(single['hosts'][0])
+            if not (entry.get('status') == 'ok' and not entry.get('error')):
+                _html_host(single['hosts'][0])  # healthy hosts are one table row of numbers
             render_prometheus(single)
         except Exception as err:  # noqa: BLE001 -- whatever a bad value raises, the host is reported
             host = entry.get('host') if isinstance(entry, dict) else entry
