@@ -183,6 +183,15 @@ def check_target(target):
     return kind, name
 
 
+def check_args(params):
+    """Failure for out-of-range numbers or a bad target, before anything is looked up."""
+    if not 0.01 <= params['limit_cores'] <= 1024:
+        raise Failure('limit_cores %g out of range 0.01..1024' % params['limit_cores'])
+    if params['period_us'] is not None and not 1000 <= params['period_us'] <= 1000000:
+        raise Failure('period_us %s out of range 1000..1000000' % params['period_us'])
+    check_target(params['target'])
+
+
 def resolve_target(module, target):
     """-> {kind, name, pid, info (procinfo), container, systemd_unit}"""
     kind, name = check_target(target)
@@ -469,6 +478,10 @@ def main():
     out = {'backend': None, 'target': {}, 'before': None, 'after': None, 'limited_by': None, 'dropin': None,
            'recovered_from_crash': [], 'restored': None, 'restore_errors': []}
     result = {'changed': False, 'cpu_limit': out}
+    try:
+        check_args(module.params)  # bad input fails before the lock and any lookup
+    except Failure as err:
+        module.fail_json(msg='%s; nothing changed' % err, **result)
     if module.check_mode:  # nothing changes in check mode: no lock, no crash recovery
         run(module, result)
     try:
@@ -485,10 +498,7 @@ def run(module, result):
     out = result['cpu_limit']
     wanted = p['limit_cores']
     try:
-        if not 0.01 <= wanted <= 1024:
-            raise Failure('limit_cores %g out of range 0.01..1024' % wanted)
-        if p['period_us'] is not None and not 1000 <= p['period_us'] <= 1000000:
-            raise Failure('period_us %s out of range 1000..1000000' % p['period_us'])
+        check_args(p)
         tgt = resolve_target(module, p['target'])
         out['target'] = {'kind': tgt['kind'], 'name': tgt['name'], 'pid': tgt['pid'],
                          'container': tgt['container'], 'systemd_unit': tgt['systemd_unit']}
