@@ -417,10 +417,13 @@ def _op_file_restore(path, text=None, mode=0o644):
 
 
 def _op_systemd_dropin(path, unit, text=None, mode=0o644, cpu_quota=''):
-    """Put a drop-in back (or remove it), daemon-reload, and set the runtime CPUQuota back."""
+    """Put a drop-in back (or remove it), daemon-reload, and set the runtime CPUQuota back
+    (``cpu_quota`` None: the runtime property was not changed, leave it)."""
     _op_file_restore(path, text, mode)
-    for args in (['systemctl', 'daemon-reload'],
-                 ['systemctl', 'set-property', '--runtime', unit, 'CPUQuota=%s' % (cpu_quota or '')]):
+    commands = [['systemctl', 'daemon-reload']]
+    if cpu_quota is not None:
+        commands.append(['systemctl', 'set-property', '--runtime', unit, 'CPUQuota=%s' % cpu_quota])
+    for args in commands:
         proc = subprocess.run(args, check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
         if proc.returncode != 0:
             raise RuntimeError('%s: %s' % (' '.join(args), proc.stderr.decode('utf-8', 'replace').strip()))

@@ -17,8 +17,13 @@ description:
     current CPU limit and raises it to I(limit_cores) through the backend that owns it.
   - C(docker) updates the container in place (Engine API C(POST /containers/{id}/update),
     like C(docker update --cpus)); the container keeps running.
-  - C(systemd) writes a drop-in with C(CPUQuota=) and applies it at runtime with
-    C(systemctl set-property --runtime). Needs systemd as PID 1.
+  - C(systemd) writes a drop-in with C(CPUQuota=), runs C(systemctl daemon-reload) and
+    applies it at runtime with C(systemctl set-property --runtime). Needs systemd as PID 1.
+    systemd applies drop-ins in file-name order and the last one wins, so before the runtime
+    change the module reads C(DropInPaths) and the effective C(CPUQuotaPerSecUSec) after the
+    reload, and when another drop-in (such as an C(override.conf) from C(systemctl edit))
+    overrides the limit it puts its own drop-in back as it was, reloads, and fails naming
+    that file. Check mode judges the same from the drop-in files.
   - C(cgroup) writes the cgroup directly (v1 C(cpu.cfs_quota_us), v2 C(cpu.max)), for
     processes no manager owns. When a process's own group has no limit, the tightest
     limited ancestor (the group that throttles it) is the one raised.
@@ -126,7 +131,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, dockerctl, procinfo
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, dockerctl, dropins, procinfo
 from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups as cg
 from ansible_collections.auditgap.fleet.plugins.module_utils import guard
 
@@ -138,6 +143,10 @@ LOCK_WAIT_S = 30
 
 class Failure(Exception):
     pass
+
+
+class Overridden(Failure):
+    """After daemon-reload another drop-in sets the unit's CPU quota (the guard rolls back)."""
 
 
 def audit_consumer_pid(module):
@@ -399,9 +408,36 @@ def quota_percent(cores):
 
 
 def dropin_text(unit, cores):
-    section = 'Scope' if unit.endswith('.scope') else ('Slice' if unit.endswith('.slice') else 'Service')
     return ('# Managed by auditgap (agent_cpu role): CPU limit of the audit consumer.\n'
-            '[%s]\nCPUQuota=%s\n' % (section, quota_percent(cores)))
+            '[%s]\nCPUQuota=%s\n' % (dropins.unit_section(unit), quota_percent(cores)))
+
+
+def read_text(path):
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def write_text(module, path, text):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.auditgap-')
+    with os.fdopen(fd, 'w') as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)
+    module.atomic_move(tmp, path)
+
+
+def systemd_show(module, systemctl, unit):
+    """LoadState, CPUQuotaPerSecUSec (us, None = infinity) and [(path, text)] of DropInPaths."""
+    rc, out, err = module.run_command([systemctl, 'show', unit, '-p', 'LoadState', '-p', 'CPUQuotaPerSecUSec',
+                                       '-p', 'DropInPaths'])
+    if rc != 0:
+        raise Failure('systemctl show %s failed: %s' % (unit, (err or out).strip()))
+    props = dict(line.split('=', 1) for line in out.splitlines() if '=' in line)
+    paths = dropins.parse_dropin_paths(props.get('DropInPaths'))
+    return (props.get('LoadState'), parse_timespan_us(props.get('CPUQuotaPerSecUSec')),
+            [(path, read_text(path) or '') for path in paths])
 
 
 def systemd_backend(module, tgt, wanted, result):
@@ -413,21 +449,14 @@ def systemd_backend(module, tgt, wanted, result):
     systemctl = module.get_bin_path('systemctl')
     if not systemctl:
         raise Failure('systemctl not found')
-    rc, out, err = module.run_command([systemctl, 'show', unit, '-p', 'LoadState', '-p', 'CPUQuotaPerSecUSec'])
-    if rc != 0:
-        raise Failure('systemctl show %s failed: %s' % (unit, (err or out).strip()))
-    props = dict(line.split('=', 1) for line in out.splitlines() if '=' in line)
-    if props.get('LoadState') in ('not-found', None, ''):
+    load_state, per_sec, unit_dropins = systemd_show(module, systemctl, unit)
+    if load_state in ('not-found', None, ''):
         raise Failure('systemd unit %s not found' % unit)
-    per_sec = parse_timespan_us(props.get('CPUQuotaPerSecUSec'))
     current = round(per_sec / 1e6, 6) if per_sec is not None else None
     path = os.path.join(module.params['systemd_dropin_dir'], unit + '.d', DROPIN_NAME)
     result['dropin'] = path
-    try:
-        with open(path) as handle:
-            old_text = handle.read()
-    except OSError:
-        old_text = None
+    section = dropins.unit_section(unit)
+    old_text = read_text(path)
     new_text = dropin_text(unit, wanted)
     before = {'limit_cores': current, 'cpu_quota': quota_percent(current) if current else 'infinity', 'dropin': old_text}
     after = {'limit_cores': round(wanted, 6), 'cpu_quota': quota_percent(wanted), 'dropin': new_text}
@@ -435,28 +464,44 @@ def systemd_backend(module, tgt, wanted, result):
     if err:
         raise Failure(err)
     change = change or old_text != new_text
+    if change and module.check_mode:
+        # nothing is written in check mode: judge the drop-in order from the files
+        err = dropins.overriding_dropin(path, [d for d in unit_dropins if d[0] != path] + [(path, new_text)], section)
+        if err:
+            raise Failure(err)
 
     def describe(v):
         return 'systemd unit %s: CPUQuota=%s\n%s' % (unit, v['cpu_quota'], v['dropin'] or '')
 
+    def daemon_reload():
+        rc2, out2, err2 = module.run_command([systemctl, 'daemon-reload'])
+        if rc2 != 0:
+            raise Failure('systemctl daemon-reload failed: %s' % (err2 or out2).strip())
+
     def apply(rg):
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            rg.push_op('rmdir', 'remove %s' % directory, path=directory)
+            os.makedirs(directory)
+        # first only the file (cpu_quota None: the runtime property is not touched yet)
+        rg.push_op('systemd_dropin', 'restore %s and daemon-reload' % path, path=path, unit=unit,
+                   text=old_text, cpu_quota=None)
+        write_text(module, path, new_text)
+        daemon_reload()
+        # what systemd made of all drop-ins: a later one (override.conf) may win
+        _state, effective, now_dropins = systemd_show(module, systemctl, unit)
+        verdict = dropins.quota_verdict(path, round(wanted * 1e6), effective, now_dropins, section)
+        if verdict:
+            raise Overridden(verdict)  # the guard puts the drop-in back and reloads
         rg.push_op('systemd_dropin', 'restore %s and CPUQuota of %s' % (path, unit), path=path, unit=unit,
                    text=old_text, cpu_quota=quota_percent(current) if current else '')
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.auditgap-')
-        with os.fdopen(fd, 'w') as handle:
-            handle.write(new_text)
-        os.chmod(tmp, 0o644)
-        module.atomic_move(tmp, path)
-        for args in ([systemctl, 'daemon-reload'],
-                     [systemctl, 'set-property', '--runtime', unit, 'CPUQuota=%s' % quota_percent(wanted)]):
-            rc2, out2, err2 = module.run_command(args)
-            if rc2 != 0:
-                raise Failure('%s failed: %s' % (' '.join(args), (err2 or out2).strip()))
+        args = [systemctl, 'set-property', '--runtime', unit, 'CPUQuota=%s' % quota_percent(wanted)]
+        rc2, out2, err2 = module.run_command(args)
+        if rc2 != 0:
+            raise Failure('%s failed: %s' % (' '.join(args), (err2 or out2).strip()))
 
     def reread():
-        _rc, o, _e = module.run_command([systemctl, 'show', unit, '-p', 'CPUQuotaPerSecUSec'])
-        us = parse_timespan_us(o.split('=', 1)[1] if '=' in o else '')
+        _state, us, _dropins = systemd_show(module, systemctl, unit)
         cores = round(us / 1e6, 6) if us is not None else None
         return {'limit_cores': cores, 'cpu_quota': quota_percent(cores) if cores else 'infinity', 'dropin': new_text}
     return before, after, change, describe, apply if change else None, reread
@@ -526,6 +571,10 @@ def run(module, result):
     except Exception as err:  # noqa: BLE001 -- any failure: the guard has rolled back
         out['restored'] = rg.ok
         out['restore_errors'] = list(rg.restore_errors)
+        if isinstance(err, Overridden) and rg.ok:
+            result['changed'] = False
+            out['after'] = before
+            module.fail_json(msg='applying the CPU limit failed: %s; rolled back, nothing changed' % err, **result)
         module.fail_json(msg='applying the CPU limit failed: %s; %s' % (
             err, 'rolled back' if rg.ok else 'roll-back incomplete: %s' % '; '.join(rg.restore_errors)), **result)
     out['after'] = reread()
