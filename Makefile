@@ -45,7 +45,7 @@ test: setup apt-test
 	$(MAKE) test-vm
 
 # Molecule scenarios in real VMs (QEMU/libvirt/Vagrant; the scripts install and
-# start what they need). All scenarios (default, immutable, ftrace) unless SCENARIOS names some.
+# start what they need). All scenarios (default, immutable, ftrace, fleet_audit) unless SCENARIOS names some.
 test-vm: setup
 	VENV=$(VENV) scripts/test-vm $(SCENARIOS)
 

@@ -67,7 +67,8 @@ def test_remediate_reads_the_reports_of_a_sliced_run(tmp_path):
         finding = {'id': 'audit_backlog_saturated', 'severity': 'warning', 'summary': 'backlog full',
                    'remediation': {'role': 'audit_backlog', 'vars': {'audit_backlog_limit': 8192}}}
         (sliced / ('job-%d' % n) / 'fleet.json').write_text(json.dumps(
-            {'hosts': [{'host': host, 'findings': [finding]}]}))
+            {'schema': 'auditgap.fleet/v1',
+             'hosts': [{'host': host, 'status': 'warning', 'findings': [finding]}]}))
     _rem, events = run(tmp_path, 'remediate', 'remediate.yml', {'remediate_report_dir': str(sliced)})
     findings = fact(events, 'Collect the findings', 'remediate_all_findings')
     assert sorted(f['host'] for f in findings) == ['web-01', 'web-02']
