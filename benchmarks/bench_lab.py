@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
 sys.path.insert(0, ROOT)
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import labkit  # noqa: E402
+from ansible_collections.auditgap.fleet.plugins.module_utils import labkit, labworkload  # noqa: E402
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard  # noqa: E402
 from tests.support.kernel import kernel_lock  # noqa: E402
 
@@ -47,7 +47,7 @@ def phase(latency_path, seconds):
     """Wait ``seconds`` full seconds; the merged records of that window (first second skipped)."""
     start = int(time.time()) + 1
     time.sleep(seconds + 1.2)
-    return labkit.window_summary(labkit.read_jsonl(latency_path), since=start + 1, until=start + seconds)
+    return labworkload.window_summary(labworkload.read_jsonl(latency_path), since=start + 1, until=start + seconds)
 
 
 def main():
@@ -86,7 +86,7 @@ def run(args):
         labkit.cgroup_set_quota(version, lab['cgroup_path'], None, p['period_us'])
         markers.append({'t': time.time(), 'label': 'quota lifted'})
         after = phase(lab['latency_path'], args.seconds)
-        points = labkit.read_jsonl(lab['timeline_path'])
+        points = labworkload.read_jsonl(lab['timeline_path'])
     if guard.restore_errors:
         print('bench_lab: restore errors: %s' % guard.restore_errors, file=sys.stderr)
     try:

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import labkit
+from ansible_collections.auditgap.fleet.plugins.module_utils import labkit, labworkload
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPORT_DIR = os.path.join(ROOT, 'reports', 'lab')
@@ -61,11 +61,11 @@ def changed_count(output):
 def wait_records(path, seconds, timeout_s=30.0):
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        records = [r for r in labkit.read_jsonl(path) if r.get('count')]
+        records = [r for r in labworkload.read_jsonl(path) if r.get('count')]
         if len(records) >= seconds:
             return records
         time.sleep(0.5)
-    return [r for r in labkit.read_jsonl(path) if r.get('count')]
+    return [r for r in labworkload.read_jsonl(path) if r.get('count')]
 
 
 def write_timeline(name, points, markers=None):
@@ -103,11 +103,11 @@ def _end_to_end(backend):
     assert status['pid'] == info['consumer_pid']
     assert status['backlog_limit'] == 64 and status['backlog_wait_time'] == 250
     assert any('key=auditgap-lab' in rule for rule in labkit.list_rules())
-    stat = labkit.read_cpu_stat(info['cgroup_path'])
+    stat = labworkload.read_cpu_stat(info['cgroup_path'])
     assert 'nr_throttled' in stat
     records = wait_records(info['latency_path'], 5)
-    window = labkit.window_summary(records[1:])
-    points = labkit.read_jsonl(info['timeline_path'])
+    window = labworkload.window_summary(records[1:])
+    points = labworkload.read_jsonl(info['timeline_path'])
     svg = write_timeline('timeline-%s.svg' % backend, points)
     assert window['count'] > 0
     assert window['p99_ms'] >= STALL_MIN_P99_MS, (window, records)

@@ -24,7 +24,7 @@ import json
 import os
 import time
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import labkit
+from ansible_collections.auditgap.fleet.plugins.module_utils import labkit, labworkload
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
 
 STALL_GLOB = os.path.join(labkit.LAB_DIR, 'stall-*.json')
@@ -67,15 +67,15 @@ class Stall:
 
     def per_second(self):
         """The per-second records (latency.jsonl): [{t, count, p50_ms, p99_ms, max_ms, errors}]."""
-        return labkit.read_jsonl(self.latency_path)
+        return labworkload.read_jsonl(self.latency_path)
 
     def timeline(self):
         """Per-second {t, p99_ms, backlog, lost, throttled_ratio} points."""
-        return labkit.read_jsonl(self.timeline_path)
+        return labworkload.read_jsonl(self.timeline_path)
 
     def window(self, since=None, until=None):
         """Latency summary of the seconds in [since, until] (unix s)."""
-        return labkit.window_summary(self.per_second(), since, until)
+        return labworkload.window_summary(self.per_second(), since, until)
 
     def wait_for(self, seconds=1, min_count=1, timeout_s=15.0):
         """Wait until at least ``seconds`` per-second records with ``min_count`` requests exist."""
@@ -177,7 +177,7 @@ def audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000, key='aud
                 labkit.run_auditctl(labkit.rule_args(base, key))
             if before.get('enabled') != 1:
                 labkit.set_status(enabled=1)
-            workload = labkit.start_workload(state, workdir, labkit.__file__,
+            workload = labkit.start_workload(state, workdir, labworkload.__file__,
                                              rate_per_s=rate_per_s, clients=clients,
                                              cpu_stat_dir=consumer['cgroup_path'])
             stall = Stall(workdir, consumer, workload, state, key)

@@ -3,30 +3,30 @@ import json
 import os
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.module_utils import labkit
+from ansible_collections.auditgap.fleet.plugins.module_utils import labkit, labworkload
 
 
 def test_percentile_nearest_rank():
     values = list(range(1, 101))
-    assert labkit.percentile(values, 50) == 50
-    assert labkit.percentile(values, 99) == 99
-    assert labkit.percentile(values, 100) == 100
-    assert labkit.percentile([7], 99) == 7
-    assert labkit.percentile([], 50) is None
+    assert labworkload.percentile(values, 50) == 50
+    assert labworkload.percentile(values, 99) == 99
+    assert labworkload.percentile(values, 100) == 100
+    assert labworkload.percentile([7], 99) == 7
+    assert labworkload.percentile([], 50) is None
 
 
 def test_summarize():
-    s = labkit.summarize([5.0, 1.0, 3.0, 700.0])
+    s = labworkload.summarize([5.0, 1.0, 3.0, 700.0])
     assert s == {'count': 4, 'p50_ms': 3.0, 'p99_ms': 700.0, 'max_ms': 700.0}
-    assert labkit.summarize([])['count'] == 0
+    assert labworkload.summarize([])['count'] == 0
 
 
 def test_histogram_close_to_exact():
-    hist = labkit.LogHistogram()
+    hist = labworkload.LogHistogram()
     values = [0.05 + i * 0.01 for i in range(990)] + [200.0 + i for i in range(10)]
     for v in values:
         hist.add(v)
-    exact = labkit.summarize(values)
+    exact = labworkload.summarize(values)
     s = hist.summary()
     assert s['count'] == 1000
     assert s['max_ms'] == exact['max_ms']
@@ -38,18 +38,18 @@ def test_window_summary_weights_by_count():
     records = [{'t': 1, 'count': 1000, 'p50_ms': 0.1, 'p99_ms': 1.0, 'max_ms': 2.0},
                {'t': 2, 'count': 10, 'p50_ms': 300.0, 'p99_ms': 700.0, 'max_ms': 900.0},
                {'t': 3, 'count': 0, 'p50_ms': None, 'p99_ms': None, 'max_ms': None}]
-    w = labkit.window_summary(records)
+    w = labworkload.window_summary(records)
     assert w['count'] == 1010 and w['seconds'] == 2 and w['max_ms'] == 900.0
     assert w['p50_ms'] == 0.1
-    assert labkit.window_summary(records, since=2)['p99_ms'] == 700.0
-    assert labkit.window_summary([], since=2)['count'] == 0
+    assert labworkload.window_summary(records, since=2)['p99_ms'] == 700.0
+    assert labworkload.window_summary([], since=2)['count'] == 0
 
 
 def test_read_jsonl_skips_torn_line(tmp_path):
     path = tmp_path / 'latency.jsonl'
     path.write_text('{"t": 1, "count": 2}\n{"t": 2, "cou')
-    assert labkit.read_jsonl(str(path)) == [{'t': 1, 'count': 2}]
-    assert labkit.read_jsonl(str(tmp_path / 'missing')) == []
+    assert labworkload.read_jsonl(str(path)) == [{'t': 1, 'count': 2}]
+    assert labworkload.read_jsonl(str(tmp_path / 'missing')) == []
 
 
 def test_parse_auditctl_status():
@@ -93,10 +93,10 @@ def test_consumer_check():
 
 
 def test_cpu_stat_and_throttled_ratio():
-    before = labkit.parse_cpu_stat('nr_periods 100\nnr_throttled 10\nthrottled_time 5\n')
-    after = labkit.parse_cpu_stat('nr_periods 110\nnr_throttled 19\nthrottled_time 50\n')
-    assert labkit.throttled_ratio(before, after) == 0.9
-    assert labkit.throttled_ratio(after, after) is None
+    before = labworkload.parse_cpu_stat('nr_periods 100\nnr_throttled 10\nthrottled_time 5\n')
+    after = labworkload.parse_cpu_stat('nr_periods 110\nnr_throttled 19\nthrottled_time 50\n')
+    assert labworkload.throttled_ratio(before, after) == 0.9
+    assert labworkload.throttled_ratio(after, after) is None
 
 
 def test_state_records_and_undo_order(tmp_path):
@@ -173,14 +173,14 @@ def test_auditd_config_stays_in_workdir(tmp_path):
 
 
 def test_recorder_writes_per_second_records(tmp_path):
-    rec = labkit.Recorder(str(tmp_path), timeline=False)
+    rec = labworkload.Recorder(str(tmp_path), timeline=False)
     for v in (1.0, 2.0, 300.0):
         rec.add(v)
     rec.add(None)
     rec.flush(1000)
     rec.add(4.0)
     rec.flush(1001)
-    lines = labkit.read_jsonl(str(tmp_path / 'latency.jsonl'))
+    lines = labworkload.read_jsonl(str(tmp_path / 'latency.jsonl'))
     assert lines[0] == {'t': 1000, 'count': 3, 'p50_ms': 2.0, 'p99_ms': 300.0, 'max_ms': 300.0, 'errors': 1}
     assert lines[1]['count'] == 1
     summary = json.load(open(str(tmp_path / 'latency.summary.json')))
@@ -188,7 +188,7 @@ def test_recorder_writes_per_second_records(tmp_path):
 
 
 def test_proc_starttime_of_self_and_missing():
-    assert labkit.proc_starttime(os.getpid()) is not None
+    assert labworkload.proc_starttime(os.getpid()) is not None
     assert labkit.process_alive(os.getpid())
     assert not labkit.process_alive(2 ** 22 + 1)
 
@@ -232,7 +232,7 @@ def test_write_timeline_svg_and_points(tmp_path):
     path = labchart.write_timeline(str(tmp_path / 'lab' / 'timeline.svg'), points, title='t <1>')
     with open(path) as handle:
         assert handle.read() == labchart.timeline_svg(points, title='t <1>')
-    assert labkit.read_jsonl(str(tmp_path / 'lab' / 'timeline.jsonl')) == points
+    assert labworkload.read_jsonl(str(tmp_path / 'lab' / 'timeline.jsonl')) == points
 
 
 def test_validate_lab_params():
@@ -258,7 +258,7 @@ def test_lab_info_from_state(tmp_path):
     state = labkit.LabState(str(tmp_path / 'state.json'))
     assert labkit.lab_info(state) is None
     state.record('cgroup', path='/sys/fs/cgroup/cpu/auditgap-lab', version='v1')
-    state.record('consumer', pid=os.getpid(), starttime=labkit.proc_starttime(os.getpid()), backend='cgroup')
+    state.record('consumer', pid=os.getpid(), starttime=labworkload.proc_starttime(os.getpid()), backend='cgroup')
     state.record('rules', key='auditgap-lab')
     state.record('process', name='workload-server', pid=2 ** 22 + 3, starttime=1)
     info = labkit.lab_info(state)
@@ -309,3 +309,15 @@ def test_spawn_entry_stops_the_daemon_by_its_command_line(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_workload_script_stands_alone(tmp_path):
+    """labworkload.py runs from a copy outside the tree, with no project import path."""
+    import shutil
+    import subprocess
+    import sys
+    script = shutil.copy(labworkload.__file__, str(tmp_path / labworkload.SCRIPT_NAME))
+    proc = subprocess.run([sys.executable, '-I', script, '--help'], capture_output=True, text=True,
+                          cwd=str(tmp_path), timeout=30)
+    assert proc.returncode == 0 and '--dir' in proc.stdout, proc.stderr
+    assert 'ansible' not in open(script).read().split('"""', 2)[2]
