@@ -18,10 +18,7 @@ __metaclass__ = type
 import re
 import shlex
 
-from ansible_collections.auditgap.fleet.plugins.module_utils.auditnl import (
-    STATUS_FIELDS,
-    render_rule,
-)
+from ansible_collections.auditgap.fleet.plugins.module_utils.auditnl import STATUS_FIELDS
 from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls import arch_label, named
 
 # names auditctl used in older one-line output -> the struct's names
@@ -183,8 +180,3 @@ def parse_rules(text, machine=None):
         except ValueError as err:
             rules.append(dict(_empty_rule(), text=line, parse_error=str(err)))
     return rules
-
-
-def canonical_text(rule):
-    """The ``auditctl -l`` rendering of a parsed rule (for comparisons)."""
-    return render_rule(rule)

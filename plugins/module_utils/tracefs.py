@@ -54,10 +54,6 @@ class TracefsError(Exception):
     """A clear, user-facing reason a sample cannot run (nothing was changed)."""
 
 
-class TracerBusy(TracefsError):
-    pass
-
-
 class LockBusy(TracefsError, guard_mod.LockBusy):
     pass
 
