@@ -25,7 +25,25 @@ import tempfile
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import svgchart
 
-AUDITGAP_VERSION = '0.1.0'
+
+def collection_version(root=None):
+    """The collection's version: MANIFEST.json's once installed (ansible-galaxy writes
+    galaxy.yml's version there), galaxy.yml's in the tree; None when neither is readable."""
+    root = root or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        with open(os.path.join(root, 'MANIFEST.json')) as handle:
+            return str(json.load(handle)['collection_info']['version'])
+    except (IOError, OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        with open(os.path.join(root, 'galaxy.yml')) as handle:
+            match = re.search(r'^version:\s*["\']?([^"\'\s#]+)', handle.read(), re.M)
+    except (IOError, OSError):
+        return None
+    return match.group(1) if match else None
+
+
+AUDITGAP_VERSION = collection_version()
 SCHEMA = 'auditgap.fleet/v1'
 STATUS_ORDER = ('critical', 'warning', 'failed', 'unreachable', 'info', 'ok')
 _STATUS_RANK = {s: i for i, s in enumerate(STATUS_ORDER)}

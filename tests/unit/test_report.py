@@ -47,6 +47,16 @@ def test_version_matches_galaxy():
         assert re.search(rf'^version:\s*{re.escape(R.AUDITGAP_VERSION)}\s*$', handle.read(), re.MULTILINE)
 
 
+def test_collection_version_installed_and_in_the_tree(tmp_path):
+    """Installed, the version comes from MANIFEST.json (galaxy.yml is not in the tarball);
+    in the tree from galaxy.yml."""
+    (tmp_path / 'galaxy.yml').write_text('namespace: auditgap\nversion: "1.2.3"  # bumped\n')
+    assert R.collection_version(str(tmp_path)) == '1.2.3'
+    (tmp_path / 'MANIFEST.json').write_text(json.dumps({'collection_info': {'version': '2.0.0'}}))
+    assert R.collection_version(str(tmp_path)) == '2.0.0'
+    assert R.collection_version(str(tmp_path / 'missing')) is None
+
+
 def test_summary_lines():
     lines = R.summary_lines(fleet())
     assert lines[0].startswith('auditgap 2026-11-25T20:00:00Z: 9 host(s): 2 critical, 3 warning')
