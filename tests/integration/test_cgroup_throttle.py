@@ -16,7 +16,6 @@ from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
 from tests.support.kernel import rmdir_cgroup
 
-from tests.support.docker import docker_engine  # noqa: F401  (session fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUSY = ['sh', '-c', 'while :; do :; done']
@@ -120,7 +119,7 @@ def test_v1_quota_throttles_then_lifted(tmp_path):
 
 
 @pytest.mark.kernel
-def test_docker_container_by_name_and_id(docker_engine, tmp_path):  # noqa: F811
+def test_docker_container_by_name_and_id(docker_engine, tmp_path):
     name = f'auditgap-test-busy-{uuid.uuid4().hex[:8]}'
     cid = docker_engine.run(BUSY, name=name, cpus=0.05)
     try:

@@ -6,8 +6,8 @@ a second run changes nothing, the diff is readable, bad input fails cleanly.
 - audit_rules: a temp rules.d dir with rules keyed ``auditgap-test-*``, loaded and removed by key.
 - agent_cpu: cgroup backend on a v1 cpu group the test creates with a busy process;
   docker backend with the session Docker fixture.
-- Immutable audit and the systemd backend are VM-only: those tests exist only when
-  AUDITGAP_VM=1 (the molecule VM scenario sets it), so they are never skipped in CI here.
+- Immutable audit and the systemd backend are VM-only (marker vm): they run only when
+  AUDITGAP_VM=1 and skip elsewhere with that reason, the one skip CI=true accepts.
 """
 import json
 import os
@@ -20,7 +20,6 @@ import tempfile
 import pytest
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, labkit, rulesfile
 
-from tests.support.docker import docker_engine  # noqa: F401  (fixture)
 from tests.support.kernel import rmdir_cgroup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -348,7 +347,7 @@ def test_agent_cpu_docker_not_running():
 
 @pytest.mark.kernel
 @pytest.mark.docker
-def test_agent_cpu_docker_check_apply_idempotent(docker_engine):  # noqa: F811
+def test_agent_cpu_docker_check_apply_idempotent(docker_engine):
     name = 'auditgap-test-agent-%d' % os.getpid()
     docker_engine.run(['sh', '-c', 'while :; do :; done'], name=name, cpus=0.05)
     variables = {'agent_cpu_target': {'container': name}, 'agent_cpu_limit_cores': 0.5}
@@ -377,42 +376,46 @@ def test_agent_cpu_docker_check_apply_idempotent(docker_engine):  # noqa: F811
 
 # -- VM-only: immutable audit, systemd backend -----------------------------------------
 # These change state a shared machine must never get (enabled 2 lasts until reboot) or
-# need systemd as PID 1. They are defined only inside the throwaway VM (AUDITGAP_VM=1).
+# need systemd as PID 1: marked vm, they run only inside a throwaway VM (AUDITGAP_VM=1)
+# and skip elsewhere with that reason (tests/conftest.py).
 
-if IN_VM:
-    @pytest.mark.kernel
-    def test_vm_audit_backlog_immutable_writes_file_and_needs_reboot(tmp_path):
-        subprocess.run(['auditctl', '-e', '2'], check=True, capture_output=True)
-        before = audit_status()
-        assert before['enabled'] == 2
-        rules_file = tmp_path / 'auditgap.rules'
-        rc, out, changed = run_role('audit_backlog', {'audit_backlog_limit': before['backlog_limit'] + 64,
-                                                      'audit_backlog_rules_file': str(rules_file)})
+
+@pytest.mark.kernel
+@pytest.mark.vm('auditctl -e 2 lasts until reboot')
+def test_vm_audit_backlog_immutable_writes_file_and_needs_reboot(tmp_path):
+    subprocess.run(['auditctl', '-e', '2'], check=True, capture_output=True)
+    before = audit_status()
+    assert before['enabled'] == 2
+    rules_file = tmp_path / 'auditgap.rules'
+    rc, out, changed = run_role('audit_backlog', {'audit_backlog_limit': before['backlog_limit'] + 64,
+                                                  'audit_backlog_rules_file': str(rules_file)})
+    assert rc == 0 and changed == 1, out
+    assert 'immutable' in out and 'after a reboot' in out
+    assert '-b %d' % (before['backlog_limit'] + 64) in rules_file.read_text()
+    assert audit_status()['backlog_limit'] == before['backlog_limit']
+
+
+@pytest.mark.kernel
+@pytest.mark.vm('needs systemd as PID 1')
+def test_vm_agent_cpu_systemd(tmp_path):
+    unit = 'auditgap-test-busy.service'
+    subprocess.run(['systemd-run', '--unit', unit, '-p', 'CPUQuota=5%', 'sh', '-c', 'while :; do :; done'],
+                   check=True, capture_output=True)
+    try:
+        variables = {'agent_cpu_target': {'systemd_unit': unit}, 'agent_cpu_limit_cores': 0.5,
+                     'agent_cpu_backend': 'systemd', 'agent_cpu_systemd_dropin_dir': str(tmp_path)}
+        rc, out, changed = run_role('agent_cpu', variables, check=True)
         assert rc == 0 and changed == 1, out
-        assert 'immutable' in out and 'after a reboot' in out
-        assert '-b %d' % (before['backlog_limit'] + 64) in rules_file.read_text()
-        assert audit_status()['backlog_limit'] == before['backlog_limit']
-
-    @pytest.mark.kernel
-    def test_vm_agent_cpu_systemd(tmp_path):
-        unit = 'auditgap-test-busy.service'
-        subprocess.run(['systemd-run', '--unit', unit, '-p', 'CPUQuota=5%', 'sh', '-c', 'while :; do :; done'],
-                       check=True, capture_output=True)
-        try:
-            variables = {'agent_cpu_target': {'systemd_unit': unit}, 'agent_cpu_limit_cores': 0.5,
-                         'agent_cpu_backend': 'systemd', 'agent_cpu_systemd_dropin_dir': str(tmp_path)}
-            rc, out, changed = run_role('agent_cpu', variables, check=True)
-            assert rc == 0 and changed == 1, out
-            rc, out, changed = run_role('agent_cpu', variables)
-            assert rc == 0 and changed == 1, out
-            shown = subprocess.run(['systemctl', 'show', unit, '-p', 'CPUQuotaPerSecUSec'],
-                                   capture_output=True, text=True, check=False).stdout
-            assert '500ms' in shown
-            assert 'CPUQuota=50%' in (tmp_path / (unit + '.d') / '50-auditgap-cpu.conf').read_text()
-            rc, out, changed = run_role('agent_cpu', variables)
-            assert rc == 0 and changed == 0, out
-        finally:
-            subprocess.run(['systemctl', 'stop', unit], capture_output=True, check=False)
+        rc, out, changed = run_role('agent_cpu', variables)
+        assert rc == 0 and changed == 1, out
+        shown = subprocess.run(['systemctl', 'show', unit, '-p', 'CPUQuotaPerSecUSec'],
+                               capture_output=True, text=True, check=False).stdout
+        assert '500ms' in shown
+        assert 'CPUQuota=50%' in (tmp_path / (unit + '.d') / '50-auditgap-cpu.conf').read_text()
+        rc, out, changed = run_role('agent_cpu', variables)
+        assert rc == 0 and changed == 0, out
+    finally:
+        subprocess.run(['systemctl', 'stop', unit], capture_output=True, check=False)
 
 
 @pytest.mark.kernel

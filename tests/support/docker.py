@@ -1,13 +1,11 @@
 """Session-scoped Docker for tests: a daemon, a tiny local image, cleanup.
 
-Use in a test module::
-
-    from tests.support.docker import docker_engine  # noqa: F401  (fixture)
+The fixture ``docker_engine`` (tests/integration/conftest.py) is ``engine_session()``::
 
     def test_x(docker_engine):
         cid = docker_engine.run(['sh', '-c', 'while :; do :; done'], cpus=0.05)
 
-The fixture starts Debian's dockerd when no daemon answers (and stops it
+It starts Debian's dockerd when no daemon answers (and stops it
 again at the end of the session, unless another process still uses it),
 imports an image built from local files (static busybox from the
 busybox-static package, else the host's /bin/sh with its libraries), and
@@ -67,8 +65,8 @@ def _remove_stale_containers():
         dockerctl.remove_container(container['Id'])
 
 
-@pytest.fixture(scope='session')
-def docker_engine():
+def engine_session():
+    """Yields a DockerSession for the test session (skips without root or Docker)."""
     if os.geteuid() != 0:
         pytest.skip('needs root (starts dockerd, creates containers)')
     if not dockerctl.ping() and not shutil.which('dockerd'):
