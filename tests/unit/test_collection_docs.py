@@ -6,7 +6,8 @@
   filter function's parameters (input first, then the positional ones in order);
 - every role's argument spec lists every default and every role variable its
   tasks read; every optional variable has a role default, except the diagnose
-  thresholds, whose default is the findings' own (tests/unit/test_findings.py).
+  thresholds (the findings' own, tests/unit/test_findings.py) and the lab's (the
+  incident_lab module's).
 `make test-collection` checks the same through ansible-doc on the installed copy.
 """
 import glob
@@ -93,11 +94,10 @@ def test_role_argument_spec_covers_what_the_role_reads(role):
     with open(os.path.join(ROOT, 'roles', role, 'meta', 'argument_specs.yml')) as handle:
         spec = yaml.safe_load(handle)['argument_specs']['main']
     options = set(spec.get('options') or {})
-    with open(os.path.join(ROOT, 'roles', role, 'defaults', 'main.yml')) as handle:
-        defaults = set(yaml.safe_load(handle) or {})
+    defaults = set(_role_defaults(role))
     assert defaults <= options, 'defaults the argument spec does not describe: %s' % sorted(defaults - options)
     unset = sorted(o for o in options - defaults if not spec['options'][o].get('required'))
-    assert not unset or role == 'diagnose', 'optional variables without a role default: %s' % unset
+    assert not unset or role in ('diagnose', 'incident_lab'), 'optional variables without a role default: %s' % unset
     text = ''
     for path in _role_files(role, 'tasks') + _role_files(role, 'templates'):
         if os.path.isfile(path):
@@ -109,6 +109,29 @@ def test_role_argument_spec_covers_what_the_role_reads(role):
     used = {w for w in re.findall(r'(?<![.\w])([a-z][a-z0-9_]*)\b', _jinja(text)) if w.split('_')[0] in prefixes and '_' in w}
     unknown = sorted(used - options - registered)
     assert not unknown, '%s reads variables its argument spec does not describe: %s' % (role, unknown)
+
+
+def _role_defaults(role):
+    path = os.path.join(ROOT, 'roles', role, 'defaults', 'main.yml')
+    if not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def test_lab_role_passes_only_what_is_set_and_shows_the_module_defaults():
+    """incident_lab sets no defaults: an unset variable is not passed (default(omit)), so the
+    module's default applies; the argument spec shows exactly the module's defaults."""
+    with open(os.path.join(ROOT, 'roles', 'incident_lab', 'meta', 'argument_specs.yml')) as handle:
+        spec = yaml.safe_load(handle)['argument_specs']['main']['options']
+    with open(os.path.join(ROOT, 'roles', 'incident_lab', 'tasks', 'main.yml')) as handle:
+        tasks = handle.read()
+    module = module_doc('incident_lab')['options']
+    assert not _role_defaults('incident_lab')
+    for name, option in spec.items():
+        option_name = name[len('incident_lab_'):]
+        assert option.get('default') == module[option_name].get('default'), name
+        assert '%s: "{{ %s | default(omit) }}"' % (option_name, name) in tasks, name
 
 
 def _jinja(text):
