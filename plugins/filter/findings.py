@@ -109,6 +109,10 @@ def _d(value):
     return value if isinstance(value, dict) else {}
 
 
+def _l(value):
+    return value if isinstance(value, list) else []
+
+
 def _num(value):
     if isinstance(value, bool) or value is None:
         return None
@@ -703,25 +707,60 @@ def rule_consumer_stalled(view, host, thr, ctx):
                      evidence, stalled['remediation'])]
 
 
+def _measured_syscalls(view):
+    """{syscall: {events_per_s, records_per_s, share, keys: [...], exes: [...]}} from the sample's
+    record rates (the audit multicast group over the window), {} when not measured."""
+    rates = _d(view.sample.get('record_rates')) if view.sample else {}
+    out = {}
+    for row in _l(rates.get('by_syscall')):
+        row = _d(row)
+        if row.get('syscall'):
+            out[str(row['syscall'])] = {'events_per_s': _num(_rate(row, 'events', rates)),
+                                        'records_per_s': _num(row.get('records_per_s')),
+                                        'share': _num(row.get('share')), 'keys': [], 'exes': []}
+    for talker in _l(rates.get('top_talkers')):
+        talker = _d(talker)
+        entry = out.get(str(talker.get('syscall')))
+        if entry is None:
+            continue
+        for field, values in (('key', entry['keys']), ('exe', entry['exes'])):
+            value = talker.get(field)
+            if value and str(value) not in values:
+                values.append(str(value))
+    return out
+
+
+def _rate(row, field, rates):
+    seconds = _num(_d(rates).get('seconds'))
+    count = _num(row.get(field))
+    return round(count / seconds, 2) if (count is not None and seconds) else None
+
+
 def rule_audited_hot_syscall(view, host, thr, ctx):
-    """One finding per host listing the hot syscalls that broad rules audit."""
+    """One finding per host listing the hot syscalls that rules audit: grounded on the measured
+    record rates (audit multicast group over the sample window), the trace only where it ran."""
     if not view.audit_ok or not view.enabled:
         return []
     audited = view.audited_syscall_rules()
     traced = view.trace_syscalls()
+    measured = _measured_syscalls(view)
     duration = _num(view.trace.get('duration_s')) or 0.0
     entries, narrow, texts = [], {}, []
     severity = 'info'
     for name in sorted(audited):
-        if name not in HOT_SYSCALLS:
-            continue
+        rate = measured.get(name) or {}
+        measured_hot = (rate.get('events_per_s') or 0) >= thr['hot_syscall_per_s']
         broad = [r for r in audited[name]
                  if not any(_d(f).get('name') in NARROWING_FIELDS for f in r.get('fields') or [])]
-        if not broad:
+        # a broad rule on a syscall services make per request, or any rule the records show hot
+        rules = audited[name] if measured_hot else (broad if name in HOT_SYSCALLS else [])
+        if not rules:
             continue
         stats = _d(traced.get(name))
         count = _num(stats.get('count'))
-        per_s = (count / duration) if (count is not None and duration > 0) else None
+        trace_per_s = (count / duration) if (count is not None and duration > 0) else None
+        per_s = rate.get('events_per_s') if rate else trace_per_s
+        source = 'record_rates' if rate else ('trace' if trace_per_s is not None else None)
         p99_ms = _ms(stats.get('p99_us'))
         max_ms = _ms(stats.get('max_us'))
         frequent = per_s is not None and per_s >= thr['hot_syscall_per_s']
@@ -732,29 +771,38 @@ def rule_audited_hot_syscall(view, host, thr, ctx):
             severity = 'warning'
         if slow:
             ctx.setdefault('symptoms', []).append('%s stalls (p99 %s ms, max %s ms)' % (name, _fmt(p99_ms), _fmt(max_ms)))
-        keys = sorted({str(r.get('key')) for r in broad if r.get('key')})
+        keys = sorted({str(r.get('key')) for r in rules if r.get('key')})
         item = {'syscall': name}
         if keys:
             item['key'] = keys[0]
         narrow[name] = item
-        for rule in broad:
+        for rule in rules:
             if rule.get('text') not in texts:
                 texts.append(rule.get('text'))
         detail = []
         if per_s is not None:
-            detail.append('%s/s' % _fmt(per_s, 1))
+            detail.append('%s/s%s' % (_fmt(per_s, 1), ' measured' if source == 'record_rates' else ' traced'))
+        if rate.get('records_per_s') is not None:
+            detail.append('%s records/s, %s of all' % (_fmt(rate['records_per_s'], 1), _pct(rate.get('share'))))
+        if rate.get('exes'):
+            detail.append('by %s' % ', '.join(rate['exes'][:2]))
         if p99_ms is not None:
             detail.append('p99 %s ms' % _fmt(p99_ms))
         entries.append({'syscall': name, 'trace_count': count,
                         'calls_per_s': round(per_s, 2) if per_s is not None else None,
+                        'rate_source': source,
+                        'records_per_s': rate.get('records_per_s'), 'share': rate.get('share'),
+                        'keys': rate.get('keys') or keys, 'exes': rate.get('exes') or [],
+                        'trace_calls_per_s': round(trace_per_s, 2) if trace_per_s is not None else None,
                         'p99_ms': p99_ms, 'max_ms': max_ms, 'frequent': frequent, 'slow': slow,
                         'label': '%s%s' % (name, ' (%s)' % ', '.join(detail) if detail else '')})
     if not entries:
         return []
-    # the ones that matter first
-    entries.sort(key=lambda e: (not (e['slow'] or e['frequent']), e['syscall'] not in REQUEST_PATH_SYSCALLS,
-                                e['syscall']))
+    # the ones that matter first: slow or frequent, the busiest, request paths
+    entries.sort(key=lambda e: (not (e['slow'] or e['frequent']), -(e['calls_per_s'] or 0),
+                                e['syscall'] not in REQUEST_PATH_SYSCALLS, e['syscall']))
     evidence = {'syscalls': entries, 'rules': texts, 'trace_seconds': duration or None,
+                'record_rates_seconds': _num(_d(view.sample.get('record_rates')).get('seconds')) if view.sample else None,
                 'hot_syscall_per_s': thr['hot_syscall_per_s'], 'slow_syscall_p99_ms': thr['slow_syscall_p99_ms']}
     return [_finding('audited_hot_syscall', severity, host,
                      'Rules audit every call of %s: each call queues a record and sleeps when the backlog is full'

@@ -20,6 +20,7 @@ import time
 from ansible_collections.auditgap.fleet.plugins.module_utils import (
     auditnl,
     auditparse,
+    auditreadlog,
     kernelhz,
     procinfo,
 )
@@ -336,10 +337,29 @@ def _d(value):
     return value if isinstance(value, dict) else {}
 
 
+def open_readlog():
+    """(ReadlogSocket, None) joined to the audit multicast group, or (None, why not)."""
+    try:
+        return auditreadlog.ReadlogSocket(), None
+    except auditreadlog.ReadlogError as err:
+        return None, str(err)
+
+
+def record_rates_summary(readlog, seconds):
+    """The sample's ``record_rates`` from a ReadlogSocket that read the window."""
+    rates = readlog.counter.summary(seconds, user_names=auditreadlog.user_names)
+    rates['overruns'] = readlog.overruns
+    rates['complete'] = readlog.overruns == 0
+    return rates
+
+
 def gather(source='auto', sample_seconds=0, sample_interval_ms=100, rules=True, consumer=True,
            run_command=None, auditctl_path=None, proc_root='/proc', root='/', euid=None,
-           cgroup_root='/sys/fs/cgroup', container_lookup=None):
-    """The ``audit_status`` facts. Never raises for a host that lacks audit or root."""
+           cgroup_root='/sys/fs/cgroup', container_lookup=None, record_rates=True):
+    """The ``audit_status`` facts. Never raises for a host that lacks audit or root.
+
+    ``record_rates``: read the audit multicast group during the sample window
+    (``sample.record_rates``, module_utils/auditreadlog.py)."""
     hz = kernelhz.detect_hz(root)
     if euid is None:
         euid = os.geteuid()
@@ -379,12 +399,24 @@ def gather(source='auto', sample_seconds=0, sample_interval_ms=100, rules=True, 
         if sample_seconds and float(sample_seconds) > 0:
             if consumer and _d(facts['consumer']).get('found'):
                 activity = procinfo.ActivitySampler(raw['pid'], proc_root=proc_root, cgroup_root=cgroup_root)
+            readlog, readlog_error = open_readlog() if record_rates else (None, None)
             try:
                 facts['sample'] = run_sample(reader, float(sample_seconds), int(sample_interval_ms),
                                              hz['value'], raw.get('backlog_limit'),
-                                             on_tick=activity.tick if activity else None)
+                                             on_tick=activity.tick if activity else None,
+                                             sleep=readlog.read_for if readlog else time.sleep)
+                if readlog is not None and facts['sample']:
+                    readlog.drain()
+                    facts['sample']['record_rates'] = record_rates_summary(readlog, facts['sample']['seconds'])
+                elif facts['sample'] is not None:
+                    facts['sample']['record_rates'] = None
+                    if readlog_error:
+                        facts['sample']['record_rates_error'] = readlog_error
             except (auditnl.AuditNetlinkError, RuntimeError, ValueError, OSError) as err:
                 facts['sample_error'] = str(err)
+            finally:
+                if readlog is not None:
+                    readlog.close()
             if activity is not None:
                 facts['consumer_activity'] = activity.summary()
         return facts

@@ -334,7 +334,8 @@ class ActivitySampler:
             if tstat is None:
                 continue
             tasks[tid] = {'ticks': tstat['utime_ticks'] + tstat['stime_ticks'],
-                          'run_delay_ns': sched['run_delay_ns'] if sched else None}
+                          'run_delay_ns': sched['run_delay_ns'] if sched else None,
+                          'run_ns': sched['run_ns'] if sched else None}
         return {'stat': stat, 'io': parse_io(_read_quiet(os.path.join(self.base, 'io')) or ''),
                 'tasks': tasks}
 
@@ -391,14 +392,17 @@ def summarize_activity(pid, first, last, ticks, seconds, clk_tck, frozen):
     ticks_delta = (last['stat']['utime_ticks'] + last['stat']['stime_ticks']
                    - first['stat']['utime_ticks'] - first['stat']['stime_ticks'])
     cpu_cores = round(ticks_delta / float(clk_tck) / seconds, 3) if seconds > 0 else None
-    busiest, delay_ns = 0, 0
-    delay_known = False
+    busiest, delay_ns, run_ns = 0, 0, 0
+    delay_known = run_known = False
     for tid, task in last['tasks'].items():
-        before = first['tasks'].get(tid, {'ticks': 0, 'run_delay_ns': 0})
+        before = first['tasks'].get(tid, {'ticks': 0, 'run_delay_ns': 0, 'run_ns': 0})
         busiest = max(busiest, task['ticks'] - before['ticks'])
         if task['run_delay_ns'] is not None and before.get('run_delay_ns') is not None:
             delay_known = True
             delay_ns += task['run_delay_ns'] - before['run_delay_ns']
+        if task.get('run_ns') is not None and before.get('run_ns') is not None:
+            run_known = True
+            run_ns += task['run_ns'] - before['run_ns']
     io_first, io_last = first['io'], last['io']
 
     def io_rate(name):
@@ -409,6 +413,7 @@ def summarize_activity(pid, first, last, ticks, seconds, clk_tck, frozen):
         'pid': pid, 'found': True, 'seconds': round(seconds, 3), 'samples': len(states),
         'state_ratios': ratios, 'frozen': frozen,
         'cpu_cores': cpu_cores,
+        'cpu_seconds': round(run_ns / 1e9, 6) if run_known else None,
         'busiest_thread_cores': round(busiest / float(clk_tck) / seconds, 3) if seconds > 0 else None,
         'run_delay_ms_per_s': round(delay_ns / 1e6 / seconds, 3) if (seconds > 0 and delay_known) else None,
         'nice': last['stat']['nice'], 'threads': last['stat']['num_threads'],

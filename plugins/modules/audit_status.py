@@ -22,6 +22,9 @@ description:
   - Identifies the consumer process (comm, exe, cmdline, cgroups, container, systemd unit).
   - Optionally samples the status for a window to measure peak backlog, lost
     events and time audited tasks spent waiting on a full backlog.
+  - During the window it also reads the audit multicast group (C(AUDIT_NLGRP_READLOG), needs
+    C(CAP_AUDIT_READ)) and reports the records per second per rule key, syscall, executable and
+    user (C(sample.record_rates)); the group gets copies, nothing is taken from the consumer.
   - Read-only. Without root, or without audit in the kernel or the container,
     returns C(supported=false) with a reason instead of failing.
 author:
@@ -45,6 +48,13 @@ options:
       - Polling interval during the sampling window, in milliseconds (10 to 60000).
     type: int
     default: 100
+  record_rates:
+    description:
+      - Whether to read the audit multicast group during the sample window (C(sample.record_rates)).
+      - Only with I(sample_seconds) above 0. Where the group cannot be joined (no C(CAP_AUDIT_READ),
+        kernels before 3.16) C(sample.record_rates) is null and C(sample.record_rates_error) says why.
+    type: bool
+    default: true
   rules:
     description:
       - Whether to list and parse the loaded audit rules.
@@ -315,6 +325,88 @@ audit_status:
           description: Each read as C({t_s, backlog, lost, backlog_wait_time_actual_jiffies}).
           type: list
           elements: dict
+        record_rates:
+          description:
+            - The records the kernel handed to the consumer during the window, read from the audit multicast
+              group (docs/audit_status.md, "Record rates"); null when I(record_rates=false) or the group
+              could not be joined.
+            - C(by_key), C(by_syscall), C(by_exe), C(by_user) rank C({<field>, events, records, records_per_s,
+              share}) (top 10, most records first); C(by_user) rows also have C(user) (the login name, when known).
+          type: dict
+          returned: when a sample was taken
+          contains:
+            seconds:
+              description: Length of the window.
+              type: float
+            records:
+              description: Records delivered in the window (all types).
+              type: int
+            events:
+              description: Events (one per serial number, e.g. one audited syscall's SYSCALL, PROCTITLE, EOE records).
+              type: int
+            records_per_s:
+              description: records / seconds.
+              type: float
+            events_per_s:
+              description: events / seconds.
+              type: float
+            records_per_event:
+              description: records / events.
+              type: float
+            peak_records_per_s:
+              description: Most records made within any one second, counted by the records' own time stamps.
+              type: int
+            drain_gap_max_ms:
+              description: Longest time a record waited while nothing was delivered (the consumer not draining); 0 when
+                no record waited 10 ms or more.
+              type: int
+            drain_gaps:
+              description: How many records waited 10 ms or more with nothing delivered.
+              type: int
+            burst_records:
+              description: Most records made within any span of C(drain_gap_max_ms) (what the backlog must hold
+                through the worst gap); null without a gap.
+              type: int
+            unparsed:
+              description: Records without the C(audit(stamp:serial)) header (counted by type).
+              type: int
+            by_key:
+              description: Per rule key (C(null) for records of rules without a key, C(type:NAME) for records
+                of no syscall event).
+              type: list
+              elements: dict
+            by_syscall:
+              description: Per syscall name (the record's arch table).
+              type: list
+              elements: dict
+            by_exe:
+              description: Per executable.
+              type: list
+              elements: dict
+            by_user:
+              description: Per uid.
+              type: list
+              elements: dict
+            by_type:
+              description: C({type, records}) per record type (SYSCALL, PROCTITLE, EOE, ...).
+              type: list
+              elements: dict
+            top_talkers:
+              description: C({key, syscall, exe, uid, user, events, records, records_per_s, events_per_s, share}),
+                the talkers with the most records.
+              type: list
+              elements: dict
+            overruns:
+              description: Times the reader's own socket overflowed (C(ENOBUFS)); the counts are then lower
+                bounds. The consumer loses nothing either way.
+              type: int
+            complete:
+              description: True when C(overruns) is 0.
+              type: bool
+        record_rates_error:
+          description: Why C(record_rates) is null although asked for.
+          type: str
+          returned: when the multicast group could not be joined
     sample_error:
       description: Why the sampling window stopped early.
       type: str
@@ -333,6 +425,7 @@ def main():
             sample_interval_ms=dict(type='int', default=100),
             rules=dict(type='bool', default=True),
             consumer=dict(type='bool', default=True),
+            record_rates=dict(type='bool', default=True),
         ),
         supports_check_mode=True,
     )
@@ -352,6 +445,7 @@ def main():
             sample_interval_ms=params['sample_interval_ms'],
             rules=params['rules'],
             consumer=params['consumer'],
+            record_rates=params['record_rates'],
             run_command=run_command,
             auditctl_path=module.get_bin_path('auditctl'),
             container_lookup=dockerctl.lookup_container,

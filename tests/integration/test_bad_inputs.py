@@ -52,6 +52,7 @@ CASES = [
     # audit_status / diagnose_gather
     ('audit_status', {'sample_seconds': NAN}, 'sample_seconds must be between 0 and'),
     ('audit_status', {'sample_seconds': 1e9}, 'sample_seconds must be between 0 and'),
+    ('audit_status', {'sample_seconds': 1, 'record_rates': 'sometimes'}, 'record_rates'),
     ('diagnose_gather', {'audit_sample_seconds': NAN}, 'sample_seconds must be between 0 and'),
     ('diagnose_gather', {'cgroup_sample_seconds': INF}, 'sample_seconds: inf must be a number'),
     # ftrace_sample

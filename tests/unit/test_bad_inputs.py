@@ -212,6 +212,12 @@ REPORT_CASES = [
     ('timeline item not a mapping', lambda f: _timeline(f).append(7)),
     ('backlog limit huge', lambda f: f['audit_status']['status'].update(backlog_limit=1e308)),
     ('infinite fact', lambda f: f['audit_status'].update(extra=float('inf'))),
+    ('record_rates not a mapping', lambda f: f['audit_status']['sample'].update(record_rates=7)),
+    ('record_rates rows not lists', lambda f: f['audit_status']['sample'].update(
+        record_rates={'seconds': 'x', 'by_syscall': 5, 'top_talkers': 'none'})),
+    ('record_rates row values bad', lambda f: f['audit_status']['sample'].update(
+        record_rates={'seconds': float('nan'), 'by_syscall': [{'syscall': 'accept4', 'events': 'many'}, 3],
+                      'top_talkers': [{'syscall': 'accept4', 'exe': 5}]})),
 ]
 
 

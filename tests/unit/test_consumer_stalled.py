@@ -157,6 +157,19 @@ def test_summarize_activity_rates():
     assert out['wchan'] == [{'function': 'io_schedule', 'samples': 1}]
     assert out['d_state_stack'] == 'io_schedule <- folio_wait_bit'
     assert procinfo.summarize_activity(7, None, None, [], 2.0, 100, None)['found'] is False
+    assert out['cpu_seconds'] is None      # schedstat run time not read: unknown, not 0
+
+
+def test_summarize_activity_cpu_seconds_from_schedstat_run_time():
+    first = {'stat': {'utime_ticks': 0, 'stime_ticks': 0, 'nice': 0, 'num_threads': 2}, 'io': {},
+             'tasks': {1: {'ticks': 0, 'run_delay_ns': 0, 'run_ns': 1_000}, 2: {'ticks': 0, 'run_delay_ns': 0, 'run_ns': 0}}}
+    last = {'stat': {'utime_ticks': 0, 'stime_ticks': 0, 'nice': 0, 'num_threads': 3}, 'io': {},
+            'tasks': {1: {'ticks': 0, 'run_delay_ns': 0, 'run_ns': 3_001_000}, 2: {'ticks': 0, 'run_delay_ns': 0,
+                                                                                     'run_ns': 1_500_000},
+                      3: {'ticks': 0, 'run_delay_ns': 0, 'run_ns': 500_000}}}   # a thread born in the window
+    out = procinfo.summarize_activity(7, first, last, [], 1.0, 100, False)
+    # 3 ms + 1.5 ms + 0.5 ms: finer than clock ticks (cpu_cores is 0 here)
+    assert out['cpu_seconds'] == 0.005 and out['cpu_cores'] == 0.0
 
 
 def test_auditd_config_read_through_the_consumers_root(tmp_path):

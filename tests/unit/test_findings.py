@@ -314,3 +314,50 @@ def test_role_documents_the_filter_defaults(project_root):
         assert float(spec['diagnose_' + key]['default']) == value, key
     assert not thresholds & set(defaults)
     assert set(defaults) | thresholds == set(spec)
+
+
+def record_rates(rows, seconds=5.0, talkers=()):
+    """A sample's record_rates with ``by_syscall`` rows {syscall: (events, records, share)}."""
+    return {'seconds': seconds,
+            'by_syscall': [{'syscall': name, 'events': ev, 'records': rec, 'records_per_s': rec / seconds,
+                            'share': share} for name, (ev, rec, share) in rows.items()],
+            'top_talkers': [dict(t) for t in talkers]}
+
+
+def test_audited_hot_syscall_grounded_on_measured_record_rates():
+    facts = load('hot_syscall')
+    del facts['ftrace_sample']   # no trace: the measured rates alone make it a warning
+    facts['audit_status']['sample'] = {'seconds': 5.0, 'record_rates': record_rates(
+        {'connect': (1000, 4000, 0.8)},
+        talkers=[{'key': 'net', 'syscall': 'connect', 'exe': '/usr/bin/curl', 'events': 1000}])}
+    found = by_id(F.auditgap_findings(facts, 'h'), 'audited_hot_syscall')
+    entry = found['evidence']['syscalls'][0]
+    assert found['severity'] == 'warning'
+    assert (entry['calls_per_s'], entry['rate_source'], entry['records_per_s'], entry['share']) == \
+        (200.0, 'record_rates', 800.0, 0.8)
+    assert entry['exes'] == ['/usr/bin/curl'] and entry['frequent']
+    assert 'connect (200/s measured, 800 records/s, 80% of all, by /usr/bin/curl)' in found['summary']
+
+
+def test_measured_rates_win_over_the_trace_and_the_threshold_is_inclusive():
+    facts = load('hot_syscall')     # the trace says connect 1000/s
+    rates = record_rates({'connect': (249, 996, 0.5)})
+    facts['audit_status']['sample'] = {'seconds': 5.0, 'record_rates': rates}
+    entry = by_id(F.auditgap_findings(facts, 'h'), 'audited_hot_syscall')['evidence']['syscalls'][0]
+    assert (entry['calls_per_s'], entry['trace_calls_per_s'], entry['frequent']) == (49.8, 1000, False)
+    rates['by_syscall'][0]['events'] = 250       # 50/s: at hot_syscall_per_s
+    entry = by_id(F.auditgap_findings(facts, 'h'), 'audited_hot_syscall')['evidence']['syscalls'][0]
+    assert entry['frequent'] and entry['calls_per_s'] == 50.0
+
+
+def test_a_measured_hot_syscall_counts_whatever_its_name_or_narrowing():
+    facts = load('hot_syscall')
+    del facts['ftrace_sample']
+    rule = facts['audit_status']['rules'][0]
+    rule.update(syscalls=['getppid'], key='app')
+    rule['fields'].append({'name': 'uid', 'op': '=', 'value': '1000'})
+    assert 'audited_hot_syscall' not in ids(F.auditgap_findings(facts, 'h'))   # by name: not hot
+    facts['audit_status']['sample'] = {'seconds': 2.0, 'record_rates': record_rates({'getppid': (2000, 6000, 0.9)})}
+    found = by_id(F.auditgap_findings(facts, 'h'), 'audited_hot_syscall')
+    assert found['severity'] == 'warning'
+    assert found['remediation']['vars']['audit_rules_narrow'] == [{'syscall': 'getppid', 'key': 'app'}]
