@@ -9,8 +9,10 @@ __metaclass__ = type
 
 class ModuleDocFragment(object):
 
-    # The shared attribute descriptions; a module adds only its own support
-    # levels (attributes: check_mode: support: full, ...; platform: platforms: linux).
+    # The shared attribute descriptions, and the platform every module runs on (a module
+    # overrides what differs). A module adds its check_mode/diff_mode support levels itself
+    # or through READ_ONLY or CHANGES (extends_documentation_fragment:
+    # auditgap.fleet.attributes.read_only); its own keys win over a fragment's.
     DOCUMENTATION = r'''
 options: {}
 attributes:
@@ -20,6 +22,30 @@ attributes:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
   platform:
     description: Target OS/families that can be operated against.
+    support: full
+    platforms: linux
+'''
+
+    # Modules that only read the host.
+    READ_ONLY = r'''
+options: {}
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; check mode runs the same reads and measurements and changes nothing.
+  diff_mode:
+    support: none
+'''
+
+    # Modules that change the host: a prediction in check mode, before/after in diff mode
+    # (each module details what it reports).
+    CHANGES = r'''
+options: {}
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 '''
 
     # For action plugins (auditgap.fleet.attributes.action): they run on the controller.

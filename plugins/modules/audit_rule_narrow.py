@@ -71,16 +71,12 @@ notes:
   - Supports check mode and diff mode.
 extends_documentation_fragment:
   - auditgap.fleet.attributes
+  - auditgap.fleet.attributes.changes
 attributes:
   check_mode:
-    support: full
     details: Reports the rules it would rewrite (files and live) and changes nothing.
   diff_mode:
-    support: full
     details: Each rewritten rules.d file before and after; the loaded rules follow the files.
-  platform:
-    support: full
-    platforms: linux
 '''
 
 EXAMPLES = r'''

@@ -76,14 +76,7 @@ seealso:
     link: https://man7.org/linux/man-pages/man8/auditctl.8.html
 extends_documentation_fragment:
   - auditgap.fleet.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: linux
+  - auditgap.fleet.attributes.read_only
 '''
 
 EXAMPLES = r'''

@@ -70,16 +70,12 @@ notes:
     see docs/remediation.md.
 extends_documentation_fragment:
   - auditgap.fleet.attributes
+  - auditgap.fleet.attributes.changes
 attributes:
   check_mode:
-    support: full
     details: Reports what would change (live settings, the rules file) and changes nothing.
   diff_mode:
-    support: full
     details: The rules file before and after, and the live settings that change.
-  platform:
-    support: full
-    platforms: linux
 '''
 
 EXAMPLES = r'''

@@ -90,15 +90,7 @@ seealso:
   - module: auditgap.fleet.cpu_limit
 extends_documentation_fragment:
   - auditgap.fleet.attributes
-attributes:
-  check_mode:
-    support: full
-    details: Read-only; check mode runs the same measurement and changes nothing.
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: linux
+  - auditgap.fleet.attributes.read_only
 '''
 
 EXAMPLES = r'''

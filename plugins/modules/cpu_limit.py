@@ -73,16 +73,12 @@ notes:
   - Kubernetes DaemonSets are changed through their spec, not on the node; see docs/remediation.md.
 extends_documentation_fragment:
   - auditgap.fleet.attributes
+  - auditgap.fleet.attributes.changes
 attributes:
   check_mode:
-    support: full
     details: Finds the target and its current limit, reports the limit it would set and changes nothing.
   diff_mode:
-    support: full
     details: The CPU limit before and after (cores, quota/period, and the drop-in for systemd).
-  platform:
-    support: full
-    platforms: linux
 '''
 
 EXAMPLES = r'''

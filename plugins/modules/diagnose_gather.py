@@ -54,14 +54,7 @@ seealso:
   - module: auditgap.fleet.cgroup_throttle
 extends_documentation_fragment:
   - auditgap.fleet.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: linux
+  - auditgap.fleet.attributes.read_only
 '''
 
 EXAMPLES = r'''

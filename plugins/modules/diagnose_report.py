@@ -87,7 +87,6 @@ attributes:
   diff_mode:
     support: none
   platform:
-    support: full
     platforms: posix
     details: Runs on the controller; the hosts it reports on are Linux.
 '''

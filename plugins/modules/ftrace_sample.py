@@ -149,9 +149,6 @@ attributes:
         restored afterwards. The module always reports C(changed=false).
   diff_mode:
     support: none
-  platform:
-    support: full
-    platforms: linux
 '''
 
 EXAMPLES = r'''

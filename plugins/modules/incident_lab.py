@@ -104,9 +104,6 @@ attributes:
     details: Reports whether the lab would be created or which recorded changes would be undone; changes nothing.
   diff_mode:
     support: none
-  platform:
-    support: full
-    platforms: linux
 '''
 
 EXAMPLES = r'''
