@@ -108,6 +108,44 @@ def host_entries(inputs, thresholds):
     return report.checked_entries([safe_host_entry(host, results, dict(thresholds)) for host, results in inputs])
 
 
+def raw_vars(hostvars, host):
+    """A host's variables without templating them (HostVars.raw_get): the fan-out's registered
+    result is the whole fleet's on every host, and templating it for each host would make the
+    report step quadratic in the fleet size. Registered results are data, never templates."""
+    raw_get = getattr(hostvars, 'raw_get', None)
+    if raw_get is None:
+        return hostvars.get(host) or {}
+    value = raw_get(host)
+    return value if hasattr(value, 'get') else {}
+
+
+def fanout_result(raw, host):
+    """This host's gather result from the fan-out (diagnose_fanout_result.results[host], registered
+    on every host of the play by the one diagnose_fanout task), or None. Only the host's own entry
+    is read (the registered value is the whole fleet's)."""
+    try:
+        fanned = raw.get('diagnose_fanout_result')
+        results = fanned.get('results') if hasattr(fanned, 'get') else None
+        return results.get(host) if hasattr(results, 'get') else None
+    except Exception:  # noqa: BLE001 -- an unusable value: as if the fan-out had not run
+        return None
+
+
+def host_results(host_vars, host, raw=None):
+    """{result name: registered result} of one host: the diagnose role's registered results,
+    the fan-out's entry for the host as its ``gather`` result (docs/scale.md). ``raw``: the host's
+    untemplated variables (raw_vars), where the fan-out's result is read."""
+    results = {}
+    for name in RESULT_ORDER:
+        value = host_vars.get('diagnose_%s_result' % name)
+        if value is not None:
+            results[name] = plain(value)
+    gathered = fanout_result(host_vars if raw is None else raw, host)
+    if gathered is not None:
+        results['gather'] = plain(gathered)
+    return results
+
+
 def host_thresholds(host_vars):
     """Thresholds set for one host (inventory, group_vars, -e) as diagnose_<key> variables."""
     found = {}
@@ -176,7 +214,8 @@ class ActionModule(ActionBase):
         hosts = args.get('hosts')
         if hosts is None:
             hosts = [h for h in (task_vars.get('groups') or {}).get('all', [])
-                     if h in hostvars and any('diagnose_%s_result' % n in hostvars[h] for n in ('gather', 'audit_status'))]
+                     if h in hostvars and (any('diagnose_%s_result' % n in hostvars[h] for n in ('gather', 'audit_status'))
+                                           or fanout_result(raw_vars(hostvars, h), h) is not None)]
         if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)):
             raise AnsibleError('diagnose_report: hosts must be a list of inventory host names')
         formats = args.get('formats') or list(FORMATS)
@@ -196,11 +235,7 @@ class ActionModule(ActionBase):
         entries = []
         for host in hosts:
             hv = hostvars.get(host, {})
-            results = {}
-            for name in RESULT_ORDER:
-                value = hv.get('diagnose_%s_result' % name)
-                if value is not None:
-                    results[name] = plain(value)
+            results = host_results(hv, host, raw_vars(hostvars, host))
             thresholds = host_thresholds(hv)
             thresholds.update(arg_thresholds)
             entries.append(safe_host_entry(host, results, thresholds))

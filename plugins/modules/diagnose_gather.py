@@ -78,57 +78,13 @@ cgroup_throttle:
   type: dict
 '''
 
-import threading
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import (
-    auditfacts,
-    auditnl,
-    cgroups,
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosegather
+from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosegather import (  # noqa: F401 -- the module's names
+    cgroup_options,
+    docker_lookup,
+    gather_both,
 )
-
-
-audit_consumer_pid = auditnl.consumer_pid
-
-
-def docker_lookup(*args, **kwargs):
-    """dockerctl.lookup_container, imported only when a consumer sits in a container: its
-    HTTP and tar imports were a third of this module's start-up on every host (docs/scale.md)."""
-    from ansible_collections.auditgap.fleet.plugins.module_utils import dockerctl
-    return dockerctl.lookup_container(*args, **kwargs)
-
-
-def cgroup_options(seconds):
-    return {'audit_consumer': True, 'pids': [], 'process_names': [], 'systemd_units': [],
-            'containers': [], 'cgroup_paths': [], 'sample_seconds': seconds, 'root': '/'}
-
-
-def gather_both(params, audit_fn, cgroup_fn):
-    """Run both collectors at once; an exception becomes ``supported: false``, never a crash."""
-    results = {}
-
-    def audit():
-        try:
-            results['audit_status'] = audit_fn()
-        except Exception as err:  # noqa: BLE001
-            results['audit_status'] = auditfacts.unsupported(
-                'unexpected error reading audit status: %s: %s' % (type(err).__name__, err))
-
-    def cgroup():
-        try:
-            results['cgroup_throttle'] = cgroup_fn()
-        except Exception as err:  # noqa: BLE001
-            results['cgroup_throttle'] = {'supported': False, 'targets': [],
-                                          'reason': 'cgroup_throttle failed: %s: %s' % (type(err).__name__, err)}
-
-    threads = [threading.Thread(target=audit)]
-    if params['consumer_cgroup']:
-        threads.append(threading.Thread(target=cgroup))
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
 
 
 def main():
@@ -143,25 +99,14 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    error = auditfacts.validate_params(params['source'], params['audit_sample_seconds'], params['sample_interval_ms'])
-    options = cgroup_options(params['cgroup_sample_seconds'])
-    error = error or cgroups.validate_options(options)
+    error = diagnosegather.validate(params)
     if error:
         module.fail_json(msg=error)
 
     def run_command(argv):
         return module.run_command(argv, environ_update={'LC_ALL': 'C'})
 
-    def audit():
-        return auditfacts.gather(source=params['source'], sample_seconds=params['audit_sample_seconds'],
-                                 sample_interval_ms=params['sample_interval_ms'], rules=True, consumer=True,
-                                 run_command=run_command, auditctl_path=module.get_bin_path('auditctl'),
-                                 container_lookup=docker_lookup)
-
-    def cgroup():
-        return cgroups.collect(options, root='/', container_lookup=docker_lookup, audit_lookup=audit_consumer_pid)
-
-    module.exit_json(changed=False, **gather_both(params, audit, cgroup))
+    module.exit_json(changed=False, **diagnosegather.gather(params, run_command, module.get_bin_path('auditctl')))
 
 
 if __name__ == '__main__':

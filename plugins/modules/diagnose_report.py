@@ -17,7 +17,9 @@ description:
   - Action plugin run on the controller (no code is sent to hosts). Reads the results the
     C(auditgap.fleet.diagnose) role registered on every host (C(diagnose_gather_result) with
     C(audit_status) and C(cgroup_throttle), C(diagnose_ftrace_sample_result); also
-    C(diagnose_audit_status_result) and C(diagnose_cgroup_throttle_result) when a play registers those) from hostvars,
+    C(diagnose_audit_status_result) and C(diagnose_cgroup_throttle_result) when a play registers those; with
+    C(diagnose_transport=fanout) the host's entry of C(diagnose_fanout_result.results), see
+    M(auditgap.fleet.diagnose_fanout)) from hostvars,
     computes the findings of each host and writes C(fleet.json), C(fleet.md), C(fleet.html),
     C(fleet.prom) and one C(<host>.json) per host.
   - Unreachable or failed hosts are reported with their error; the fleet report is always written.
@@ -38,7 +40,7 @@ options:
   hosts:
     description:
       - Inventory hosts to report on. Default is every host on which the C(auditgap.fleet.diagnose) role
-        registered C(diagnose_gather_result) (or C(diagnose_audit_status_result)) in this run.
+        registered C(diagnose_gather_result) (or C(diagnose_audit_status_result)), or the fan-out gathered, in this run.
     type: list
     elements: str
   thresholds:
