@@ -7,12 +7,14 @@ namespace), against ``ansible -m ping`` over the same hosts in the same run
 
 Per fleet size N (reachable hosts), one fleet of N hosts plus N//10 hosts
 black-holed (no answer at all: ssh waits for its connect timeout), and
-three runs on it, interleaved per size:
+these runs on it, interleaved per size (``--kinds`` picks besides ping):
 
 - ``ping``: ``ansible -m ping`` on the N reachable hosts (the floor);
 - ``diagnose``: playbooks/diagnose.yml on the N reachable hosts (1 s sample
-  windows, no trace, every report format);
-- ``diagnose+down``: the same on the N reachable and the black-holed hosts.
+  windows, no trace, every report format), the Ansible path (one task per host);
+- ``diagnose+down``: the same on the N reachable and the black-holed hosts;
+- ``fanout``, ``fanout+down``: the same two with ``diagnose_transport=fanout``
+  (one controller task gathers every host, plugins/action/diagnose_fanout.py).
 
 For each it prints the wall time, the wall time minus the sample window,
 controller CPU seconds per reachable host (every process of the run: ansible,
@@ -25,11 +27,13 @@ as an SVG picture beside it (``--out``, default benchmarks/out/).
 Goals (benchmark, one run, the machine is shared: noisy): machine CPU per
 reachable host of diagnose <= 0.4x ping's; 200 hosts: diagnose wall <= 12x
 the 1-host diagnose wall; with 10% black-holed: wall within 10% of the run
-without them plus one connect timeout. Exit status 1 when a measured goal is
-missed.
+without them plus one connect timeout. They are checked on the fan-out
+(the Ansible path is printed beside it). Exit status 1 when a measured goal
+of the fan-out is missed.
 
     benchmarks/bench_fleet.py [--sizes 1,10] [--rounds 1] [--timeout 5]
     benchmarks/bench_fleet.py --sizes 1,10,50,100,200      (minutes)
+    benchmarks/bench_fleet.py --sizes 50,200 --kinds fanout  (ping and the fan-out only)
     BENCH_FLEET_STRATEGY=mitogen_linear benchmarks/bench_fleet.py   (with mitogen installed)
 """
 import argparse

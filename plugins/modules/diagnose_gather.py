@@ -80,11 +80,6 @@ cgroup_throttle:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosegather
-from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosegather import (  # noqa: F401 -- the module's names
-    cgroup_options,
-    docker_lookup,
-    gather_both,
-)
 
 
 def main():

@@ -17,7 +17,7 @@ import time
 import pytest
 from ansible_collections.auditgap.fleet.plugins.filter import findings as F
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, auditnl, cgroups
-from ansible_collections.auditgap.fleet.plugins.modules import diagnose_gather as G
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosegather as G
 
 from tests.support.kernel import rmdir_cgroup
 from tests.support.stall import audit_stall

@@ -1,9 +1,9 @@
-"""diagnose_gather: both collectors at once, errors become supported: false."""
+"""diagnose_gather (module_utils/diagnosegather): both collectors at once, errors become supported: false."""
 import os
 import threading
 import time
 
-from ansible_collections.auditgap.fleet.plugins.modules import diagnose_gather as G
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosegather as G
 
 
 def test_runs_both_at_the_same_time():
