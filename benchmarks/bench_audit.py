@@ -1,5 +1,4 @@
 #!/usr/bin/env python3
-# ruff: noqa: UP031
 """Benchmark: the cost of scheduled audits (docs/scheduled-audits.md), each goal against a
 baseline measured in the same run:
 
@@ -26,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, '.venv', 'bin')
 sys.path.insert(0, ROOT)
-from auditgap import changes, history  # noqa: E402
+from auditgap import changes, history
 
 AUDIT_GOAL = 1.10
 QUERY_GOAL_MS = 100.0

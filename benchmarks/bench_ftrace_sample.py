@@ -30,7 +30,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = os.path.join(ROOT, 'plugins', 'modules', 'ftrace_sample.py')
 sys.path.insert(0, ROOT)
-from tests.support.kernel import kernel_lock  # noqa: E402
+from tests.support.kernel import kernel_lock
 TRACEFS = '/sys/kernel/tracing'
 
 

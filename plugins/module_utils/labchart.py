@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010, UP031
 """The lab timeline as one SVG picture (four stacked svgchart line charts).
 
 Input: the lab's timeline.jsonl points ``{t, p99_ms, backlog, backlog_peak, backlog_samples,

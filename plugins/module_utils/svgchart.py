@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010, UP031
 """Small, self-contained inline SVG charts (no scripts, no external assets).
 
 Pure functions returning an ``<svg>`` string, deterministic for the same

@@ -1,4 +1,3 @@
-# ruff: noqa: UP031
 """auditgap audit -> textfile -> node_exporter -> Prometheus (the project's alert rules) ->
 Alertmanager -> a webhook receiver in this test, with Debian's real binaries on loopback
 ports started here (no systemd), and the incident lab switched on between two audits:
@@ -45,7 +44,7 @@ class Webhook:
         received = self.notifications
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's name)
+            def do_POST(self):  # http.server's name
                 body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
                 received.append(json.loads(body))
                 self.send_response(200)

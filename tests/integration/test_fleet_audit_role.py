@@ -1,4 +1,3 @@
-# ruff: noqa: UP031
 """Role fleet_audit on this machine, every path under a temp dir: the systemd units pass
 `systemd-analyze verify` with nothing on stderr, the cron line really runs a host-mode audit
 (twice: the history and the textfile grow; a second run while the lock is held exits at once),
