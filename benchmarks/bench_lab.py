@@ -25,22 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
 sys.path.insert(0, ROOT)
 
+from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod  # noqa: E402
 from ansible_collections.auditgap.fleet.plugins.module_utils import labkit, labworkload  # noqa: E402
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard  # noqa: E402
 from tests.support.kernel import kernel_lock  # noqa: E402
-
-
-def handlers():
-    try:
-        from ansible_collections.auditgap.fleet.plugins.module_utils import labdocker
-        return labdocker.UNDO_HANDLERS
-    except ImportError:
-        return {}
-
-
-def docker_backend(state, workdir, params):
-    from ansible_collections.auditgap.fleet.plugins.module_utils import labdocker
-    return labdocker.start_docker_consumer(state, workdir, params)
 
 
 def phase(latency_path, seconds):
@@ -67,23 +55,24 @@ def main():
 def run(args):
     params = {'backend': args.backend}
     p = labkit.validate_lab_params(params)
-    labkit.lab_absent(p['state_path'], handlers=handlers())
+    labkit.lab_absent(p['state_path'])
     markers = []
     with RestoreGuard() as guard:
-        guard.push(lambda: labkit.lab_absent(p['state_path'], handlers=handlers()), description='lab absent')
+        guard.push(lambda: labkit.lab_absent(p['state_path']), description='lab absent')
         try:
-            _, lab = labkit.lab_present(params, docker_backend=docker_backend, handlers=handlers())
+            _, lab = labkit.lab_present(params)
         except labkit.LabRefused as err:
             print('bench_lab: %s' % err, file=sys.stderr)
             return 2
-        version = 'v1' if lab['cgroup_path'].startswith(labkit.CGROUP_V1_CPU) else 'v2'
-        labkit.cgroup_set_quota(version, lab['cgroup_path'], None, p['period_us'])
+        version = labkit.cpu_cgroup()[0]  # the consumer's group (or container's) is in that hierarchy
+        set_quota = guard_mod.set_cgroup_limit
+        set_quota(version, lab['cgroup_path'], None, p['period_us'])
         markers.append({'t': time.time(), 'label': 'unthrottled'})
         before = phase(lab['latency_path'], args.seconds)
-        labkit.cgroup_set_quota(version, lab['cgroup_path'], p['quota_us'], p['period_us'])
+        set_quota(version, lab['cgroup_path'], p['quota_us'], p['period_us'])
         markers.append({'t': time.time(), 'label': 'quota %d us / %d us' % (p['quota_us'], p['period_us'])})
         throttled = phase(lab['latency_path'], args.seconds)
-        labkit.cgroup_set_quota(version, lab['cgroup_path'], None, p['period_us'])
+        set_quota(version, lab['cgroup_path'], None, p['period_us'])
         markers.append({'t': time.time(), 'label': 'quota lifted'})
         after = phase(lab['latency_path'], args.seconds)
         points = labworkload.read_jsonl(lab['timeline_path'])

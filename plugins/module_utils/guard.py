@@ -137,13 +137,14 @@ def _me(module):
             'since': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
 
 
-def _read_json(path):
+def read_journal(path):
+    """A journal (or an incident lab's kept journal) from a root-only file."""
     fd = open_private(path, os.O_RDONLY)
     with os.fdopen(fd, 'r') as handle:
         return json.load(handle)
 
 
-def _write_json(path, data):
+def write_journal(path, data):
     """Atomic, durable: a private temp file beside ``path``, fsync, rename, fsync the dir."""
     directory = os.path.dirname(path)
     tmp = '%s.tmp.%d' % (path, os.getpid())
@@ -461,18 +462,153 @@ def _op_rmdir(path):
             raise
 
 
-def _op_lab_undo(state_path):
-    """Undo what the incident lab's state file records (labkit.undo_state, Docker
-    handlers included): a lab whose ``state=present`` died half-way."""
-    from ansible_collections.auditgap.fleet.plugins.module_utils import labkit
+def process_alive(pid, starttime=None):
+    """True when ``pid`` runs, is no zombie and (if given) has the recorded start time."""
     try:
-        from ansible_collections.auditgap.fleet.plugins.module_utils import labdocker
-        handlers = labdocker.UNDO_HANDLERS
-    except ImportError:
-        handlers = {}
-    errors = labkit.undo_state(labkit.LabState(state_path), handlers)[1]
-    if errors:
-        raise RuntimeError('; '.join(errors))
+        with open('/proc/%d/stat' % int(pid)) as handle:
+            fields = handle.read().rsplit(')', 1)[1].split()
+    except (OSError, IndexError, ValueError):
+        return False
+    return fields[0] not in ('Z', 'X') and (starttime is None or int(fields[19]) == starttime)
+
+
+def pids_with_cmdline(argv):
+    """Pids whose command line is exactly ``argv`` (a daemon recorded before it started)."""
+    want = b'\0'.join(a.encode() for a in argv) + b'\0'
+    found = []
+    for name in os.listdir('/proc'):
+        try:
+            with open('/proc/%s/cmdline' % name, 'rb') as handle:
+                if name.isdigit() and handle.read() == want:
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def _leased_by_others(leases):
+    """A live process other than this one holds a lease file (named by its pid) in ``leases``."""
+    try:
+        names = os.listdir(leases)
+    except OSError:
+        return False
+    return any(n.isdigit() and int(n) != os.getpid() and process_alive(int(n)) for n in names)
+
+
+def _audit_status():
+    from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, auditparse
+    try:
+        return auditnl.get_status()
+    except Exception:  # netlink refused: auditctl below
+        rc, text = _auditctl(['-s'])
+        return auditparse.parse_status(text) if rc == 0 else {}
+
+
+def release_audit_registration(pid, timeout_s=5.0):
+    """Make the kernel drop a dead consumer's registration (auditd does not always
+    unregister): the kernel resets its audit pid when sending the next record fails. With
+    audit enabled a rate_limit write of the same value logs one; disabled, enabled goes
+    1 and back to 0. True when the registration is gone."""
+    deadline = time.time() + timeout_s
+    nudged = 0
+    while time.time() < deadline:
+        status = _audit_status()
+        if status.get('pid') != pid:
+            return True
+        if not process_alive(pid) and nudged < 2 and time.time() > deadline - timeout_s + 2.0 * nudged:
+            if status.get('enabled') == 0:
+                _op_audit_set({'enabled': 1})
+                _op_audit_set({'enabled': 0})
+            elif status.get('enabled') == 1:
+                _op_audit_set({'rate_limit': status.get('rate_limit') or 0})
+            nudged += 1
+        time.sleep(0.1)
+    return _audit_status().get('pid') != pid
+
+
+def _op_stop_process(pid=None, starttime=None, argv=None, timeout_s=15.0, audit_consumer=False, unless_leased=None):
+    """Stop a process the run started: ``pid`` when it still has ``starttime``, or every
+    process running exactly ``argv`` (recorded before the start, when no pid was known).
+    SIGTERM, SIGKILL after ``timeout_s``. ``audit_consumer``: then wait until the kernel
+    drops its registration. ``unless_leased``: leave it running while another live process
+    holds a lease there (a shared dockerd)."""
+    if unless_leased and _leased_by_others(unless_leased):
+        return
+    targets = [(pid, starttime)] if pid else [(p, proc_starttime(p)) for p in pids_with_cmdline(argv or [])]
+    for target, start in targets:
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            if not process_alive(target, start):
+                break
+            try:
+                os.kill(target, signum)
+            except ProcessLookupError:
+                break
+            deadline = time.time() + timeout_s
+            while time.time() < deadline and process_alive(target, start):
+                time.sleep(0.05)
+        if audit_consumer and not release_audit_registration(target):
+            raise RuntimeError('the kernel still has pid %d registered as the audit consumer' % target)
+
+
+def _op_move_process(pid, starttime, directory):
+    """Move a process back into its cgroup ``directory`` (when it still runs)."""
+    if process_alive(pid, starttime):
+        write_value(os.path.join(directory, 'cgroup.procs'), str(pid))
+
+
+def _op_cgroup_remove(path=None, paths=(), timeout_s=10.0):
+    """Remove cgroups the run created (``path``, ``paths``): their remaining tasks go to the
+    parent, then rmdir (retried while tasks are leaving)."""
+    for one in ([path] if path else []) + list(paths):
+        deadline = time.time() + timeout_s
+        while os.path.isdir(one):
+            try:
+                with open(os.path.join(one, 'cgroup.procs')) as handle:
+                    for task in handle.read().split():
+                        _op_write_if_exists(os.path.join(os.path.dirname(one), 'cgroup.procs'), task)
+                os.rmdir(one)
+            except OSError as err:
+                if err.errno != errno.ENOENT and time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+def _op_remove_files(directory, names):
+    """Remove the named files and trees in ``directory``, then the directory when empty."""
+    import shutil
+    for name in names:
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass
+
+
+def _op_docker(action, ref):
+    """A Docker object the run made: ``remove_container`` (quota lifted, stopped with
+    SIGTERM so its process deregisters cleanly, removed), ``remove_image``, ``unthrottle``
+    (CPU quota lifted). Nothing to do when no daemon answers (nothing of it is left)."""
+    from ansible_collections.auditgap.fleet.plugins.module_utils import dockerctl
+    if not dockerctl.ping():
+        return
+    if action == 'remove_image':
+        dockerctl.remove_image(ref)
+        return
+    found = dockerctl.container_by_name_or_id(ref, use_cli=False)
+    if found is None:
+        return
+    try:
+        dockerctl.update_cpu(found['id'], quota_us=-1)
+        if action == 'remove_container':
+            dockerctl.docker_api('POST', '/containers/%s/stop' % found['id'], query={'t': '15'}, timeout=30)
+    except dockerctl.DockerError:
+        pass
+    if action == 'remove_container':
+        dockerctl.remove_container(found['id'])
 
 
 OPS = {
@@ -490,7 +626,11 @@ OPS = {
     'systemd_dropin': _op_systemd_dropin,
     'rmdir': _op_rmdir,
     'cgroup_limit': _op_cgroup_limit,
-    'lab_undo': _op_lab_undo,
+    'stop_process': _op_stop_process,
+    'move_process': _op_move_process,
+    'cgroup_remove': _op_cgroup_remove,
+    'remove_files': _op_remove_files,
+    'docker': _op_docker,
 }
 
 
@@ -544,7 +684,7 @@ class Journal:
         self.entries.append(entry)
         if len(self.entries) == 1:
             ensure_state_dir(self.state_dir)
-        _write_json(self.path, self.data)
+        write_journal(self.path, self.data)
         self.recorded += 1
         return entry
 
@@ -555,9 +695,19 @@ class Journal:
         if entry in self.entries:
             self.entries.remove(entry)
         if self.entries:
-            _write_json(self.path, self.data)
+            write_journal(self.path, self.data)
         else:
             self.delete()
+
+    def adopt(self, path):
+        """Take over the steps of a kept journal at ``path`` (an incident lab's state file,
+        its entries already in this journal): written as this run's journal, then the kept
+        file goes, so a crash from here on is replayed by the next auditgap run."""
+        if self.entries:
+            ensure_state_dir(self.state_dir)
+            write_journal(self.path, self.data)
+        os.unlink(path)
+        _fsync_dir(os.path.dirname(path) or '.')
 
     def delete(self):
         del self.entries[:]
@@ -584,7 +734,7 @@ def recover(state_dir=STATE_DIR, alive=owner_alive):
     out = []
     for path in list_journals(state_dir):
         try:
-            data = _read_json(path)
+            data = read_journal(path)
         except (OSError, ValueError, UnsafePath) as err:
             out.append({'journal': path, 'module': None, 'owner_pid': None, 'since': None, 'undone': [],
                         'errors': ['unreadable journal left alone: %s' % err]})
@@ -595,16 +745,19 @@ def recover(state_dir=STATE_DIR, alive=owner_alive):
         journal = Journal(data.get('module') or '?', state_dir=state_dir, path=path)
         journal.data = data
         journal.kill_at = None
-        undone, errors = _replay(journal)
+        undone, errors = replay(journal)
         out.append({'journal': path, 'module': data.get('module'), 'owner_pid': owner.get('pid'),
                     'since': owner.get('since'), 'undone': undone, 'errors': errors})
     return out
 
 
-def _replay(journal):
+def replay(journal):
+    """Run a journal's steps, newest first, signals blocked; each step leaves the journal
+    once undone, failed ones stay. Returns (undone descriptions, errors)."""
     undone, errors = [], []
     with signals_blocked():
         for entry in list(reversed(journal.entries)):
+            journal.checkpoint()  # the test-only kill hook (a lab's absent adopts its journal)
             try:
                 run_op(entry['op'], entry.get('args') or {})
                 undone.append(entry.get('description') or entry['op'])

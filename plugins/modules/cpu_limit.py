@@ -355,12 +355,12 @@ def docker_backend(module, tgt, wanted, result):
     before = docker_limit(info)
     if use_quota:
         period = info['cpu_period_us'] or DEFAULT_PERIOD_US
-        body = {'CpuQuota': round(wanted * period), 'CpuPeriod': period}
-        after = dict(before, limit_cores=round(body['CpuQuota'] / float(period), 6), cpu_quota_us=body['CpuQuota'],
+        update = {'quota_us': round(wanted * period), 'period_us': period}
+        after = dict(before, limit_cores=round(update['quota_us'] / float(period), 6), cpu_quota_us=update['quota_us'],
                      cpu_period_us=period)
     else:
-        body = {'NanoCpus': round(wanted * 1e9)}
-        after = dict(before, limit_cores=round(wanted, 6), nano_cpus=body['NanoCpus'])
+        update = {'nano_cpus': round(wanted * 1e9)}
+        after = dict(before, limit_cores=round(wanted, 6), nano_cpus=update['nano_cpus'])
     change, err = decide(before['limit_cores'], wanted, module.params['force'])
     if err:
         raise Failure(err)
@@ -370,7 +370,7 @@ def docker_backend(module, tgt, wanted, result):
 
     def apply(rg):
         try:
-            dockerctl.docker_api('POST', '/containers/%s/update' % info['id'], body=body, socket_path=sock)
+            dockerctl.update_cpu(info['id'], socket_path=sock, **update)
         except dockerctl.DockerError as err2:
             raise Failure('docker update failed: %s' % err2)
 

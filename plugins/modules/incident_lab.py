@@ -22,14 +22,15 @@ description:
     group with C(cpu.max)); C(docker) runs it in a container (image imported from the host's
     auditd and its libraries, C(--pid host), C(--network none), audit capabilities, CPU quota),
     starting Debian's dockerd with C(--bridge=none --iptables=false) when none answers.
-  - Every change is written to the state file before it is made. C(state=absent) undoes what the
-    state file records and nothing else (rules by key only, previous audit settings, the lab's
-    consumer, cgroups, container, image, dockerd when the lab started it, workload); it is safe
-    to run twice and after a crash half-way.
+  - Every change is written to the auditgap undo journal (docs/safety.md) before it is made, as
+    one step each (audit settings, each rule, cgroups and quotas, the consumer, the workload,
+    container, image, dockerd when the lab started it, the lab's files). A failure removes the
+    half-made lab at once; after a SIGKILL the next run of any auditgap module that changes the
+    kernel does (C(recovered_from_crash)). A complete lab keeps its journal as the state file;
+    C(state=absent) undoes what it records and nothing else; it is safe to run twice and after
+    a crash half-way.
   - C(present) and C(absent) take the auditgap host lock (C(/run/auditgap/host.lock), waiting up to
-    60 s). Until the lab is complete, C(present)'s undo journal (docs/safety.md) holds one step -
-    undo what the state file records - so a failure removes the half-made lab, and so does the
-    next run of any auditgap module that changes the kernel after a SIGKILL (C(recovered_from_crash)).
+    60 s).
   - When another audit consumer is registered the lab refuses, unless
     I(allow_existing_consumer) is true; the existing consumer is then moved into the lab's
     throttled cgroup and moved back at C(state=absent).
@@ -90,7 +91,7 @@ options:
     type: str
     default: auditgap-lab
   state_path:
-    description: The lab's state file; its directory holds the lab's files (config, logs, latency).
+    description: The lab's state file (its kept undo journal); its directory holds the lab's files (config, logs, latency).
     type: path
     default: /run/auditgap-lab/state.json
 notes:
@@ -176,7 +177,7 @@ incident_lab:
       type: list
       elements: str
     errors:
-      description: Changes that could not be undone (absent; they stay in the state file for a retry).
+      description: Changes that could not be undone (absent; they stay in the undo journal, the next auditgap run retries them).
       type: list
       elements: str
     recovered_from_crash:
@@ -205,19 +206,6 @@ from ansible_collections.auditgap.fleet.plugins.module_utils import guard, labki
 LOCK_WAIT_S = 60
 
 
-def _docker_backend(state, workdir, params):
-    from ansible_collections.auditgap.fleet.plugins.module_utils import labdocker
-    return labdocker.start_docker_consumer(state, workdir, params)
-
-
-def _docker_handlers():
-    try:
-        from ansible_collections.auditgap.fleet.plugins.module_utils import labdocker
-    except ImportError:
-        return {}
-    return labdocker.UNDO_HANDLERS
-
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -243,15 +231,14 @@ def main():
         module.fail_json(msg='incident_lab needs root', incident_lab={'state': None})
     if wanted == 'absent':
         if module.check_mode:
-            changed, result = labkit.lab_absent(params['state_path'], check_mode=True, handlers=_docker_handlers())
+            changed, result = labkit.lab_absent(params['state_path'], check_mode=True)
             module.exit_json(changed=changed, incident_lab=result)
         with _locked(module) as lock:
-            changed, result = labkit.lab_absent(params['state_path'], handlers=_docker_handlers())
+            changed, result = labkit.lab_absent(params['state_path'])
             result['recovered_from_crash'] = lock.recovered
         if result['errors']:
-            module.fail_json(msg='some lab changes could not be undone (kept in %s for a retry): %s'
-                             % (params['state_path'], '; '.join(result['errors'])),
-                             changed=changed, incident_lab=result)
+            module.fail_json(msg='some lab changes could not be undone (the next auditgap run retries them): %s'
+                             % '; '.join(result['errors']), changed=changed, incident_lab=result)
         module.exit_json(changed=changed, incident_lab=result)
     try:
         labkit.validate_lab_params(params)
@@ -262,29 +249,25 @@ def main():
                          incident_lab={'state': None})
     if module.check_mode:
         try:
-            changed, result = labkit.lab_present(params, docker_backend=_docker_backend, check_mode=True,
-                                                 handlers=_docker_handlers())
+            changed, result = labkit.lab_present(params, check_mode=True)
         except labkit.LabRefused as err:
             module.fail_json(msg=str(err), incident_lab={'state': None})
         module.exit_json(changed=changed, incident_lab=result)
     with _locked(module) as lock:
-        # the journal holds one step - undo what the lab's state file records - until the lab
-        # is complete: a failure, or a crash (the next auditgap run), removes the half-made lab
-        rg = guard.RestoreGuard(journal='incident_lab')
+        # every change is journaled before it is made: a failure undoes the half-made lab at
+        # once, a SIGKILL leaves it to the next auditgap run; a complete lab keeps its journal
         try:
-            with rg:
-                rg.push_op('lab_undo', 'undo the half-made lab (%s)' % params['state_path'],
-                           state_path=params['state_path'])
-                changed, result = labkit.lab_present(params, docker_backend=_docker_backend,
-                                                     handlers=_docker_handlers(), on_record=rg.checkpoint)
-                rg.commit()
+            changed, result = labkit.lab_present(params)
         except labkit.LabRefused as err:
             module.fail_json(msg=str(err), incident_lab={'state': None, 'recovered_from_crash': lock.recovered})
-        except Exception as err:  # the guard has undone the half-made lab: never leave a stall behind
-            module.fail_json(msg='could not create the lab: %s; %s' % (
-                err, 'everything it changed is undone' if rg.ok else 'undo incomplete: %s' % '; '.join(rg.restore_errors)),
-                incident_lab={'state': 'absent' if rg.ok else None, 'restored': rg.ok,
-                              'restore_errors': list(rg.restore_errors), 'recovered_from_crash': lock.recovered})
+        except labkit.LabFailed as err:  # never leave a stall behind
+            module.fail_json(msg='could not create the lab: %s' % err,
+                             incident_lab={'state': 'absent' if err.restored else None, 'restored': err.restored,
+                                           'restore_errors': err.restore_errors,
+                                           'recovered_from_crash': lock.recovered})
+        except Exception as err:
+            module.fail_json(msg='could not create the lab: %s' % err,
+                             incident_lab={'state': None, 'recovered_from_crash': lock.recovered})
         result['recovered_from_crash'] = lock.recovered
     module.exit_json(changed=changed, incident_lab=result)
 

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, auditnl, auditparse, kernelhz, labkit
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, auditnl, auditparse, kernelhz
+from tests.support import labsnapshot
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
 from tests.support.kernel import rmdir_cgroup
 
@@ -34,7 +35,7 @@ def auditctl(*args):
 def delete_rules_by_key(key):
     """Each rule carrying exactly this key, deleted exactly (never auditctl -D)."""
     assert key.startswith('auditgap-test')
-    labkit.delete_rules_by_key(key)
+    labsnapshot.delete_rules_by_key(key)
 
 
 def run_module(*args, check_mode=False):

@@ -128,9 +128,9 @@ def test_throttled_through_a_parent_keeps_the_throttled_chain():
 def test_consumer_starved_on_a_busy_cpu_without_quota():
     with audit_stall(quota_us=None, key='auditgap-test-starved') as stall:
         # the consumer's group gets the smallest weight, and shares CPU 0 with two busy loops
-        with open(os.path.join(stall.cgroup_path, 'cpu.shares' if stall.cgroup_version == 'v1' else 'cpu.weight'),
+        with open(os.path.join(stall.cgroup_path, 'cpu.shares' if stall.cgroup_version == 1 else 'cpu.weight'),
                   'w') as handle:
-            handle.write('2' if stall.cgroup_version == 'v1' else '1')
+            handle.write('2' if stall.cgroup_version == 1 else '1')
         for tid in tasks(stall.consumer_pid):
             os.sched_setaffinity(tid, {0})
         with busy_cpu(0):

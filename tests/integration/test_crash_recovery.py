@@ -25,6 +25,7 @@ import pytest
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, guard, labkit, tracefs
 from tests.support.kernel import rmdir_cgroup
+from tests.support.labsnapshot import delete_rules_by_key, host_snapshot, snapshot_diff
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULES = os.path.join(ROOT, 'plugins', 'modules')
@@ -290,7 +291,7 @@ def keyed_rules_and_watch(tmp_path):
     finally:
         subprocess.run(['auditctl', '-W', str(watched), '-p', 'wa', '-k', KEY], capture_output=True, check=False)
         for key in (KEY, OTHER):
-            labkit.delete_rules_by_key(key)
+            delete_rules_by_key(key)
         assert not [r for r in loaded() if KEY in r]
 
 
@@ -360,25 +361,65 @@ def test_a_symlink_planted_as_the_lock_file_is_refused_and_its_target_untouched(
 # -- incident_lab ----------------------------------------------------------------------------
 
 def test_incident_lab_killed_at_each_step_is_recovered(tmp_path, tracefs_root):
-    """state=present SIGKILLed after each recorded lab change (audit settings, cgroup, the
-    consumer, rules): the next auditgap run removes the half-made lab."""
+    """state=present SIGKILLed after each journaled lab change (the lab dir, audit settings,
+    the cgroup, the consumer, its quota, each rule, the workload, the kept state file):
+    the next auditgap run removes the half-made lab; absent removes the complete one."""
     if not labkit.find_auditd():
         pytest.skip('auditd is not installed (make test installs it)')
     if labkit.get_status().get('pid'):
         pytest.skip('another audit consumer is registered')
     state_path = str(tmp_path / 'lab' / 'state.json')
-    args = {'state': 'present', 'backend': 'cgroup', 'workload': False, 'key': 'auditgap-test-lab-crash',
+    args = {'state': 'present', 'backend': 'cgroup', 'key': 'auditgap-test-lab-crash', 'period_us': 100000,
             'state_path': state_path}
 
     def snapshot():
-        return labkit.host_snapshot(daemons=('auditd',))
+        return host_snapshot(daemons=('auditd',))
     before = snapshot()
     try:
         kills, (rc, res) = kill_at_each_step('incident_lab', args, tmp_path, snapshot,
                                              recover=recover_with_ftrace_sample)
-        assert kills >= 5  # lab dir, audit settings, cgroup, unthrottle, consumer, rules
-        assert rc == 0 and res['incident_lab']['state'] == 'present', res
+        assert kills >= 8  # lab dir, audit settings, cgroup, auditd, quota, 2 rules, workload, the commit
+        assert rc == 0 and res['incident_lab']['state'] == 'present' and res['incident_lab']['server_pid'], res
+        assert guard.list_journals() == [] or not any('incident_lab' in p for p in guard.list_journals())
+        # a complete lab is not a crash: the next auditgap run leaves it alone
+        assert not [r for r in recover_with_ftrace_sample(tmp_path) if r['module'] == 'incident_lab']
+        assert labkit.lab_info(state_path)['alive']
+        # absent killed half-way (it adopted the lab's journal): the rest is the next auditgap run's
+        rc, res = run('incident_lab', {'state': 'absent', 'state_path': state_path}, tmp_path,
+                      env={guard.KILL_AT_ENV: '2'})
+        assert rc == -signal.SIGKILL and not os.path.exists(state_path)
+        recovered = [r for r in recover_with_ftrace_sample(tmp_path) if r['module'] == 'incident_lab']
+        assert len(recovered) == 1 and recovered[0]['undone'] and recovered[0]['errors'] == [], recovered
+    finally:
+        rc, res = run('incident_lab', {'state': 'absent', 'state_path': state_path}, tmp_path)
+    assert rc == 0 and not res['changed'], res
+    assert snapshot_diff(before, snapshot()) == []
+
+
+@pytest.mark.docker
+def test_incident_lab_docker_killed_at_each_step_is_recovered(tmp_path, tracefs_root):
+    """The docker backend SIGKILLed after each journaled change (dockerd when the lab starts
+    it, the image, the container, its auditd, its quota, the rules): the next auditgap run
+    removes the container, the image and the dockerd the lab started."""
+    from tests.support.labsnapshot import list_lab_containers
+    if not labkit.find_auditd() or not (os.path.exists('/usr/sbin/dockerd') or os.path.exists('/usr/bin/dockerd')):
+        pytest.skip('auditd or docker.io is not installed (make test installs them)')
+    if labkit.get_status().get('pid'):
+        pytest.skip('another audit consumer is registered')
+    state_path = str(tmp_path / 'lab' / 'state.json')
+    args = {'state': 'present', 'backend': 'docker', 'workload': False, 'key': 'auditgap-test-lab-crash',
+            'period_us': 100000, 'state_path': state_path}
+
+    def snapshot():
+        snap = host_snapshot(daemons=('auditd', 'dockerd'), docker=list_lab_containers())
+        return dict(snap, containers=[c for c in snap['containers'] or [] if 'auditgap-lab' in c])
+    before = snapshot()
+    try:
+        kills, (rc, res) = kill_at_each_step('incident_lab', args, tmp_path, snapshot,
+                                             recover=recover_with_ftrace_sample)
+        assert kills >= 6  # lab dir, audit settings, image, container, auditd, quota, rules
+        assert rc == 0 and res['incident_lab']['container_id'], res
     finally:
         rc, res = run('incident_lab', {'state': 'absent', 'state_path': state_path}, tmp_path)
     assert rc == 0, res
-    assert labkit.snapshot_diff(before, snapshot()) == []
+    assert snapshot_diff(before, snapshot()) == []

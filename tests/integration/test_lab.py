@@ -4,8 +4,8 @@ Per backend: host snapshot -> playbooks/lab.yml present -> accept p99 in the
 stall range (hundreds of ms) -> timeline picture under reports/lab/ ->
 playbooks/lab.yml absent -> the host equals the snapshot (audit settings,
 rule list, tracefs instances, cgroups, containers, lab processes) -> a second
-absent changes nothing. Plus: a crash half-way is undone from the state
-file; an existing consumer is refused, or throttled and restored on request.
+absent changes nothing. Plus: a failure half-way is undone by the guard at
+once; an existing consumer is refused, or throttled and restored on request.
 
 Each stalled phase is kept to a few seconds: while the lab is present every
 audited syscall on the host (accept4, and clone/execve with the seed rules)
@@ -18,6 +18,7 @@ import time
 import pytest
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import labkit, labworkload
+from tests.support.labsnapshot import host_snapshot, list_lab_containers, list_rules, snapshot_diff
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPORT_DIR = os.path.join(ROOT, 'reports', 'lab')
@@ -25,20 +26,12 @@ STATE = labkit.STATE_FILE
 STALL_MIN_P99_MS = 100.0  # measured ~200-1000 ms; generous for a loaded 2-core CI box
 
 
-def _containers():
-    try:
-        from ansible_collections.auditgap.fleet.plugins.module_utils import labdocker
-        return labdocker.list_lab_containers()
-    except Exception:  # no docker module or daemon: nothing to compare
-        return None
-
-
 def snapshot(with_containers=False):
     # dockerd/containerd only for the docker backend: other engineers' docker
     # fixtures start and stop them outside the kernel-test lock.
     if with_containers:
-        return labkit.host_snapshot(docker=_containers())
-    return labkit.host_snapshot(daemons=('auditd',))
+        return host_snapshot(docker=list_lab_containers())
+    return host_snapshot(daemons=('auditd',))
 
 
 def playbook(*extra, check=True):
@@ -77,18 +70,10 @@ def write_timeline(name, points, markers=None):
 @pytest.fixture
 def clean_lab():
     """No lab left from an earlier run; and none left behind by this test."""
-    labkit.lab_absent(STATE, handlers=_handlers())
+    labkit.lab_absent(STATE)
     yield
-    _, result = labkit.lab_absent(STATE, handlers=_handlers())
+    _, result = labkit.lab_absent(STATE)
     assert not result['errors'], result['errors']
-
-
-def _handlers():
-    try:
-        from ansible_collections.auditgap.fleet.plugins.module_utils import labdocker
-        return labdocker.UNDO_HANDLERS
-    except ImportError:
-        return {}
 
 
 def _end_to_end(backend):
@@ -98,11 +83,11 @@ def _end_to_end(backend):
     out = playbook('-e', 'lab_state=present', '-e', 'lab_backend=%s' % backend).stdout
     assert changed_count(out) == 1, out[-3000:]
     status = labkit.get_status()
-    info = labkit.lab_info(labkit.LabState(STATE))
+    info = labkit.lab_info(STATE)
     assert info['backend'] == backend and info['alive']
     assert status['pid'] == info['consumer_pid']
     assert status['backlog_limit'] == 64 and status['backlog_wait_time'] == 250
-    assert any('key=auditgap-lab' in rule for rule in labkit.list_rules())
+    assert any('key=auditgap-lab' in rule for rule in list_rules())
     stat = labworkload.read_cpu_stat(info['cgroup_path'])
     assert 'nr_throttled' in stat
     records = wait_records(info['latency_path'], 5)
@@ -122,7 +107,7 @@ def _end_to_end(backend):
     out = playbook('-e', 'lab_state=absent').stdout
     assert changed_count(out) == 1
     after = snapshot(with_containers=docker)
-    assert labkit.snapshot_diff(before, after) == []
+    assert snapshot_diff(before, after) == []
     assert not os.path.exists(STATE)
     assert changed_count(playbook('-e', 'lab_state=absent').stdout) == 0
 
@@ -141,23 +126,20 @@ def test_lab_docker_backend_end_to_end(clean_lab):
 
 
 @pytest.mark.kernel
-def test_lab_crash_half_way_is_undone(clean_lab, monkeypatch):
-    """present dies after the consumer and rules are in place: absent restores all."""
+def test_lab_failure_half_way_is_undone(clean_lab, monkeypatch):
+    """present fails after the consumer and rules are in place: the guard undoes all of it."""
     before = snapshot()
 
     def crash(*args, **kwargs):
+        assert labkit.get_status()['pid'] and any('auditgap-lab' in r for r in list_rules())
         raise RuntimeError('simulated crash')
 
     monkeypatch.setattr(labkit, 'start_workload', crash)
-    with pytest.raises(RuntimeError, match='simulated crash'):
+    with pytest.raises(labkit.LabFailed, match='simulated crash.*everything it changed is undone') as err:
         labkit.lab_present({'rules': 'accept', 'period_us': 100000})
-    state = labkit.LabState(STATE)
-    kinds = [e['kind'] for e in state.entries]
-    assert 'consumer' in kinds and 'rules' in kinds and 'audit_status' in kinds
-    assert labkit.get_status()['pid']
-    changed, result = labkit.lab_absent(STATE)
-    assert changed and not result['errors']
-    assert labkit.snapshot_diff(before, snapshot()) == []
+    assert err.value.restored and err.value.restore_errors == []
+    assert not os.path.exists(STATE)
+    assert snapshot_diff(before, snapshot()) == []
     changed, result = labkit.lab_absent(STATE)
     assert not changed
 
@@ -177,7 +159,7 @@ def test_lab_refuses_existing_consumer_and_can_throttle_it(clean_lab):
         changed, result = labkit.lab_absent(STATE)
         assert not result['errors']
         assert labkit.cgroup_of_pid(stall.consumer_pid) == stall.cgroup_path
-        assert labkit.snapshot_diff(inside, snapshot()) == []
+        assert snapshot_diff(inside, snapshot()) == []
 
 
 @pytest.mark.kernel
@@ -186,7 +168,7 @@ def test_lab_check_mode_changes_nothing(clean_lab):
     out = playbook('--check', '-e', 'lab_state=present').stdout
     assert changed_count(out) == 1, out[-3000:]
     assert not os.path.exists(STATE)
-    assert labkit.snapshot_diff(before, snapshot()) == []
+    assert snapshot_diff(before, snapshot()) == []
 
 
 STALL_CHILD = r'''
@@ -220,7 +202,7 @@ def test_audit_stall_restores_after_signal(signame):
     proc.send_signal(getattr(signal_mod, signame))
     proc.wait(timeout=60)
     if signame == 'SIGKILL':
-        assert os.path.isdir(cgroup_path)  # nobody restored yet
+        assert os.path.isdir(cgroup_path)  # nobody restored yet (the journal's owner died)
         assert stall_support.cleanup_stale() == []
     assert not os.path.isdir(cgroup_path)
-    assert labkit.snapshot_diff(before, snapshot()) == []
+    assert snapshot_diff(before, snapshot()) == []

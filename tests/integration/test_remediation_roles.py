@@ -18,9 +18,10 @@ import sys
 import tempfile
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, labkit, rulesfile
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, rulesfile
 
 from tests.support.kernel import rmdir_cgroup
+from tests.support.labsnapshot import delete_rules_by_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE_PLAYBOOK = os.path.join(ROOT, '.venv', 'bin', 'ansible-playbook')
@@ -173,7 +174,7 @@ def keyed_rules(tmp_path):
         yield rules_dir
     finally:
         for key in (KEY, OTHER):  # exactly the rules carrying the key (never auditctl -D)
-            labkit.delete_rules_by_key(key)
+            delete_rules_by_key(key)
         assert not [r for r in loaded_rules() if 'auditgap-test-narrow' in r]
 
 

@@ -18,7 +18,7 @@ import shutil
 import uuid
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.module_utils import dockerctl
+from ansible_collections.auditgap.fleet.plugins.module_utils import dockerctl, labdocker
 
 LABEL = 'auditgap-test'
 
@@ -32,7 +32,7 @@ class DockerSession:
     def run(self, cmd, name=None, cpus=None, network='none', **kwargs):
         """Run a detached container from the session image; returns its id."""
         name = name or f'auditgap-test-{uuid.uuid4().hex[:10]}'
-        cid = dockerctl.run_container(self.image, cmd, name=name, cpus=cpus, network=network,
+        cid = labdocker.run_container(self.image, cmd, name=name, cpus=cpus, network=network,
                                       labels={LABEL: str(os.getpid())}, **kwargs)
         self.containers.append(cid)
         return cid
@@ -55,7 +55,7 @@ class DockerSession:
 
 def _remove_stale_containers():
     try:
-        stale = dockerctl.list_containers(filters={'label': [LABEL]})
+        stale = labdocker.list_containers(filters={'label': [LABEL]})
     except dockerctl.DockerError:
         return
     for container in stale:
@@ -65,18 +65,33 @@ def _remove_stale_containers():
         dockerctl.remove_container(container['Id'])
 
 
+def minimal_rootfs():
+    """A spec for ``import_image``: /bin/sh and core tools.
+
+    Static busybox (Debian's busybox-static) when installed, as /bin/busybox
+    with /bin/sh etc. linked to it; otherwise the host's /bin/sh with its
+    shared libraries. Enough for ``sh -c 'while :; do :; done'``.
+    """
+    busybox = '/bin/busybox'
+    if os.path.exists(busybox) and not labdocker.ldd_libraries(busybox):
+        return {'files': {'/bin/busybox': busybox},
+                'symlinks': {f'/bin/{applet}': 'busybox'
+                             for applet in ('sh', 'sleep', 'cat', 'ls', 'true', 'yes', 'echo')}}
+    return {'files': {'/bin/sh': os.path.realpath('/bin/sh')}, 'symlinks': {}}
+
+
 def engine_session():
     """Yields a DockerSession for the test session (skips without root or Docker)."""
     if os.geteuid() != 0:
         pytest.skip('needs root (starts dockerd, creates containers)')
     if not dockerctl.ping() and not shutil.which('dockerd'):
         pytest.skip('no Docker daemon and no dockerd binary (apt-get install docker.io)')
-    started = dockerctl.ensure_dockerd()
+    started = labdocker.ensure_dockerd()
     image = f'auditgap-test-busy:{os.getpid()}'
     session = None
     try:
         _remove_stale_containers()
-        dockerctl.import_image(image)
+        labdocker.import_image(image, minimal_rootfs())
         session = DockerSession(image, started)
         yield session
     finally:
@@ -86,4 +101,4 @@ def engine_session():
             dockerctl.remove_image(image)
         except dockerctl.DockerError:
             pass
-        dockerctl.stop_dockerd()
+        labdocker.stop_dockerd()

@@ -8,26 +8,22 @@
         stall.server_pid     # the accept-loop server making audited accept4 calls
         stall.latency()      # accept latency so far: {count, p50_ms, p99_ms, max_ms}
 
-Same code as the incident lab (plugins/module_utils/labkit.py): every change
-is recorded in a state file (/run/auditgap-lab/stall-<pid>.json) *before* it
-is made and undone on exit, error, SIGTERM/SIGINT/SIGHUP (RestoreGuard) and,
-after a SIGKILL, by the next audit_stall() (stale state files of dead
-owners are undone first). Rules are removed by key only. Refuses
+Same code as the incident lab (plugins/module_utils/labkit.py): every change's undo
+step is written to the guard's journal (/run/auditgap/journal-audit_stall-<pid>.json)
+*before* it is made and undone on exit, error, SIGTERM/SIGINT/SIGHUP (RestoreGuard)
+and, after a SIGKILL, by the next audit_stall() or the next run of any auditgap
+module (dead owners' journals are replayed). Rules are deleted exactly. Refuses
 (StallRefused) when another audit consumer is registered.
 
 Needs root, Debian's auditd and the kernel test lock (mark tests ``kernel``).
 Keep the stalled window short: while it lasts every accept4 on the host waits.
 """
 import contextlib
-import glob
 import json
 import os
 import time
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import labkit, labworkload
-from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
-
-STALL_GLOB = os.path.join(labkit.LAB_DIR, 'stall-*.json')
+from ansible_collections.auditgap.fleet.plugins.module_utils import guard, labkit, labworkload
 
 
 class StallRefused(RuntimeError):
@@ -39,7 +35,7 @@ class StallRestoreError(RuntimeError):
 
 
 class Stall:
-    def __init__(self, workdir, consumer, workload, state, key):
+    def __init__(self, workdir, consumer, workload, key):
         self.workdir = workdir
         self.consumer_pid = consumer['pid']
         self.cgroup_path = consumer['cgroup_path']
@@ -49,7 +45,6 @@ class Stall:
         self.client_pid = workload['client_pid']
         self.port = workload['port']
         self.key = key
-        self.state_path = state.path
         self.latency_path = os.path.join(workdir, 'latency.jsonl')
         self.summary_path = os.path.join(workdir, 'latency.summary.json')
         self.timeline_path = os.path.join(workdir, 'timeline.jsonl')
@@ -89,26 +84,14 @@ class Stall:
 
     def set_quota(self, quota_us, period_us=None):
         """Change the consumer's quota (None/-1: unthrottled). Undone by the stall's exit."""
-        labkit.cgroup_set_quota(self.cgroup_version, self.cgroup_path, quota_us,
-                                period_us or self.period_us)
-
-
-def _owner_pid(path):
-    name = os.path.basename(path)[len('stall-'):-len('.json')]
-    return int(name) if name.isdigit() else None
+        guard.set_cgroup_limit(self.cgroup_version, self.cgroup_path, quota_us, period_us or self.period_us)
 
 
 def cleanup_stale():
-    """Undo stall state files whose owning process is gone (after a SIGKILL)."""
-    errors = []
-    for path in glob.glob(STALL_GLOB):
-        owner = _owner_pid(path)
-        state = labkit.LabState(path)
-        if owner and labkit.process_alive(owner, state.data.get('owner_starttime')):
-            continue
-        _, errs = labkit.undo_state(state)
-        errors.extend(errs)
-    return errors
+    """Replay the journals of dead auditgap runs (an audit_stall killed with SIGKILL among
+    them), holding the host lock as every auditgap module does. Returns their errors."""
+    with guard.locked('audit_stall', wait_s=60) as lock:
+        return [err for entry in lock.recovered for err in entry['errors']]
 
 
 @contextlib.contextmanager
@@ -138,49 +121,38 @@ def audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000, key='aud
         raise StallRefused(reason)
     name = 'stall-%d' % os.getpid()
     workdir = os.path.join(labkit.LAB_DIR, name)
-    state = labkit.LabState(os.path.join(labkit.LAB_DIR, name + '.json'))
-    if state.entries:  # our own leftovers (same pid, earlier block): undo first
-        labkit.undo_state(state)
-        state = labkit.LabState(state.path)
-    state.data['owner_starttime'] = labkit.proc_starttime(os.getpid())
     stall = None
-    guard = RestoreGuard()
+    g = guard.RestoreGuard(journal='audit_stall')
     failed = False
     try:
-        with guard:
-            guard.push(_undo, state, description='undo stall state %s' % state.path)
-            state.record('path', path=workdir)
+        with g:
+            if not os.path.isdir(labkit.LAB_DIR):
+                g.push_op('remove_files', 'remove %s' % labkit.LAB_DIR, directory=labkit.LAB_DIR, names=[])
+            g.push_op('remove_files', 'remove %s' % workdir, directory=workdir, names=labkit.LAB_FILES)
             if not os.path.isdir(workdir):
                 os.makedirs(workdir, 0o700)
             before = labkit.get_status()
-            state.record('audit_status', saved=dict(
-                (k, before[k]) for k in ('enabled', 'backlog_limit', 'backlog_wait_time')))
-            labkit.set_status(backlog_limit=int(backlog_limit), backlog_wait_time=int(backlog_wait_time))
+            labkit.set_audit(g, before, backlog_limit=int(backlog_limit), backlog_wait_time=int(backlog_wait_time))
             cgroup, parent_path = None, None
             if parent_quota_us is not None:
-                version, root = labkit.detect_cgroup()
+                version, root = labkit.cpu_cgroup()
                 if version is None:
                     raise StallRefused(root)
-                labkit.enable_v2_cpu(state, version, root)
-                parent_path = os.path.join(root, 'auditgap-test-parent-%s' % name)
-                state.record('cgroup', path=parent_path, version=version)
-                labkit.cgroup_create(version, root, os.path.basename(parent_path), parent_quota_us, period_us)
-                if version == 'v2':
-                    with open(os.path.join(parent_path, 'cgroup.subtree_control'), 'w') as handle:
-                        handle.write('+cpu')
+                labkit.enable_v2_cpu(g, version, root)
+                parent_path = labkit.make_cgroup(g, version, root, 'auditgap-test-parent-%s' % name, period_us)
+                guard.set_cgroup_limit(version, parent_path, parent_quota_us, period_us)
+                if version == 2:
+                    guard.write_value(os.path.join(parent_path, 'cgroup.subtree_control'), '+cpu')
                 cgroup = (version, parent_path)
-            consumer = labkit.start_cgroup_consumer(state, workdir, quota_us,
-                                                    name='auditgap-test-%s' % name, period_us=period_us,
-                                                    cgroup=cgroup, auditd_conf=auditd_conf)
-            state.record('rules', key=key)
-            for base in (rules or [labkit.ACCEPT_RULE]):
-                labkit.run_auditctl(labkit.rule_args(base, key))
+            consumer = labkit.start_cgroup_consumer(g, workdir, quota_us, name='auditgap-test-%s' % name,
+                                                    period_us=period_us, cgroup=cgroup, auditd_conf=auditd_conf)
+            labkit.add_rules(g, rules or [labkit.ACCEPT_RULE], key)
             if before.get('enabled') != 1:
                 labkit.set_status(enabled=1)
-            workload = labkit.start_workload(state, workdir, labworkload.__file__,
+            workload = labkit.start_workload(g, workdir, labworkload.__file__,
                                              rate_per_s=rate_per_s, clients=clients,
                                              cpu_stat_dir=consumer['cgroup_path'])
-            stall = Stall(workdir, consumer, workload, state, key)
+            stall = Stall(workdir, consumer, workload, key)
             stall.parent_path = parent_path
             try:
                 yield stall
@@ -189,12 +161,6 @@ def audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000, key='aud
                 raise
     finally:
         if stall is not None:
-            stall.restore_errors = guard.restore_errors
-    if guard.restore_errors and not failed:
-        raise StallRestoreError('audit_stall restore failed: %s' % '; '.join(guard.restore_errors))
-
-
-def _undo(state):
-    _, errors = labkit.undo_state(state)
-    if errors:
-        raise StallRestoreError('; '.join(errors))
+            stall.restore_errors = g.restore_errors
+    if g.restore_errors and not failed:
+        raise StallRestoreError('audit_stall restore failed: %s' % '; '.join(g.restore_errors))

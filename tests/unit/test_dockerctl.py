@@ -1,4 +1,4 @@
-"""dockerctl without Docker: the HTTP client against a fake Engine on a UNIX socket,
+"""dockerctl and labdocker without Docker: the HTTP client against a fake Engine on a UNIX socket,
 rootfs tarballs, and ensure/stop of a fake dockerd with leases (no root needed)."""
 import http.server
 import io
@@ -12,7 +12,8 @@ import threading
 from typing import ClassVar
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.module_utils import dockerctl
+from ansible_collections.auditgap.fleet.plugins.module_utils import dockerctl, labdocker
+from tests.support.docker import minimal_rootfs
 
 
 class _Engine(http.server.BaseHTTPRequestHandler):
@@ -84,6 +85,19 @@ def test_docker_api_json_text_and_errors(engine):
     assert err.value.status == 404 and 'No such container' in str(err.value)
 
 
+def test_update_cpu_sends_only_the_given_fields(engine):
+    """One `docker update` of the CPU limit: cpu_limit (NanoCpus or quota/period) and the lab."""
+    sock, handler = engine
+    handler.routes[('POST', '/containers/ids/update')] = (200, {'Warnings': []})
+    dockerctl.update_cpu('ids', nano_cpus=500000000, socket_path=sock)
+    dockerctl.update_cpu('ids', quota_us=1000, period_us=250000, socket_path=sock)
+    dockerctl.update_cpu('ids', quota_us=-1, socket_path=sock)
+    assert [(m, p, json.loads(b)) for m, p, _ct, b in handler.seen] == [
+        ('POST', '/containers/ids/update', {'NanoCpus': 500000000}),
+        ('POST', '/containers/ids/update', {'CpuQuota': 1000, 'CpuPeriod': 250000}),
+        ('POST', '/containers/ids/update', {'CpuQuota': -1})]
+
+
 def test_docker_api_unavailable(tmp_path):
     with pytest.raises(dockerctl.DockerUnavailable):
         dockerctl.docker_api('GET', '/_ping', socket_path=str(tmp_path / 'none.sock'))
@@ -137,7 +151,7 @@ def test_import_image_posts_a_tarball(engine):
     handler.routes[('POST', '/images/create')] = (200, b'{"status":"sha256:1"}')
     handler.routes[('GET', '/images/busy:1/json')] = (200, {'Id': 'sha256:1'})
     spec = {'files': {'/bin/true': sys.executable}, 'symlinks': {'/bin/sh': 'true'}}
-    assert dockerctl.import_image('busy:1', spec, socket_path=sock) == 'sha256:1'
+    assert labdocker.import_image('busy:1', spec, socket_path=sock) == 'sha256:1'
     _method, path, ctype, body = handler.seen[0]
     assert path.startswith('/images/create?') and 'fromSrc=-' in path and 'repo=busy' in path
     assert 'tag=1' in path and ctype == 'application/x-tar'
@@ -146,22 +160,22 @@ def test_import_image_posts_a_tarball(engine):
 
 
 def test_build_rootfs_tar_forms(tmp_path):
-    spec = dockerctl.minimal_rootfs()
-    members = _tar_members(dockerctl.build_rootfs_tar(spec))
+    spec = minimal_rootfs()
+    members = _tar_members(labdocker.build_rootfs_tar(spec))
     if '/bin/busybox' in spec['files']:
         assert members['bin/sh'].issym() and members['bin/sh'].linkname == 'busybox'
         assert members['bin/busybox'].isfile()
     else:
         assert members['bin/sh'].isfile()
     # host files bring their shared libraries at their own paths
-    libs = dockerctl.ldd_libraries(sys.executable)
-    names = _tar_names(dockerctl.build_rootfs_tar([sys.executable]))
+    libs = labdocker.ldd_libraries(sys.executable)
+    names = _tar_names(labdocker.build_rootfs_tar([sys.executable]))
     assert sys.executable.lstrip('/') in names
     assert all(lib.lstrip('/') in names for lib in libs)
     # a directory becomes /
     (tmp_path / 'root/bin').mkdir(parents=True)
     (tmp_path / 'root/bin/hello').write_text('hi')
-    names = _tar_names(dockerctl.build_rootfs_tar(str(tmp_path / 'root')))
+    names = _tar_names(labdocker.build_rootfs_tar(str(tmp_path / 'root')))
     assert 'bin/hello' in names
 
 
@@ -191,30 +205,30 @@ def test_ensure_and_stop_fake_dockerd_with_leases(tmp_path):
     (cg_root / 'cpu/cgroup.procs').write_text('')
     kw = {'socket_path': str(tmp_path / 'd.sock'), 'state_dir': str(tmp_path / 'state'),
           'lock_path': str(tmp_path / 'd.lock')}
-    started = dockerctl.ensure_dockerd(dockerd=str(fake), log_path=str(tmp_path / 'd.log'),
+    started = labdocker.ensure_dockerd(dockerd=str(fake), log_path=str(tmp_path / 'd.log'),
                                        timeout=20, cgroup_root=str(cg_root), **kw)
     assert started is True and dockerctl.ping(kw['socket_path'])
     (cg_root / 'cpu/docker').mkdir()  # what dockerd would create
     # a second caller finds it running, does not start another
-    assert dockerctl.ensure_dockerd(dockerd=str(fake), **kw) is False
+    assert labdocker.ensure_dockerd(dockerd=str(fake), **kw) is False
     # another live process holds a lease: not stopped
     other = subprocess.Popen(['sleep', '30'])
     try:
         os.makedirs(os.path.join(kw['state_dir'], 'leases'), exist_ok=True)
         open(os.path.join(kw['state_dir'], 'leases', str(other.pid)), 'w').close()
-        assert dockerctl.stop_dockerd(state_dir=kw['state_dir'], lock_path=kw['lock_path']) is False
+        assert labdocker.stop_dockerd(state_dir=kw['state_dir'], lock_path=kw['lock_path']) is False
         assert dockerctl.ping(kw['socket_path'])
     finally:
         other.kill()
         other.wait()
     # the lease holder died: the last caller stops it and removes the cgroup parent
-    assert dockerctl.stop_dockerd(state_dir=kw['state_dir'], lock_path=kw['lock_path']) is True
+    assert labdocker.stop_dockerd(state_dir=kw['state_dir'], lock_path=kw['lock_path']) is True
     assert not dockerctl.ping(kw['socket_path'])
     assert not (cg_root / 'cpu/docker').exists()
     # nothing of ours left: stopping again is a no-op
-    assert dockerctl.stop_dockerd(state_dir=kw['state_dir'], lock_path=kw['lock_path']) is False
+    assert labdocker.stop_dockerd(state_dir=kw['state_dir'], lock_path=kw['lock_path']) is False
 
 
 def test_stop_never_touches_a_daemon_we_did_not_start(tmp_path):
-    assert dockerctl.stop_dockerd(state_dir=str(tmp_path / 'state'),
+    assert labdocker.stop_dockerd(state_dir=str(tmp_path / 'state'),
                                   lock_path=str(tmp_path / 'lock')) is False

@@ -3,7 +3,7 @@ import json
 import os
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.module_utils import labkit, labworkload
+from ansible_collections.auditgap.fleet.plugins.module_utils import guard, labkit, labworkload
 
 
 def test_percentile_nearest_rank():
@@ -52,32 +52,6 @@ def test_read_jsonl_skips_torn_line(tmp_path):
     assert labworkload.read_jsonl(str(tmp_path / 'missing')) == []
 
 
-def test_parse_auditctl_status():
-    text = ('enabled 1\nfailure 1\npid 4242\nrate_limit 0\nbacklog_limit 64\nlost 17\n'
-            'backlog 65\nbacklog_wait_time 250\nbacklog_wait_time_actual 9000\n'
-            'loginuid_immutable 0 unlocked\n')
-    s = labkit.parse_auditctl_status(text)
-    assert s['pid'] == 4242 and s['backlog_limit'] == 64 and s['backlog_wait_time'] == 250
-    assert s['loginuid_immutable'] == 0
-
-
-def test_rules_with_key_only_that_key():
-    listing = '\n'.join([
-        '-a always,exit -F arch=b64 -S bind,listen,accept4 -F success=1 -F key=auditgap-lab',
-        '-a always,exit -F arch=b64 -S clone,fork,execve -F key=auditgap-lab',
-        '-a always,exit -F arch=b64 -S accept4 -F key=someone-else',
-        '-w /etc/passwd -p wa -k identity',
-        '-a always,exit -F arch=b64 -S open -F key=auditgap-lab-other',
-    ])
-    found = labkit.rules_with_key(listing, 'auditgap-lab')
-    assert found == [
-        ['-d', 'always,exit', '-F', 'arch=b64', '-S', 'bind,listen,accept4', '-F', 'success=1',
-         '-F', 'key=auditgap-lab'],
-        ['-d', 'always,exit', '-F', 'arch=b64', '-S', 'clone,fork,execve', '-F', 'key=auditgap-lab'],
-    ]
-    assert labkit.rules_with_key('No rules', 'auditgap-lab') == []
-
-
 def test_rule_args_validates_key():
     assert labkit.rule_args(labkit.ACCEPT_RULE, 'auditgap-lab')[-2:] == ['-k', 'auditgap-lab']
     for bad in ('', 'a b', 'x;rm'):
@@ -99,65 +73,12 @@ def test_cpu_stat_and_throttled_ratio():
     assert labworkload.throttled_ratio(after, after) is None
 
 
-def test_state_records_and_undo_order(tmp_path):
-    path = str(tmp_path / 'lab' / 'state.json')
-    state = labkit.LabState(path)
-    state.record('path', path='/run/x')
-    state.record('audit_status', saved={'backlog_limit': 64})
-    state.record('cgroup', path='/sys/fs/cgroup/cpu/x', version='v1')
-    state.record('unthrottle', path='/sys/fs/cgroup/cpu/x', version='v1')
-    state.record('consumer', pid=1, starttime=2)
-    state.record('rules', key='auditgap-lab')
-    state.record('process', name='workload-client', pid=3)
-    state.record('process', name='workload-server', pid=4)
-    assert json.load(open(path))['entries'][0]['kind'] == 'path'
-    order = [(e['kind'], e.get('name')) for e in labkit.undo_order(state.entries)]
-    assert order == [('process', 'workload-server'), ('process', 'workload-client'),
-                     ('rules', None), ('unthrottle', None), ('consumer', None),
-                     ('audit_status', None), ('cgroup', None), ('path', None)]
-
-
-def test_undo_state_keeps_failures_for_retry(tmp_path):
-    path = str(tmp_path / 'state.json')
-    state = labkit.LabState(path)
-    state.record('rules', key='auditgap-lab')
-    state.record('cgroup', path='/nonexistent', version='v1')
-    calls = []
-
-    def fail_rules(entry):
-        calls.append(entry['kind'])
-        raise RuntimeError('auditctl failed')
-
-    def ok_cgroup(entry):
-        calls.append(entry['kind'])
-
-    undone, errors = labkit.undo_state(state, {'rules': fail_rules, 'cgroup': ok_cgroup})
-    assert calls == ['rules', 'cgroup']
-    assert undone == ['cgroup /nonexistent'] and len(errors) == 1
-    again = labkit.LabState(path)
-    assert [e['kind'] for e in again.entries] == ['rules']
-    undone, errors = labkit.undo_state(again, {'rules': lambda e: None})
-    assert errors == [] and not os.path.exists(path)
-    # a second absent with no state is a no-op
-    undone, errors = labkit.undo_state(labkit.LabState(path))
-    assert undone == [] and errors == []
-
-
-def test_undo_path_entry(tmp_path):
-    d = tmp_path / 'work'
-    (d / 'etc').mkdir(parents=True)
-    (d / 'etc' / 'auditd.conf').write_text('x')
-    state = labkit.LabState(str(tmp_path / 'state.json'))
-    state.record('path', path=str(d))
-    labkit.undo_state(state)
-    assert not d.exists()
-
-
 def test_snapshot_diff():
+    from tests.support.labsnapshot import snapshot_diff
     a = {'audit_status': {'backlog_limit': 8192, 'pid': 0}, 'rules': ['r1'], 'cgroups': ['/a']}
-    assert labkit.snapshot_diff(a, json.loads(json.dumps(a))) == []
+    assert snapshot_diff(a, json.loads(json.dumps(a))) == []
     b = {'audit_status': {'backlog_limit': 64, 'pid': 0}, 'rules': ['r1', 'r2'], 'cgroups': []}
-    diffs = labkit.snapshot_diff(a, b)
+    diffs = snapshot_diff(a, b)
     assert 'audit_status.backlog_limit: 8192 -> 64' in diffs
     assert "rules: new 'r2'" in diffs
     assert "cgroups: gone '/a'" in diffs
@@ -188,9 +109,10 @@ def test_recorder_writes_per_second_records(tmp_path):
 
 
 def test_proc_starttime_of_self_and_missing():
-    assert labworkload.proc_starttime(os.getpid()) is not None
-    assert labkit.process_alive(os.getpid())
-    assert not labkit.process_alive(2 ** 22 + 1)
+    assert labworkload.proc_starttime(os.getpid()) == guard.proc_starttime(os.getpid())
+    assert labworkload.proc_starttime(2 ** 22 + 1) is None
+    assert guard.process_alive(os.getpid(), guard.proc_starttime(os.getpid()))
+    assert not guard.process_alive(os.getpid(), -1) and not guard.process_alive(2 ** 22 + 1)
 
 
 def test_timeline_svg_from_points():
@@ -254,25 +176,87 @@ def test_lab_absent_without_state_is_a_noop(tmp_path):
     assert not changed and result['undone'] == [] and result['errors'] == []
 
 
-def test_lab_info_from_state(tmp_path):
-    state = labkit.LabState(str(tmp_path / 'state.json'))
-    assert labkit.lab_info(state) is None
-    state.record('cgroup', path='/sys/fs/cgroup/cpu/auditgap-lab', version='v1')
-    state.record('consumer', pid=os.getpid(), starttime=labworkload.proc_starttime(os.getpid()), backend='cgroup')
-    state.record('rules', key='auditgap-lab')
-    state.record('process', name='workload-server', pid=2 ** 22 + 3, starttime=1)
-    info = labkit.lab_info(state)
-    assert info['backend'] == 'cgroup' and info['consumer_pid'] == os.getpid()
-    assert info['cgroup_path'] == '/sys/fs/cgroup/cpu/auditgap-lab' and info['key'] == 'auditgap-lab'
-    assert info['server_pid'] == 2 ** 22 + 3 and info['alive'] is False
+class FakeGuard:
+    """What the lab journals, in order (no kernel changes: the change functions are stubbed)."""
+
+    def __init__(self):
+        self.ops = []
+
+    def push_op(self, op, description=None, **args):
+        self.ops.append((op, args))
+
+    def checkpoint(self):
+        self.ops.append(('checkpoint', {}))
 
 
-def test_present_undoes_a_broken_lab_with_the_backend_handlers(tmp_path, monkeypatch):
-    """A dead docker lab found by present is undone with the handlers present was given."""
-    path = str(tmp_path / 'lab' / 'state.json')
-    state = labkit.LabState(path)
-    state.record('container', name='auditgap-lab-auditd', id='c0ffee')
-    state.record('consumer', pid=2 ** 22 + 5, starttime=1, backend='docker')
+def test_lab_journals_each_change_so_that_newest_first_is_the_undo_order(tmp_path, monkeypatch):
+    """The undo order comes from the order of the changes: the workload, the rules, the
+    quota lifted (the consumer drains), the consumer stopped, its group, the audit
+    settings, the lab's files."""
+    workdir = tmp_path / 'lab'
+    cg = tmp_path / 'cpu'
+    cg.mkdir()
+    monkeypatch.setattr(labkit, 'cpu_cgroup', lambda: (1, str(cg)))
+    monkeypatch.setattr(labkit, 'find_auditd', lambda: '/usr/sbin/auditd')
+    monkeypatch.setattr(labkit, 'set_status', lambda **fields: None)
+    monkeypatch.setattr(labkit, 'run_auditctl', lambda args: '')
+    monkeypatch.setattr(labkit, 'wait_registered', lambda pid: True)
+    monkeypatch.setattr(labkit.guard, 'set_cgroup_limit', lambda *args: None)
+
+    def spawn(argv, log_path, cgroup_procs=None):
+        if '--dir' in argv:
+            (workdir / 'workload.json').write_text(json.dumps({'server_pid': 11, 'server_starttime': 1, 'client_pid': 12,
+                                                               'client_starttime': 2, 'port': 80}))
+        return 10, 3
+    monkeypatch.setattr(labkit, 'spawn_daemon', spawn)
+    p = labkit.validate_lab_params({'state_path': str(workdir / 'state.json')})
+    g = FakeGuard()
+    result, processes = labkit._build(g, p, {'pid': 0, 'enabled': 0, 'backlog_limit': 8192, 'backlog_wait_time': 60000})
+    undo = [op for op, _args in reversed(g.ops) if op != 'checkpoint']
+    assert undo == ['stop_process', 'audit_rule_delete', 'audit_rule_delete', 'cgroup_limit', 'stop_process',
+                    'cgroup_remove', 'audit_set', 'remove_files']
+    args = dict((op, a) for op, a in g.ops)
+    assert args['audit_set'] == {'fields': {'enabled': 0, 'backlog_limit': 8192, 'backlog_wait_time': 60000}}
+    assert args['cgroup_limit']['quota_us'] is None and args['cgroup_remove'] == {'path': str(cg / 'auditgap-lab')}
+    assert [a['argv'][-2:] for op, a in g.ops if op == 'audit_rule_delete'] == [['-k', 'auditgap-lab']] * 2
+    assert ('checkpoint', {}) in g.ops  # enabled 0 -> 1 is undone by audit_set
+    assert result['server_pid'] == 11 and processes == [[10, 3], [11, 1], [12, 2]]
+
+
+def _kept_lab(path, entries, processes=((2 ** 22 + 5, 1),)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    guard.write_journal(path, {'version': 1, 'module': 'incident_lab', 'owner': None, 'entries': entries,
+                               'lab': {'backend': 'cgroup', 'consumer_pid': 2 ** 22 + 5}, 'processes': list(processes)})
+
+
+def test_lab_absent_adopts_the_kept_journal_and_keeps_failures_for_the_next_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(labkit, 'JOURNAL_DIR', str(tmp_path / 'run'))
+    state = str(tmp_path / 'lab' / 'state.json')
+    first, second = tmp_path / 'first', tmp_path / 'second'
+    first.write_text('changed')
+    second.write_text('changed')
+    entries = [{'op': 'write_value', 'args': {'path': str(first), 'value': 'old'}, 'description': 'first back'},
+               {'op': 'write_value', 'args': {'path': str(tmp_path / 'gone' / 'x'), 'value': '1'}, 'description': 'fails'},
+               {'op': 'write_value', 'args': {'path': str(second), 'value': 'old'}, 'description': 'second back'}]
+    _kept_lab(state, entries)
+    assert labkit.lab_info(state)['alive'] is False
+    changed, result = labkit.lab_absent(state, check_mode=True)
+    assert changed and result['undone'] == ['second back', 'fails', 'first back'] and os.path.exists(state)
+    changed, result = labkit.lab_absent(state)
+    assert changed and result['undone'] == ['second back', 'first back'] and len(result['errors']) == 1
+    assert first.read_text() == 'old' and second.read_text() == 'old' and not os.path.exists(state)
+    left = guard.list_journals(str(tmp_path / 'run'))
+    assert len(left) == 1 and [e['description'] for e in guard.read_journal(left[0])['entries']] == ['fails']
+    assert labkit.lab_absent(state)[0] is False
+
+
+def test_present_undoes_a_broken_lab_first(tmp_path, monkeypatch):
+    """A lab whose processes died is undone from its kept journal before a new one is made."""
+    monkeypatch.setattr(labkit, 'JOURNAL_DIR', str(tmp_path / 'run'))
+    state = str(tmp_path / 'lab' / 'state.json')
+    marker = tmp_path / 'marker'
+    marker.write_text('lab')
+    _kept_lab(state, [{'op': 'write_value', 'args': {'path': str(marker), 'value': 'host'}, 'description': 'm'}])
     monkeypatch.setattr(labkit, 'get_status', lambda: {'pid': 0, 'enabled': 1, 'backlog_limit': 8192,
                                                        'backlog_wait_time': 60000})
 
@@ -283,32 +267,49 @@ def test_present_undoes_a_broken_lab_with_the_backend_handlers(tmp_path, monkeyp
         raise Stop(fields)
 
     monkeypatch.setattr(labkit, 'set_status', stop)
-    undone = []
-    with pytest.raises(Stop):  # the cleanup ran; the new lab's first kernel change is stopped here
-        labkit.lab_present({'state_path': path}, handlers={'container': undone.append})
-    assert [e['id'] for e in undone] == ['c0ffee']
-    assert [e['kind'] for e in labkit.LabState(path).entries] == ['path', 'audit_status']
+    with pytest.raises(labkit.LabFailed, match='everything it changed is undone'):
+        labkit.lab_present({'state_path': state, 'workload': False})
+    assert marker.read_text() == 'host' and not os.path.exists(state)
+    assert guard.list_journals(str(tmp_path / 'run')) == []
 
 
-def test_spawn_entry_stops_the_daemon_by_its_command_line(tmp_path):
-    """A daemon is recorded before it starts (its pid unknown): undo finds it by argv."""
+def test_stop_process_op_stops_a_daemon_by_its_command_line(tmp_path):
+    """A daemon is journaled before it starts (its pid unknown): the undo finds it by argv."""
     import subprocess
     import sys
+    import time
     argv = [sys.executable, '-c', 'import time; time.sleep(60)', str(tmp_path)]
     proc = subprocess.Popen(argv)
     try:
         for _ in range(100):
-            if labkit.pids_with_cmdline(argv):
+            if guard.pids_with_cmdline(argv):
                 break
-            import time
             time.sleep(0.02)
-        assert labkit.pids_with_cmdline(argv) == [proc.pid]
-        labkit.stop_spawned({'kind': 'spawn', 'name': 'x', 'argv': argv})
+        assert guard.pids_with_cmdline(argv) == [proc.pid]
+        leases = tmp_path / 'leases'
+        leases.mkdir()
+        (leases / str(os.getppid())).write_text('')  # another live process uses it: left running
+        guard.run_op('stop_process', {'argv': argv, 'unless_leased': str(leases)})
+        assert proc.poll() is None
+        guard.run_op('stop_process', {'argv': argv})
         assert proc.wait(timeout=10) == -15
-        assert labkit.pids_with_cmdline(argv) == []
+        assert guard.pids_with_cmdline(argv) == []
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_remove_files_op_removes_only_the_named_files(tmp_path):
+    d = tmp_path / 'work'
+    (d / 'etc').mkdir(parents=True)
+    (d / 'etc' / 'auditd.conf').write_text('x')
+    (d / 'latency.jsonl').write_text('x')
+    (d / 'stall-1').mkdir()
+    guard.run_op('remove_files', {'directory': str(d), 'names': list(labkit.LAB_FILES)})
+    assert sorted(os.listdir(str(d))) == ['stall-1']
+    os.rmdir(str(d / 'stall-1'))
+    guard.run_op('remove_files', {'directory': str(d), 'names': list(labkit.LAB_FILES)})
+    assert not d.exists()
 
 
 def test_workload_script_stands_alone(tmp_path):
