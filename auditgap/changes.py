@@ -8,6 +8,8 @@ Inputs are fleet.json host entries (docs/reports.md) and history rows
 import hashlib
 import statistics
 
+from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosis import fmt, num
+
 # Exit status of ``auditgap audit``, by outcome (worst wins; usage errors are argparse's 2).
 EXIT = {'ok': 0, 'findings': 1, 'partial': 3, 'regressions': 4, 'failed': 5}
 EXIT_USAGE = 2
@@ -28,15 +30,6 @@ METRIC_RULES = {
 BAD_SEVERITIES = ('warning', 'critical')
 UNKNOWN_STATUSES = ('unreachable', 'failed')
 COVERAGE_STATES = ('ok', 'regressed', 'unknown')
-
-
-def _num(value):
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def rules_fingerprint(rules):
@@ -60,20 +53,20 @@ def host_state(entry):
     audit = (entry.get('facts') or {}).get('audit_status') or {}
     consumer = audit.get('consumer') or {}
     target = _consumer_target(entry) or {}
-    wait_ms = _num(metrics.get('audit_wait_accrued_ms'))
-    backlog_limit = _num(metrics.get('audit_backlog_limit'))
+    wait_ms = num(metrics.get('audit_wait_accrued_ms'))
+    backlog_limit = num(metrics.get('audit_backlog_limit'))
     rules_hash, rules_count = rules_fingerprint(audit.get('rules') if audit.get('supported') else None)
     return {
         'host': entry['host'],
         'status': entry.get('status'),
         'severity': entry.get('severity'),
         'error': entry.get('error'),
-        'backlog_peak_ratio': _num(metrics.get('audit_backlog_peak_ratio')),
-        'lost_per_s': _num(metrics.get('audit_lost_per_s')),
+        'backlog_peak_ratio': num(metrics.get('audit_backlog_peak_ratio')),
+        'lost_per_s': num(metrics.get('audit_lost_per_s')),
         'wait_accrued_s': None if wait_ms is None else wait_ms / 1000.0,
-        'throttled_ratio': _num(metrics.get('consumer_throttled_ratio')),
-        'limit_cores': _num(metrics.get('consumer_limit_cores')),
-        'usage_cores': _num((target.get('sample') or {}).get('cpu_usage_cores')),
+        'throttled_ratio': num(metrics.get('consumer_throttled_ratio')),
+        'limit_cores': num(metrics.get('consumer_limit_cores')),
+        'usage_cores': num((target.get('sample') or {}).get('cpu_usage_cores')),
         'backlog_limit': None if backlog_limit is None else int(backlog_limit),
         'rules_hash': rules_hash,
         'rules_count': rules_count,
@@ -95,7 +88,7 @@ def is_bad(row):
 
 def baseline(previous, metric, runs=BASELINE_RUNS):
     """Median of the metric over the host's last ``runs`` good runs (diagnosed, not bad), or None."""
-    values = [_num(r.get(metric)) for r in previous if diagnosed(r) and not is_bad(r)][:runs]
+    values = [num(r.get(metric)) for r in previous if diagnosed(r) and not is_bad(r)][:runs]
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
 
@@ -105,7 +98,7 @@ def worse_metrics(current, previous, rules=None):
     rules = rules or METRIC_RULES
     out = []
     for metric, (margin, factor) in rules.items():
-        value = _num(current.get(metric))
+        value = num(current.get(metric))
         base = baseline(previous, metric)
         if value is None or base is None:
             continue
@@ -176,17 +169,17 @@ CAUSE_WEIGHTS = {
 def state_diff(good, bad):
     """[(change, text, before, after)] between two stored states of a host."""
     out = []
-    lim_a, lim_b = _num(good.get('limit_cores')), _num(bad.get('limit_cores'))
+    lim_a, lim_b = num(good.get('limit_cores')), num(bad.get('limit_cores'))
     if lim_a != lim_b:
         if lim_a is None:
-            out.append(('cpu_limit_added', 'consumer CPU limit added: %s cores' % _fmt(lim_b), lim_a, lim_b))
+            out.append(('cpu_limit_added', 'consumer CPU limit added: %s cores' % _cores(lim_b), lim_a, lim_b))
         elif lim_b is None:
-            out.append(('cpu_limit_removed', 'consumer CPU limit removed (was %s cores)' % _fmt(lim_a), lim_a, lim_b))
+            out.append(('cpu_limit_removed', 'consumer CPU limit removed (was %s cores)' % _cores(lim_a), lim_a, lim_b))
         elif lim_b < lim_a:
-            out.append(('cpu_limit_lowered', 'consumer CPU limit lowered %s -> %s cores' % (_fmt(lim_a), _fmt(lim_b)),
+            out.append(('cpu_limit_lowered', 'consumer CPU limit lowered %s -> %s cores' % (_cores(lim_a), _cores(lim_b)),
                         lim_a, lim_b))
         else:
-            out.append(('cpu_limit_raised', 'consumer CPU limit raised %s -> %s cores' % (_fmt(lim_a), _fmt(lim_b)),
+            out.append(('cpu_limit_raised', 'consumer CPU limit raised %s -> %s cores' % (_cores(lim_a), _cores(lim_b)),
                         lim_a, lim_b))
     if good.get('rules_hash') != bad.get('rules_hash') and good.get('rules_hash') and bad.get('rules_hash'):
         n_a, n_b = good.get('rules_count') or 0, bad.get('rules_count') or 0
@@ -227,10 +220,8 @@ def probable_causes(good, first_bad, new_findings, worse):
     return ranked
 
 
-def _fmt(value):
-    if value is None:
-        return 'no limit'
-    return ('%.3f' % value).rstrip('0').rstrip('.')
+def _cores(value):
+    return fmt(value, 3, 'no limit')
 
 
 def coverage(current_rows, last_seen_runs_ago=None, stale_after_runs=3, previous_state=None):

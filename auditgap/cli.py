@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis, report
+
 from auditgap import __version__, changes, history, promfile, trends
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,13 +154,8 @@ def parse_extra(items):
 
 
 def numeric_vars():
-    """The -e variables that must be numbers >= 0 (the thresholds when the collection is importable)."""
-    try:
-        trends.collection_module('report')  # puts the collection on sys.path
-        from ansible_collections.auditgap.fleet.plugins.filter.findings import DEFAULT_THRESHOLDS
-    except ImportError:
-        return SAMPLE_VARS
-    return SAMPLE_VARS | {'diagnose_' + key for key in DEFAULT_THRESHOLDS}
+    """The -e variables that must be numbers >= 0: the sample lengths and the thresholds."""
+    return SAMPLE_VARS | {'diagnose_' + key for key in diagnosis.DEFAULT_THRESHOLDS}
 
 
 def extra_var(item):
@@ -168,10 +165,6 @@ def extra_var(item):
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return item
-
-
-def default_report_dir(cwd, now):
-    return os.path.join(cwd, 'reports', now.strftime('%Y%m%dT%H%M%SZ'))
 
 
 def playbook_path(root=ROOT):
@@ -184,7 +177,7 @@ def build_run(args, cwd, now, root=ROOT):
     """ansible_runner.run() keyword arguments and the report dir, from parsed arguments."""
     extravars = parse_extra(args.extra_var)
     report_dir = getattr(args, 'report_dir', None)
-    report_dir = os.path.abspath(os.path.join(cwd, report_dir)) if report_dir else default_report_dir(cwd, now)
+    report_dir = os.path.abspath(os.path.join(cwd, report_dir or report.default_report_dir(now, os.path.join(cwd, 'reports'))))
     extravars['report_dir'] = report_dir
     if args.hosts:
         extravars['diagnose_hosts'] = args.hosts
@@ -215,24 +208,8 @@ def ensure_ansible_on_path(environ=os.environ, executable=sys.executable):
             environ['PATH'] = os.pathsep.join([bindir] + [p for p in parts if p])
 
 
-def point_latest(report_dir):
-    """<parent>/latest -> report_dir, as the report step does it (report.point_latest: a
-    symlink made under a random name, then renamed)."""
-    _report_module().point_latest(report_dir)
-
-
 def summary_text(doc):
-    """The fleet summary (the report module's when importable, a short one otherwise)."""
-    collections = os.path.join(ROOT, 'collections')
-    if os.path.isdir(collections) and collections not in sys.path:
-        sys.path.insert(0, collections)
-    try:
-        from ansible_collections.auditgap.fleet.plugins.module_utils import report
-        return '\n'.join(report.summary_lines(doc))
-    except ImportError:
-        st = doc['summary']['by_status']
-        return 'auditgap: %d host(s): %s' % (doc['summary']['hosts'],
-                                             ', '.join('%d %s' % (n, s) for s, n in st.items()))
+    return '\n'.join(report.summary_lines(doc))
 
 
 def exit_status(doc):
@@ -326,7 +303,7 @@ def diagnose(args, runner=None, cwd=None, now=None, out=None, err=None, list_hos
         out.write('auditgap: diagnose failed (status %s, rc %s): no report in %s\n' % (status, rc, report_dir))
         return 2
     if is_default:
-        point_latest(report_dir)
+        report.point_latest(report_dir)
     with open(fleet) as handle:
         doc = json.load(handle)
     out.write(summary_text(doc) + '\n')
@@ -350,12 +327,7 @@ class AuditError(Exception):
 
 def run_id_for(now, root):
     """The UTC run id (also the report dir's name and the runner ident); -2, -3... when taken."""
-    stamp = now.strftime('%Y%m%dT%H%M%SZ')
-    run_id, n = stamp, 1
-    while os.path.lexists(os.path.join(root, run_id)):
-        n += 1
-        run_id = '%s-%d' % (stamp, n)
-    return run_id
+    return os.path.basename(report.default_report_dir(now, root))
 
 
 def _writable_root(root):
@@ -365,10 +337,6 @@ def _writable_root(root):
         probe.close()
     except OSError as exc:
         raise AuditError('cannot write under the report root %s: %s' % (root, exc.strerror or exc)) from exc
-
-
-def _report_module():
-    return trends.collection_module('report')
 
 
 def since_last_run(previous_run, states, rows):
@@ -394,7 +362,6 @@ def since_last_run(previous_run, states, rows):
 
 def _rewrite_reports(doc, report_dir):
     """fleet.json/md/html again, with the since-last-run section (fleet.json last, as the report role)."""
-    report = _report_module()
     # the modes of the report step: the facts hold the audit consumer's command line
     promfile.write_atomic(os.path.join(report_dir, 'fleet.md'), report.render_markdown(doc), report.REPORT_MODE)
     html = os.path.join(report_dir, 'fleet.html')
@@ -524,7 +491,7 @@ def _audit_locked(args, runner, cwd, clock, out, err, list_hosts, started, root,
     text = promfile.render(run, rows, states, history.run_counts(conn), history.last_success_at(conn), __version__)
     if not failed:
         promfile.write_atomic(os.path.join(report_dir, promfile.TEXTFILE_NAME), text)
-        point_latest(report_dir)
+        report.point_latest(report_dir)
     if prom_dir:
         try:
             promfile.write_textfile(prom_dir, text)
@@ -536,7 +503,7 @@ def _audit_locked(args, runner, cwd, clock, out, err, list_hosts, started, root,
         err.write('auditgap audit: run %s failed (status %s, rc %s): no report in %s; stored as failed in %s\n'
                   % (run_id, getattr(result, 'status', '?'), getattr(result, 'rc', '?'), report_dir, db_path))
         return code
-    lines = [summary_text(doc)] + _report_module().since_last_run_lines(since)
+    lines = [summary_text(doc)] + report.since_last_run_lines(since)
     lines.append('audit %s: %s (exit %d), history %s' % (run_id, outcome, code, db_path))
     out.write('\n'.join(lines) + '\n')
     return code

@@ -3,8 +3,8 @@
 and history.html (self-contained: inline CSS and SVG line charts, no script, no asset).
 """
 import datetime
-import os
-import sys
+
+from ansible_collections.auditgap.fleet.plugins.module_utils import svgchart
 
 from auditgap import changes
 
@@ -12,15 +12,6 @@ TREND_METRICS = (('backlog_peak_ratio', 'backlog peak ratio'), ('throttled_ratio
                  ('lost_per_s', 'lost/s'))
 # A finding that came back at least this many times (episodes) in the runs shown is flapping.
 FLAPPING_EPISODES = 3
-
-
-def collection_module(name):
-    """A module_utils module of the auditgap.fleet collection (the source tree's, else the installed one)."""
-    collections = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'collections')
-    if os.path.isdir(collections) and collections not in sys.path:
-        sys.path.insert(0, collections)
-    import importlib
-    return importlib.import_module('ansible_collections.auditgap.fleet.plugins.module_utils.' + name)
 
 
 def stamp(epoch):
@@ -121,7 +112,6 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding
 
 def render_html(summaries, generated_at, db_path=None):
     """history.html: a section per host with a trend line per metric over its runs and its findings."""
-    svgchart = collection_module('svgchart')
     esc = svgchart.esc
     parts = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
              '<title>auditgap history %s</title><style>%s</style></head><body>' % (esc(generated_at), _CSS),

@@ -40,7 +40,7 @@ BASELINE_HOSTS = 100
 def run_step(n, report_dir, bad=False):
     """In this process: generate n host results, time the report step. Returns a dict."""
     from ansible_collections.auditgap.fleet.plugins.action import diagnose_report as A
-    from ansible_collections.auditgap.fleet.plugins.filter.findings import DEFAULT_THRESHOLDS
+    from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosis import DEFAULT_THRESHOLDS
     from ansible_collections.auditgap.fleet.plugins.module_utils import report
 
     from benchmarks.fleetgen import fleet_results

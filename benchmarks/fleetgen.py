@@ -5,7 +5,7 @@
 ``fleet_results(n)`` yields ``(host, results)`` pairs shaped like what
 diagnose.yml leaves in hostvars (``{'gather': <diagnose_gather result>,
 'ftrace_sample': <ftrace_sample result>}``): the registered results that
-``plugins/action/diagnose_report.host_entry`` reads. The hosts are built from
+``module_utils/diagnosis.host_entry`` reads. The hosts are built from
 the finding fixtures of tests/fixtures/findings (the seed incident, a
 throttled-only host, no audit, a healthy host, an unreachable one), varied
 per host (pids, backlog numbers, sample timelines), in a fixed mix:

@@ -19,7 +19,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
-from ansible_collections.auditgap.fleet.plugins.filter.findings import DEFAULT_THRESHOLDS, stall_suspected
+from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosis import DEFAULT_THRESHOLDS, stall_suspected
 from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosegather
 from ansible_collections.auditgap.fleet.plugins.plugin_utils import fanout
 

@@ -1,9 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010, UP031, UP008
 """Controller-side step of diagnose.yml: read every diagnosed host's results
-from hostvars, compute findings, write the fleet reports (docs/reports.md).
+from hostvars, compute findings (module_utils/diagnosis.py), write the fleet
+reports (docs/reports.md).
 
 Runs entirely in the controller process (no module is shipped anywhere), so
 one task writes the reports of one host or of thousands.
@@ -21,91 +21,17 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
-from ansible_collections.auditgap.fleet.plugins.filter.findings import (
-    DEFAULT_THRESHOLDS,
-    auditgap_host_summary,
-    threshold_errors,
-)
-from ansible_collections.auditgap.fleet.plugins.module_utils import report
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis, report
 
 display = Display()
-GATHERED = ('audit_status', 'cgroup_throttle', 'ftrace_sample')
-# registered results the diagnose role leaves in hostvars (diagnose_<name>_result) -> the fact keys in them
-RESULT_FACTS = {'gather': ('audit_status', 'cgroup_throttle'), 'audit_status': ('audit_status',),
-                'cgroup_throttle': ('cgroup_throttle',), 'ftrace_sample': ('ftrace_sample',)}
-RESULT_ORDER = ('gather', 'audit_status', 'cgroup_throttle', 'ftrace_sample')
 _ARGS = frozenset(('report_dir', 'base_dir', 'hosts', 'thresholds', 'timeline_svg', 'latest_link', 'formats', 'print_summary'))
-# host variable -> findings threshold key (defaults: findings.DEFAULT_THRESHOLDS = roles/diagnose/defaults)
-THRESHOLD_VARS = {'diagnose_' + key: key for key in DEFAULT_THRESHOLDS}
 FORMATS = ('json', 'md', 'html', 'prom')
-
-
-def plain(value):
-    """Builtin types only (hostvars hand out lazy/tagged containers)."""
-    if isinstance(value, dict) or hasattr(value, 'items'):
-        return {to_text(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, str):
-        return str(value)
-    return to_text(value)
-
-
-def host_entry(host, results, thresholds):
-    """One host's summary from its registered task results.
-
-    ``results``: {result name: registered result}; each result may carry any of
-    the fact keys (``diagnose_gather`` carries audit_status and cgroup_throttle).
-    A failure of the result that carries audit_status fails the host; other
-    failures are recorded in ``error`` and the audit findings still stand.
-    """
-    facts, error, reachable = {}, None, True
-    errors, core_failed = [], False
-    names = [n for n in RESULT_ORDER if n in results] + sorted(n for n in results if n not in RESULT_ORDER)
-    for name in names:
-        res = results.get(name)
-        if not isinstance(res, dict) or res.get('skipped'):
-            continue
-        if res.get('unreachable'):
-            reachable = False
-            error = to_text(res.get('msg') or 'unreachable')
-            break
-        if res.get('failed'):
-            errors.append('%s: %s' % (name, to_text(res.get('msg') or 'failed')))
-            if 'audit_status' in RESULT_FACTS.get(name, ()):
-                core_failed = True
-        # a failing module may still return its facts (supported: false + reason)
-        for key in RESULT_FACTS.get(name, GATHERED):
-            if isinstance(res.get(key), dict) and key not in facts:
-                facts[key] = res[key]
-    if reachable and not errors and 'audit_status' not in facts:
-        errors.append('no audit facts gathered (the diagnose tasks did not run on this host)')
-        core_failed = True
-    entry = auditgap_host_summary(facts, host, thresholds, error=error or ('; '.join(errors) or None),
-                                  reachable=reachable)
-    if reachable and errors and not core_failed and entry['status'] == 'failed':
-        entry['status'] = entry['severity']
-    return entry
-
-
-def safe_host_entry(host, results, thresholds):
-    """host_entry, or a failed entry when the results break the findings (never lost)."""
-    try:
-        return host_entry(host, results, thresholds)
-    except Exception as exc:  # noqa: BLE001 -- a bad fact must never lose the fleet report
-        return report.failed_entry(host, 'findings failed: %s' % to_text(exc))
 
 
 def host_entries(inputs, thresholds):
     """[entry] for (host, results) pairs with the same thresholds (benchmarks, tests), checked
     for the report as the action checks them (report.checked_entries)."""
-    return report.checked_entries([safe_host_entry(host, results, dict(thresholds)) for host, results in inputs])
+    return report.checked_entries([diagnosis.safe_host_entry(host, results, dict(thresholds)) for host, results in inputs])
 
 
 def raw_vars(hostvars, host):
@@ -127,46 +53,24 @@ def fanout_result(raw, host):
         fanned = raw.get('diagnose_fanout_result')
         results = fanned.get('results') if hasattr(fanned, 'get') else None
         return results.get(host) if hasattr(results, 'get') else None
-    except Exception:  # noqa: BLE001 -- an unusable value: as if the fan-out had not run
+    except Exception:  # an unusable value: as if the fan-out had not run
         return None
 
 
 def host_results(host_vars, host, raw=None):
-    """{result name: registered result} of one host: the diagnose role's registered results,
-    the fan-out's entry for the host as its ``gather`` result (docs/scale.md). ``raw``: the host's
-    untemplated variables (raw_vars), where the fan-out's result is read."""
+    """{result name: registered result} of one host: the diagnose role's registered results
+    (diagnosis.RESULT_NAMES), the fan-out's entry for the host as its ``gather`` result
+    (docs/scale.md). ``raw``: the host's untemplated variables (raw_vars), where the fan-out's
+    result is read."""
     results = {}
-    for name in RESULT_ORDER:
-        value = host_vars.get('diagnose_%s_result' % name)
+    for name, var in zip(diagnosis.RESULT_ORDER, diagnosis.RESULT_NAMES):
+        value = host_vars.get(var)
         if value is not None:
-            results[name] = plain(value)
+            results[name] = diagnosis.plain(value)
     gathered = fanout_result(host_vars if raw is None else raw, host)
     if gathered is not None:
-        results['gather'] = plain(gathered)
+        results['gather'] = diagnosis.plain(gathered)
     return results
-
-
-def host_thresholds(host_vars):
-    """Thresholds set for one host (inventory, group_vars, -e) as diagnose_<key> variables."""
-    found = {}
-    for var, key in THRESHOLD_VARS.items():
-        try:
-            value = host_vars.get(var)
-        except Exception:  # noqa: BLE001 -- an unrenderable variable: keep the default
-            value = None
-        if value is not None:
-            found[key] = plain(value)
-    return found
-
-
-def default_report_dir(now, base='reports'):
-    stamp = now.strftime('%Y%m%dT%H%M%SZ')
-    path = os.path.join(base, stamp)
-    suffix = 1
-    while os.path.exists(path):
-        suffix += 1
-        path = os.path.join(base, '%s-%d' % (stamp, suffix))
-    return path
 
 
 RENDERERS = {'json': ('fleet.json', report.fleet_json_chunks), 'md': ('fleet.md', report.render_markdown),
@@ -196,7 +100,7 @@ def write_reports(doc, report_dir, formats, timeline_svg=None):
 def check_thresholds(thresholds):
     """AnsibleError for unusable report-wide thresholds: one clear error instead of every
     host failing on the same value."""
-    bad = threshold_errors(thresholds) if isinstance(thresholds, dict) else ['thresholds must be a mapping']
+    bad = diagnosis.threshold_errors(thresholds) if isinstance(thresholds, dict) else ['thresholds must be a mapping']
     if bad:
         raise AnsibleError('diagnose_report: %s; no report written' % '; '.join(bad))
 
@@ -214,7 +118,7 @@ class ActionModule(ActionBase):
         hosts = args.get('hosts')
         if hosts is None:
             hosts = [h for h in (task_vars.get('groups') or {}).get('all', [])
-                     if h in hostvars and (any('diagnose_%s_result' % n in hostvars[h] for n in ('gather', 'audit_status'))
+                     if h in hostvars and (any(n in hostvars[h] for n in diagnosis.RESULT_NAMES[:2])
                                            or fanout_result(raw_vars(hostvars, h), h) is not None)]
         if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)):
             raise AnsibleError('diagnose_report: hosts must be a list of inventory host names')
@@ -226,19 +130,19 @@ class ActionModule(ActionBase):
         report_dir = args.get('report_dir')
         latest = args.get('latest_link')
         if not report_dir:
-            report_dir = default_report_dir(now, os.path.expanduser(to_text(args.get('base_dir') or 'reports')))
+            report_dir = report.default_report_dir(now, os.path.expanduser(to_text(args.get('base_dir') or 'reports')))
             latest = True if latest is None else latest
         report_dir = os.path.expanduser(to_text(report_dir))
-        arg_thresholds = plain(args.get('thresholds') or {})
+        arg_thresholds = diagnosis.plain(args.get('thresholds') or {})
         check_thresholds(arg_thresholds)
 
         entries = []
         for host in hosts:
             hv = hostvars.get(host, {})
             results = host_results(hv, host, raw_vars(hostvars, host))
-            thresholds = host_thresholds(hv)
+            thresholds = diagnosis.thresholds_from_vars(hv)
             thresholds.update(arg_thresholds)
-            entries.append(safe_host_entry(host, results, thresholds))
+            entries.append(diagnosis.safe_host_entry(host, results, thresholds))
 
         timeline_svg = None
         svg_path = args.get('timeline_svg') or os.path.join(report_dir, 'lab-timeline.svg')

@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010, UP031, UP004
 """remediate.yml's pure parts: which fixes a host gets, and the before/after record.
 
 Filters (``auditgap.fleet.<name>``):
@@ -24,20 +23,10 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.auditgap.fleet.plugins.filter.findings import DEFAULT_THRESHOLDS, auditgap_findings
-from ansible_collections.auditgap.fleet.plugins.module_utils import fleetschema, report
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis, fleetschema, report
+from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosis import plain as _plain
 
 ROLES = fleetschema.ROLES  # the order remediate.yml applies them
-SEVERITY_RANK = {'critical': 0, 'warning': 1, 'info': 2}
-GATHERED = ('audit_status', 'cgroup_throttle', 'ftrace_sample')
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def auditgap_fleet_findings(fleet_doc):
@@ -95,7 +84,7 @@ def auditgap_remediation_plan(findings, host, only=None):
     """
     plan = {}
     mine = [item for item, explicit in _checked_items(findings) if explicit or item['host'] == host]
-    mine.sort(key=lambda f: SEVERITY_RANK.get(f.get('severity'), 3))
+    mine.sort(key=lambda f: diagnosis.SEVERITY_RANK.get(f.get('severity'), 3))
     for finding in mine:
         rem = finding.get('remediation')
         if not rem:
@@ -115,36 +104,6 @@ def auditgap_remediation_plan(findings, host, only=None):
                 if not any(i.get('syscall') == item.get('syscall') and i.get('key') == item.get('key') for i in have):
                     have.append(item)
     return plan
-
-
-def _after_facts(after_results):
-    """Facts from registered results (diagnose_gather's result holds audit_status and
-    cgroup_throttle, ftrace_sample's its own)."""
-    facts = {}
-    for res in (after_results or {}).values():
-        if not isinstance(res, dict) or res.get('skipped'):
-            continue
-        for name in GATHERED:
-            if isinstance(res.get(name), dict) and name not in facts:
-                facts[name] = res[name]
-    return facts
-
-
-def _thresholds(thresholds):
-    """A thresholds dict, or host variables holding ``diagnose_<key>`` overrides."""
-    if not thresholds or not hasattr(thresholds, 'get'):
-        return None
-    found = {}
-    for key in DEFAULT_THRESHOLDS:
-        try:
-            value = thresholds.get(key)
-            if value is None:
-                value = thresholds.get('diagnose_' + key)
-        except Exception:  # noqa: BLE001 -- an unrenderable variable keeps the default
-            value = None
-        if value is not None:
-            found[key] = _plain(value)
-    return found or None
 
 
 def _brief(finding):
@@ -173,9 +132,10 @@ def auditgap_remediation_host(before, plan, outcomes, after_results, host, thres
     after = None
     after_error = None
     if applied and after_results:
-        facts = _after_facts(_plain(after_results))
+        facts = diagnosis.facts_from_results(_plain(after_results))[0]
         if 'audit_status' in facts:
-            after = auditgap_findings(facts, host, _thresholds(thresholds))
+            found = diagnosis.thresholds_from_vars(thresholds, ('', 'diagnose_')) if hasattr(thresholds, 'get') else {}
+            after = diagnosis.evaluate(facts, host, found)[0]
         else:
             after_error = 'the re-sample gathered no audit status'
     by_role = {}

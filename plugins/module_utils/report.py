@@ -1,13 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010, UP031
 """Fleet reports: pure functions from host summaries / the fleet document to
 JSON, Markdown, self-contained HTML and a Prometheus textfile.
 
 The fleet document (``fleet.json``, docs/reports.md) is built by
 ``fleet_document(hosts, ...)`` from the host summaries that the findings
-filter (``auditgap_host_summary``) produces.
+diagnosis (module_utils/diagnosis.py) produces.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -18,12 +17,12 @@ import base64
 import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 import tempfile
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import svgchart
+from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosis import STATUS_ORDER, STATUS_RANK, failed_entry, num, one_line, pct
 
 
 def collection_version(root=None):
@@ -45,8 +44,6 @@ def collection_version(root=None):
 
 AUDITGAP_VERSION = collection_version()
 SCHEMA = 'auditgap.fleet/v1'
-STATUS_ORDER = ('critical', 'warning', 'failed', 'unreachable', 'info', 'ok')
-_STATUS_RANK = {s: i for i, s in enumerate(STATUS_ORDER)}
 SEVERITIES = ('critical', 'warning', 'info')
 
 
@@ -73,12 +70,6 @@ def safe_filename(host):
     return '%s~%s' % (name[:NAME_MAX] or '_', digest)
 
 
-def failed_entry(host, error, reachable=True):
-    """A host entry for a host whose facts could not be judged or rendered."""
-    return {'host': str(host), 'reachable': bool(reachable), 'status': 'failed', 'severity': None,
-            'error': _one_line(error, 1000), 'findings': [], 'chain': None, 'facts': {}, 'metrics': {}}
-
-
 def checked_entries(entries):
     """Every entry, each one rendered alone in every format first (its JSON, Markdown, HTML
     section and Prometheus samples): a host whose entry cannot be rendered (a value no format
@@ -102,7 +93,7 @@ def checked_entries(entries):
 
 
 def host_sort_key(entry):
-    return (_STATUS_RANK.get(entry.get('status'), 99), str(entry.get('host')))
+    return (STATUS_RANK.get(entry.get('status'), 99), str(entry.get('host')))
 
 
 def fleet_summary(hosts):
@@ -219,6 +210,17 @@ def write_atomic(path, text, mode=0o640):
         raise
 
 
+def default_report_dir(now, base='reports'):
+    """``<base>/<UTC timestamp>`` (``-2``, ``-3``, ... when taken): where a run's reports go."""
+    stamp = now.strftime('%Y%m%dT%H%M%SZ')
+    path = os.path.join(base, stamp)
+    suffix = 1
+    while os.path.lexists(path):
+        suffix += 1
+        path = os.path.join(base, '%s-%d' % (stamp, suffix))
+    return path
+
+
 def point_latest(report_dir):
     """<parent>/latest -> report_dir (relative), replaced atomically through a symlink
     made under a random name."""
@@ -253,7 +255,7 @@ def summary_lines(doc, limit=20):
             break
         shown += 1
         if entry.get('status') in ('unreachable', 'failed'):
-            lines.append('%s %s: %s' % (entry['status'].upper(), entry['host'], _one_line(entry.get('error'))))
+            lines.append('%s %s: %s' % (entry['status'].upper(), entry['host'], one_line(entry.get('error'))))
             continue
         ids = ', '.join('%s(%s)' % (f['id'], f['severity']) for f in entry.get('findings') or []
                         if f['severity'] != 'info')
@@ -265,31 +267,14 @@ def summary_lines(doc, limit=20):
     return lines
 
 
-def _one_line(text, width=300):
-    text = ' '.join(str(text or '').split())
-    return text if len(text) <= width else text[:width - 3] + '...'
-
-
 # ---------------------------------------------------------------- helpers
 
-def _num(value):
-    """A finite float, else None (a string, NaN or infinity from a host is no number)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _fmt(value):
-    return svgchart.fmt_num(value) if _num(value) is not None else '-'
+    return svgchart.fmt_num(num(value))
 
 
 def _pct(ratio):
-    number = _num(ratio)
-    return '-' if number is None else '%d%%' % round(number * 100)
+    return pct(ratio, '-')
 
 
 def _vars_json(remediation):
@@ -401,7 +386,7 @@ def since_last_run_lines(since):
         for metric in host.get('worse_metrics') or []:
             what.append('%s %s (baseline %s)' % (metric['metric'], _fmt(metric['value']), _fmt(metric['baseline'])))
         if host.get('state') == 'unknown':
-            what.append('UNKNOWN (%s)' % _one_line(host.get('reason'), 120))
+            what.append('UNKNOWN (%s)' % one_line(host.get('reason'), 120))
         if what:
             lines.append('%s: %s' % (host['host'], '; '.join(what)))
         for cause in (host.get('causes') or [])[:3]:
@@ -485,7 +470,7 @@ def render_prometheus(doc, generated_epoch=None):
     for key, name, help_text in _PROM_GAUGES:
         samples = []
         for entry in doc['hosts']:
-            value = _num((entry.get('metrics') or {}).get(key))
+            value = num((entry.get('metrics') or {}).get(key))
             if value is not None:
                 samples.append('%s{host="%s"} %s' % (name, _label(entry['host']), _prom_value(value)))
         family(name, help_text, samples)
@@ -580,9 +565,9 @@ def _host_ids(entry):
 
 def _host_line(entry):
     if entry.get('error'):
-        return _one_line(entry['error'], 200)
+        return one_line(entry['error'], 200)
     if entry.get('chain'):
-        return _one_line(entry['chain'], 200)
+        return one_line(entry['chain'], 200)
     return ', '.join('%s(%s)' % (f.get('id'), f.get('severity')) for f in entry.get('findings') or []
                      if isinstance(f, dict) and f.get('severity') != 'info') or '-'
 
@@ -643,13 +628,13 @@ def render_html_chunks(doc, timeline_svg=None, max_bars=40):
     yield ''.join(parts)
     reachable = [e for e in hosts if e.get('reachable') and (e.get('metrics') or {}).get('audit_supported')]
     backlog_items = sorted(((e['host'], (e.get('metrics') or {}).get('audit_backlog_peak_ratio')) for e in reachable),
-                           key=lambda item: -(_num(item[1]) or 0))[:max_bars]
+                           key=lambda item: -(num(item[1]) or 0))[:max_bars]
     throttle_items = sorted(((e['host'], (e.get('metrics') or {}).get('consumer_throttled_ratio')) for e in reachable
                              if (e.get('metrics') or {}).get('consumer_throttled_ratio') is not None),
-                            key=lambda item: -(_num(item[1]) or 0))[:max_bars]
+                            key=lambda item: -(num(item[1]) or 0))[:max_bars]
     thresholds = doc.get('thresholds') or {}
-    backlog_thr = _num(thresholds.get('backlog_saturated_ratio')) or 0.8
-    throttle_thr = _num(thresholds.get('throttled_ratio_warn')) or 0.2
+    backlog_thr = num(thresholds.get('backlog_saturated_ratio')) or 0.8
+    throttle_thr = num(thresholds.get('throttled_ratio_warn')) or 0.2
     parts = ['<div class="charts">']
     if backlog_items:
         parts.append(svgchart.bar_chart(_colored(backlog_items, backlog_thr), 'Backlog peak / backlog_limit',
@@ -691,13 +676,13 @@ def _timeline(entry):
     points = sample.get('timeline') if isinstance(sample, dict) else None
     if not isinstance(points, list):
         return []
-    return [dict(p, t_s=_num(p.get('t_s'))) for p in points if isinstance(p, dict) and _num(p.get('t_s')) is not None]
+    return [dict(p, t_s=num(p.get('t_s'))) for p in points if isinstance(p, dict) and num(p.get('t_s')) is not None]
 
 
 def _wait_series(entry, timeline):
     """[(t_s, ms slept since the window start)] when backlog_wait_time_actual grew, else []."""
-    hz = _num((((entry.get('facts') or {}).get('audit_status') or {}).get('hz') or {}).get('value'))
-    values = [(_num(p.get('t_s')), _num(p.get('backlog_wait_time_actual_jiffies'))) for p in timeline]
+    hz = num((((entry.get('facts') or {}).get('audit_status') or {}).get('hz') or {}).get('value'))
+    values = [(num(p.get('t_s')), num(p.get('backlog_wait_time_actual_jiffies'))) for p in timeline]
     values = [(t, v) for t, v in values if t is not None and v is not None]
     if not hz or len(values) < 2 or values[-1][1] <= values[0][1]:
         return []
@@ -707,7 +692,7 @@ def _wait_series(entry, timeline):
 
 def _colored(items, threshold):
     return [{'label': label, 'value': value,
-             'color': '#d62728' if (_num(value) or 0) >= threshold else '#1f77b4'} for label, value in items]
+             'color': '#d62728' if (num(value) or 0) >= threshold else '#1f77b4'} for label, value in items]
 
 
 def svg_img(svg, alt):
@@ -741,14 +726,14 @@ def _html_host(entry, detailed=True, open_=True):
             charts.append(svgchart.gauge(metrics.get('consumer_throttled_ratio'), 1, 'consumer throttled',
                                          warn_ratio=0.2, text=_pct(metrics.get('consumer_throttled_ratio'))))
     timeline = _timeline(entry) if detailed else []
-    if timeline and _num(metrics.get('audit_backlog_limit')):
-        limit = _num(metrics.get('audit_backlog_limit'))
-        lost0 = _num(timeline[0].get('lost')) or 0
-        series = [{'name': 'backlog', 'points': [(p['t_s'], _num(p.get('backlog'))) for p in timeline
-                                                 if _num(p.get('backlog')) is not None]},
+    if timeline and num(metrics.get('audit_backlog_limit')):
+        limit = num(metrics.get('audit_backlog_limit'))
+        lost0 = num(timeline[0].get('lost')) or 0
+        series = [{'name': 'backlog', 'points': [(p['t_s'], num(p.get('backlog'))) for p in timeline
+                                                 if num(p.get('backlog')) is not None]},
                   {'name': 'lost (since start)',
-                   'points': [(p['t_s'], (_num(p.get('lost')) or 0) - lost0) for p in timeline]}]
-        top = max([limit * 1.1, 1] + [_num(p.get('backlog')) or 0 for p in timeline])
+                   'points': [(p['t_s'], (num(p.get('lost')) or 0) - lost0) for p in timeline]}]
+        top = max([limit * 1.1, 1] + [num(p.get('backlog')) or 0 for p in timeline])
         charts.append(svgchart.line_chart(series, 'Backlog against limit during the sample', 'records',
                                           width=460, height=200, y_max=top,
                                           hlines=[{'y': limit, 'label': 'backlog_limit %s' % _fmt(limit)}]))

@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.filter import findings as F
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as D
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, auditnl, cgroups
 from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosegather as G
 
@@ -41,7 +41,7 @@ def gather(seconds=SECONDS):
 def diagnose(stall, seconds=SECONDS):
     stall.wait_for(seconds=1, min_count=1, timeout_s=20)
     facts = gather(seconds)
-    findings, chain = F.evaluate(facts, 'localhost')
+    findings, chain = D.evaluate(facts, 'localhost')
     return facts, {f['id']: f for f in findings}, chain
 
 

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 from ansible_collections.auditgap.fleet.plugins.filter import findings as F
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as D
 from ansible_collections.auditgap.fleet.plugins.module_utils import report as R
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'fixtures', 'findings')
@@ -31,7 +32,7 @@ def fleet_html(tmp_path):
             hosts.append(F.auditgap_host_summary(json.load(handle), name))
     hosts.append(F.auditgap_host_summary({}, 'bogus', error='ssh: connect to host 127.0.0.1 port 1: Connection refused',
                                          reachable=False))
-    doc = R.fleet_document(hosts, '2026-11-25T20:00:00Z', F.merge_thresholds(), str(tmp_path))
+    doc = R.fleet_document(hosts, '2026-11-25T20:00:00Z', D.merge_thresholds(), str(tmp_path))
     path = tmp_path / 'fleet.html'
     path.write_text(R.render_html(doc))
     return path
@@ -98,8 +99,8 @@ def fleet_10k(tmp_path_factory):
 
     from benchmarks.fleetgen import fleet_results
     tmp = tmp_path_factory.mktemp('fleet10k')
-    entries = A.host_entries(fleet_results(10000, bad=True), F.merge_thresholds())
-    doc = R.fleet_document(entries, '2026-12-01T10:00:00Z', F.merge_thresholds(), str(tmp / 'r'))
+    entries = A.host_entries(fleet_results(10000, bad=True), D.merge_thresholds())
+    doc = R.fleet_document(entries, '2026-12-01T10:00:00Z', D.merge_thresholds(), str(tmp / 'r'))
     A.write_reports(doc, str(tmp / 'r'), A.FORMATS)
     return doc, tmp / 'r' / 'fleet.html'
 

@@ -14,6 +14,7 @@ import pytest
 from ansible.errors import AnsibleError, AnsibleFilterError
 from ansible_collections.auditgap.fleet.plugins.action import diagnose_report as action
 from ansible_collections.auditgap.fleet.plugins.filter import findings as F
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as D
 from ansible_collections.auditgap.fleet.plugins.filter import remediation as rem
 from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups, traceparse
 from ansible_collections.auditgap.fleet.plugins.module_utils import report as R
@@ -135,7 +136,7 @@ THRESHOLD_CASES = [({'throttled_ratio_warn': 'abc'}, "threshold throttled_ratio_
 @pytest.mark.parametrize('thresholds,message', THRESHOLD_CASES)
 def test_a_bad_threshold_is_one_clear_error(thresholds, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        F.merge_thresholds(thresholds)
+        D.merge_thresholds(thresholds)
     # the report step: one error for the run, not every host failed
     with pytest.raises(AnsibleError, match=re.escape(message)):
         action.check_thresholds(thresholds)

@@ -63,7 +63,7 @@ def test_bad_arguments_exit_2(capsys):
 
 
 def test_limits_match_the_collection():
-    from ansible_collections.auditgap.fleet.plugins.filter.findings import DEFAULT_THRESHOLDS
+    from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosis import DEFAULT_THRESHOLDS
     from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts
     assert cli.MAX_SAMPLE_SECONDS == auditfacts.MAX_SAMPLE_SECONDS
     assert {'diagnose_' + key for key in DEFAULT_THRESHOLDS} <= cli.numeric_vars()
@@ -134,7 +134,7 @@ def test_ensure_ansible_on_path(tmp_path):
 # ---------------------------------------------------------------- auditgap audit (runner faked: no playbook runs)
 
 def audit_doc(*entries):
-    report = cli._report_module()
+    report = cli.report
     return report.fleet_document(list(entries), '2026-12-01T10:00:00Z')
 
 

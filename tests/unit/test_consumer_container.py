@@ -5,7 +5,7 @@ import json
 import os
 import stat
 
-from ansible_collections.auditgap.fleet.plugins.filter import findings as F
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as D
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, dockerctl
 
 from tests.unit.test_cgroups import D2, K2, V2, _collect
@@ -73,7 +73,7 @@ def facts_in_container(container):
 
 def test_chain_evidence_and_target_use_the_name():
     data = facts_in_container({'runtime': 'docker', 'id': 'abc123' + '0' * 58, 'name': 'ids-agent'})
-    findings, chain = F.evaluate(data, 'h')
+    findings, chain = D.evaluate(data, 'h')
     throttled = next(f for f in findings if f['id'] == 'audit_consumer_throttled')
     assert 'in container ids-agent' in chain and 'abc1230000' not in chain.split('in cgroup')[0]
     assert throttled['evidence']['container']['name'] == 'ids-agent'
@@ -83,6 +83,6 @@ def test_chain_evidence_and_target_use_the_name():
 def test_pod_is_named_namespace_pod_container():
     kube = {'namespace': 'security', 'pod': 'ids-agent-x7k2p', 'container': 'ids'}
     data = facts_in_container({'runtime': 'containerd', 'id': K2, 'name': 'ids', 'kubernetes': kube})
-    _findings, chain = F.evaluate(data, 'h')
+    _findings, chain = D.evaluate(data, 'h')
     assert 'in container security/ids-agent-x7k2p/ids' in chain
-    assert F.container_display({'id': K2}) == K2[:12]
+    assert D.container_display({'id': K2}) == K2[:12]

@@ -5,7 +5,7 @@ import json
 import os
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.filter import findings as F
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as D
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, procinfo
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'findings')
@@ -34,7 +34,7 @@ def facts(throttled=False, **activity):
 
 
 def stalled(data):
-    findings, chain = F.evaluate(data, 'h1')
+    findings, chain = D.evaluate(data, 'h1')
     found = {f['id']: f for f in findings}
     return found.get('audit_consumer_stalled'), found, chain
 
@@ -107,7 +107,7 @@ def test_idle_consumer_or_no_stall_gives_nothing():
     with open(os.path.join(FIX, 'healthy.json')) as handle:
         healthy = json.load(handle)
     healthy['audit_status']['consumer_activity'] = dict(IDLE, state_ratios={'T': 1.0, 'D': 0, 'R': 0, 'S': 0})
-    findings, chain = F.evaluate(healthy, 'h1')
+    findings, chain = D.evaluate(healthy, 'h1')
     assert 'audit_consumer_stalled' not in {f['id'] for f in findings} and chain is None
 
 
@@ -117,8 +117,8 @@ def test_thresholds_are_boundaries(key, value):
     activity = {'consumer_stopped_ratio': {'state_ratios': {'T': 0.6, 'D': 0, 'R': 0, 'S': 0.4}},
                 'consumer_io_blocked_ratio': {'state_ratios': {'T': 0, 'D': 0.6, 'R': 0, 'S': 0.4}},
                 'consumer_run_delay_ms_per_s': {'run_delay_ms_per_s': 300.0}}[key]
-    assert F.evaluate(facts(**activity), 'h1', {key: value})[0][0]  # at the threshold: found
-    findings = F.evaluate(facts(**activity), 'h1', {key: value + 0.01})[0]
+    assert D.evaluate(facts(**activity), 'h1', {key: value})[0][0]  # at the threshold: found
+    findings = D.evaluate(facts(**activity), 'h1', {key: value + 0.01})[0]
     assert 'audit_consumer_stalled' not in {f['id'] for f in findings}
 
 

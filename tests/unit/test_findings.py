@@ -5,6 +5,7 @@ import os
 
 import pytest
 from ansible_collections.auditgap.fleet.plugins.filter import findings as F
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as D
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'findings')
 STABLE_IDS = {'audit_backlog_saturated', 'audit_events_lost', 'audit_wait_time_accrued',
@@ -44,13 +45,13 @@ def test_finding_shape_follows_contract():
 
 
 def test_healthy_host_has_no_warning():
-    findings, chain = F.evaluate(load('healthy'), 'h1')
+    findings, chain = D.evaluate(load('healthy'), 'h1')
     assert serious(findings) == []
     assert chain is None
 
 
 def test_seed_incident_gives_the_chain():
-    findings, chain = F.evaluate(load('seed_incident'), 'web-01')
+    findings, chain = D.evaluate(load('seed_incident'), 'web-01')
     assert {'audit_backlog_saturated', 'audit_events_lost', 'audit_wait_time_accrued',
             'audit_consumer_throttled', 'audited_hot_syscall', 'syscall_stall_observed'} <= ids(findings)
     assert by_id(findings, 'audit_backlog_saturated')['severity'] == 'critical'
@@ -157,7 +158,7 @@ def test_wait_time_accrued_only_when_growing():
 
 
 def test_consumer_throttled_alone_is_a_warning_with_systemd_fix():
-    findings, chain = F.evaluate(load('throttled_only'), 'h')
+    findings, chain = D.evaluate(load('throttled_only'), 'h')
     found = by_id(findings, 'audit_consumer_throttled')
     assert found['severity'] == 'warning'
     assert found['remediation']['vars']['agent_cpu_backend'] == 'systemd'
@@ -181,7 +182,7 @@ def test_consumer_throttled_falls_back_to_total_ratio():
 
 
 def test_lab_stall_names_the_consumer_cgroup():
-    findings, chain = F.evaluate(load('lab_stall'), 'lab')
+    findings, chain = D.evaluate(load('lab_stall'), 'lab')
     assert {'audit_backlog_saturated', 'audit_wait_time_accrued', 'audit_consumer_throttled'} <= ids(findings)
     found = by_id(findings, 'audit_consumer_throttled')
     assert found['evidence']['cgroup_path'] == '/auditgap-lab'
@@ -235,7 +236,7 @@ def test_immutable_is_info_alone_and_noted_in_chain():
     assert [(f['id'], f['severity']) for f in F.auditgap_findings(load('immutable'), 'h')] == [('audit_immutable', 'info')]
     facts = load('seed_incident')
     facts['audit_status']['status']['enabled'] = 2
-    findings, chain = F.evaluate(facts, 'h')
+    findings, chain = D.evaluate(facts, 'h')
     assert 'audit_immutable' in ids(findings)
     assert 'reboot' in chain
 
@@ -248,7 +249,7 @@ def test_immutable_is_info_alone_and_noted_in_chain():
      'ftrace_sample': {'supported': True, 'audit_wait_observed': True, 'offcpu': [], 'syscalls': {}}},
 ])
 def test_partial_or_unsupported_facts_never_crash(facts):
-    findings, _chain = F.evaluate(facts, 'h')
+    findings, _chain = D.evaluate(facts, 'h')
     for finding in findings:
         assert finding['severity'] in ('critical', 'warning', 'info')
 
@@ -260,13 +261,13 @@ def test_unsupported_host_is_info():
 
 
 def test_stall_suspected():
-    assert F.stall_suspected(load('seed_incident')['audit_status']) is True
-    assert F.stall_suspected(load('healthy')['audit_status']) is False
-    assert F.stall_suspected(load('no_audit')['audit_status']) is False
-    assert F.stall_suspected(None) is False
+    assert D.stall_suspected(load('seed_incident')['audit_status']) is True
+    assert D.stall_suspected(load('healthy')['audit_status']) is False
+    assert D.stall_suspected(load('no_audit')['audit_status']) is False
+    assert D.stall_suspected(None) is False
     facts = load('healthy')['audit_status']
     facts['sample']['lost_delta'] = 1
-    assert F.stall_suspected(facts) is True
+    assert D.stall_suspected(facts) is True
 
 
 def test_host_summary_and_metrics():
@@ -282,7 +283,7 @@ def test_host_summary_and_metrics():
 
 
 def test_thresholds_accept_strings_and_ignore_blanks():
-    thr = F.merge_thresholds({'throttled_ratio_warn': '0.3', 'backlog_saturated_ratio': '', 'other': 'x'})
+    thr = D.merge_thresholds({'throttled_ratio_warn': '0.3', 'backlog_saturated_ratio': '', 'other': 'x'})
     assert thr['throttled_ratio_warn'] == 0.3
     assert thr['backlog_saturated_ratio'] == 0.8
 
@@ -309,8 +310,8 @@ def test_role_documents_the_filter_defaults(project_root):
         defaults = yaml.safe_load(handle)
     with open(os.path.join(project_root, 'roles', 'diagnose', 'meta', 'argument_specs.yml')) as handle:
         spec = yaml.safe_load(handle)['argument_specs']['main']['options']
-    thresholds = {'diagnose_' + key for key in F.DEFAULT_THRESHOLDS}
-    for key, value in F.DEFAULT_THRESHOLDS.items():
+    thresholds = {'diagnose_' + key for key in D.DEFAULT_THRESHOLDS}
+    for key, value in D.DEFAULT_THRESHOLDS.items():
         assert float(spec['diagnose_' + key]['default']) == value, key
     assert not thresholds & set(defaults)
     assert set(defaults) | thresholds == set(spec)

@@ -4,6 +4,7 @@ import os
 
 import pytest
 from ansible_collections.auditgap.fleet.plugins.filter import findings as F
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as D
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'findings')
 
@@ -64,7 +65,7 @@ def test_throttled_consumer_with_long_stalls_and_lost_records_is_critical():
 ])
 def test_harm_boundaries(kwargs, level):
     facts = saturated(**kwargs)
-    harm = F.measure_harm(F._View(facts), F.merge_thresholds())
+    harm = D.measure_harm(D._View(facts), D.merge_thresholds())
     assert harm['level'] == level, harm
     expected = {'critical': 'critical', 'warning': 'warning', 'low': 'warning'}[level]
     assert severity(facts, 'audit_backlog_saturated') == expected
@@ -84,7 +85,7 @@ def test_thresholds_are_variables():
 def test_nothing_measured_is_none_and_healthy_host_is_ok():
     facts = load('healthy')
     facts['audit_status']['sample'] = None
-    assert F.measure_harm(F._View(facts), F.merge_thresholds())['level'] == 'none'
+    assert D.measure_harm(D._View(facts), D.merge_thresholds())['level'] == 'none'
     summary = F.auditgap_host_summary(load('healthy'), 'h')
     assert summary['severity'] in ('ok', 'info') and summary['harm']['level'] == 'low'
 

@@ -2,6 +2,7 @@
 import pytest
 from ansible.errors import AnsibleFilterError
 from ansible_collections.auditgap.fleet.plugins.filter import remediation as rem
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as D
 from ansible_collections.auditgap.fleet.plugins.modules import cpu_limit
 
 
@@ -59,7 +60,7 @@ def test_dry_run_record_is_pending_and_applied_record_compares_after(monkeypatch
 
     after = [finding('audited_hot_syscall', 'info', 'audit_rules', audit_rules_narrow=[]),
              finding('audit_wait_time_accrued', 'warning')]
-    monkeypatch.setattr(rem, 'auditgap_findings', lambda facts, host, thr=None: after)
+    monkeypatch.setattr(D, 'evaluate', lambda facts, host, thr=None: (after, None))
     outcomes = {'agent_cpu': {'changed': True, 'failed': False, 'result': {'before': {'limit_cores': 0.01}}},
                 'audit_backlog': {'changed': True, 'failed': False},
                 'audit_rules': {'changed': False, 'failed': True, 'msg': 'boom'}}
@@ -80,9 +81,12 @@ def test_dry_run_record_is_pending_and_applied_record_compares_after(monkeypatch
 
 
 def test_thresholds_from_host_variables():
-    assert rem._thresholds({'diagnose_throttled_ratio_warn': 0.3, 'ansible_host': 'x'}) == {'throttled_ratio_warn': 0.3}
-    assert rem._thresholds({'throttled_ratio_crit': 0.9}) == {'throttled_ratio_crit': 0.9}
-    assert rem._thresholds(None) is None and rem._thresholds({'other': 1}) is None
+    # what auditgap_remediation_host reads from a thresholds dict or the host's variables
+    def read(variables):
+        return D.thresholds_from_vars(variables, ('', 'diagnose_'))
+    assert read({'diagnose_throttled_ratio_warn': 0.3, 'ansible_host': 'x'}) == {'throttled_ratio_warn': 0.3}
+    assert read({'throttled_ratio_crit': 0.9}) == {'throttled_ratio_crit': 0.9}
+    assert read({'other': 1}) == {}
 
 
 def test_applied_without_audit_status_is_unknown():

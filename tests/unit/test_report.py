@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 
 from ansible_collections.auditgap.fleet.plugins.action import diagnose_report as action
 from ansible_collections.auditgap.fleet.plugins.filter import findings as F
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as D
 from ansible_collections.auditgap.fleet.plugins.module_utils import report as R
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'findings')
@@ -23,7 +24,7 @@ def fleet():
     hosts = [F.auditgap_host_summary(load(n), n) for n in NAMES]
     hosts.append(F.auditgap_host_summary({}, 'bogus', error='ssh: connect to host 127.0.0.1 port 1: Connection refused',
                                          reachable=False))
-    return R.fleet_document(hosts, '2026-11-25T20:00:00Z', F.merge_thresholds(), '/tmp/r')
+    return R.fleet_document(hosts, '2026-11-25T20:00:00Z', D.merge_thresholds(), '/tmp/r')
 
 
 def test_fleet_document_sorted_and_counted():
@@ -154,37 +155,37 @@ def test_action_host_entry_from_registered_results():
     results = {'audit_status': {'changed': False, 'audit_status': seed['audit_status']},
                'cgroup_throttle': {'changed': False, 'cgroup_throttle': seed['cgroup_throttle']},
                'ftrace_sample': {'skipped': True}}
-    entry = action.host_entry('web-01', results, {})
+    entry = D.host_entry('web-01', results, {})
     assert entry['status'] == 'critical' and 'ftrace_sample' not in entry['facts']
-    down = action.host_entry('bogus', {'audit_status': load('unreachable_result')}, {})
+    down = D.host_entry('bogus', {'audit_status': load('unreachable_result')}, {})
     assert down['status'] == 'unreachable' and 'port 1' in down['error']
-    failed = action.host_entry('x', {'audit_status': {'failed': True, 'msg': 'boom'}}, {})
+    failed = D.host_entry('x', {'audit_status': {'failed': True, 'msg': 'boom'}}, {})
     assert failed['status'] == 'failed' and failed['error'] == 'audit_status: boom'
     # a failing trace does not hide the audit findings
     results['ftrace_sample'] = {'failed': True, 'msg': 'tracer busy',
                                 'ftrace_sample': {'supported': False, 'reason': 'tracer busy'}}
-    entry = action.host_entry('web-01', results, {})
+    entry = D.host_entry('web-01', results, {})
     assert entry['status'] == 'critical' and entry['error'] == 'ftrace_sample: tracer busy'
-    nothing = action.host_entry('y', {}, {})
+    nothing = D.host_entry('y', {}, {})
     assert nothing['status'] == 'failed'
     # the diagnose role's combined gather result carries both fact keys
-    gathered = action.host_entry('web-01', {'gather': {'changed': False, 'audit_status': seed['audit_status'],
+    gathered = D.host_entry('web-01', {'gather': {'changed': False, 'audit_status': seed['audit_status'],
                                                        'cgroup_throttle': seed['cgroup_throttle']}}, {})
     assert gathered['status'] == 'critical'
     assert set(gathered['facts']) == {'audit_status', 'cgroup_throttle'}
-    down = action.host_entry('bogus', {'gather': load('unreachable_result'), 'ftrace_sample': {'skipped': True}}, {})
+    down = D.host_entry('bogus', {'gather': load('unreachable_result'), 'ftrace_sample': {'skipped': True}}, {})
     assert down['status'] == 'unreachable'
-    broken = action.host_entry('z', {'gather': {'failed': True, 'msg': 'module crashed'}}, {})
+    broken = D.host_entry('z', {'gather': {'failed': True, 'msg': 'module crashed'}}, {})
     assert broken['status'] == 'failed' and broken['error'] == 'gather: module crashed'
 
 
 def test_action_report_dir_and_latest(tmp_path):
     import datetime
     now = datetime.datetime(2026, 11, 25, 20, 0, 0, tzinfo=datetime.UTC)
-    first = action.default_report_dir(now, base=str(tmp_path))
+    first = R.default_report_dir(now, base=str(tmp_path))
     assert first.endswith('20261125T200000Z')
     os.makedirs(first)
-    second = action.default_report_dir(now, base=str(tmp_path))
+    second = R.default_report_dir(now, base=str(tmp_path))
     assert second.endswith('20261125T200000Z-2')
     os.makedirs(second)
     link = R.point_latest(first)
@@ -220,7 +221,7 @@ def test_bad_input_fleet_every_host_reported(tmp_path):
     """Duplicated names, a huge result, malformed and non-dict results: every host is in every file."""
     from benchmarks.fleetgen import fleet_results
     inputs = list(fleet_results(30, bad=True))
-    entries = action.host_entries(inputs, F.merge_thresholds())
+    entries = action.host_entries(inputs, D.merge_thresholds())
     doc = R.fleet_document(entries, '2026-12-01T10:00:00Z')
     action.write_reports(doc, str(tmp_path), action.FORMATS)
     fleet_doc = json.loads((tmp_path / 'fleet.json').read_text())
