@@ -14,8 +14,9 @@ Filters (``auditgap.fleet.<name>``):
 - ``auditgap_remediation_items(items)`` -> the items unchanged once each is checked
 - ``auditgap_remediation_host(before, plan, outcomes, after_results, host, thresholds, applied)``
   -> one host's record of remediation.json
-- ``auditgap_remediation_document(records, generated_at, report_dir, applied)`` -> remediation.json
-- ``auditgap_remediation_markdown(doc)`` -> remediation.md
+
+The records become remediation.json/.md in the action ``auditgap.fleet.remediation_report``
+(module_utils/report.py renders them).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -23,7 +24,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis, fleetschema, report
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis, fleetschema
 from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosis import plain as _plain
 
 ROLES = fleetschema.ROLES  # the order remediate.yml applies them
@@ -178,55 +179,6 @@ def auditgap_remediation_host(before, plan, outcomes, after_results, host, thres
             'not_fixed': sum(1 for r in records if r['status'] == 'not_fixed')}
 
 
-def auditgap_remediation_document(records, generated_at, report_dir=None, applied=False):
-    records = _plain(records) or []
-    summary = {'hosts': len(records), 'fixed': 0, 'not_fixed': 0, 'new': 0, 'not_remediated': 0, 'failed_roles': 0}
-    for rec in records:
-        for f in rec.get('findings') or []:
-            if f['status'] in summary:
-                summary[f['status']] += 1
-        summary['failed_roles'] += sum(1 for r in rec.get('remediations') or [] if r.get('failed'))
-    return {'generated_at': generated_at, 'mode': 'applied' if applied else 'dry-run',
-            'report_dir': report_dir, 'summary': summary, 'hosts': records}
-
-
-def _md_cell(value):
-    return report.md_text('' if value is None else value)
-
-
-def auditgap_remediation_markdown(doc):
-    doc = _plain(doc) or {}
-    s = doc.get('summary') or {}
-    lines = ['# auditgap remediation (%s)' % doc.get('mode'), '',
-             'Generated %s from the diagnosis in %s.' % (_md_cell(doc.get('generated_at')),
-                                                         report.md_code(doc.get('report_dir'))), '',
-             '%s host(s): %s fixed, %s not fixed, %s new, %s not remediated, %s failed role run(s).' % (
-                 s.get('hosts', 0), s.get('fixed', 0), s.get('not_fixed', 0), s.get('new', 0),
-                 s.get('not_remediated', 0), s.get('failed_roles', 0)), '']
-    for rec in doc.get('hosts') or []:
-        lines += ['## %s' % _md_cell(rec.get('host')), '']
-        if rec.get('remediations'):
-            lines += ['| role | changed | failed | vars | message |', '|---|---|---|---|---|']
-            for r in rec['remediations']:
-                lines.append('| %s | %s | %s | %s | %s |' % (
-                    _md_cell(r['role']), r['changed'], r['failed'], report.md_code(r.get('vars')), _md_cell(r.get('msg'))))
-            lines.append('')
-        else:
-            lines += ['No remediation named for this host.', '']
-        if rec.get('after_error'):
-            lines += ['After: %s' % rec['after_error'], '']
-        if rec.get('findings'):
-            lines += ['| finding | status | before | after |', '|---|---|---|---|']
-            for f in rec['findings']:
-                b = f.get('before') or {}
-                a = f.get('after') or {}
-                lines.append('| %s | **%s** | %s %s | %s %s |' % (
-                    _md_cell(f['id']), _md_cell(f['status']), _md_cell(b.get('severity')), _md_cell(b.get('summary')),
-                    _md_cell(a.get('severity')), _md_cell(a.get('summary'))))
-            lines.append('')
-    return '\n'.join(lines) + '\n'
-
-
 class FilterModule(object):
     def filters(self):
         return {
@@ -234,6 +186,4 @@ class FilterModule(object):
             'auditgap_remediation_items': auditgap_remediation_items,
             'auditgap_remediation_plan': auditgap_remediation_plan,
             'auditgap_remediation_host': auditgap_remediation_host,
-            'auditgap_remediation_document': auditgap_remediation_document,
-            'auditgap_remediation_markdown': auditgap_remediation_markdown,
         }

@@ -55,7 +55,7 @@ _NARROW_ITEM = {
         },
     },
 }
-# the variables a diagnosis may hand each role (the findings filter writes exactly these)
+# the variables a diagnosis may hand each role (module_utils/diagnosis.py writes exactly these)
 ROLE_VARS = {
     'agent_cpu': {
         'type': 'object', 'additionalProperties': False,

@@ -22,7 +22,7 @@ import re
 import tempfile
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import svgchart
-from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosis import STATUS_ORDER, STATUS_RANK, failed_entry, num, one_line, pct
+from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosis import STATUS_ORDER, STATUS_RANK, failed_entry, num, one_line, pct, plain
 
 
 def collection_version(root=None):
@@ -362,6 +362,59 @@ def render_markdown(doc):
     if quiet:
         out += ['## Healthy hosts (%d)' % len(quiet), '', md_line(', '.join(quiet)), '']
     return '\n'.join(out)
+
+
+# ---------------------------------------------------------------- remediation.json / remediation.md
+
+def remediation_document(records, generated_at, report_dir=None, applied=False):
+    """remediation.json: the hosts' records (remediation filter ``auditgap_remediation_host``) with a summary."""
+    records = plain(records) or []
+    summary = {'hosts': len(records), 'fixed': 0, 'not_fixed': 0, 'new': 0, 'not_remediated': 0, 'failed_roles': 0}
+    for rec in records:
+        for f in rec.get('findings') or []:
+            if f['status'] in summary:
+                summary[f['status']] += 1
+        summary['failed_roles'] += sum(1 for r in rec.get('remediations') or [] if r.get('failed'))
+    return {'generated_at': generated_at, 'mode': 'applied' if applied else 'dry-run',
+            'report_dir': report_dir, 'summary': summary, 'hosts': records}
+
+
+def _md_cell(value):
+    return md_text('' if value is None else value)
+
+
+def remediation_markdown(doc):
+    """remediation.md (host names and messages Markdown-escaped)."""
+    doc = plain(doc) or {}
+    s = doc.get('summary') or {}
+    lines = ['# auditgap remediation (%s)' % doc.get('mode'), '',
+             'Generated %s from the diagnosis in %s.' % (_md_cell(doc.get('generated_at')),
+                                                         md_code(doc.get('report_dir'))), '',
+             '%s host(s): %s fixed, %s not fixed, %s new, %s not remediated, %s failed role run(s).' % (
+                 s.get('hosts', 0), s.get('fixed', 0), s.get('not_fixed', 0), s.get('new', 0),
+                 s.get('not_remediated', 0), s.get('failed_roles', 0)), '']
+    for rec in doc.get('hosts') or []:
+        lines += ['## %s' % _md_cell(rec.get('host')), '']
+        if rec.get('remediations'):
+            lines += ['| role | changed | failed | vars | message |', '|---|---|---|---|---|']
+            for r in rec['remediations']:
+                lines.append('| %s | %s | %s | %s | %s |' % (
+                    _md_cell(r['role']), r['changed'], r['failed'], md_code(r.get('vars')), _md_cell(r.get('msg'))))
+            lines.append('')
+        else:
+            lines += ['No remediation named for this host.', '']
+        if rec.get('after_error'):
+            lines += ['After: %s' % rec['after_error'], '']
+        if rec.get('findings'):
+            lines += ['| finding | status | before | after |', '|---|---|---|---|']
+            for f in rec['findings']:
+                b = f.get('before') or {}
+                a = f.get('after') or {}
+                lines.append('| %s | **%s** | %s %s | %s %s |' % (
+                    _md_cell(f['id']), _md_cell(f['status']), _md_cell(b.get('severity')), _md_cell(b.get('summary')),
+                    _md_cell(a.get('severity')), _md_cell(a.get('summary'))))
+            lines.append('')
+    return '\n'.join(lines) + '\n'
 
 
 # ---------------------------------------------------------------- since last run (auditgap audit)

@@ -3,6 +3,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 from ansible_collections.auditgap.fleet.plugins.filter import remediation as rem
 from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as D
+from ansible_collections.auditgap.fleet.plugins.module_utils import report as R
 from ansible_collections.auditgap.fleet.plugins.modules import cpu_limit
 
 
@@ -72,9 +73,9 @@ def test_dry_run_record_is_pending_and_applied_record_compares_after(monkeypatch
                       'audit_consumer_throttled': 'fixed', 'audited_hot_syscall': 'not_fixed',
                       'syscall_stall_observed': 'fixed', 'audit_wait_time_accrued': 'new'}
     assert rec['fixed'] == 4 and rec['not_fixed'] == 1
-    doc = rem.auditgap_remediation_document([rec], '2026-11-25T20:00:00Z', '/r', True)
+    doc = R.remediation_document([rec], '2026-11-25T20:00:00Z', '/r', True)
     assert doc['summary']['fixed'] == 4 and doc['summary']['new'] == 1 and doc['summary']['failed_roles'] == 1
-    md = rem.auditgap_remediation_markdown(doc)
+    md = R.remediation_markdown(doc)
     assert '# auditgap remediation (applied)' in md
     assert '| audit_consumer_throttled | **fixed** |' in md
     assert '| audit_rules | False | True |' in md
