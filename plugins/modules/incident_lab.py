@@ -2,7 +2,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010, UP031
 
 from __future__ import absolute_import, division, print_function
 
@@ -207,21 +206,22 @@ LOCK_WAIT_S = 60
 
 
 def main():
+    D = labkit.LAB_DEFAULTS  # the lab's defaults, in one place (the tests and benchmarks use them too)
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type='str', choices=['present', 'absent'], default='present'),
-            backend=dict(type='str', choices=['cgroup', 'docker'], default='cgroup'),
-            quota_us=dict(type='int', default=1000),
-            period_us=dict(type='int', default=250000),
-            backlog_limit=dict(type='int', default=64),
-            backlog_wait_time_jiffies=dict(type='int', default=250),
-            allow_existing_consumer=dict(type='bool', default=False),
-            workload=dict(type='bool', default=True),
-            clients=dict(type='int', default=1),
-            rate_per_s=dict(type='int', default=0),
-            rules=dict(type='str', choices=['seed', 'accept'], default='seed'),
-            key=dict(type='str', default='auditgap-lab', no_log=False),
-            state_path=dict(type='path', default='/run/auditgap-lab/state.json'),
+            backend=dict(type='str', choices=['cgroup', 'docker'], default=D['backend']),
+            quota_us=dict(type='int', default=D['quota_us']),
+            period_us=dict(type='int', default=D['period_us']),
+            backlog_limit=dict(type='int', default=D['backlog_limit']),
+            backlog_wait_time_jiffies=dict(type='int', default=D['backlog_wait_time_jiffies']),
+            allow_existing_consumer=dict(type='bool', default=D['allow_existing_consumer']),
+            workload=dict(type='bool', default=D['workload']),
+            clients=dict(type='int', default=D['clients']),
+            rate_per_s=dict(type='int', default=D['rate_per_s']),
+            rules=dict(type='str', choices=['seed', 'accept'], default=D['rules']),
+            key=dict(type='str', default=D['key'], no_log=False),
+            state_path=dict(type='path', default=D['state_path']),
         ),
         supports_check_mode=True,
     )

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from ansible_collections.auditgap.fleet.plugins.filter import findings, remediation
+from ansible_collections.auditgap.fleet.plugins.module_utils import labkit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'plugins', 'modules', '*.py')))
@@ -146,6 +147,8 @@ def test_lab_role_passes_only_what_is_set_and_shows_the_module_defaults():
     for name, option in spec.items():
         option_name = name[len('incident_lab_'):]
         assert option.get('default') == module[option_name].get('default'), name
+        if option_name in labkit.LAB_DEFAULTS:  # the module's argument spec reads them there
+            assert module[option_name].get('default') == labkit.LAB_DEFAULTS[option_name], name
         assert '%s: "{{ %s | default(omit) }}"' % (option_name, name) in tasks, name
 
 
