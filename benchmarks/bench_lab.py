@@ -25,10 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
 sys.path.insert(0, ROOT)
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod  # noqa: E402
-from ansible_collections.auditgap.fleet.plugins.module_utils import labkit, labworkload  # noqa: E402
-from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard  # noqa: E402
-from tests.support.kernel import kernel_lock  # noqa: E402
+from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
+from ansible_collections.auditgap.fleet.plugins.module_utils import labkit, labworkload
+from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
+from tests.support.kernel import kernel_lock
 
 
 def phase(latency_path, seconds):

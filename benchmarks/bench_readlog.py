@@ -32,9 +32,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
 sys.path.insert(0, ROOT)
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, labkit  # noqa: E402
-from tests.support.kernel import kernel_lock  # noqa: E402
-from tests.support.stall import StallRefused, audit_stall  # noqa: E402
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, labkit
+from tests.support.kernel import kernel_lock
+from tests.support.stall import StallRefused, audit_stall
 
 UID = 64918
 KEY = 'auditgap-test-bench-readlog'

@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010, UP031
 """Controller side of the diagnose fan-out (action ``diagnose_fanout``, docs/scale.md).
 
 One controller process opens SSH to many hosts at once and sends each one
