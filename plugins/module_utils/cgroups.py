@@ -106,14 +106,6 @@ def host_path(root, path):
     return os.path.join(root, path.lstrip('/'))
 
 
-def _read_text(path):
-    try:
-        with open(path, 'r') as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
 def discover_hierarchies(mountinfo_text, root='/'):
     """Where the cpu controller is, from mountinfo text and the cgroup files.
 
@@ -128,7 +120,7 @@ def discover_hierarchies(mountinfo_text, root='/'):
     found = {'supported': False, 'reason': None, 'version': None, 'cpu': None, 'cpuacct': None,
              'v2': None, 'v2_controllers': [], 'cpu_controller': False}
     for mount in mounts['v2']:
-        text = _read_text(host_path(root, os.path.join(mount['mount_point'], 'cgroup.controllers')))
+        text = procinfo.read_text(host_path(root, os.path.join(mount['mount_point'], 'cgroup.controllers')))
         mount['controllers'] = text.split() if text is not None else []
     if mounts['v2']:
         with_cpu = [m for m in mounts['v2'] if 'cpu' in m['controllers']]
@@ -252,7 +244,7 @@ def ratio(part, whole):
 # -- reading groups -----------------------------------------------------------
 
 def _read_int(path):
-    text = _read_text(path)
+    text = procinfo.read_text(path)
     if text is None:
         return None
     try:
@@ -283,7 +275,7 @@ def read_group(hier, cgroup_path, root='/'):
             group['quota_us'] = None
         group['period_us'] = _read_int(os.path.join(directory, 'cpu.cfs_period_us'))
         group['burst_us'] = _read_int(os.path.join(directory, 'cpu.cfs_burst_us'))
-        stat = parse_cpu_stat(_read_text(os.path.join(directory, 'cpu.stat')), 1)
+        stat = parse_cpu_stat(procinfo.read_text(os.path.join(directory, 'cpu.stat')), 1)
         usage_dir = directory
         if 'cpuacct' not in hier['cpu']['controllers'] and hier.get('cpuacct'):
             usage_dir = dir_for(hier['cpuacct'], path, root)
@@ -299,16 +291,16 @@ def read_group(hier, cgroup_path, root='/'):
         # PSI lives in the v2 tree only; on hybrid hosts read it there
         if hier.get('v2'):
             v2dir = dir_for(hier['v2'], path, root)
-            group['pressure'] = parse_pressure(_read_text(os.path.join(v2dir, 'cpu.pressure')))
+            group['pressure'] = parse_pressure(procinfo.read_text(os.path.join(v2dir, 'cpu.pressure')))
     elif hier.get('version') == 2:
         directory = dir_for(hier['v2'], path, root)
         if not os.path.isdir(directory):
             return None
-        quota, period = parse_cpu_max(_read_text(os.path.join(directory, 'cpu.max')))
+        quota, period = parse_cpu_max(procinfo.read_text(os.path.join(directory, 'cpu.max')))
         group['quota_us'], group['period_us'] = quota, period
         group['burst_us'] = _read_int(os.path.join(directory, 'cpu.max.burst'))
-        stat = parse_cpu_stat(_read_text(os.path.join(directory, 'cpu.stat')), 2)
-        group['pressure'] = parse_pressure(_read_text(os.path.join(directory, 'cpu.pressure')))
+        stat = parse_cpu_stat(procinfo.read_text(os.path.join(directory, 'cpu.stat')), 2)
+        group['pressure'] = parse_pressure(procinfo.read_text(os.path.join(directory, 'cpu.pressure')))
         group['usage_source'] = 'cpu.stat' if stat.get('usage_us') is not None else None
     else:
         return None
@@ -328,8 +320,8 @@ def tasks_cpu_ns(directory, proc_root='/proc'):
         return None
     total = 0
     for dirpath, _dirnames, _files in os.walk(directory):
-        for tid in (_read_text(os.path.join(dirpath, 'tasks')) or '').split():
-            text = _read_text(proc_root + '/' + tid + '/schedstat')
+        for tid in (procinfo.read_text(os.path.join(dirpath, 'tasks')) or '').split():
+            text = procinfo.read_text(proc_root + '/' + tid + '/schedstat')
             if text:
                 try:
                     total += int(text.split()[0])
@@ -412,7 +404,7 @@ def scan_proc_cgroups(proc_root='/proc'):
     for entry in entries:
         if not entry.isdigit():
             continue
-        text = _read_text(proc_root + '/' + entry + '/cgroup')
+        text = procinfo.read_text(proc_root + '/' + entry + '/cgroup')
         if text is not None:
             found[int(entry)] = procinfo.parse_proc_cgroup(text)
     return found
@@ -584,7 +576,7 @@ class Collector:
         return self._group_dirs
 
     def pid_cgroups(self, pid):
-        text = _read_text(f'{self.proc_root}/{pid}/cgroup')
+        text = procinfo.read_text(f'{self.proc_root}/{pid}/cgroup')
         return procinfo.parse_proc_cgroup(text) if text is not None else None
 
     # entries
@@ -746,7 +738,7 @@ class Collector:
         directory = dir_for(mount, rel, self.root)
         if not os.path.isdir(directory):
             return [self._not_found('cgroup_path', path, 'no cgroup {} in the cpu hierarchy ({})'.format(rel, mount['mount_point']))]
-        procs = _read_text(os.path.join(directory, 'cgroup.procs')) or ''
+        procs = procinfo.read_text(os.path.join(directory, 'cgroup.procs')) or ''
         pids = [int(line) for line in procs.split() if line.isdigit()]
         return [self._measured('cgroup_path', path, rel, pids)]
 
@@ -803,7 +795,7 @@ def collect(options, root='/', container_lookup=None, audit_lookup=None, sleep=N
     clock = clock or time.monotonic
     seconds = options.get('sample_seconds')
     seconds = 5 if seconds is None else seconds
-    mountinfo = _read_text(host_path(root, '/proc/self/mountinfo'))
+    mountinfo = procinfo.read_text(host_path(root, '/proc/self/mountinfo'))
     result = {'supported': False, 'reason': None, 'sample_seconds': seconds,
               'hierarchy': None, 'targets': []}
     if mountinfo is None:

@@ -269,11 +269,12 @@ def process_state(task_states):
     return None
 
 
-def _read_quiet(path):
+def read_text(path):
+    """A file's text, None when it cannot be read (gone, no permission, not text)."""
     try:
         with open(path) as handle:
             return handle.read()
-    except (IOError, OSError):
+    except (OSError, UnicodeDecodeError):
         return None
 
 
@@ -281,13 +282,13 @@ def freezer_state(cgroups, cgroup_root='/sys/fs/cgroup'):
     """True when the process's cgroup is frozen (v1 freezer or v2 cgroup.freeze), False, None unknown."""
     v1_path = _d(cgroups).get('v1', {}).get('freezer')
     if v1_path is not None:
-        text = _read_quiet(os.path.join(cgroup_root, 'freezer', v1_path.lstrip('/'), 'freezer.state'))
+        text = read_text(os.path.join(cgroup_root, 'freezer', v1_path.lstrip('/'), 'freezer.state'))
         if text is not None:
             return text.strip() in ('FROZEN', 'FREEZING')
     v2_path = _d(cgroups).get('v2')
     if v2_path is not None:
         for base in (cgroup_root, os.path.join(cgroup_root, 'unified')):
-            text = _read_quiet(os.path.join(base, v2_path.lstrip('/'), 'cgroup.events'))
+            text = read_text(os.path.join(base, v2_path.lstrip('/'), 'cgroup.events'))
             if text is not None:
                 return 'frozen 1' in text.splitlines()
     return None
@@ -323,36 +324,36 @@ class ActivitySampler:
 
     def counters(self):
         """{at, stat, io, tasks: {tid: {ticks, run_delay_ns}}} or None when the process is gone."""
-        stat = parse_stat(_read_quiet(os.path.join(self.base, 'stat')) or '')
+        stat = parse_stat(read_text(os.path.join(self.base, 'stat')) or '')
         if stat is None:
             return None
         tasks = {}
         for tid in self.tids():
             tbase = os.path.join(self.base, 'task', str(tid))
-            tstat = parse_stat(_read_quiet(os.path.join(tbase, 'stat')) or '')
-            sched = parse_schedstat(_read_quiet(os.path.join(tbase, 'schedstat')) or '')
+            tstat = parse_stat(read_text(os.path.join(tbase, 'stat')) or '')
+            sched = parse_schedstat(read_text(os.path.join(tbase, 'schedstat')) or '')
             if tstat is None:
                 continue
             tasks[tid] = {'ticks': tstat['utime_ticks'] + tstat['stime_ticks'],
                           'run_delay_ns': sched['run_delay_ns'] if sched else None,
                           'run_ns': sched['run_ns'] if sched else None}
-        return {'stat': stat, 'io': parse_io(_read_quiet(os.path.join(self.base, 'io')) or ''),
+        return {'stat': stat, 'io': parse_io(read_text(os.path.join(self.base, 'io')) or ''),
                 'tasks': tasks}
 
     def tick(self):
         states, wchans, stacks = [], [], []
         for tid in self.tids():
             tbase = os.path.join(self.base, 'task', str(tid))
-            tstat = parse_stat(_read_quiet(os.path.join(tbase, 'stat')) or '')
+            tstat = parse_stat(read_text(os.path.join(tbase, 'stat')) or '')
             if tstat is None:
                 continue
             states.append(tstat['state'])
             if tstat['state'] in ('D', 'S'):
-                wchan = (_read_quiet(os.path.join(tbase, 'wchan')) or '').strip()
+                wchan = (read_text(os.path.join(tbase, 'wchan')) or '').strip()
                 if wchan and wchan != '0':
                     wchans.append(wchan)
             if tstat['state'] == 'D':
-                frames = parse_stack(_read_quiet(os.path.join(tbase, 'stack')) or '')
+                frames = parse_stack(read_text(os.path.join(tbase, 'stack')) or '')
                 if frames:
                     stacks.append(frames)
         self.ticks.append({'state': process_state(states), 'wchans': wchans, 'stacks': stacks})
