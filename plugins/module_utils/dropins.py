@@ -18,6 +18,8 @@ that until the next ``daemon-reload``.
   - ``quota_verdict(ours, wanted_us, effective_us, dropins, section)``: after
     ``daemon-reload``, None when the effective CPU quota is ours, else the
     reason, naming the file that overrides it
+  - ``runtime_dropin(unit, key)``: the drop-in ``systemctl set-property --runtime``
+    writes for a setting (``/run/systemd/system.control/<unit>.d/50-<key>.conf``)
 """
 
 from __future__ import absolute_import, division, print_function
@@ -25,6 +27,14 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+
+RUNTIME_CONTROL_DIR = '/run/systemd/system.control'
+
+
+def runtime_dropin(unit, key):
+    """The drop-in ``systemctl set-property --runtime UNIT KEY=...`` writes (and that
+    systemd reads back at every ``daemon-reload``)."""
+    return os.path.join(RUNTIME_CONTROL_DIR, unit + '.d', '50-%s.conf' % key)
 
 
 def unit_section(unit):

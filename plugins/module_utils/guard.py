@@ -417,12 +417,25 @@ def _op_file_restore(path, text=None, mode=0o644):
     os.rename(tmp, path)
 
 
-def _op_systemd_dropin(path, unit, text=None, mode=0o644, cpu_quota=''):
-    """Put a drop-in back (or remove it), daemon-reload, and set the runtime CPUQuota back
-    (``cpu_quota`` None: the runtime property was not changed, leave it)."""
+def _op_systemd_dropin(path, unit, text=None, mode=0o644, runtime_path=None, runtime_text=None, cpu_quota=None):
+    """Put a drop-in back (or remove it) and daemon-reload, which applies the unit's
+    settings to its cgroup again.
+
+    ``runtime_path``: the drop-in ``systemctl set-property --runtime`` writes
+    (``/run/systemd/system.control/<unit>.d/50-CPUQuota.conf``), put back as
+    ``runtime_text`` (None: it did not exist, removed with its directory when that is
+    empty); None: the runtime property was not changed, leave it. ``cpu_quota``: the
+    runtime property set back with ``set-property`` (journals of earlier versions)."""
     _op_file_restore(path, text, mode)
+    if runtime_path is not None:
+        _op_file_restore(runtime_path, runtime_text, mode)
+        if runtime_text is None:
+            try:
+                os.rmdir(os.path.dirname(runtime_path))
+            except OSError:
+                pass  # gone, or holds other runtime properties
     commands = [['systemctl', 'daemon-reload']]
-    if cpu_quota is not None:
+    if cpu_quota is not None and runtime_path is None:
         commands.append(['systemctl', 'set-property', '--runtime', unit, 'CPUQuota=%s' % cpu_quota])
     for args in commands:
         proc = subprocess.run(args, check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
@@ -452,6 +465,17 @@ def set_cgroup_limit(version, directory, quota_us, period_us):
 def _op_cgroup_limit(version, directory, quota_us=None, period_us=None):
     if os.path.isdir(directory):
         set_cgroup_limit(version, directory, quota_us, period_us)
+
+
+def _op_docker_update(container, limit, socket_path='/var/run/docker.sock'):
+    """A container's CPU limit back (``limit``: dockerctl.update_cpu's nano_cpus or quota_us);
+    a container that is gone has nothing to put back."""
+    from ansible_collections.auditgap.fleet.plugins.module_utils import dockerctl
+    try:
+        dockerctl.update_cpu(container, socket_path=socket_path, **limit)
+    except dockerctl.DockerError as err:
+        if err.status != 404:
+            raise
 
 
 def _op_rmdir(path):
@@ -609,6 +633,11 @@ def _op_docker(action, ref):
         pass
     if action == 'remove_container':
         dockerctl.remove_container(found['id'])
+        # a run killed before it recorded the consumer's stop: the container's auditd may
+        # have registered, and one killed after docker stop's timeout never deregisters
+        if found.get('pid') and not release_audit_registration(found['pid']):
+            raise RuntimeError('the kernel still has pid %d (container %s) registered as the audit consumer'
+                               % (found['pid'], found['id'][:12]))
 
 
 OPS = {
@@ -631,6 +660,7 @@ OPS = {
     'cgroup_remove': _op_cgroup_remove,
     'remove_files': _op_remove_files,
     'docker': _op_docker,
+    'docker_update': _op_docker_update,
 }
 
 

@@ -16,7 +16,10 @@ description:
   - Finds the target (by default the process registered as the audit daemon), reads its
     current CPU limit and raises it to I(limit_cores) through the backend that owns it.
   - C(docker) updates the container in place (Engine API C(POST /containers/{id}/update),
-    like C(docker update --cpus)); the container keeps running.
+    like C(docker update --cpus)); the container keeps running. A container limited with
+    C(--cpus) keeps that form; any other gets C(--cpu-quota) in its own period, the only
+    form Docker can lift again (C(--cpus 0) is ignored), so that a failed or killed change
+    can be put back.
   - C(systemd) writes a drop-in with C(CPUQuota=), runs C(systemctl daemon-reload) and
     applies it at runtime with C(systemctl set-property --runtime). Needs systemd as PID 1.
     systemd applies drop-ins in file-name order and the last one wins, so before the runtime
@@ -336,6 +339,18 @@ def docker_limit(info):
             'cpu_quota_us': info['cpu_quota_us'], 'cpu_period_us': info['cpu_period_us']}
 
 
+def docker_updates(info, wanted):
+    """(change, undo): dockerctl.update_cpu arguments that set ``wanted`` cores and that put
+    the container's limit back. A limit set with ``--cpus`` (NanoCpus) stays that; any other
+    becomes a quota in the container's period (which stays): dockerd ignores NanoCpus 0, so
+    only a quota can be lifted again (quota -1: unlimited, as before)."""
+    if info['nano_cpus']:
+        return {'nano_cpus': round(wanted * 1e9)}, {'nano_cpus': info['nano_cpus']}
+    period = info['cpu_period_us'] or DEFAULT_PERIOD_US
+    old = info['cpu_quota_us'] if info['cpu_quota_us'] and info['cpu_quota_us'] > 0 else -1
+    return {'quota_us': round(wanted * period)}, {'quota_us': old}
+
+
 def docker_backend(module, tgt, wanted, result):
     sock = module.params['docker_socket']
     ref = tgt['container']['id'] if tgt.get('container') else None
@@ -351,15 +366,12 @@ def docker_backend(module, tgt, wanted, result):
         raise Failure('container %s not found' % ref)
     result['target'].update(container={'runtime': 'docker', 'id': info['id'], 'name': info['name']},
                             running=info['running'], pid=tgt.get('pid') or info['pid'])
-    use_quota = bool(info['cpu_quota_us']) and not info['nano_cpus']
     before = docker_limit(info)
-    if use_quota:
+    update, undo = docker_updates(info, wanted)
+    if 'quota_us' in update:
         period = info['cpu_period_us'] or DEFAULT_PERIOD_US
-        update = {'quota_us': round(wanted * period), 'period_us': period}
-        after = dict(before, limit_cores=round(update['quota_us'] / float(period), 6), cpu_quota_us=update['quota_us'],
-                     cpu_period_us=period)
+        after = dict(before, limit_cores=round(update['quota_us'] / float(period), 6), cpu_quota_us=update['quota_us'])
     else:
-        update = {'nano_cpus': round(wanted * 1e9)}
         after = dict(before, limit_cores=round(wanted, 6), nano_cpus=update['nano_cpus'])
     change, err = decide(before['limit_cores'], wanted, module.params['force'])
     if err:
@@ -369,6 +381,8 @@ def docker_backend(module, tgt, wanted, result):
         return 'docker container %s (%s): %s\n' % (info['name'], info['id'][:12], fmt_cores(v['limit_cores']))
 
     def apply(rg):
+        rg.push_op('docker_update', 'restore the CPU limit of container %s' % info['name'], container=info['id'],
+                   limit=undo, socket_path=sock)
         try:
             dockerctl.update_cpu(info['id'], socket_path=sock, **update)
         except dockerctl.DockerError as err2:
@@ -489,8 +503,10 @@ def systemd_backend(module, tgt, wanted, result):
         verdict = dropins.quota_verdict(path, round(wanted * 1e6), effective, now_dropins, section)
         if verdict:
             raise Overridden(verdict)  # the guard puts the drop-in back and reloads
-        rg.push_op('systemd_dropin', 'restore %s and CPUQuota of %s' % (path, unit), path=path, unit=unit,
-                   text=old_text, cpu_quota=quota_percent(current) if current else '')
+        # set-property --runtime writes a drop-in of its own: put that back as it was too
+        runtime = dropins.runtime_dropin(unit, 'CPUQuota')
+        rg.push_op('systemd_dropin', 'restore %s, %s and daemon-reload' % (path, runtime), path=path, unit=unit,
+                   text=old_text, runtime_path=runtime, runtime_text=read_text(runtime))
         args = [systemctl, 'set-property', '--runtime', unit, 'CPUQuota=%s' % quota_percent(wanted)]
         rc2, out2, err2 = module.run_command(args)
         if rc2 != 0:

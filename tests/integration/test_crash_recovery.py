@@ -12,7 +12,11 @@ Also here: the defects these guarantees fixed (narrowing kept watches, the lock 
 planted as a symlink, controllers waiting for the host lock) and two SIGTERMs during a
 restore. function_graph is not built into this kernel: its undo journal is driven on the
 top-level files it changes that exist here (ftrace_sample._top_guarded, as the recipes
-call it); the molecule scenario `ftrace` runs the live recipe.
+call it).
+
+VM-only (marked vm: they run only with AUDITGAP_VM=1, in a VM through scripts/vm-bundle
+--tests): cpu_limit's systemd backend (drop-in, daemon-reload, runtime CPUQuota; systemd
+as PID 1, cgroup v2), and a live function_graph sample (the VM kernel has the tracer).
 """
 import json
 import os
@@ -23,7 +27,8 @@ import time
 
 import pytest
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, guard, labkit, tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, dockerctl, guard, labkit, tracefs
+from ansible_collections.auditgap.fleet.plugins.modules import cpu_limit
 from tests.support.kernel import rmdir_cgroup
 from tests.support.labsnapshot import delete_rules_by_key, host_snapshot, snapshot_diff
 
@@ -40,7 +45,8 @@ pytestmark = pytest.mark.kernel
 def start(module, args, tmp_path, env=None):
     path = tmp_path / ('args-%s-%d.json' % (module, time.monotonic_ns()))
     path.write_text(json.dumps({'ANSIBLE_MODULE_ARGS': args}))
-    full_env = dict(os.environ, PYTHONPATH=COLLECTIONS)
+    # the collection first; what else is on the path stays (in a VM: the bundle's packages)
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (COLLECTIONS, os.environ.get('PYTHONPATH')) if p))
     full_env.pop('AUDITGAP_TEST_KILL_AT', None)
     full_env.update(env or {})
     return subprocess.Popen([sys.executable, os.path.join(MODULES, module + '.py'), str(path)],
@@ -89,6 +95,20 @@ def recover_with_ftrace_sample(tmp_path):
     return res['ftrace_sample']['recovered_from_crash']
 
 
+def differences(before, after, where=''):
+    """Where two snapshots differ: ['key/sub: before -> after', ...]."""
+    if isinstance(before, (list, tuple)) and isinstance(after, (list, tuple)) and len(before) == len(after) \
+            and any(isinstance(x, (dict, list, tuple)) for x in before):
+        before, after = dict(enumerate(before)), dict(enumerate(after))
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for key in sorted(set(before) | set(after), key=str):
+            if before.get(key) != after.get(key):
+                out.extend(differences(before.get(key), after.get(key), '%s/%s' % (where, key)))
+        return out
+    return ['%s: %r -> %r' % (where or '/', before, after)]
+
+
 def kill_at_each_step(module, args, tmp_path, snapshot, recover=recover_with_audit_tune, max_steps=20):
     """SIGKILL ``module`` after 1, 2, ... changes until it finishes; after each kill the
     recovering run must leave ``snapshot()`` as it was and report the dead run's journal.
@@ -105,7 +125,8 @@ def kill_at_each_step(module, args, tmp_path, snapshot, recover=recover_with_aud
         mine = [r for r in recovered if r['owner_pid'] == proc.pid]
         assert len(mine) == 1 and mine[0]['module'] == module and mine[0]['errors'] == [], (n, recovered)
         assert mine[0]['undone'], (n, recovered)
-        assert snapshot() == before, 'after a SIGKILL at step %d and recovery' % n
+        after = snapshot()
+        assert after == before, 'after a SIGKILL at step %d and recovery: %s' % (n, differences(before, after))
         assert not [p for p in guard.list_journals() if p.endswith('-%d.json' % proc.pid)]
     raise AssertionError('%s never finished' % module)
 
@@ -125,6 +146,27 @@ def test_ftrace_sample_killed_at_each_step_is_recovered(tmp_path, tracefs_root, 
     kills, (rc, res) = kill_at_each_step('ftrace_sample', args, tmp_path, lambda: tracefs_state(tracefs_root))
     assert kills >= 3
     assert rc == 0 and res['ftrace_sample']['restored'], res
+
+
+# the audit path and the exit work (the diagnose role's filter, without the 4.x word):
+# the tracer patches a few functions, not ~46k (seconds each way under emulation)
+GRAPH_FILTER = ['*audit*', 'schedule_timeout', 'syscall_exit_to_user_mode_prepare']
+
+
+@pytest.mark.vm('function_graph: this machine\'s kernel lacks the tracer')
+def test_vm_function_graph_sample_killed_at_each_step_is_recovered(tmp_path, tracefs_root):
+    """A live function_graph sample (both recipes) SIGKILLed after each top-level change:
+    the next run puts current_tracer, tracing_thresh, set_ftrace_pid, set_ftrace_filter,
+    buffer_size_kb, the options and the instances back; the next sample runs (each
+    iteration's is one: never refused as tracer busy)."""
+    args = {'mode': 'function_graph', 'pids': [os.getpid()], 'duration_s': 1, 'tracing_thresh_us': 2000,
+            'function_filter': GRAPH_FILTER}
+    kills, (rc, res) = kill_at_each_step('ftrace_sample', args, tmp_path, lambda: tracefs_state(tracefs_root),
+                                         recover=recover_with_ftrace_sample, max_steps=40)
+    facts = res['ftrace_sample']
+    assert rc == 0 and facts['modes'] == ['function_graph'] and facts['restored'], res
+    # every change of both recipes, and before each recipe's restore
+    assert kills >= 16, kills
 
 
 FUNCTION_GRAPH_FILES = '''
@@ -254,6 +296,89 @@ def test_cpu_limit_killed_at_each_step_is_recovered(tmp_path, throttled_group):
     kills, (rc, res) = kill_at_each_step('cpu_limit', args, tmp_path, snapshot)
     assert kills == 1  # one undo step covers the quota and period writes (killed before the commit)
     assert rc == 0 and res['changed'] and snapshot() == ['25000\n', '50000\n'], res
+
+
+# -- cpu_limit (docker backend, the real dockerd) ------------------------------------------
+
+def container_limit(ref):
+    """A container's CPU limit as cpu_limit reads it and as its cgroup enforces it. A quota
+    that is not set reads 0 before and -1 after a lifted one (the same: no quota)."""
+    info = dockerctl.container_by_name_or_id(ref)
+    directory = labkit.cgroup_of_pid(info['pid'])
+    files = ['cpu.max'] if os.path.exists(os.path.join(directory, 'cpu.max')) else ['cpu.cfs_quota_us', 'cpu.cfs_period_us']
+    enforced = []
+    for name in files:
+        with open(os.path.join(directory, name)) as handle:
+            enforced.append(handle.read())
+    limit = cpu_limit.docker_limit(info)
+    return {'limit_cores': limit['limit_cores'], 'nano_cpus': info['nano_cpus'], 'cpu_period_us': info['cpu_period_us'],
+            'quota_set': info['cpu_quota_us'] > 0, 'enforced': enforced, 'running': info['running']}
+
+
+@pytest.mark.kernel
+@pytest.mark.docker
+@pytest.mark.parametrize('cpus', [0.05, None], ids=['cpus', 'unlimited'])
+def test_cpu_limit_docker_killed_at_each_step_is_recovered(tmp_path, docker_engine, cpus):
+    """docker update SIGKILLed before its commit: the next auditgap run puts the container's
+    limit back (--cpus as it was; an unlimited container unlimited again)."""
+    name = 'auditgap-test-crash-%d' % os.getpid()
+    docker_engine.run(['sh', '-c', 'while :; do sleep 1; done'], name=name, cpus=cpus)
+    try:
+        before = container_limit(name)
+        assert before['limit_cores'] == cpus and before['running'], before
+        args = {'backend': 'docker', 'target': {'container': name}, 'limit_cores': 0.5, 'force': cpus is None}
+        kills, (rc, res) = kill_at_each_step('cpu_limit', args, tmp_path, lambda: container_limit(name))
+        assert kills == 1  # the update (killed before the commit)
+        assert rc == 0 and res['changed'] and res['cpu_limit']['after']['limit_cores'] == 0.5, res
+        assert container_limit(name)['limit_cores'] == 0.5
+    finally:
+        docker_engine.remove(name)
+
+
+# -- cpu_limit (systemd backend, VM-only: systemd as PID 1) -------------------------------
+
+def unit_state(unit):
+    """What a unit's CPU limit is made of: DropInPaths with each file's text, the effective
+    CPUQuotaPerSecUSec, its cgroup's cpu.max, and which drop-in directories exist."""
+    out = subprocess.run(['systemctl', 'show', unit, '-p', 'DropInPaths', '-p', 'CPUQuotaPerSecUSec',
+                          '-p', 'ControlGroup'], capture_output=True, text=True, check=True).stdout
+    props = dict(line.split('=', 1) for line in out.splitlines() if '=' in line)
+    texts = {}
+    for path in props['DropInPaths'].split():
+        with open(path) as handle:
+            texts[path] = handle.read()
+    with open('/sys/fs/cgroup%s/cpu.max' % props['ControlGroup']) as handle:
+        cpu_max = handle.read()
+    dirs = [d % unit for d in ('/etc/systemd/system/%s.d', '/run/systemd/system.control/%s.d') if os.path.isdir(d % unit)]
+    return {'dropins': texts, 'quota': props['CPUQuotaPerSecUSec'], 'cpu.max': cpu_max, 'dirs': dirs}
+
+
+@pytest.mark.vm('needs systemd as PID 1')
+def test_vm_cpu_limit_systemd_killed_at_each_step_is_recovered(tmp_path):
+    """Drop-in + daemon-reload + runtime CPUQuota (cgroup v2), SIGKILLed after each change:
+    the next auditgap run leaves the unit's drop-ins, effective CPUQuota and cpu.max as before."""
+    unit = 'auditgap-test-crash.service'
+    subprocess.run(['systemd-run', '--unit', unit, '-p', 'CPUQuota=5%', 'sleep', 'infinity'], check=True,
+                   capture_output=True)
+    try:
+        before = unit_state(unit)
+        assert before['quota'] == '50ms' and before['dirs'] == [], before
+        args = {'backend': 'systemd', 'target': {'systemd_unit': unit}, 'limit_cores': 0.5}
+        kills, (rc, res) = kill_at_each_step('cpu_limit', args, tmp_path, lambda: unit_state(unit))
+        # the drop-in directory, the drop-in (+ reload), the runtime property, (before the commit)
+        assert kills == 3, kills
+        assert rc == 0 and res['changed'] and res['cpu_limit']['after']['limit_cores'] == 0.5, res
+        after = unit_state(unit)
+        assert after['quota'] == '500ms' and after['cpu.max'].split()[0] == '50000', after
+    finally:
+        subprocess.run(['systemctl', 'stop', unit], capture_output=True, check=False)
+        for directory in ('/etc/systemd/system/%s.d' % unit, '/run/systemd/system.control/%s.d' % unit):
+            for name in ('50-auditgap-cpu.conf', '50-CPUQuota.conf'):
+                if os.path.exists(os.path.join(directory, name)):
+                    os.unlink(os.path.join(directory, name))
+            if os.path.isdir(directory):
+                os.rmdir(directory)
+        subprocess.run(['systemctl', 'daemon-reload'], check=True)
 
 
 def test_cpu_limit_waits_for_the_host_lock_then_fails_clearly(tmp_path, throttled_group):

@@ -125,3 +125,14 @@ def test_docker_limit_from_nano_cpus_or_quota():
     assert cpu_limit.docker_limit(info(quota=25000))['limit_cores'] == 0.25  # default period
     assert cpu_limit.docker_limit(info(quota=-1, period=100000))['limit_cores'] is None  # lifted quota
     assert cpu_limit.docker_limit(info()) == {'limit_cores': None, 'nano_cpus': 0, 'cpu_quota_us': 0, 'cpu_period_us': 0}
+
+
+def test_docker_updates_can_always_be_put_back():
+    """--cpus stays --cpus; anything else becomes a quota in the container's own period,
+    which docker update can lift again (it ignores NanoCpus 0)."""
+    def info(nano=0, quota=0, period=0):
+        return {'nano_cpus': nano, 'cpu_quota_us': quota, 'cpu_period_us': period}
+    assert cpu_limit.docker_updates(info(nano=50000000), 0.5) == ({'nano_cpus': 500000000}, {'nano_cpus': 50000000})
+    assert cpu_limit.docker_updates(info(quota=1000, period=250000), 0.5) == ({'quota_us': 125000}, {'quota_us': 1000})
+    assert cpu_limit.docker_updates(info(), 0.5) == ({'quota_us': 50000}, {'quota_us': -1})
+    assert cpu_limit.docker_updates(info(quota=-1, period=100000), 2) == ({'quota_us': 200000}, {'quota_us': -1})
