@@ -26,7 +26,6 @@ import subprocess
 import time
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
-from ansible_collections.auditgap.fleet.plugins.module_utils import tracehist
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import write_value
 
 
@@ -402,8 +401,6 @@ def remove_instance(root, name):
             _append(trigger, trigger_removal(line))
     except (IOError, OSError):
         pass
-    # hist triggers of a killed sample (syscall latency in the kernel), then its synthetic event
-    synthetic = tracehist.stale_cleanup(path, instance_pid(name), _append, read)
     last = None
     for _attempt in range(20):
         try:
@@ -418,18 +415,6 @@ def remove_instance(root, name):
             time.sleep(0.1)
     if last is not None:
         raise last
-    remove_synthetic(root, synthetic)
-
-
-def remove_synthetic(root, name):
-    """Delete the synthetic event ``name`` when it exists (``!name`` to synthetic_events)."""
-    path = os.path.join(root, 'synthetic_events')
-    try:
-        defined = [line.split(None, 1)[0] for line in read(path).splitlines() if line.strip()]
-    except (IOError, OSError):
-        return
-    if name in defined:
-        _append(path, '!' + name)
 
 
 def remove_stale_instances(root, alive=pid_alive):

@@ -114,22 +114,6 @@ options:
     description: How many slowest calls to return per syscall (and slow chains), 1..100.
     type: int
     default: 10
-  aggregation:
-    description:
-      - How C(syscalls) mode measures latency.
-      - C(hist) - in the kernel, where it has hist triggers (C(CONFIG_HIST_TRIGGERS)) - a synthetic event
-        C(auditgap_lat_<pid>) (sys_enter to sys_exit, onmatch latency) and a C(hist) trigger keyed by
-        syscall, task and latency in the private instance; no per-call text at all, only the histogram
-        read at the end (C(slowest[].ts_s) is then null). The synthetic event and the triggers are removed
-        after. Fails when the kernel lacks hist triggers.
-      - C(events) - the C(sys_enter_X)/C(sys_exit_X) event text, paired in user space.
-      - C(auto) - C(hist) where the kernel allows it (hist triggers, a syscall table for the machine), else C(events); the one used is
-        returned in C(syscalls_aggregation).
-      - C(hist) and C(auto) are experimental - not yet verified live (the first VM run of the hist sample did
-        not finish within 300 s); the default is C(events) until they are.
-    type: str
-    choices: [auto, hist, events]
-    default: events
   force:
     description: Run even when the top-level tracer is not C(nop) (another user's tracing is then disturbed).
     type: bool
@@ -241,19 +225,6 @@ ftrace_sample:
       description: Syscalls named by audit rules that have no tracepoint on this kernel.
       type: list
       elements: str
-    syscalls_aggregation:
-      description: >-
-        How C(syscalls) was measured - C(hist) (in the kernel, hist triggers) or C(events) (event text);
-        null when C(syscalls) did not run.
-      type: str
-    syscalls_aggregation_note:
-      description: Why C(auto) fell back to C(events) (for example no hist triggers), else null.
-      type: str
-    syscalls_hist:
-      description: >-
-        With C(hist) - C(hits), C(entries) and C(dropped) (calls the histogram had no room for; more than 0
-        means the counts are short) of the kernel's histogram; null otherwise.
-      type: dict
     offcpu:
       description: >-
         Sleeps grouped by kernel stack, total_us descending - C(stack) (innermost first, tracing and
@@ -323,12 +294,10 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, auditparse, tracefs
-from ansible_collections.auditgap.fleet.plugins.module_utils import tracehist, traceparse
+from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import (
-    GuardInterrupted, Journal, RestoreGuard, UnsafePath, append_value, write_value)
+    GuardInterrupted, Journal, RestoreGuard, UnsafePath, write_value)
 from ansible_collections.auditgap.fleet.plugins.module_utils.procinfo import find_pids_by_name
-from ansible_collections.auditgap.fleet.plugins.module_utils.syscall_tables import TABLES
-from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls import syscall_number, table_for
 
 try:
     from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
@@ -353,7 +322,6 @@ ARGUMENT_SPEC = dict(
     max_graph_depth=dict(type='int', default=2),
     function_filter=dict(type='list', elements='str', default=[]),
     top=dict(type='int', default=10),
-    aggregation=dict(type='str', default='events', choices=['auto', 'hist', 'events']),
     force=dict(type='bool', default=False),
 )
 # what a top-level file is set back to when its old value cannot be read
@@ -507,72 +475,16 @@ def _window(reader, seconds, on_text, base, buffer_size_kb):
                       drain_if=lambda: tracefs.buffer_filling(base, buffer_size_kb))
 
 
-# ---------------------------------------------------------------------------
-# syscall latency aggregated in the kernel (hist triggers)
-
-def choose_aggregation(requested, root, syscalls, machine=None):
-    """-> (aggregation, note): 'hist' where the kernel can aggregate the syscall latency
-    itself, else 'events' with the reason; SampleError when 'hist' was asked and cannot be."""
-    if requested == 'events' or not syscalls:
-        return 'events', None
-    table = table_for(None, machine)
-    reason = None
-    if not tracehist.available(root):
-        reason = 'the kernel has no hist triggers (CONFIG_HIST_TRIGGERS: no synthetic_events or hist files)'
-    elif table is None:
-        reason = 'no syscall table for this machine (%s)' % (machine or os.uname()[4])
-    else:
-        unknown = [name for name in syscalls if syscall_number(table, name) is None]
-        if unknown:
-            reason = 'no %s syscall number for %s' % (table, ', '.join(unknown))
-    if reason is None:
-        return 'hist', None
-    if requested == 'hist':
-        raise SampleError('aggregation hist: %s; nothing changed' % reason)
-    return 'events', reason
-
-
-def start_syscall_hist(guard, root, inst, syscalls, tids, exclude):
-    """The synthetic latency event and its three hist triggers; the guard removes them in
-    the reverse order (exit trigger, enter trigger, histogram, synthetic event).
-    Returns the path of the histogram to read at the end."""
-    name = tracehist.synth_name()
-    table = table_for(None)
-    commands = tracehist.latency_commands(name, [syscall_number(table, n) for n in syscalls], tids, exclude)
-    tracefs.remove_synthetic(root, name)  # left by a killed sample with our pid (pid reuse)
-    synthetic_events = os.path.join(root, 'synthetic_events')
-    guard.push_op('remove_synthetic', 'remove synthetic event %s' % name, root=root, name=name)
-    append_value(synthetic_events, commands['synthetic'])
-    synth_dir = os.path.join(inst, 'events', 'synthetic', name)
-    for path, trigger in ((os.path.join(synth_dir, 'trigger'), commands['hist']),
-                          (os.path.join(inst, 'events', 'raw_syscalls', 'sys_enter', 'trigger'), commands['enter']),
-                          (os.path.join(inst, 'events', 'raw_syscalls', 'sys_exit', 'trigger'), commands['exit'])):
-        guard.push_op('append', 'remove hist trigger %s' % path, path=path,
-                      value=tracehist.trigger_removal(trigger))
-        append_value(path, trigger)
-    return os.path.join(synth_dir, 'hist')
-
-
-def read_syscall_hist(path, syscalls, top):
-    """(syscalls result, {hits, entries, dropped}) from the histogram file."""
-    parsed = tracehist.parse_hist(tracefs.read(path))
-    result = tracehist.syscalls_from_hist(parsed, syscalls, TABLES.get(table_for(None), {}), top)
-    return result, {'hits': parsed['hits'], 'entries': parsed['entries_count'], 'dropped': parsed['dropped']}
-
-
-def sample_events(guard, root, modes, targets, syscalls, params, aggregation='events'):
+def sample_events(guard, root, modes, targets, syscalls, params):
     """syscalls and/or offcpu in a private instance. Returns (instance name, EventParser,
-    events lost, the syscall histogram's path or None)."""
+    events lost)."""
     name = tracefs.instance_name()
     inst = tracefs.create_instance(guard, root, name)
     write_value(os.path.join(inst, 'tracing_on'), '0')
     write_value(os.path.join(inst, 'buffer_size_kb'), str(params['buffer_size_kb']))
     tids = targets['tids']
     exclude = [] if tids else targets['excluded']
-    hist_path = None
-    if 'syscalls' in modes and aggregation == 'hist':
-        hist_path = start_syscall_hist(guard, root, inst, syscalls, tids, exclude)
-    elif 'syscalls' in modes:
+    if 'syscalls' in modes:
         flt = tracefs.pid_filter(['common_pid'], tids, exclude)
         for sys_name in syscalls:
             for prefix in ('sys_enter_', 'sys_exit_'):
@@ -597,7 +509,7 @@ def sample_events(guard, root, modes, targets, syscalls, params, aggregation='ev
     _window(reader, params['duration_s'], parser.feed_text, inst, params['buffer_size_kb'])
     write_value(os.path.join(inst, 'tracing_on'), '0')
     reader.drain(parser.feed_text)
-    return name, parser.flush(), tracefs.events_lost(inst), hist_path
+    return name, parser.flush(), tracefs.events_lost(inst)
 
 
 def _top_guarded(guard, root, restore, rel, value):
@@ -735,7 +647,6 @@ def empty_facts(params):
         'function_graph': None, 'audit_wait_observed': False, 'events': 0, 'events_lost': 0, 'lines': 0,
         'stale_instances_removed': [], 'interrupted': None, 'restored': True, 'restore_errors': [],
         'recovered_from_crash': [], 'signals_during_restore': [],
-        'syscalls_aggregation': None, 'syscalls_aggregation_note': None, 'syscalls_hist': None,
     }
 
 
@@ -851,21 +762,11 @@ def _sample(guard, params, facts):
         facts['events_lost'] = graph['events_lost']
         facts['lines'] = graph['lines']
     else:
-        aggregation = None
-        if 'syscalls' in modes:
-            aggregation, facts['syscalls_aggregation_note'] = choose_aggregation(
-                params.get('aggregation') or 'events', root, syscalls)
-            facts['syscalls_aggregation'] = aggregation
-        name, parser, lost, hist_path = sample_events(guard, root, modes, targets, syscalls, params,
-                                                      aggregation)
+        name, parser, lost = sample_events(guard, root, modes, targets, syscalls, params)
         facts['instance'] = name
         facts['events_lost'] = lost
         result = parser.result()
-        if hist_path:
-            # read while the triggers still exist (the guard removes them after)
-            facts['syscalls'], facts['syscalls_hist'] = read_syscall_hist(hist_path, syscalls, params['top'])
-            result['events'] += sum(stats['count'] for stats in facts['syscalls'].values())
-        elif 'syscalls' in modes:
+        if 'syscalls' in modes:
             facts['syscalls'] = result['syscalls']
         if 'offcpu' in modes:
             facts['offcpu'], facts['offcpu_unstacked'] = split_offcpu(result['offcpu'])
