@@ -360,15 +360,16 @@ def since_last_run(previous_run, states, rows):
             'hosts': hosts}
 
 
-def _rewrite_reports(doc, report_dir):
-    """fleet.json/md/html again, with the since-last-run section (fleet.json last, as the report role)."""
+def _rewrite_reports(doc, report_dir, html_template=None):
+    """fleet.json/md/html again, with the since-last-run section (fleet.json last, as the report role;
+    fleet.html from the template the run used: -e report_html_template)."""
     # the modes of the report step: the facts hold the audit consumer's command line
-    promfile.write_atomic(os.path.join(report_dir, 'fleet.md'), report.render_markdown(doc), report.REPORT_MODE)
+    report.write_atomic(os.path.join(report_dir, 'fleet.md'), report.render_markdown(doc), report.REPORT_MODE)
     html = os.path.join(report_dir, 'fleet.html')
     timeline = os.path.join(report_dir, 'lab-timeline.svg')
     svg = report.read_svg(timeline)[0] if os.path.isfile(timeline) else None
-    promfile.write_atomic(html, report.render_html(doc, timeline_svg=svg), report.REPORT_MODE)
-    promfile.write_atomic(os.path.join(report_dir, 'fleet.json'), report.to_json(doc), report.REPORT_MODE)
+    report.write_atomic(html, report.render_html(doc, timeline_svg=svg, template=html_template), report.REPORT_MODE)
+    report.write_atomic(os.path.join(report_dir, 'fleet.json'), report.to_json(doc), report.REPORT_MODE)
 
 
 def audit(args, runner=None, cwd=None, clock=time.time, out=None, err=None, list_hosts=inventory_hosts):
@@ -480,7 +481,8 @@ def _audit_locked(args, runner, cwd, clock, out, err, list_hosts, started, root,
     if doc is not None:
         doc['since_last_run'] = since
         doc['run_id'] = run_id
-        _rewrite_reports(doc, report_dir)
+        template = parse_extra(args.extra_var).get('report_html_template')
+        _rewrite_reports(doc, report_dir, os.path.join(cwd, template) if template else None)
     finished = clock()
     run = {'run_id': run_id, 'started_at': started, 'finished_at': finished, 'outcome': outcome, 'exit_code': code,
            'hosts_total': len(states), 'coverage_ratio': since['coverage']['ratio'],

@@ -16,6 +16,7 @@ __metaclass__ = type
 import datetime
 import os
 
+import jinja2
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.parsing.convert_bool import boolean
@@ -24,7 +25,8 @@ from ansible.utils.display import Display
 from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis, report
 
 display = Display()
-_ARGS = frozenset(('report_dir', 'base_dir', 'hosts', 'thresholds', 'timeline_svg', 'latest_link', 'formats', 'print_summary'))
+_ARGS = frozenset(('report_dir', 'base_dir', 'hosts', 'thresholds', 'timeline_svg', 'html_template', 'latest_link', 'formats',
+                   'print_summary'))
 FORMATS = ('json', 'md', 'html', 'prom')
 
 
@@ -77,7 +79,7 @@ RENDERERS = {'json': ('fleet.json', report.fleet_json_chunks), 'md': ('fleet.md'
              'html': ('fleet.html', report.render_html_chunks), 'prom': ('fleet.prom', report.render_prometheus)}
 
 
-def write_reports(doc, report_dir, formats, timeline_svg=None):
+def write_reports(doc, report_dir, formats, timeline_svg=None, html_template=None):
     """<host>.json files, then the fleet formats; fleet.json last (its presence means complete).
     Each file is written through an O_EXCL temp file in report_dir (report.write_atomic)."""
     os.makedirs(report_dir, mode=0o750, exist_ok=True)
@@ -91,7 +93,7 @@ def write_reports(doc, report_dir, formats, timeline_svg=None):
     for fmt in sorted(formats, key=lambda f: f == 'json'):
         name, render = RENDERERS[fmt]
         path = os.path.join(report_dir, name)
-        text = render(doc, timeline_svg=timeline_svg) if fmt == 'html' else render(doc)
+        text = render(doc, timeline_svg=timeline_svg, template=html_template) if fmt == 'html' else render(doc)
         report.write_atomic(path, text, report.FILE_MODES.get(name, report.REPORT_MODE))
         files.append(path)
     return files
@@ -135,6 +137,14 @@ class ActionModule(ActionBase):
         report_dir = os.path.expanduser(to_text(report_dir))
         arg_thresholds = diagnosis.plain(args.get('thresholds') or {})
         check_thresholds(arg_thresholds)
+        html_template = os.path.expanduser(to_text(args['html_template'])) if args.get('html_template') else None
+        if 'html' in formats:
+            try:  # a user's template that does not load fails here, once, not every host
+                report.html_template(html_template)
+                report.html_template(html_template, 'fleet_host.html.j2')
+            except Exception as err:
+                raise AnsibleError('diagnose_report: html_template %s: %s; no report written'
+                                   % (html_template or report.HTML_TEMPLATE, to_text(err)))
 
         entries = []
         for host in hosts:
@@ -151,14 +161,14 @@ class ActionModule(ActionBase):
             if why:
                 display.warning('timeline SVG %s not embedded: %s' % (svg_path, why))
         generated_at = now.strftime('%Y-%m-%dT%H:%M:%SZ')
-        entries = report.checked_entries(entries)
+        entries = report.checked_entries(entries, html_template)
         doc = report.fleet_document(entries, generated_at, thresholds=arg_thresholds,
                                     report_dir=os.path.abspath(report_dir))
         try:
-            files = write_reports(doc, report_dir, formats, timeline_svg)
-        except (IOError, OSError) as err:
-            result.update({'failed': True, 'changed': False,
-                           'msg': 'cannot write the reports to %s: %s' % (report_dir, to_text(err))})
+            files = write_reports(doc, report_dir, formats, timeline_svg, html_template)
+        except (IOError, OSError, jinja2.TemplateError) as err:
+            what = 'the fleet.html template failed in' if isinstance(err, jinja2.TemplateError) else 'cannot write the reports to'
+            result.update({'failed': True, 'changed': False, 'msg': '%s %s: %s' % (what, report_dir, to_text(err))})
             return result
         if latest:
             result['latest'] = report.point_latest(report_dir)

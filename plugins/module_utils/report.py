@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import svgchart
+from ansible_collections.auditgap.fleet.plugins.module_utils import promtext, svgchart
 from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosis import STATUS_ORDER, STATUS_RANK, failed_entry, num, one_line, pct, plain
 
 
@@ -70,7 +70,7 @@ def safe_filename(host):
     return '%s~%s' % (name[:NAME_MAX] or '_', digest)
 
 
-def checked_entries(entries):
+def checked_entries(entries, html_template=None):
     """Every entry, each one rendered alone in every format first (its JSON, Markdown, HTML
     section and Prometheus samples): a host whose entry cannot be rendered (a value no format
     can hold) becomes ``failed`` with the error, so one bad host never loses the report of
@@ -82,9 +82,9 @@ def checked_entries(entries):
             to_json_line(single['hosts'][0])
             render_markdown(single)
             if not (entry.get('status') == 'ok' and not entry.get('error')):
-                _html_host(single['hosts'][0])  # healthy hosts are one table row of numbers
+                html_host(single['hosts'][0], html_template)  # healthy hosts are one table row of numbers
             render_prometheus(single)
-        except Exception as err:  # noqa: BLE001 -- whatever a bad value raises, the host is reported
+        except Exception as err:  # whatever a bad value raises, the host is reported
             host = entry.get('host') if isinstance(entry, dict) else entry
             entry = failed_entry(host, 'report failed: %s: %s' % (type(err).__name__, err),
                                  reachable=entry.get('reachable', True) if isinstance(entry, dict) else True)
@@ -173,6 +173,9 @@ def fleet_json_chunks(doc):
 REPORT_MODE = 0o640
 FILE_MODES = {'fleet.prom': 0o644}
 SVG_MAX_BYTES = 4 * 1024 * 1024
+HTML_TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                             'roles', 'report', 'templates', 'fleet.html.j2')
+_TEMPLATES = {}
 
 
 def read_svg(path):
@@ -190,10 +193,11 @@ def read_svg(path):
     return text, None
 
 
-def write_atomic(path, text, mode=0o640):
+def write_atomic(path, text, mode=0o640, sync=False):
     """Write ``path`` (``text``: a string or an iterable of strings, written as they come)
     through a temp file made with O_EXCL in the same directory (a planted file or symlink is
-    never followed), then rename it over ``path``."""
+    never followed; ``.<name>.*.tmp``, which node_exporter's textfile collector skips), then
+    rename it over ``path``; ``sync``: on disk before the rename."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.%s.' % os.path.basename(path)[:60], suffix='.tmp')
     try:
@@ -203,6 +207,9 @@ def write_atomic(path, text, mode=0o640):
                 handle.write(text)
             else:
                 handle.writelines(text)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -457,94 +464,68 @@ def since_last_run_markdown(since):
     return out + ([''] if lines[1:] else [])
 
 
-def since_last_run_html(since):
-    if not since:
-        return ''
-    lines = since_last_run_lines(since)
-    items = ''.join('<li class="%s">%s</li>' % ('cause' if line.startswith('  ') else 'change', svgchart.esc(line.strip()))
-                    for line in lines[1:])
-    return '<h2>Since last run</h2><section id="since-last-run"><p>%s</p>%s</section>' % (
-        svgchart.esc(lines[0]), '<ul>%s</ul>' % items if items else '<p>No changes.</p>')
-
-
 # ---------------------------------------------------------------- Prometheus
 
+# (host metrics key, metric name, divisor to the base unit); names and help: promtext.METRICS
 _PROM_GAUGES = (
-    ('audit_supported', 'auditgap_audit_supported', 'Audit facts could be read (1) or not (0).'),
-    ('audit_enabled', 'auditgap_audit_enabled', 'Audit status enabled (0 off, 1 on, 2 immutable).'),
-    ('audit_consumer_pid', 'auditgap_audit_consumer_pid', 'PID of the registered audit consumer (0 none).'),
-    ('audit_backlog', 'auditgap_audit_backlog', 'Audit backlog (records queued) at collection time.'),
-    ('audit_backlog_limit', 'auditgap_audit_backlog_limit', 'Audit backlog_limit.'),
-    ('audit_lost', 'auditgap_audit_lost', 'Audit records lost since boot (kernel counter).'),
-    ('audit_backlog_wait_time_jiffies', 'auditgap_audit_backlog_wait_time_jiffies', 'Audit backlog_wait_time.'),
-    ('audit_backlog_wait_time_actual_jiffies', 'auditgap_audit_backlog_wait_time_actual_jiffies',
-     'Total time tasks waited for backlog space (kernel counter, jiffies).'),
-    ('audit_lost_per_s', 'auditgap_audit_lost_per_second', 'Audit records lost per second during the sample window.'),
-    ('audit_backlog_peak_ratio', 'auditgap_audit_backlog_peak_ratio', 'Peak backlog / backlog_limit in the window.'),
-    ('audit_wait_accrued_ms', 'auditgap_audit_wait_accrued_milliseconds',
-     'backlog_wait_time_actual growth during the sample window (ms tasks slept).'),
-    ('audit_sample_seconds', 'auditgap_audit_sample_seconds', 'Length of the audit sample window.'),
-    ('consumer_throttled_ratio', 'auditgap_consumer_throttled_ratio',
-     'Share of CFS periods in which the audit consumer was throttled.'),
-    ('consumer_limit_cores', 'auditgap_consumer_cpu_limit_cores', 'Tightest CPU limit of the audit consumer (cores).'),
+    ('audit_supported', 'auditgap_audit_supported', 1),
+    ('audit_enabled', 'auditgap_audit_enabled', 1),
+    ('audit_consumer_pid', 'auditgap_audit_consumer_pid', 1),
+    ('audit_backlog', 'auditgap_audit_backlog', 1),
+    ('audit_backlog_limit', 'auditgap_audit_backlog_limit', 1),
+    ('audit_lost', 'auditgap_audit_lost_total', 1),
+    ('audit_lost_per_s', 'auditgap_audit_lost_per_second', 1),
+    ('audit_backlog_peak_ratio', 'auditgap_audit_backlog_peak_ratio', 1),
+    ('audit_wait_accrued_ms', 'auditgap_audit_wait_accrued_seconds', 1000.0),
+    ('audit_sample_seconds', 'auditgap_audit_sample_seconds', 1),
+    ('consumer_throttled_ratio', 'auditgap_consumer_throttled_ratio', 1),
+    ('consumer_limit_cores', 'auditgap_consumer_cpu_limit_cores', 1),
 )
-_SEVERITY_VALUE = {'ok': 0, 'info': 1, 'warning': 2, 'critical': 3}
+# (audit status key in ms, metric name in seconds): the kernel's wait time and its counter
+_PROM_STATUS_MS = (('backlog_wait_time_ms', 'auditgap_audit_backlog_wait_time_seconds'),
+                   ('backlog_wait_time_actual_ms', 'auditgap_audit_backlog_wait_time_actual_seconds_total'))
 
 
-def _label(value):
-    return str(value).replace('\\', '\\\\').replace('\n', '\\n').replace('"', '\\"')
+def _audit_status(entry):
+    facts = entry.get('facts')
+    audit = facts.get('audit_status') if isinstance(facts, dict) else None
+    status = audit.get('status') if isinstance(audit, dict) else None
+    return status if isinstance(status, dict) else {}
 
 
-def _prom_value(value):
-    number = float(value)
-    if number == int(number) and abs(number) < 1e15:
-        return '%d' % int(number)
-    return repr(number)
+def _scaled(value, divisor):
+    number = num(value)
+    return None if number is None else (number / divisor if divisor != 1 else number)
 
 
 def render_prometheus(doc, generated_epoch=None):
-    """node_exporter textfile-collector format (one sample per host and metric)."""
-    out = []
-
-    def family(name, help_text, samples):
-        if not samples:
-            return
-        out.append('# HELP %s %s' % (name, help_text))
-        out.append('# TYPE %s gauge' % name)
-        out.extend(samples)
-
-    family('auditgap_host_reachable', 'Host answered the diagnose run (1) or not (0).',
-           ['auditgap_host_reachable{host="%s"} %d' % (_label(e['host']), 1 if e.get('reachable') else 0)
-            for e in doc['hosts']])
-    family('auditgap_host_severity', 'Worst finding severity (0 ok, 1 info, 2 warning, 3 critical; -1 no data).',
-           ['auditgap_host_severity{host="%s",status="%s"} %d' % (
-               _label(e['host']), _label(e.get('status')), _SEVERITY_VALUE.get(e.get('severity'), -1))
-            for e in doc['hosts']])
-    for key, name, help_text in _PROM_GAUGES:
-        samples = []
-        for entry in doc['hosts']:
-            value = num((entry.get('metrics') or {}).get(key))
-            if value is not None:
-                samples.append('%s{host="%s"} %s' % (name, _label(entry['host']), _prom_value(value)))
-        family(name, help_text, samples)
+    """fleet.prom: one sample per host and metric, base units (module_utils/promtext.py)."""
+    out = promtext.Textfile()
+    hosts = doc['hosts']
+    labels = [promtext.labels_text((('host', e['host']),)) for e in hosts]
+    out.family('auditgap_host_reachable', [(lab, 1 if e.get('reachable') else 0) for lab, e in zip(labels, hosts)])
+    out.family('auditgap_host_severity', [((('host', e['host']), ('status', e.get('status'))),
+                                           promtext.SEVERITY_VALUE.get(e.get('severity'), -1)) for e in hosts])
+    metrics = [e.get('metrics') or {} for e in hosts]
+    for key, name, divisor in _PROM_GAUGES:
+        out.family(name, [(lab, _scaled(m.get(key), divisor)) for lab, m in zip(labels, metrics)])
+    statuses = [_audit_status(e) for e in hosts]
+    for key, name in _PROM_STATUS_MS:
+        out.family(name, [(lab, _scaled(st.get(key), 1000.0)) for lab, st in zip(labels, statuses)])
     samples = []
-    for entry in doc['hosts']:
+    for entry in hosts:
         counts = {}
         for finding in entry.get('findings') or []:
             k = (finding['id'], finding['severity'])
             counts[k] = counts.get(k, 0) + 1
-        for (fid, sev), count in sorted(counts.items()):
-            samples.append('auditgap_findings{host="%s",id="%s",severity="%s"} %d'
-                           % (_label(entry['host']), _label(fid), _label(sev), count))
-    family('auditgap_findings', 'Findings by host, id and severity.', samples)
-    family('auditgap_fleet_hosts', 'Hosts of the last diagnose run by status.',
-           ['auditgap_fleet_hosts{status="%s"} %d' % (s, doc['summary']['by_status'].get(s, 0)) for s in STATUS_ORDER])
+        samples += [((('host', entry['host']), ('id', fid), ('severity', sev)), count)
+                    for (fid, sev), count in sorted(counts.items())]
+    out.family('auditgap_findings', samples)
+    out.family('auditgap_fleet_hosts', [((('status', s),), doc['summary']['by_status'].get(s, 0)) for s in STATUS_ORDER])
     if generated_epoch is None:
         generated_epoch = _epoch(doc.get('generated_at'))
-    if generated_epoch is not None:
-        family('auditgap_report_timestamp_seconds', 'When the report was generated (Unix time).',
-               ['auditgap_report_timestamp_seconds %d' % generated_epoch])
-    return '\n'.join(out) + '\n'
+    out.family('auditgap_report_timestamp_seconds', [((), generated_epoch)])
+    return out.text()
 
 
 def _epoch(stamp):
@@ -558,53 +539,14 @@ def _epoch(stamp):
 
 # ---------------------------------------------------------------- HTML
 
-_CSS = """
-body{font-family:sans-serif;margin:1.5em;color:#222;max-width:1100px}
-h1{margin-bottom:.2em} .meta{color:#666;font-size:.9em}
-.cards{display:flex;gap:.6em;flex-wrap:wrap;margin:1em 0}
-.card{border:1px solid #ccc;border-radius:6px;padding:.5em .9em;min-width:6em;text-align:center}
-.card b{display:block;font-size:1.6em}
-.critical{background:#fde2e1;border-color:#d62728}.warning{background:#fff3d6;border-color:#ff9f0e}
-.info{background:#e8f1fb;border-color:#1f77b4}.ok{background:#e6f5e6;border-color:#2ca02c}
-.unreachable,.failed{background:#eee;border-color:#555}
-.badge{display:inline-block;padding:.1em .5em;border-radius:4px;font-size:.85em;border:1px solid #999}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top;overflow-wrap:anywhere}
-table.findings{table-layout:fixed;width:100%}table.findings col.sev{width:6em}table.findings col.id{width:14em}table.findings col.fix{width:22em}
-section.host{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;margin:1em 0}
-.chain{overflow-wrap:anywhere;font-family:monospace;background:#f6f6f6;padding:.5em;border-left:4px solid #d62728;white-space:pre-wrap}
-.error{font-family:monospace;background:#f6f6f6;padding:.5em;border-left:4px solid #555;white-space:pre-wrap}
-.charts{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start}
-pre{white-space:pre-wrap;font-size:.8em;max-height:30em;overflow:auto;background:#fafafa}
-code{background:#f3f3f3}
-details.host{border:1px solid #ccc;border-radius:6px;padding:.3em 1em;margin:.5em 0;content-visibility:auto;contain-intrinsic-size:auto 3em}
-details.host>summary{cursor:pointer;font-weight:bold;padding:.2em 0}
-details.host>summary .line{font-weight:normal;color:#444;font-family:monospace;font-size:.85em;margin-left:.5em}
-#search{font-size:1em;padding:.3em .5em;width:28em;max-width:90%}
-#worst td.line{font-family:monospace;font-size:.85em}#worst td:first-child,#worst td:nth-child(2){white-space:nowrap}
-"""
-
-
-# The page stays usable at 10,000 hosts (docs/scale.md): every host is listed, the first
+# fleet.html: a Jinja2 template, autoescaped (roles/report/templates/fleet.html.j2; a user's copy
+# through report_html_template). The page stays usable at 10,000 hosts (docs/scale.md): every host is listed, the first
 # HTML_WORST in a table on the first screen, the first HTML_DETAILED with charts and
 # evidence; the others with their findings and chain (the rest is in <host>.json).
 HTML_WORST = 20
 HTML_DETAILED = 200
 HTML_TEXT_MAX = 4000
 HTML_EVIDENCE_MAX = 20000
-
-_SEARCH_JS = """
-(function(){var q=document.getElementById('search');if(!q){return;}
-var items=document.querySelectorAll('[data-host]'),count=document.getElementById('search-count'),
-healthy=document.getElementById('healthy');
-function run(){var v=q.value.trim().toLowerCase(),shown=0,shownHealthy=0;
-for(var i=0;i<items.length;i++){var el=items[i];
-var hit=!v||el.getAttribute('data-host').indexOf(v)>=0||(el.getAttribute('data-ids')||'').indexOf(v)>=0;
-el.hidden=!hit;if(hit){shown++;if(el.tagName==='TR'&&el.parentNode.closest('#healthy')){shownHealthy++;}}
-if(hit&&v&&el.tagName==='DETAILS'&&items.length<2000){el.open=true;}}
-if(healthy&&v){healthy.open=shownHealthy>0;}
-count.textContent=v?shown+' match(es)':'';}
-q.addEventListener('input',run);if(q.value){run();}})();
-"""
 
 
 def _clip(text, limit=HTML_TEXT_MAX):
@@ -625,61 +567,63 @@ def _host_line(entry):
                      if isinstance(f, dict) and f.get('severity') != 'info') or '-'
 
 
-def _worst_table(noisy):
-    if not noisy:
-        return '<p id="worst">No host has a warning or worse.</p>'
-    rows = ['<table id="worst"><tr><th>host</th><th>status</th><th>findings</th><th>chain / error</th></tr>']
-    for entry in noisy[:HTML_WORST]:
-        status = entry.get('status') or 'ok'
-        rows.append('<tr class="%s"><td><a href="#%s">%s</a></td><td>%s</td><td>%s</td><td class="line">%s</td></tr>' % (
-            svgchart.esc(status), svgchart.esc('host-' + safe_filename(entry['host'])), svgchart.esc(entry['host']),
-            svgchart.esc(status.upper()), svgchart.esc(_host_ids(entry) or '-'), svgchart.esc(_host_line(entry))))
-    rows.append('</table>')
-    if len(noisy) > HTML_WORST:
-        rows.append('<p class="meta">%d more host(s) below, worst first.</p>' % (len(noisy) - HTML_WORST))
-    return ''.join(rows)
+def html_template(path=None, name=None):
+    """A template of fleet.html (Jinja2, autoescaped): ``path`` (a user's copy, which may extend
+    ``fleet.html.j2``; templates beside it are found first), else the role report's own;
+    ``name``: another template of the same directories (``fleet_host.html.j2``)."""
+    path = os.path.abspath(path or HTML_TEMPLATE)
+    if path not in _TEMPLATES:
+        import jinja2
+        loader = jinja2.FileSystemLoader([os.path.dirname(path), os.path.dirname(HTML_TEMPLATE)])
+        _TEMPLATES[path] = jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    return _TEMPLATES[path].get_template(name or os.path.basename(path))
 
 
-def render_html(doc, timeline_svg=None, max_bars=40):
+def render_html(doc, timeline_svg=None, max_bars=40, template=None):
     """Self-contained HTML: inline CSS, SVG and script (the host search), no external assets."""
-    return ''.join(render_html_chunks(doc, timeline_svg, max_bars))
+    return ''.join(render_html_chunks(doc, timeline_svg, max_bars, template))
 
 
-def render_html_chunks(doc, timeline_svg=None, max_bars=40):
-    """fleet.html in pieces (written as they come: a 10,000-host page is never one string)."""
+def _worst_row(entry):
+    return {'status': entry.get('status') or 'ok', 'anchor': 'host-' + safe_filename(entry['host']), 'host': entry['host'],
+            'ids': _host_ids(entry), 'line': _host_line(entry)}
+
+
+def _quiet_row(entry):
+    m = entry.get('metrics') or {}
+    return {'host_lower': str(entry['host']).lower(), 'host': entry['host'], 'peak': _fmt(m.get('audit_backlog_peak')),
+            'limit': _fmt(m.get('audit_backlog_limit')), 'pid': _fmt(m.get('audit_consumer_pid')),
+            'throttled': _pct(m.get('consumer_throttled_ratio'))}
+
+
+def render_html_chunks(doc, timeline_svg=None, max_bars=40, template=None):
+    """fleet.html in pieces, rendered by the template (html_template) as it is written: a
+    10,000-host page is never one string."""
     summ = doc['summary']
     hosts = doc['hosts']
-    yield ''.join([
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        '<title>auditgap fleet report %s</title>' % svgchart.esc(doc.get('generated_at')),
-        '<style>%s</style></head><body>' % _CSS,
-        '<h1>auditgap fleet report</h1>',
-        '<p class="meta">Generated %s by auditgap %s &middot; %d host(s) &middot; report dir %s</p>' % (
-            svgchart.esc(doc.get('generated_at')), svgchart.esc(doc.get('auditgap_version')), summ['hosts'],
-            svgchart.esc(doc.get('report_dir') or '-'))])
-    parts = ['<h2>Fleet summary</h2><div class="cards">']
-    for status in STATUS_ORDER:
-        parts.append('<div class="card %s" id="count-%s"><b>%d</b>%s</div>'
-                     % (status, status, summ['by_status'].get(status, 0), status))
-    parts.append('</div>')
     noisy = [e for e in hosts if not (e.get('status') == 'ok' and not e.get('error'))]
     quiet = [e for e in hosts if e.get('status') == 'ok' and not e.get('error')]
-    parts.append('<p><label>Find a host or finding id: <input id="search" type="search" placeholder="host name or finding id">'
-                 '</label> <span id="search-count" class="meta"></span></p>')
-    parts.append('<h2>Worst hosts</h2>')
-    parts.append(_worst_table(noisy))
-    if summ['by_id']:
-        parts.append('<h2>Findings by id</h2><table id="by-id"><tr><th>finding</th><th>critical</th><th>warning</th>'
-                     '<th>info</th><th>hosts</th><th>first hosts</th></tr>')
-        for fid in sorted(summ['by_id'], key=lambda f: (-summ['by_id'][f]['critical'], -summ['by_id'][f]['warning'], f)):
-            row = summ['by_id'][fid]
-            parts.append('<tr><td><code>%s</code></td><td>%d</td><td>%d</td><td>%d</td><td>%d</td><td>%s</td></tr>' % (
-                svgchart.esc(fid), row['critical'], row['warning'], row['info'], len(row['hosts']),
-                svgchart.esc(', '.join(row['hosts'][:12]) + (' ...' if len(row['hosts']) > 12 else ''))))
-        parts.append('</table>')
-    yield ''.join(parts)
-    reachable = [e for e in hosts if e.get('reachable') and (e.get('metrics') or {}).get('audit_supported')]
+    by_id = [dict(summ['by_id'][fid], id=fid, hosts=len(summ['by_id'][fid]['hosts']),
+                  first=', '.join(summ['by_id'][fid]['hosts'][:12]) + (' ...' if len(summ['by_id'][fid]['hosts']) > 12 else ''))
+             for fid in sorted(summ['by_id'], key=lambda f: (-summ['by_id'][f]['critical'], -summ['by_id'][f]['warning'], f))]
+    since = None
+    if doc.get('since_last_run'):
+        lines = since_last_run_lines(doc['since_last_run'])
+        since = {'first': lines[0], 'changes': [('cause' if line.startswith('  ') else 'change', line.strip()) for line in lines[1:]]}
+    context = {
+        'generated_at': doc.get('generated_at'), 'version': doc.get('auditgap_version'), 'host_count': summ['hosts'],
+        'report_dir': doc.get('report_dir'), 'cards': [(s, summ['by_status'].get(s, 0)) for s in STATUS_ORDER],
+        'worst': [_worst_row(e) for e in noisy[:HTML_WORST]], 'more_noisy': max(0, len(noisy) - HTML_WORST),
+        'by_id': by_id, 'charts': _fleet_charts(doc, max_bars), 'since': since,
+        'timeline_img': svg_img(timeline_svg, 'incident lab timeline') if timeline_svg else None,
+        'hosts': (_host_view(e, detailed=i < HTML_DETAILED, open_=i < HTML_WORST) for i, e in enumerate(noisy)),
+        'quiet_count': len(quiet), 'quiet': (_quiet_row(e) for e in quiet)}
+    return html_template(template).generate(context)
+
+
+def _fleet_charts(doc, max_bars):
+    reachable = [e for e in doc['hosts'] if e.get('reachable') and (e.get('metrics') or {}).get('audit_supported')]
     backlog_items = sorted(((e['host'], (e.get('metrics') or {}).get('audit_backlog_peak_ratio')) for e in reachable),
                            key=lambda item: -(num(item[1]) or 0))[:max_bars]
     throttle_items = sorted(((e['host'], (e.get('metrics') or {}).get('consumer_throttled_ratio')) for e in reachable
@@ -688,38 +632,14 @@ def render_html_chunks(doc, timeline_svg=None, max_bars=40):
     thresholds = doc.get('thresholds') or {}
     backlog_thr = num(thresholds.get('backlog_saturated_ratio')) or 0.8
     throttle_thr = num(thresholds.get('throttled_ratio_warn')) or 0.2
-    parts = ['<div class="charts">']
+    charts = []
     if backlog_items:
-        parts.append(svgchart.bar_chart(_colored(backlog_items, backlog_thr), 'Backlog peak / backlog_limit',
-                                        x_max=1, width=520, thresholds=[{'x': backlog_thr, 'label': 'saturated'}]))
+        charts.append(svgchart.bar_chart(_colored(backlog_items, backlog_thr), 'Backlog peak / backlog_limit',
+                                         x_max=1, width=520, thresholds=[{'x': backlog_thr, 'label': 'saturated'}]))
     if throttle_items:
-        parts.append(svgchart.bar_chart(_colored(throttle_items, throttle_thr), 'Audit consumer throttled ratio',
-                                        x_max=1, width=520, thresholds=[{'x': throttle_thr, 'label': 'warn'}]))
-    parts.append('</div>')
-    parts.append(since_last_run_html(doc.get('since_last_run')))
-    if timeline_svg:
-        parts.append('<h2>Incident lab timeline</h2><div class="timeline">%s</div>'
-                     % svg_img(timeline_svg, 'incident lab timeline'))
-    parts.append('<h2>Hosts (worst first)</h2>')
-    yield ''.join(parts)
-    for index, entry in enumerate(noisy):
-        yield _html_host(entry, detailed=index < HTML_DETAILED, open_=index < HTML_WORST)
-    if quiet:
-        parts = ['<details id="healthy"><summary><h2 style="display:inline">Healthy hosts (%d)</h2></summary>'
-                 '<table><tr><th>host</th><th>backlog peak</th><th>limit</th><th>consumer pid</th><th>throttled</th></tr>'
-                 % len(quiet)]
-        for index, entry in enumerate(quiet):
-            m = entry.get('metrics') or {}
-            parts.append('<tr data-host="%s"><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>' % (
-                svgchart.esc(str(entry['host']).lower()), svgchart.esc(entry['host']), _fmt(m.get('audit_backlog_peak')),
-                _fmt(m.get('audit_backlog_limit')), _fmt(m.get('audit_consumer_pid')),
-                _pct(m.get('consumer_throttled_ratio'))))
-            if index % 1000 == 999:
-                yield ''.join(parts)
-                parts = []
-        parts.append('</table></details>')
-        yield ''.join(parts)
-    yield '<script>%s</script></body></html>\n' % _SEARCH_JS
+        charts.append(svgchart.bar_chart(_colored(throttle_items, throttle_thr), 'Audit consumer throttled ratio',
+                                         x_max=1, width=520, thresholds=[{'x': throttle_thr, 'label': 'warn'}]))
+    return charts
 
 
 def _timeline(entry):
@@ -755,24 +675,12 @@ def svg_img(svg, alt):
     return '<img alt="%s" src="data:image/svg+xml;base64,%s">' % (svgchart.esc(alt), data)
 
 
-def _html_host(entry, detailed=True, open_=True):
-    """One host as a <details> section: open for the worst, charts and evidence when ``detailed``."""
-    status = entry.get('status') or 'ok'
-    host_id = 'host-' + safe_filename(entry['host'])
-    parts = ['<details class="host" id="%s" data-host="%s" data-ids="%s"%s><summary>%s '
-             '<span class="badge %s">%s</span><span class="line">%s</span></summary>'
-             % (svgchart.esc(host_id), svgchart.esc(str(entry['host']).lower()), svgchart.esc(_host_ids(entry)),
-                ' open' if open_ else '', svgchart.esc(entry['host']), svgchart.esc(status),
-                svgchart.esc(status.upper()), '' if open_ else svgchart.esc(_host_line(entry)))]
-    if entry.get('error'):
-        parts.append('<div class="error">Error: %s</div>' % svgchart.esc(_clip(entry['error'])))
-    if entry.get('chain'):
-        parts.append('<p><b>Causal chain</b></p><div class="chain">%s</div>' % svgchart.esc(_clip(entry['chain'])))
+def _host_view(entry, detailed=True, open_=True):
+    """One host's section of fleet.html (the template's host_section): open for the worst,
+    charts and evidence when ``detailed``."""
     metrics = entry.get('metrics') or {}
     charts = []
-    if not detailed:
-        pass
-    elif metrics.get('audit_supported'):
+    if detailed and metrics.get('audit_supported'):
         charts.append(svgchart.gauge(metrics.get('audit_backlog_peak'), metrics.get('audit_backlog_limit'),
                                      'backlog peak / limit', warn_ratio=0.8))
         if metrics.get('consumer_throttled_ratio') is not None:
@@ -794,25 +702,22 @@ def _html_host(entry, detailed=True, open_=True):
     if wait:
         charts.append(svgchart.line_chart([{'name': 'slept in audit_log_start', 'points': wait, 'color': '#d62728'}],
                                           'Sleep accrued by audited syscalls', 'ms', width=460, height=200))
-    if charts:
-        parts.append('<div class="charts">%s</div>' % ''.join(charts))
-    if entry.get('findings'):
-        parts.append('<table class="findings"><col class="sev"><col class="id"><col><col class="fix">'
-                     '<tr><th>severity</th><th>finding</th><th>summary</th><th>fix</th></tr>')
-        for finding in entry['findings']:
-            rem = finding.get('remediation')
-            fix = ('role <code>%s</code><br><code>%s</code>' % (svgchart.esc(rem.get('role')), svgchart.esc(_vars_json(rem)))
-                   if rem else '-')
-            parts.append('<tr class="%s"><td>%s</td><td><b>%s</b><br><code>%s</code></td><td>%s</td><td>%s</td></tr>' % (
-                svgchart.esc(finding['severity']), svgchart.esc(finding['severity']), svgchart.esc(finding.get('title') or finding['id']),
-                svgchart.esc(finding['id']), svgchart.esc(_clip(finding['summary'])), fix))
-        parts.append('</table>')
-        if detailed:
-            parts.append('<details><summary>Evidence</summary><pre>%s</pre></details>' % svgchart.esc(_clip(json.dumps(
-                {f['id']: f.get('evidence') for f in entry['findings']}, indent=1, sort_keys=True, default=str),
-                HTML_EVIDENCE_MAX)))
-    if not detailed:
-        parts.append('<p class="meta">Charts and evidence: %s</p>' % svgchart.esc(
-            entry.get('report_file') or safe_filename(entry['host']) + '.json'))
-    parts.append('</details>')
-    return ''.join(parts)
+    findings = [{'severity': f['severity'], 'title': f.get('title') or f['id'], 'id': f['id'], 'summary': _clip(f['summary']),
+                 'role': (f.get('remediation') or {}).get('role'),
+                 'vars': _vars_json(f['remediation']) if f.get('remediation') else None}
+                for f in entry.get('findings') or []]
+    evidence = None
+    if detailed and findings:
+        evidence = _clip(json.dumps({f['id']: f.get('evidence') for f in entry['findings']}, indent=1, sort_keys=True,
+                                    default=str), HTML_EVIDENCE_MAX)
+    return {'anchor': 'host-' + safe_filename(entry['host']), 'host': entry['host'], 'host_lower': str(entry['host']).lower(),
+            'ids': _host_ids(entry), 'open': open_, 'status': entry.get('status') or 'ok', 'line': _host_line(entry),
+            'error': _clip(entry['error']) if entry.get('error') else None,
+            'chain': _clip(entry['chain']) if entry.get('chain') else None,
+            'charts': charts, 'findings': findings, 'evidence': evidence, 'detailed': detailed,
+            'report_file': entry.get('report_file') or safe_filename(entry['host']) + '.json'}
+
+
+def html_host(entry, template=None):
+    """One host's section alone (checked_entries: a value the page cannot hold fails that host only)."""
+    return html_template(template, 'fleet_host.html.j2').module.host_section(_host_view(entry))

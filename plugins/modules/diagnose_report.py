@@ -53,6 +53,13 @@ options:
       - An SVG file embedded in C(fleet.html) (e.g. the incident lab's timeline).
         Default is C(<report_dir>/lab-timeline.svg) when that file exists.
     type: path
+  html_template:
+    description:
+      - A Jinja2 template for C(fleet.html) instead of the role's own
+        (C(roles/report/templates/fleet.html.j2)). Copy that file, edit it and give its path. Autoescaped.
+      - Templates beside it are found first, so a copy may extend C(fleet.html.j2) and override
+        a block, and a C(fleet_host.html.j2) beside it replaces each host's section (docs/reports.md).
+    type: path
   latest_link:
     description:
       - Point C(<parent of report_dir>/latest) at the report directory. Default is true when

@@ -1,6 +1,6 @@
 """The alert rules and the audit textfile with Prometheus' own promtool (Debian's prometheus
 package, in the Makefile's APT_TEST): rules valid, their unit tests on synthetic series pass,
-and the textfile of every kind of run is `promtool check metrics` clean."""
+and the textfile of every kind of run, and fleet.prom, are `promtool check metrics` clean."""
 import os
 import shutil
 import subprocess
@@ -52,5 +52,17 @@ def test_textfile_passes_promtool_check_metrics(promtool, outcome):
     states = {'web-01': {'state': 'regressed'}, 'db-01': {'state': 'unknown'}}
     run = {'started_at': 1000.0, 'finished_at': 1010.25, 'outcome': outcome, 'coverage_ratio': 0.5}
     text = promfile.render(run, hosts, states, {outcome: 2}, last_success_at=900.0, version='0.1.0')
+    proc = subprocess.run([promtool, 'check', 'metrics'], input=text, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), proc.stdout + proc.stderr
+
+
+def test_fleet_prom_passes_promtool_check_metrics(promtool):
+    """fleet.prom (the report step) is written by the same writer: base units, counters _total."""
+    from benchmarks.fleetgen import fleet_results
+    from ansible_collections.auditgap.fleet.plugins.action import diagnose_report
+    from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis, report
+    entries = diagnose_report.host_entries(list(fleet_results(60, bad=True)), diagnosis.DEFAULT_THRESHOLDS)
+    text = report.render_prometheus(report.fleet_document(entries, '2026-12-01T10:00:00Z'))
+    assert 'auditgap_audit_lost_total{' in text and 'auditgap_audit_backlog_wait_time_actual_seconds_total{' in text
     proc = subprocess.run([promtool, 'check', 'metrics'], input=text, capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), proc.stdout + proc.stderr

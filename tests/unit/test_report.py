@@ -94,7 +94,7 @@ def test_prometheus_textfile_format():
     assert 'auditgap_host_reachable{host="bogus"} 0' in text
     assert 'auditgap_audit_backlog_peak_ratio{host="seed_incident"} 1' in text
     assert 'auditgap_consumer_throttled_ratio{host="seed_incident"} 0.97' in text
-    assert 'auditgap_audit_wait_accrued_milliseconds{host="lab_stall"} 3608' in text
+    assert 'auditgap_audit_wait_accrued_seconds{host="lab_stall"} 3.608' in text
     assert 'auditgap_audit_lost_per_second{host="seed_incident"} 1' in text
     assert 'auditgap_findings{host="seed_incident",id="audit_consumer_throttled",severity="critical"} 1' in text
     assert 'auditgap_fleet_hosts{status="unreachable"} 1' in text
@@ -128,6 +128,21 @@ def test_html_self_contained_and_complete():
     # every inline SVG is well-formed XML
     for svg in re.findall(r'<svg.*?</svg>', html, re.DOTALL):
         ET.fromstring(svg)
+
+
+def test_html_template_overridden_by_a_users_copy(tmp_path):
+    """docs/reports.md: a copy that extends fleet.html.j2 and overrides a block, and a
+    fleet_host.html.j2 beside it for each host's section; still autoescaped."""
+    (tmp_path / 'mine.html.j2').write_text('{% extends "fleet.html.j2" %}{% block script %}<p id="mine">{{ host_count }}</p>'
+                                           '{% endblock %}')
+    (tmp_path / 'fleet_host.html.j2').write_text('{% macro host_section(h) %}<div class="mine">{{ h.host }}</div>'
+                                                 '{% endmacro %}')
+    doc = fleet()
+    doc['hosts'][0] = dict(doc['hosts'][0], host='<b>x</b>')
+    html = R.render_html(doc, template=str(tmp_path / 'mine.html.j2'))
+    assert '<p id="mine">%d</p>' % len(doc['hosts']) in html and '<script' not in html
+    assert '<div class="mine">&lt;b&gt;x&lt;/b&gt;</div>' in html and 'id="count-critical"' in html
+    assert str(R.html_host(doc['hosts'][1], str(tmp_path / 'mine.html.j2'))).startswith('<div class="mine">')
 
 
 def test_html_escapes_host_names_and_text():
