@@ -123,9 +123,10 @@ def _env():
 
 STRATEGY = os.environ.get('BENCH_FLEET_STRATEGY')
 KINDS = ['ping', 'diagnose', 'fanout']
+FANOUT_CONCURRENCY = [100]
 
 
-def write_inventory(fleet, path, timeout):
+def write_inventory(fleet, path, timeout, ssh_args=''):
     up = [h for h in fleet.hosts if h['reachable']]
     down = [h for h in fleet.hosts if not h['reachable']]
     lines = ['[up]'] + ['%s ansible_host=%s' % (h['name'], h['addr']) for h in up]
@@ -134,7 +135,8 @@ def write_inventory(fleet, path, timeout):
               'ansible_connection=ssh', 'ansible_user=root',
               'ansible_ssh_private_key_file=%s' % fleet.key,
               'ansible_ssh_timeout=%d' % timeout,
-              "ansible_ssh_common_args='-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR'",
+              "ansible_ssh_common_args='-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR%s'"
+              % ((' ' + ssh_args) if ssh_args else ''),
               'ansible_python_interpreter=/usr/bin/python3', '']
     with open(path, 'w') as f:
         f.write('\n'.join(lines))
@@ -151,7 +153,8 @@ def run_one(fleet, kind, inventory, limit, tmp, targets, tag, n_reachable):
                 '-e', 'diagnose_hosts=%s' % limit, '-e', 'report_dir=%s' % report_dir,
                 '-e', 'diagnose_audit_sample_seconds=%g' % WINDOW_S, '-e', 'diagnose_cgroup_sample_seconds=%g' % WINDOW_S,
                 '-e', 'diagnose_trace=never', '-e', 'report_print_summary=false',
-                '-e', 'diagnose_transport=%s' % ('fanout' if kind == 'fanout' else 'ansible')]
+                '-e', 'diagnose_transport=%s' % ('fanout' if kind == 'fanout' else 'ansible'),
+                '-e', 'diagnose_fanout_concurrency=%d' % FANOUT_CONCURRENCY[0]]
     ctl = Cgroup('agbench-ctl-%d-%s' % (os.getpid(), tag), memory=True)
     try:
         target0 = targets.cpu_s()
@@ -184,7 +187,7 @@ def run_one(fleet, kind, inventory, limit, tmp, targets, tag, n_reachable):
             'unreachable_errors': down_errors if kind != 'ping' else []}
 
 
-def measure_size(n, rounds, timeout, tmp):
+def measure_size(n, rounds, timeout, tmp, ssh_args=''):
     down = n // 10
     targets = Cgroup('agbench-targets-%d-%d' % (os.getpid(), n))
     fleet = SSHFleet(hosts=n, unreachable=down, net='10.214.0', blackhole=True, cgroup=targets.dirs)
@@ -192,7 +195,7 @@ def measure_size(n, rounds, timeout, tmp):
     try:
         with fleet:
             inventory = os.path.join(tmp, 'inventory-%d.ini' % n)
-            write_inventory(fleet, inventory, timeout)
+            write_inventory(fleet, inventory, timeout, ssh_args)
             plan = [('ping', 'up'), ('diagnose', 'up')] + ([('diagnose+down', 'fleet')] if down else [])
             plan += [('fanout', 'up')] + ([('fanout+down', 'fleet')] if down else [])
             plan = [(kind, limit) for kind, limit in plan if kind.split('+')[0] in KINDS]
@@ -248,7 +251,11 @@ def main():
     parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'out'), help='directory for JSON + SVG')
     parser.add_argument('--kinds', default=','.join(KINDS),
                         help='runs besides ping: diagnose (Ansible path), fanout (diagnose_transport=fanout)')
+    parser.add_argument('--ssh-args', default='',
+                        help='ssh options added to the inventory for every run, e.g. "-o KexAlgorithms=curve25519-sha256"')
+    parser.add_argument('--fanout-concurrency', type=int, default=100, help='diagnose_fanout_concurrency (hosts at once)')
     args = parser.parse_args()
+    FANOUT_CONCURRENCY[:] = [args.fanout_concurrency]
     KINDS[:] = ['ping'] + [k for k in args.kinds.split(',') if k in ('diagnose', 'fanout')]
     if os.geteuid() != 0:
         sys.exit('bench_fleet needs root (network namespaces, cgroups)')
@@ -257,14 +264,15 @@ def main():
     results = {}
     try:
         for n in sizes:
-            results[n] = measure_size(n, args.rounds, args.timeout, tmp)
+            results[n] = measure_size(n, args.rounds, args.timeout, tmp, args.ssh_args)
             print_size(results[n])
             sys.stdout.flush()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, 'bench_fleet.json'), 'w') as f:
-        json.dump({'sizes': {str(n): results[n] for n in results}, 'loadavg': os.getloadavg(),
+        json.dump({'sizes': {str(n): results[n] for n in results}, 'loadavg': os.getloadavg(), 'ssh_args': args.ssh_args,
+                   'fanout_concurrency': args.fanout_concurrency,
                    'window_s': WINDOW_S, 'timeout_s': args.timeout}, f, indent=1, sort_keys=True)
     chart(results, os.path.join(args.out, 'bench_fleet.svg'))
     print('wrote %s/bench_fleet.json and bench_fleet.svg (load average %.1f: shared machine, noisy)'
