@@ -74,7 +74,7 @@ def check_args(args):
             'params': full,
             'backlog_saturated_ratio': _number('backlog_saturated_ratio', args.get(
                 'backlog_saturated_ratio', DEFAULT_THRESHOLDS['backlog_saturated_ratio']), 0, 1),
-            'concurrency': _number('concurrency', args.get('concurrency', 100), 1, 2000, int),
+            'concurrency': _number('concurrency', args.get('concurrency', 0), 0, 2000, int) or C.DEFAULT_FORKS,
             'timeout': _number('timeout', args.get('timeout', 120), 1, 86400),
             'max_result_bytes': _number('max_result_bytes', args.get('max_result_bytes', 16 << 20), 1024, 1 << 30, int)}
 

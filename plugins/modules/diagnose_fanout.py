@@ -87,9 +87,12 @@ options:
         (docs/findings.md, 0.8).
     type: float
   concurrency:
-    description: Hosts worked on at once (1 to 2000); each is one ssh process on the controller.
+    description:
+      - Hosts worked on at once (0 to 2000); each is one ssh process on the controller. 0 is
+        Ansible's C(forks) setting. More at once than the machines' cores can serve makes every
+        session dearer (docs/scale.md).
     type: int
-    default: 100
+    default: 0
   timeout:
     description:
       - Seconds a host may take beyond its connect timeout and sample window before its session is

@@ -175,7 +175,7 @@ def test_trace_wanted_as_the_role_decides():
     ({'hosts': 'web1'}, 'hosts must be a list'),
     ({'audit_sample_seconds': 'x'}, 'audit_sample_seconds must be a number'),
     ({'cgroup_sample_seconds': float('nan')}, 'cgroup_sample_seconds must be between'),
-    ({'concurrency': 0}, 'concurrency must be between'),
+    ({'concurrency': -1}, 'concurrency must be between'),
     ({'source': 'nope'}, 'source must be one of'),
 ])
 def test_action_refuses_bad_arguments(args, word):
@@ -196,3 +196,8 @@ def test_the_report_reads_fanout_results_as_gather_results():
     entry_b = R.host_entries([('web1', b)], {})
     assert json.dumps(entry_a, sort_keys=True) == json.dumps(entry_b, sort_keys=True)
     assert R.host_results({'diagnose_fanout_result': {'skipped': True}}, 'web1') == {}
+
+
+def test_concurrency_zero_is_ansibles_forks():
+    assert A.check_args({})['concurrency'] == A.C.DEFAULT_FORKS
+    assert A.check_args({'concurrency': 7})['concurrency'] == 7
