@@ -1,4 +1,3 @@
-# ruff: noqa: UP031
 """The ``auditgap`` command: runs the project's playbooks through ansible-runner.
 
     auditgap diagnose [-i INVENTORY] [--hosts PATTERN] [--report-dir DIR]
@@ -415,7 +414,7 @@ def _audit_locked(args, runner, cwd, clock, out, err, list_hosts, started, root,
     kwargs, report_dir, _default = build_run(args, cwd, now)
     try:
         matched, every = list_hosts(kwargs.get('inventory'), args.hosts or 'fleet')
-    except Exception as exc:  # noqa: BLE001 -- Ansible's parser raises many kinds; the message is what matters
+    except Exception as exc:  # Ansible's parser raises many kinds; the message is what matters
         raise AuditError('cannot read the inventory %s: %s' % (kwargs.get('inventory'), exc), changes.EXIT_USAGE) from exc
     if not matched:
         raise AuditError('the inventory %s has no hosts matching %r: nothing to audit'

@@ -1,5 +1,4 @@
 #!/usr/bin/env python3
-# ruff: noqa: UP031
 """Benchmark: diagnose.yml over real SSH on the namespace fleet of
 tests/support/sshfleet.py (a real sshd per host, the controller in the hub
 namespace), against ``ansible -m ping`` over the same hosts in the same run
@@ -51,8 +50,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, '.venv', 'bin')
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
-from ansible_collections.auditgap.fleet.plugins.module_utils import svgchart  # noqa: E402
-from tests.support.sshfleet import SSHFleet  # noqa: E402
+from ansible_collections.auditgap.fleet.plugins.module_utils import svgchart
+from tests.support.sshfleet import SSHFleet
 
 CPUACCT = '/sys/fs/cgroup/cpuacct'
 MEMORY = '/sys/fs/cgroup/memory'

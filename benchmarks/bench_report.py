@@ -1,5 +1,4 @@
 #!/usr/bin/env python3
-# ruff: noqa: UP031
 """Benchmark: the report step (diagnose_report) for a synthetic fleet of
 10,000 host results (benchmarks/fleetgen.py), issue 17 item 4.
 

@@ -1,5 +1,4 @@
 #!/usr/bin/env python3
-# ruff: noqa: UP031
 """Synthetic fleet results for the report step (issue 17 item 4).
 
 ``fleet_results(n)`` yields ``(host, results)`` pairs shaped like what

@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010, UP031, UP008
 """diagnose_fanout: the gather step of diagnose.yml for every host of the play at once,
 from this one controller process (plugins/plugin_utils/fanout.py, docs/scale.md).
 Documentation: plugins/modules/diagnose_fanout.py."""
@@ -86,7 +85,7 @@ def config_defaults():
         from ansible.plugins.loader import connection_loader
         connection_loader.get('ssh', class_only=True)   # loads the plugin's configuration definitions
         control_dir = C.config.get_config_value('control_path_dir', plugin_type='connection', plugin_name='ssh')
-    except Exception:  # noqa: BLE001 -- no multiplexing then, the fan-out still works
+    except Exception:  # no multiplexing then, the fan-out still works
         control_dir = None
     control_path = None
     if control_dir:
@@ -159,7 +158,7 @@ class ActionModule(ActionBase):
                 settings = fanout.host_settings(host, hv, defaults)
                 params = host_params(args['params'], hv)
                 plan = host_plan(hv, args)
-            except Exception as err:  # noqa: BLE001 -- one host's bad variable never stops the others
+            except Exception as err:  # one host's bad variable never stops the others
                 results[host] = {'failed': True, 'changed': False,
                                  'msg': to_text(err)}
                 continue
@@ -185,7 +184,7 @@ class ActionModule(ActionBase):
                 wanted = fanout.trace_wanted(
                     results[host], plan['trace'],
                     lambda status, ratio=plan['ratio']: stall_suspected(status, {'backlog_saturated_ratio': ratio}))
-            except Exception:  # noqa: BLE001 -- a malformed result is reported, not traced
+            except Exception:  # a malformed result is reported, not traced
                 wanted = False
             if wanted:
                 trace_hosts.append(host)

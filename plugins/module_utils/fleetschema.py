@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010, UP031
 """The fleet.json schema (``auditgap.fleet/v1``) and a small validator for it.
 
 ``FLEET_SCHEMA`` is a JSON Schema (draft 2020-12) document written as Python

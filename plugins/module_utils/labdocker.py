@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010, UP031
 """The incident lab's docker backend (the audit consumer in a real container), and the
 Docker code only the lab and the tests use: starting and stopping Debian's dockerd
 (leases), images built from host files, running containers.

@@ -22,7 +22,8 @@ import re
 import tempfile
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import promtext, svgchart
-from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosis import STATUS_ORDER, STATUS_RANK, failed_entry, num, one_line, pct, plain
+from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosis import (DEFAULT_THRESHOLDS, STATUS_ORDER, STATUS_RANK, failed_entry, num,
+                                                                               one_line, pct, plain)
 
 
 def collection_version(root=None):
@@ -630,8 +631,8 @@ def _fleet_charts(doc, max_bars):
                              if (e.get('metrics') or {}).get('consumer_throttled_ratio') is not None),
                             key=lambda item: -(num(item[1]) or 0))[:max_bars]
     thresholds = doc.get('thresholds') or {}
-    backlog_thr = num(thresholds.get('backlog_saturated_ratio')) or 0.8
-    throttle_thr = num(thresholds.get('throttled_ratio_warn')) or 0.2
+    backlog_thr = num(thresholds.get('backlog_saturated_ratio')) or DEFAULT_THRESHOLDS['backlog_saturated_ratio']
+    throttle_thr = num(thresholds.get('throttled_ratio_warn')) or DEFAULT_THRESHOLDS['throttled_ratio_warn']
     charts = []
     if backlog_items:
         charts.append(svgchart.bar_chart(_colored(backlog_items, backlog_thr), 'Backlog peak / backlog_limit',
@@ -682,10 +683,10 @@ def _host_view(entry, detailed=True, open_=True):
     charts = []
     if detailed and metrics.get('audit_supported'):
         charts.append(svgchart.gauge(metrics.get('audit_backlog_peak'), metrics.get('audit_backlog_limit'),
-                                     'backlog peak / limit', warn_ratio=0.8))
+                                     'backlog peak / limit', warn_ratio=DEFAULT_THRESHOLDS['backlog_saturated_ratio']))
         if metrics.get('consumer_throttled_ratio') is not None:
             charts.append(svgchart.gauge(metrics.get('consumer_throttled_ratio'), 1, 'consumer throttled',
-                                         warn_ratio=0.2, text=_pct(metrics.get('consumer_throttled_ratio'))))
+                                         warn_ratio=DEFAULT_THRESHOLDS['throttled_ratio_warn'], text=_pct(metrics.get('consumer_throttled_ratio'))))
     timeline = _timeline(entry) if detailed else []
     if timeline and num(metrics.get('audit_backlog_limit')):
         limit = num(metrics.get('audit_backlog_limit'))
