@@ -48,10 +48,17 @@ attributes:
     support: full
 '''
 
-    # For action plugins (auditgap.fleet.attributes.action): they run on the controller.
+    # For action plugins (auditgap.fleet.attributes.action): they run on the controller
+    # (POSIX) and show no diff; each states its check mode support. List it before
+    # auditgap.fleet.attributes: the first fragment naming a key wins.
     ACTION = r'''
 options: {}
 attributes:
   action:
     description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
 '''

@@ -115,18 +115,12 @@ seealso:
   - module: auditgap.fleet.diagnose_gather
   - module: auditgap.fleet.diagnose_report
 extends_documentation_fragment:
+  - auditgap.fleet.attributes.action  # first: its platform (posix) wins over the base's
   - auditgap.fleet.attributes
-  - auditgap.fleet.attributes.action
 attributes:
-  action:
-    support: full
   check_mode:
     support: full
-  diff_mode:
-    support: none
   platform:
-    support: full
-    platforms: posix
     details: Runs on the controller (OpenSSH client); the hosts it gathers from are Linux.
 '''
 

@@ -82,20 +82,15 @@ author:
 notes:
   - Check mode writes the reports too (they are the controller's output, nothing changes on hosts).
 extends_documentation_fragment:
+  - auditgap.fleet.attributes.action  # first: its platform (posix) wins over the base's
   - auditgap.fleet.attributes
-  - auditgap.fleet.attributes.action
 attributes:
-  action:
-    support: full
   check_mode:
     support: partial
     details:
       - Check mode writes the reports on the controller too (they are the output of the run);
         nothing changes on the hosts.
-  diff_mode:
-    support: none
   platform:
-    platforms: posix
     details: Runs on the controller; the hosts it reports on are Linux.
 '''
 

@@ -39,19 +39,14 @@ options:
 author:
   - auditgap contributors (@auditgap)
 extends_documentation_fragment:
+  - auditgap.fleet.attributes.action  # first: its platform (posix) wins over the base's
   - auditgap.fleet.attributes
-  - auditgap.fleet.attributes.action
 attributes:
-  action:
-    support: full
   check_mode:
     support: full
     details:
       - Check mode writes nothing (a dry run); the document's summary is still returned.
-  diff_mode:
-    support: none
   platform:
-    platforms: posix
     details: Runs on the controller.
 '''
 

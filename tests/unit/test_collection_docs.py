@@ -67,6 +67,15 @@ def test_state_changing_modules_support_check_and_diff_mode():
     assert module_attributes('incident_lab')['check_mode']['support'] == 'full'
 
 
+def test_action_modules_run_on_the_controller():
+    """auditgap.fleet.attributes.action (listed first) gives them platform posix and no diff."""
+    for name in MODULES:
+        if 'auditgap.fleet.attributes.action' in module_doc(name)['extends_documentation_fragment']:
+            attrs = module_attributes(name)
+            assert attrs['platform']['platforms'] == 'posix' and attrs['diff_mode']['support'] == 'none', name
+            assert attrs['action']['support'] == 'full', name
+
+
 def test_fragment_describes_every_attribute_modules_use():
     from ansible_collections.auditgap.fleet.plugins.doc_fragments.attributes import ModuleDocFragment
     described = set(yaml.safe_load(ModuleDocFragment.DOCUMENTATION)['attributes'])
