@@ -114,14 +114,14 @@ notes:
 seealso:
   - module: auditgap.fleet.diagnose_gather
   - module: auditgap.fleet.diagnose_report
-extends_documentation_fragment:
-  - auditgap.fleet.attributes.action  # first: its platform (posix) wins over the base's
-  - auditgap.fleet.attributes
 attributes:
   check_mode:
     support: full
   platform:
     details: Runs on the controller (OpenSSH client); the hosts it gathers from are Linux.
+extends_documentation_fragment:
+  - auditgap.fleet.attributes.action
+  - auditgap.fleet.attributes
 '''
 
 EXAMPLES = r'''

@@ -82,7 +82,7 @@ author:
 notes:
   - Check mode writes the reports too (they are the controller's output, nothing changes on hosts).
 extends_documentation_fragment:
-  - auditgap.fleet.attributes.action  # first: its platform (posix) wins over the base's
+  - auditgap.fleet.attributes.action
   - auditgap.fleet.attributes
 attributes:
   check_mode:

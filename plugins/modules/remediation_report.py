@@ -39,7 +39,7 @@ options:
 author:
   - auditgap contributors (@auditgap)
 extends_documentation_fragment:
-  - auditgap.fleet.attributes.action  # first: its platform (posix) wins over the base's
+  - auditgap.fleet.attributes.action
   - auditgap.fleet.attributes
 attributes:
   check_mode:
@@ -61,21 +61,21 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+files:
+  description: Files written.
+  returned: always
+  type: list
+  elements: str
 mode:
   description: C(applied) or C(dry-run).
+  returned: always
+  type: str
+report:
+  description: Path of remediation.json; null when nothing was written (a dry run).
   returned: always
   type: str
 summary:
   description: The summary of remediation.json (hosts, fixed, not_fixed, new, not_remediated, failed_roles).
   returned: always
   type: dict
-report:
-  description: Path of remediation.json; null when nothing was written (a dry run).
-  returned: always
-  type: str
-files:
-  description: Files written.
-  returned: always
-  type: list
-  elements: str
 '''
