@@ -450,7 +450,24 @@ def _strerror(err):
     return '%s (%s)' % (os.strerror(err), errno.errorcode.get(err, err))
 
 
-class AuditSocket:
+class SocketOwner:
+    """A context manager that closes ``self.sock`` (a netlink socket) once: the audit
+    socket here, the multicast reader in auditreadlog."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class AuditSocket(SocketOwner):
     """A NETLINK_AUDIT socket. Use as a context manager or call close()."""
 
     def __init__(self, timeout_s=2.0, rcvbuf=None):
@@ -479,18 +496,6 @@ class AuditSocket:
         # messages that arrived for nobody in particular (audit records when
         # this socket is the registered consumer)
         self.unsolicited = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def close(self):
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
 
     def fileno(self):
         return self.sock.fileno()

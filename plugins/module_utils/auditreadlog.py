@@ -37,6 +37,7 @@ import socket
 import struct
 import time
 
+from ansible_collections.auditgap.fleet.plugins.module_utils.auditnl import SocketOwner
 from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls import audit_arch, syscall_name
 
 NETLINK_AUDIT = 9
@@ -354,7 +355,7 @@ def user_names(uids):
 
 # -- socket -------------------------------------------------------------------------
 
-class ReadlogSocket:
+class ReadlogSocket(SocketOwner):
     """A NETLINK_AUDIT socket joined to AUDIT_NLGRP_READLOG (root / CAP_AUDIT_READ).
 
     ``read_for(seconds)`` reads and counts records for that long (the sample loop's wait
@@ -384,18 +385,6 @@ class ReadlogSocket:
         self.clock = clock
         self.overruns = 0
         self.datagrams = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def close(self):
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
 
     def drain(self):
         """Read every datagram queued now; returns how many."""
