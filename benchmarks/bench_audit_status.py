@@ -3,7 +3,7 @@
 
 Measured interleaved (median of N, after warm-up), each beside its floor:
 
-- the sampled read (auditfacts.StatusReader.status(): the socket stays open, as
+- the sampled read (audit.Audit('netlink').status(): the socket stays open, as
   in audit_status's sample window) against a bare AUDIT_GET round trip on a
   reused socket (a prebuilt request, send, recv; nothing decoded);
 - the one-shot read (auditnl.get_status(): open, AUDIT_GET, decode, close)
@@ -29,7 +29,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, auditnl, auditparse  # noqa: E402
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, auditnl  # noqa: E402
 
 # the bare request: struct nlmsghdr {len 16, AUDIT_GET, NLM_F_REQUEST, seq 1, pid 0}
 BARE_REQUEST = struct.pack('=IHHII', 16, auditnl.AUDIT_GET, auditnl.NLM_F_REQUEST, 1, 0)
@@ -68,7 +68,7 @@ def main():
         # a one-shot read: open, AUDIT_GET, decode, close
         return auditnl.get_status()
 
-    reader = auditfacts.StatusReader('netlink', None, None)
+    reader = audit.Audit('netlink')
 
     def sampled_read():
         # what audit_status does per sample: AUDIT_GET on its open socket, decoded
@@ -89,7 +89,7 @@ def main():
 
     def auditctl_read():
         out = subprocess.run([auditctl, '-s'], capture_output=True, text=True, check=True).stdout
-        return auditparse.parse_status(out)
+        return audit.parse_status(out)
 
     # same answer from both (the static fields)
     a, b = netlink_read(), auditctl_read()
@@ -98,7 +98,7 @@ def main():
             print('bench_audit_status: sources disagree on %s: %s != %s' % (name, a[name], b[name]))
             return 2
 
-    sides = (('sampled read (StatusReader.status)', sampled_read),
+    sides = (('sampled read (Audit.status)', sampled_read),
              ('floor: bare AUDIT_GET, reused socket', bare_reused),
              ('one-shot read (auditnl.get_status)', netlink_read),
              ('floor: bare AUDIT_GET, new socket', bare_new))

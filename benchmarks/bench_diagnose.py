@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, '.venv', 'bin')
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts  # noqa: E402
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit  # noqa: E402
 from tests.support.kernel import kernel_lock as hold_kernel_lock  # noqa: E402
 
 PING_GOAL = 2.0
@@ -128,14 +128,9 @@ SHELL_PLAYBOOK = r'''
 '''
 
 
-def _run(argv):
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
 def audit_pid():
     """The registered audit consumer's pid, 0 when none or unreadable (netlink, else auditctl -s)."""
-    pid, _reason = auditfacts.consumer_pid(_run, shutil.which('auditctl'))
+    pid, _reason = audit.consumer()
     return pid or 0
 
 

@@ -18,14 +18,14 @@ import os
 import time
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import (
+    audit,
     auditnl,
-    auditparse,
     auditreadlog,
     kernelhz,
     procinfo,
 )
 
-SOURCES = ('auto', 'netlink', 'auditctl')
+SOURCES = audit.SOURCES
 MAX_SAMPLE_SECONDS = 300
 MIN_INTERVAL_MS = 10
 MAX_INTERVAL_MS = 60000
@@ -60,7 +60,7 @@ def kernel_release():
 
 
 def build_status(raw, hz):
-    """Raw status (auditnl.decode_status / auditparse.parse_status) -> contract ``status``."""
+    """Raw status (auditnl.decode_status / audit.parse_status) -> contract ``status``."""
     enabled = raw.get('enabled')
     wait = raw.get('backlog_wait_time')
     actual = raw.get('backlog_wait_time_actual')
@@ -119,77 +119,6 @@ def summarize_sample(timeline, hz, backlog_limit, interval_ms):
         'backlog_wait_time_actual_delta_ms': kernelhz.jiffies_to_ms(actual_delta, hz),
         'timeline': timeline,
     }
-
-
-class StatusReader:
-    """Reads raw status and rules from netlink or auditctl, keeping one socket open."""
-
-    def __init__(self, source, run_command, auditctl_path):
-        self.source = source
-        self.run_command = run_command
-        self.auditctl = auditctl_path
-        self.sock = None
-
-    def close(self):
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-    def status(self):
-        if self.source == 'netlink':
-            return self._socket().get_status()
-        return auditparse.parse_status(self._auditctl('-s'))
-
-    def rules(self):
-        if self.source == 'netlink':
-            return self._socket().list_rules()
-        return auditparse.parse_rules(self._auditctl('-l'))
-
-    def _socket(self):
-        if self.sock is None:
-            self.sock = auditnl.AuditSocket()
-        return self.sock
-
-    def _auditctl(self, flag):
-        rc, out, err = self.run_command([self.auditctl, flag])
-        if rc != 0:
-            raise RuntimeError('auditctl %s failed (rc=%s): %s' % (flag, rc, (err or out).strip()))
-        if not out.strip():
-            raise RuntimeError('auditctl %s printed nothing%s' % (flag, ': %s' % err.strip() if err and err.strip() else ''))
-        return out
-
-
-def _open_reader(source, run_command, auditctl_path):
-    """(reader, raw status, errors): the first source that answers, in order."""
-    order = ['netlink', 'auditctl'] if source == 'auto' else [source]
-    errors = []
-    for name in order:
-        if name == 'auditctl' and not auditctl_path:
-            errors.append('auditctl: not installed')
-            continue
-        reader = StatusReader(name, run_command, auditctl_path)
-        try:
-            return reader, reader.status(), errors
-        except (auditnl.AuditNetlinkError, RuntimeError, ValueError, OSError) as err:
-            reader.close()
-            errors.append('%s: %s' % (name, err))
-    return None, None, errors
-
-
-def consumer_pid(run_command, auditctl_path):
-    """(pid or None, reason) of the registered audit consumer: netlink, else ``auditctl -s``.
-
-    auditnl.consumer_pid with the auditctl fallback, for modules that must
-    work where netlink does not. ``run_command(argv) -> (rc, stdout, stderr)``
-    (AnsibleModule.run_command or alike) runs ``auditctl_path`` (None: not
-    installed); either auditctl -s format is read. A source that fails is
-    named in the reason, not raised.
-    """
-    reader, raw, errors = _open_reader('auto', run_command, auditctl_path)
-    if reader is None:
-        return None, 'cannot read the audit status: %s' % '; '.join(errors)
-    reader.close()
-    return auditnl.consumer_from_status(raw)
 
 
 def read_consumer(pid, proc_root='/proc', container_lookup=None):
@@ -299,7 +228,7 @@ def read_auditd_config(consumer, proc_root='/proc'):
     return out
 
 
-def run_sample(reader, seconds, interval_ms, hz, backlog_limit, clock=time.monotonic,
+def run_sample(client, seconds, interval_ms, hz, backlog_limit, clock=time.monotonic,
                sleep=time.sleep, on_tick=None):
     """Poll the status every ``interval_ms`` for ``seconds``; contract ``sample``.
 
@@ -309,7 +238,7 @@ def run_sample(reader, seconds, interval_ms, hz, backlog_limit, clock=time.monot
     tick = 0
     while True:
         now = clock()
-        raw = reader.status()
+        raw = client.status()
         timeline.append({'t_s': round(now - start, 4), 'backlog': raw.get('backlog'),
                          'lost': raw.get('lost'),
                          'backlog_wait_time_actual_jiffies': raw.get('backlog_wait_time_actual')})
@@ -355,24 +284,29 @@ def record_rates_summary(readlog, seconds):
 
 def gather(source='auto', sample_seconds=0, sample_interval_ms=100, rules=True, consumer=True,
            run_command=None, auditctl_path=None, proc_root='/proc', root='/', euid=None,
-           cgroup_root='/sys/fs/cgroup', container_lookup=None, record_rates=True):
+           cgroup_root='/sys/fs/cgroup', container_lookup=None, record_rates=True, client=None, first=None):
     """The ``audit_status`` facts. Never raises for a host that lacks audit or root.
 
     ``record_rates``: read the audit multicast group during the sample window
-    (``sample.record_rates``, module_utils/auditreadlog.py)."""
+    (``sample.record_rates``, module_utils/auditreadlog.py). ``client``: an ``audit.Audit``
+    (default: one for ``source``, ``run_command`` and ``auditctl_path``, None is not
+    installed), closed at the end; ``first``: what the caller's ``client.status()``
+    returned (a status dict or the AuditError): one read."""
     hz = kernelhz.detect_hz(root)
-    if euid is None:
-        euid = os.geteuid()
-    if euid != 0:
-        return unsupported('needs root (CAP_AUDIT_CONTROL) to read the audit status; '
-                           'run with become: true', hz)
-    reader, raw, errors = _open_reader(source, run_command, auditctl_path)
-    if reader is None:
-        return unsupported('audit status not readable: %s' % '; '.join(errors), hz)
+    client = client or audit.Audit(source, run_command or audit.run_command, auditctl_path)
     try:
+        if (os.geteuid() if euid is None else euid) != 0:
+            return unsupported('needs root (CAP_AUDIT_CONTROL) to read the audit status; '
+                               'run with become: true', hz)
+        try:
+            raw = client.status() if first is None else first
+        except audit.AuditError as err:
+            raw = err
+        if isinstance(raw, audit.AuditError):
+            return unsupported('audit status not readable: %s' % '; '.join(raw.errors), hz)
         facts = {
             'supported': True,
-            'source': reader.source,
+            'source': client.source,
             'hz': hz,
             'status': build_status(raw, hz['value']),
             'rules': [],
@@ -382,13 +316,13 @@ def gather(source='auto', sample_seconds=0, sample_interval_ms=100, rules=True, 
             'collected_at': utc_now(),
             'kernel_release': kernel_release(),
         }
-        if errors:
-            facts['source_errors'] = errors
+        if client.errors:
+            facts['source_errors'] = client.errors
         if rules:
             try:
-                facts['rules'] = reader.rules()
-                facts['rules_source'] = reader.source
-            except (auditnl.AuditNetlinkError, RuntimeError, ValueError, OSError) as err:
+                facts['rules'] = client.rules()
+                facts['rules_source'] = client.source
+            except audit.AuditError as err:
                 facts['rules_error'] = str(err)
         activity = None
         if consumer:
@@ -401,7 +335,7 @@ def gather(source='auto', sample_seconds=0, sample_interval_ms=100, rules=True, 
                 activity = procinfo.ActivitySampler(raw['pid'], proc_root=proc_root, cgroup_root=cgroup_root)
             readlog, readlog_error = open_readlog() if record_rates else (None, None)
             try:
-                facts['sample'] = run_sample(reader, float(sample_seconds), int(sample_interval_ms),
+                facts['sample'] = run_sample(client, float(sample_seconds), int(sample_interval_ms),
                                              hz['value'], raw.get('backlog_limit'),
                                              on_tick=activity.tick if activity else None,
                                              sleep=readlog.read_for if readlog else time.sleep)
@@ -412,7 +346,7 @@ def gather(source='auto', sample_seconds=0, sample_interval_ms=100, rules=True, 
                     facts['sample']['record_rates'] = None
                     if readlog_error:
                         facts['sample']['record_rates_error'] = readlog_error
-            except (auditnl.AuditNetlinkError, RuntimeError, ValueError, OSError) as err:
+            except (audit.AuditError, RuntimeError, ValueError, OSError) as err:
                 facts['sample_error'] = str(err)
             finally:
                 if readlog is not None:
@@ -421,4 +355,4 @@ def gather(source='auto', sample_seconds=0, sample_interval_ms=100, rules=True, 
                 facts['consumer_activity'] = activity.summary()
         return facts
     finally:
-        reader.close()
+        client.close()

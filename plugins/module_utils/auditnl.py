@@ -3,6 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """auditnl: get_status() -> dict, list_rules() -> [rule], set_status(**fields) -> previous status; AuditSocket for a persistent connection.
 
+The netlink transport under the one audit client (``audit.Audit``), which modules use.
+
 The Linux audit netlink protocol (NETLINK_AUDIT), stdlib only.
 
 Pure codec (testable on bytes, no root):
@@ -342,7 +344,7 @@ def _syscalls_from_mask(words, table):
 
 
 def decode_rule(payload, machine=None):
-    """struct audit_rule_data -> rule dict (the shape ``auditparse.parse_rules`` returns).
+    """struct audit_rule_data -> rule dict (the shape ``audit.parse_rules`` returns).
 
     Syscall numbers are named with the table of the rule's ``AUDIT_ARCH_*``
     (x86_64, i386, aarch64, arm); a rule without an arch field uses the native
@@ -638,23 +640,6 @@ def get_status(timeout_s=2.0):
     """Current audit status (dict, see decode_status)."""
     with AuditSocket(timeout_s) as sock:
         return sock.get_status()
-
-
-def consumer_from_status(status):
-    """(pid or None, reason) of the registered audit consumer in a status dict (pid 0: none)."""
-    pid = (status or {}).get('pid')
-    if not pid:
-        return None, 'no audit consumer registered'
-    return int(pid), None
-
-
-def consumer_pid(timeout_s=2.0):
-    """(pid or None, reason) of the registered audit consumer, over netlink; never raises."""
-    try:
-        status = get_status(timeout_s)
-    except Exception as exc:  # any netlink failure is a reason, not a crash
-        return None, 'cannot read the audit status: %s' % exc
-    return consumer_from_status(status)
 
 
 def list_rules(timeout_s=2.0, machine=None):

@@ -20,12 +20,12 @@ import os
 import threading
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import (
+    audit,
     auditfacts,
-    auditnl,
     cgroups,
 )
 
-SOURCES = ('auto', 'netlink', 'auditctl')
+SOURCES = audit.SOURCES
 # option -> (type, default): the module's argument_spec and the fan-out's parameters
 OPTIONS = {
     'audit_sample_seconds': (float, 5.0),
@@ -113,19 +113,26 @@ def gather_both(params, audit_fn, cgroup_fn):
     return results
 
 
-def gather(params, run_command, auditctl_path):
-    """{audit_status, cgroup_throttle} for full, valid params. ``run_command(argv) -> (rc, out, err)``."""
-    def audit():
-        return auditfacts.gather(source=params['source'], sample_seconds=params['audit_sample_seconds'],
+def gather(params, client):
+    """{audit_status, cgroup_throttle} for full, valid params, with one audit client
+    (``audit.Audit``): the status is read once, here, for the facts and for the consumer
+    whose cgroup is sampled (netlink, else auditctl -s, as everywhere)."""
+    try:
+        first = client.status()
+        consumer = audit.consumer_from_status(first)
+    except audit.AuditError as err:
+        first, consumer = err, (None, str(err))
+
+    def audit_facts():
+        return auditfacts.gather(sample_seconds=params['audit_sample_seconds'],
                                  sample_interval_ms=params['sample_interval_ms'], rules=True, consumer=True,
-                                 run_command=run_command, auditctl_path=auditctl_path,
-                                 container_lookup=docker_lookup)
+                                 client=client, first=first, container_lookup=docker_lookup)
 
     def cgroup():
         return cgroups.collect(cgroup_options(params['cgroup_sample_seconds']), root='/',
-                               container_lookup=docker_lookup, audit_lookup=auditnl.consumer_pid)
+                               container_lookup=docker_lookup, audit_lookup=lambda: consumer)
 
-    return gather_both(params, audit, cgroup)
+    return gather_both(params, audit_facts, cgroup)
 
 
 def run_command(argv):
@@ -156,6 +163,6 @@ def fanout_main(params):
     full, error = check_params(params)
     if error:
         return {'failed': True, 'changed': False, 'msg': error}
-    result = gather(full, run_command, find_bin('auditctl'))
+    result = gather(full, audit.Audit(full['source'], run_command, find_bin('auditctl')))
     result['changed'] = False
     return result

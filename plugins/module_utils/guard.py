@@ -320,40 +320,21 @@ def _op_umount(path):
         raise OSError(text or 'umount failed')
 
 
-def _auditctl(args):
-    proc = subprocess.run(['auditctl'] + list(args), check=False, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, timeout=30)
-    return proc.returncode, (proc.stderr or proc.stdout).decode('utf-8', 'replace').strip()
-
-
-def exe_variants(argv):
-    """``argv`` and, when it has ``-F exe=X``, the same with ``exe!=X``: auditctl 3.x
-    prints a loaded ``exe!=X`` as ``exe=X``, so a rule read back may need the other."""
-    out = [list(argv)]
-    if any(a.startswith('exe=') for a in argv):
-        out.append([('exe!=' + a[4:]) if a.startswith('exe=') else a for a in argv])
-    return out
+def _audit():
+    from ansible_collections.auditgap.fleet.plugins.module_utils import audit
+    return audit.Audit()
 
 
 def _op_audit_rule_delete(argv):
     """Delete one loaded rule exactly (``-d`` with the rule's own fields); absent is fine."""
-    text = ''
-    for variant in exe_variants(['-d'] + list(argv[1:])):
-        rc, text = _auditctl(variant)
-        if rc == 0:
-            return
-        if 'No such file' not in text and 'No rule matches' not in text:
-            break
-    else:
-        return  # not loaded (in any spelling): nothing to delete
-    raise RuntimeError('auditctl -d %s: %s' % (' '.join(argv[1:]), text))
+    with _audit() as client:
+        client.delete_rules([argv], missing_ok=True)
 
 
 def _op_audit_rule_add(argv):
     """Add one rule (``-a``/``-A`` argv); already loaded is fine."""
-    rc, text = _auditctl(list(argv))
-    if rc != 0 and 'exists' not in text:
-        raise RuntimeError('auditctl %s: %s' % (' '.join(argv), text))
+    with _audit() as client:
+        client.add_rules([argv], exists_ok=True)
 
 
 def _op_audit_rules_restore(rules):
@@ -362,34 +343,20 @@ def _op_audit_rules_restore(rules):
     differs, delete and re-add from the first difference on. Watches and rules of other
     lists are never touched."""
     from ansible_collections.auditgap.fleet.plugins.module_utils import rulesfile
-    proc = subprocess.run(['auditctl', '-l'], check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
-    if proc.returncode != 0:
-        raise RuntimeError('auditctl -l: %s' % proc.stderr.decode('utf-8', 'replace').strip())
-    loaded = rulesfile.parse_auditctl_list(proc.stdout.decode('utf-8', 'replace'))
-    wanted = [rulesfile.parse_rule(' '.join(argv)) for argv in rules]
-    plan = rulesfile.restore_plan(loaded, wanted)
-    for argv in plan:
-        if argv[0] == '-d':
-            _op_audit_rule_delete(argv)
-        else:
-            _op_audit_rule_add(argv)
+    with _audit() as client:
+        loaded = rulesfile.loaded_syscall_rules(client.rules())
+        wanted = [rulesfile.parse_rule(' '.join(argv)) for argv in rules]
+        for argv in rulesfile.restore_plan(loaded, wanted):
+            if argv[0] == '-d':
+                client.delete_rules([argv], missing_ok=True)
+            else:
+                client.add_rules([argv], exists_ok=True)
 
 
 def _op_audit_set(fields):
-    """Audit status fields (names as auditnl.set_status takes them)."""
-    from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
-    try:
-        auditnl.set_status(**fields)
-        return
-    except Exception:  # netlink refused: auditctl below
-        pass
-    flags = {'failure': '-f', 'rate_limit': '-r', 'backlog_limit': '-b',
-             'backlog_wait_time': '--backlog_wait_time', 'enabled': '-e'}
-    for name in ('failure', 'rate_limit', 'backlog_limit', 'backlog_wait_time', 'enabled'):
-        if name in fields:
-            rc, text = _auditctl([flags[name], str(int(fields[name]))])
-            if rc != 0:
-                raise RuntimeError('auditctl %s %s: %s' % (flags[name], fields[name], text))
+    """Audit status fields (names as audit.Audit.set takes them)."""
+    with _audit() as client:
+        client.set(**fields)
 
 
 def _op_file_restore(path, text=None, mode=0o644):
@@ -515,12 +482,12 @@ def _leased_by_others(leases):
 
 
 def _audit_status():
-    from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, auditparse
+    from ansible_collections.auditgap.fleet.plugins.module_utils import audit
     try:
-        return auditnl.get_status()
-    except Exception:  # netlink refused: auditctl below
-        rc, text = _auditctl(['-s'])
-        return auditparse.parse_status(text) if rc == 0 else {}
+        with _audit() as client:
+            return client.status()
+    except audit.AuditError:
+        return {}
 
 
 def release_audit_registration(pid, timeout_s=5.0):
@@ -979,6 +946,37 @@ def locked(module, wait_s=0, state_dir=STATE_DIR, busy=LockBusy):
     """The host lock for ``module``; entering it also replays dead runs' journals
     (the lock object's ``recovered`` is what :func:`recover` returned)."""
     return _Locked(module, wait_s, state_dir, busy)
+
+
+def run_locked(ansible_module, name, body, out, result, wait_s=30):
+    """``body()`` of a changing module: under the host lock (waited for ``wait_s``, or
+    ``AUDITGAP_LOCK_WAIT_S``) after replaying dead runs' journals (``out['recovered_from_crash']``);
+    in check mode without the lock (nothing changes, nothing is replayed). A busy lock fails
+    the task (``result``) naming the holder, nothing changed."""
+    if ansible_module.check_mode:
+        return body()
+    try:
+        with locked(name, wait_s=lock_wait(wait_s)) as lock:
+            out['recovered_from_crash'] = lock.recovered
+            return body()
+    except (LockBusy, UnsafePath) as err:
+        ansible_module.fail_json(msg='%s; nothing changed' % err, **result)
+
+
+def journaled(name, out, change):
+    """``change(rg)`` in a RestoreGuard journaled as ``name``, committed when it returns.
+    On any failure the guard has undone it: returns the error (None on success) with
+    ``out['restored']`` and ``out['restore_errors']`` saying how well."""
+    rg = RestoreGuard(journal=name)
+    try:
+        with rg:
+            change(rg)
+            rg.commit()
+    except Exception as err:  # any failure: the guard has rolled back
+        out['restored'] = rg.ok
+        out['restore_errors'] = list(rg.restore_errors)
+        return err
+    return None
 
 
 class _Locked(HostLock):

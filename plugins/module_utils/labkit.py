@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, auditparse, cgroups, guard, labworkload, procinfo
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, cgroups, guard, labworkload, procinfo
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import process_alive, proc_starttime
 
 LAB_DIR = '/run/auditgap-lab'
@@ -69,11 +69,9 @@ class LabFailed(RuntimeError):
 # audit
 # --------------------------------------------------------------------------
 def get_status():
-    """Audit status dict (netlink; ``auditctl -s`` when netlink fails)."""
-    try:
-        return dict(auditnl.get_status())
-    except Exception:  # netlink refused: auditctl below
-        return auditparse.parse_status(run_auditctl(['-s']))
+    """Audit status dict (the audit client: netlink, else ``auditctl -s``)."""
+    with audit.Audit() as client:
+        return client.status()
 
 
 def set_status(**fields):

@@ -466,14 +466,12 @@ def render_settings_text(existing, settings, header):
     return '\n'.join(out) + '\n'
 
 
-# -- auditctl output -------------------------------------------------------------
+# -- loaded rules ----------------------------------------------------------------
 
-def parse_auditctl_list(text):
-    """``auditctl -l`` -> parsed syscall rules (watches, ``No rules`` and others skipped).
-
-    auditctl prints the loaded rules as ``-a`` lines: the same parse as a rules.d text's.
-    """
-    return syscall_rules(text)
+def loaded_syscall_rules(rules):
+    """The syscall rules (``-a``) among loaded rules (``audit.Audit.rules()``), parsed as
+    rules.d lines: what narrowing compares and changes."""
+    return syscall_rules('\n'.join(rule['text'] for rule in rules))
 
 
 def delete_argv(rule):
@@ -505,18 +503,7 @@ def restore_plan(loaded, wanted):
     return plan
 
 
-def other_lines(listing):
-    """``auditctl -l`` lines that are not syscall rules (watches and the like), in order:
-    what narrowing must leave exactly as it was."""
-    out = []
-    for line in listing.splitlines():
-        line = line.strip()
-        if not line or line == 'No rules':
-            continue
-        try:
-            rule = parse_rule(line)
-        except RulesError:
-            rule = None
-        if rule is None or rule['kind'] != 'syscall':
-            out.append(line)
-    return out
+def other_lines(rules):
+    """The text of loaded rules (``audit.Audit.rules()``) that are not syscall rules (watches
+    and the like), in order: what narrowing must leave exactly as it was."""
+    return [rule['text'] for rule in rules if not syscall_rules(rule['text'])]

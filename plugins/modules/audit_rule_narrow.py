@@ -155,35 +155,17 @@ import collections
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, guard
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, guard
 from ansible_collections.auditgap.fleet.plugins.module_utils import rulesfile as rf
 
 
 LOCK_WAIT_S = 30
 
 
-class Auditctl:
-    def __init__(self, module):
-        self.module = module
-        self.bin = module.get_bin_path('auditctl')
-
-    def run(self, args, fail=True):
-        rc, out, err = self.module.run_command([self.bin] + list(args))
-        if rc != 0 and fail:
-            raise RuntimeError('auditctl %s: %s' % (' '.join(args), (err or out).strip()))
-        return rc, out
-
-    def rules(self):
-        _rc, out = self.run(['-l'])
-        lines = [line.strip() for line in out.splitlines() if line.strip() and line.strip() != 'No rules']
-        return lines, rf.parse_auditctl_list(out)
-
-    def enabled(self):
-        _rc, out = self.run(['-s'])
-        try:
-            return auditparse.parse_status(out)['enabled']
-        except ValueError as err:
-            raise RuntimeError('auditctl -s: %s' % err)
+def loaded_rules(client):
+    """(lines, rules) of the loaded audit rules, read through the audit client."""
+    rules = client.rules()
+    return [rule['text'] for rule in rules], rules
 
 
 def multiset(rules):
@@ -219,17 +201,12 @@ def main():
     if not os.path.isdir(p['rules_dir']):
         module.fail_json(msg='rules directory %s does not exist; nothing changed' % p['rules_dir'], **result)
 
-    if module.check_mode:  # nothing changes in check mode: no lock, no crash recovery
-        narrow(module, p, specs, result)
-    try:
-        with guard.locked('audit_rule_narrow', wait_s=guard.lock_wait(LOCK_WAIT_S)) as lock:
-            out['recovered_from_crash'] = lock.recovered
-            narrow(module, p, specs, result)
-    except (guard.LockBusy, guard.UnsafePath) as err:
-        module.fail_json(msg='%s; nothing changed' % err, **result)
+    with audit.for_module(module) as client:
+        guard.run_locked(module, 'audit_rule_narrow', lambda: narrow(module, p, specs, result, client), out, result,
+                         LOCK_WAIT_S)
 
 
-def narrow(module, p, specs, result):
+def narrow(module, p, specs, result, client):
     out = result['audit_rule_narrow']
     files = rf.read_rules_dir(p['rules_dir'])
     new_texts = {}
@@ -246,17 +223,16 @@ def narrow(module, p, specs, result):
             new_texts[name] = (text, new_text, changes)
     out['files_changed'] = [os.path.join(p['rules_dir'], n) for n in sorted(new_texts)]
 
-    ctl = None
-    loaded = []
+    loaded, all_loaded = [], []
     if p['live']:
-        ctl = Auditctl(module)
-        if not ctl.bin:
+        if not client.auditctl:  # the rules are changed with auditctl
             module.fail_json(msg='auditctl not found (install auditd) or set live=false; nothing changed', **result)
         try:
-            out['loaded_before'], loaded = ctl.rules()
-            out['immutable'] = ctl.enabled() == 2
-        except RuntimeError as err:
+            out['loaded_before'], all_loaded = loaded_rules(client)
+            out['immutable'] = client.status()['enabled'] == 2
+        except audit.AuditError as err:
             module.fail_json(msg='%s; nothing changed' % err, **result)
+        loaded = rf.loaded_syscall_rules(all_loaded)
         file_canon = {rf.canonical(r) for r in file_rules_before}
         for rule in loaded:
             if any(rf.rule_matches(rule, s) and rf.narrow_rule(rule, s) != [rule] for s in specs) \
@@ -282,67 +258,51 @@ def narrow(module, p, specs, result):
 
     # journaled: a failure or a crash at any step puts the files and the loaded rules
     # back as they were read
-    try:
-        apply_changes(module, ctl, p, files, new_texts, live_changes, loaded, loaded_canon, file_rules_before, out)
-    except ApplyFailed as err:
-        module.fail_json(msg=str(err), **result)
+    def apply(rg):
+        for name in sorted(new_texts):
+            path = os.path.join(p['rules_dir'], name)
+            if p['backup']:
+                out['backups'][path] = module.backup_local(path)
+            mode = os.stat(path).st_mode & 0o7777
+            rg.push_op('file_restore', 'restore %s' % path, path=path, text=new_texts[name][0], mode=mode)
+            rf.write_atomic(module, path, new_texts[name][1], mode)
+        if live_changes:
+            change_live(client, rg, live_changes, loaded, loaded_canon, file_rules_before, all_loaded, out)
+
+    err = guard.journaled('audit_rule_narrow', out, apply)
+    if err is not None:
+        module.fail_json(msg='changing the rules failed: %s; %s' % (
+            err, 'files and loaded rules restored' if out['restored']
+            else 'restore incomplete: %s' % '; '.join(out['restore_errors'])), **result)
     module.exit_json(**result)
 
 
-class ApplyFailed(Exception):
-    pass
-
-
-def apply_changes(module, ctl, p, files, new_texts, live_changes, loaded, loaded_canon, file_rules_before, out):
-    """Rewrite the files, then delete exactly the replaced loaded rules and add the new
-    ones. Any failure (or a loaded set that is not the intended one) restores the files
-    and the full loaded rule set read first, and raises ApplyFailed."""
-    rg = guard.RestoreGuard(journal='audit_rule_narrow')
-    try:
-        with rg:
-            for name in sorted(new_texts):
-                path = os.path.join(p['rules_dir'], name)
-                if p['backup']:
-                    out['backups'][path] = module.backup_local(path)
-                mode = os.stat(path).st_mode & 0o7777
-                rg.push_op('file_restore', 'restore %s' % path, path=path, text=new_texts[name][0], mode=mode)
-                rf.write_atomic(module, path, new_texts[name][1], mode)
-            if live_changes:
-                change_live(ctl, rg, live_changes, loaded, loaded_canon, file_rules_before, out)
-            rg.commit()
-    except Exception as err:  # any failure: the guard has put everything back
-        out['restored'] = rg.ok
-        out['restore_errors'] = list(rg.restore_errors)
-        raise ApplyFailed('changing the rules failed: %s; %s' % (
-            err, 'files and loaded rules restored' if rg.ok
-            else 'restore incomplete: %s' % '; '.join(rg.restore_errors))) from None
-
-
-def change_live(ctl, rg, live_changes, loaded, loaded_canon, file_rules_before, out):
+def change_live(client, rg, live_changes, loaded, loaded_canon, file_rules_before, all_loaded, out):
+    """Delete exactly the replaced loaded rules and add the new ones; RuntimeError when the
+    loaded set is not the intended one afterwards (the guard then restores it)."""
     intended = collections.Counter(loaded_canon)
     for c in live_changes:
         intended[rf.canonical(c['old_rule'])] -= 1
         for r in c['new_rules']:
             intended[rf.canonical(r)] += 1
     intended = +intended
-    listing_before = '\n'.join(out['loaded_before'])
-    others_before = rf.other_lines(listing_before)
+    others_before = rf.other_lines(all_loaded)
     # as they were added: a file's spelling when a file holds the rule (auditctl -l prints exe!=X as exe=X)
     spelled = {rf.canonical(r): r for r in file_rules_before}
     rg.push_op('audit_rules_restore', 'restore the loaded audit rules (%d syscall rules)' % len(loaded),
                rules=[rf.rule_argv(dict(spelled.get(rf.canonical(r), r), flag='-a')) for r in loaded])
     methods = []
     for c in live_changes:
-        ctl.run(rf.delete_argv(c['old_rule']))
+        client.delete_rules([rf.delete_argv(c['old_rule'])])
         rg.checkpoint()
         for r in c['new_rules']:
-            ctl.run(rf.rule_argv(dict(r, flag='-a')))
+            client.add_rules([rf.rule_argv(dict(r, flag='-a'))])
             rg.checkpoint()
         methods.append('exact')
     out['live_method'] = methods
-    out['loaded_after'], after_rules = ctl.rules()
-    others_after = rf.other_lines('\n'.join(out['loaded_after']))
-    out['loaded_equals_intended'] = multiset(after_rules) == intended and others_after == others_before
+    out['loaded_after'], after = loaded_rules(client)
+    out['loaded_equals_intended'] = (multiset(rf.loaded_syscall_rules(after)) == intended
+                                     and rf.other_lines(after) == others_before)
     if not out['loaded_equals_intended']:
         raise RuntimeError('the loaded rules differ from the intended set after the change')
 

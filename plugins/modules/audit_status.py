@@ -407,7 +407,7 @@ audit_status:
 '''
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, dockerctl
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, auditfacts, dockerctl
 
 
 def main():
@@ -428,19 +428,14 @@ def main():
     if error:
         module.fail_json(msg=error)
 
-    def run_command(argv):
-        return module.run_command(argv, environ_update={'LC_ALL': 'C'})
-
     try:
         facts = auditfacts.gather(
-            source=params['source'],
             sample_seconds=params['sample_seconds'],
             sample_interval_ms=params['sample_interval_ms'],
             rules=params['rules'],
             consumer=params['consumer'],
             record_rates=params['record_rates'],
-            run_command=run_command,
-            auditctl_path=module.get_bin_path('auditctl'),
+            client=audit.for_module(module, params['source']),
             container_lookup=dockerctl.lookup_container,
         )
     except Exception as err:  # never a traceback: a host without audit still gets a report

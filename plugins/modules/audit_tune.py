@@ -156,17 +156,17 @@ audit_tune:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, auditparse, guard, kernelhz, rulesfile
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, guard, kernelhz, rulesfile
 
 MAX_BACKLOG_LIMIT = 1048576
 MAX_RATE_LIMIT = 2147483647
 HEADER = ('# Managed by auditgap (audit_backlog role). Local changes are overwritten.\n'
           '# Backlog settings for the kernel audit queue; see docs/remediation.md.\n')
-# (live name, audit status field as auditnl.decode_status / auditparse.parse_status name it, auditctl option)
+# live name -> the audit status field (audit.Audit.status / set)
 LIVE = (
-    ('backlog_limit', 'backlog_limit', '-b'),
-    ('backlog_wait_time_jiffies', 'backlog_wait_time', '--backlog_wait_time'),
-    ('rate_limit', 'rate_limit', '-r'),
+    ('backlog_limit', 'backlog_limit'),
+    ('backlog_wait_time_jiffies', 'backlog_wait_time'),
+    ('rate_limit', 'rate_limit'),
 )
 SYSTEM_RULES_DIR = '/etc/audit/rules.d'
 LOCK_WAIT_S = 30
@@ -196,57 +196,19 @@ def validate(params, hz):
 
 
 def live_settings(status):
-    """Audit status dict (auditnl.decode_status / auditparse.parse_status) -> {enabled, live names}."""
+    """Audit status dict (audit.Audit.status) -> {enabled, live names}."""
     out = {'enabled': status.get('enabled')}
-    for name, sname, _opt in LIVE:
+    for name, sname in LIVE:
         out[name] = status.get(sname)
     return out
 
 
-class Live:
-    """Live audit settings through auditnl (netlink) or auditctl."""
-
-    def __init__(self, module):
-        self.module = module
-        self.source = None
-        self.auditctl = module.get_bin_path('auditctl')
-
-    def get(self):
-        try:
-            status = auditnl.get_status()
-            self.source = 'netlink'
-            return self._from_netlink(status)
-        except Exception:  # fall back to auditctl  # noqa: BLE001, S110 -- netlink errors of any kind fall back / roll back
-            pass
-        if not self.auditctl:
-            self.module.fail_json(msg='cannot read audit status: netlink failed and no auditctl')
-        rc, out, err = self.module.run_command([self.auditctl, '-s'])
-        if rc != 0:
-            self.module.fail_json(msg='auditctl -s failed: %s' % (err or out).strip())
-        self.source = 'auditctl'
-        try:  # multi-line or the old one-line format; a field it lacks is None
-            return live_settings(auditparse.parse_status(out))
-        except ValueError as err:
-            self.module.fail_json(msg='cannot read audit status: %s' % err)
-
-    @staticmethod
-    def _from_netlink(status):
-        if isinstance(status, dict) and 'status' in status and isinstance(status['status'], dict):
-            status = status['status']
-        out = live_settings(status)
-        if None in out.values():
-            raise ValueError('incomplete netlink status')
-        return out
-
-    def set(self, name, value):
-        sname = {n: s for n, s, _o in LIVE}[name]
-        if self.source == 'netlink':
-            auditnl.set_status(**{sname: value})
-            return
-        opt = {n: o for n, _s, o in LIVE}[name]
-        rc, out, err = self.module.run_command([self.auditctl, opt, str(int(value))])
-        if rc != 0:
-            raise RuntimeError('auditctl %s %d failed: %s' % (opt, value, (err or out).strip()))
+def read_live(module, client):
+    """The live settings through the audit client (netlink, else auditctl); fails the task when unreadable."""
+    try:
+        return live_settings(client.status())
+    except audit.AuditError as err:
+        module.fail_json(msg=str(err))
 
 
 def read_text(path):
@@ -297,7 +259,7 @@ def main():
     )
     p = module.params
     hz, hz_source = kernel_hz()
-    requested = {n: p[n] for n, _s, _o in LIVE}
+    requested = {n: p[n] for n, _s in LIVE}
     result = {'changed': False, 'audit_tune': {
         'source': None, 'requested': requested, 'before': None, 'after': None, 'live_changes': {},
         'immutable': False, 'rules_file': p['rules_file'], 'file_changed': False, 'backup_file': None,
@@ -313,24 +275,17 @@ def main():
     rules_dir = os.path.dirname(p['rules_file'])
     if p['persistent'] and not os.path.isdir(rules_dir):
         module.fail_json(msg='rules directory %s does not exist (is auditd installed?); nothing changed' % rules_dir, **result)
-    if module.check_mode:  # nothing changes in check mode: no lock, no crash recovery
-        tune(module, p, result)
-    try:
-        with guard.locked('audit_tune', wait_s=guard.lock_wait(LOCK_WAIT_S)) as lock:
-            out['recovered_from_crash'] = lock.recovered
-            tune(module, p, result)
-    except (guard.LockBusy, guard.UnsafePath) as err:
-        module.fail_json(msg='%s; nothing changed' % err, **result)
+    with audit.for_module(module) as client:
+        guard.run_locked(module, 'audit_tune', lambda: tune(module, p, result, client), out, result, LOCK_WAIT_S)
 
 
-def tune(module, p, result):
+def tune(module, p, result, client):
     """Read, compare, and (not in check mode) apply; ends the module (exit_json/fail_json)."""
     out = result['audit_tune']
     requested = out['requested']
     rules_dir = os.path.dirname(p['rules_file'])
-    live = Live(module)
-    before = live.get()
-    out['source'] = live.source
+    before = read_live(module, client)
+    out['source'] = client.source
     out['before'] = before
     out['after'] = dict(before)
     out['immutable'] = before.get('enabled') == 2
@@ -375,28 +330,23 @@ def tune(module, p, result):
 
     # journaled: a failure, or a crash (replayed by the next auditgap run), puts the file
     # and every live setting back
-    rg = guard.RestoreGuard(journal='audit_tune')
-    try:
-        with rg:
-            if out['file_changed']:
-                if p['backup'] and old_text is not None:
-                    out['backup_file'] = module.backup_local(p['rules_file'])
-                rg.push_op('file_restore', 'restore %s' % p['rules_file'], path=p['rules_file'], text=old_text,
-                           mode=0o640)
-                rulesfile.write_atomic(module, p['rules_file'], new_text)
-            sname = {n: s for n, s, _o in LIVE}
-            for name in ('backlog_limit', 'backlog_wait_time_jiffies', 'rate_limit'):
-                if name in live_todo:
-                    rg.push_op('audit_set', 'set %s back to %s' % (name, before[name]),
-                               fields={sname[name]: before[name]})
-                    live.set(name, live_todo[name][1])
-            rg.commit()
-    except Exception as err:  # noqa: BLE001 -- any failure: the guard has rolled back
-        out['restored'] = rg.ok
-        out['restore_errors'] = list(rg.restore_errors)
+    def apply(rg):
+        if out['file_changed']:
+            if p['backup'] and old_text is not None:
+                out['backup_file'] = module.backup_local(p['rules_file'])
+            rg.push_op('file_restore', 'restore %s' % p['rules_file'], path=p['rules_file'], text=old_text,
+                       mode=0o640)
+            rulesfile.write_atomic(module, p['rules_file'], new_text)
+        for name, sname in LIVE:
+            if name in live_todo:
+                rg.push_op('audit_set', 'set %s back to %s' % (name, before[name]), fields={sname: before[name]})
+                client.set(**{sname: live_todo[name][1]})
+
+    err = guard.journaled('audit_tune', out, apply)
+    if err is not None:
         module.fail_json(msg='live change failed (%s); rolled back%s' % (
-            err, (' with errors: %s' % '; '.join(rg.restore_errors)) if rg.restore_errors else ''), **result)
-    out['after'] = live.get()
+            err, (' with errors: %s' % '; '.join(out['restore_errors'])) if out['restore_errors'] else ''), **result)
+    out['after'] = read_live(module, client)
     mismatch = {k: out['after'].get(k) for k in live_todo if out['after'].get(k) != live_todo[k][1]}
     if mismatch:
         module.fail_json(msg='live values after the change differ from the request: %s' % mismatch, **result)

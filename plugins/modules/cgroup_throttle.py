@@ -199,14 +199,10 @@ cgroup_throttle:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.auditgap.fleet.plugins.module_utils import (
-    auditnl,
+    audit,
     cgroups,
     dockerctl,
 )
-
-
-audit_consumer_pid = auditnl.consumer_pid
-
 
 docker_lookup = dockerctl.lookup_container
 
@@ -229,8 +225,9 @@ def main():
     error = cgroups.validate_options(options)
     if error:
         module.fail_json(msg=error)
-    facts = cgroups.collect(options, root=options['root'], container_lookup=docker_lookup,
-                            audit_lookup=audit_consumer_pid)
+    with audit.for_module(module) as client:
+        facts = cgroups.collect(options, root=options['root'], container_lookup=docker_lookup,
+                                audit_lookup=client.consumer)
     module.exit_json(changed=False, cgroup_throttle=facts)
 
 

@@ -130,7 +130,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, dockerctl, dropins, procinfo
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, dockerctl, dropins, procinfo
 from ansible_collections.auditgap.fleet.plugins.module_utils import cgroups as cg
 from ansible_collections.auditgap.fleet.plugins.module_utils import guard
 
@@ -150,7 +150,8 @@ class Overridden(Failure):
 
 def audit_consumer_pid(module):
     """PID of the registered audit consumer (netlink, else auditctl -s); Failure without one."""
-    pid, reason = auditfacts.consumer_pid(module.run_command, module.get_bin_path('auditctl'))
+    with audit.for_module(module) as client:
+        pid, reason = client.consumer()
     if not pid:
         raise Failure('%s; name the agent with agent_cpu_target' % reason)
     return pid
@@ -539,14 +540,7 @@ def main():
         check_args(module.params)  # bad input fails before the lock and any lookup
     except Failure as err:
         module.fail_json(msg='%s; nothing changed' % err, **result)
-    if module.check_mode:  # nothing changes in check mode: no lock, no crash recovery
-        run(module, result)
-    try:
-        with guard.locked('cpu_limit', wait_s=guard.lock_wait(LOCK_WAIT_S)) as lock:
-            out['recovered_from_crash'] = lock.recovered
-            run(module, result)
-    except (guard.LockBusy, guard.UnsafePath) as err:
-        module.fail_json(msg='%s; nothing changed' % err, **result)
+    guard.run_locked(module, 'cpu_limit', lambda: run(module, result), out, result, LOCK_WAIT_S)
 
 
 def run(module, result):
@@ -575,20 +569,15 @@ def run(module, result):
                           'before': describe(before), 'after': describe(after)}
     if not change or module.check_mode:
         module.exit_json(**result)
-    rg = guard.RestoreGuard(journal='cpu_limit')
-    try:
-        with rg:  # a failure, or a crash (the next auditgap run), puts the old limit back
-            apply(rg)
-            rg.commit()
-    except Exception as err:  # noqa: BLE001 -- any failure: the guard has rolled back
-        out['restored'] = rg.ok
-        out['restore_errors'] = list(rg.restore_errors)
-        if isinstance(err, Overridden) and rg.ok:
+    err = guard.journaled('cpu_limit', out, apply)  # a failure, or a crash (the next run), puts the old limit back
+    if err is not None:
+        if isinstance(err, Overridden) and out['restored']:
             result['changed'] = False
             out['after'] = before
             module.fail_json(msg='applying the CPU limit failed: %s; rolled back, nothing changed' % err, **result)
         module.fail_json(msg='applying the CPU limit failed: %s; %s' % (
-            err, 'rolled back' if rg.ok else 'roll-back incomplete: %s' % '; '.join(rg.restore_errors)), **result)
+            err, 'rolled back' if out['restored'] else 'roll-back incomplete: %s' % '; '.join(out['restore_errors'])),
+            **result)
     out['after'] = reread()
     module.exit_json(**result)
 

@@ -79,7 +79,7 @@ cgroup_throttle:
 '''
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosegather
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, diagnosegather
 
 
 def main():
@@ -98,10 +98,7 @@ def main():
     if error:
         module.fail_json(msg=error)
 
-    def run_command(argv):
-        return module.run_command(argv, environ_update={'LC_ALL': 'C'})
-
-    module.exit_json(changed=False, **diagnosegather.gather(params, run_command, module.get_bin_path('auditctl')))
+    module.exit_json(changed=False, **diagnosegather.gather(params, audit.for_module(module, params['source'])))
 
 
 if __name__ == '__main__':

@@ -288,21 +288,14 @@ ftrace_sample:
 '''
 
 import os
-import shutil
-import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, auditparse, tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, tracefs
 from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import (
     GuardInterrupted, Journal, RestoreGuard, UnsafePath, write_value)
 from ansible_collections.auditgap.fleet.plugins.module_utils.procinfo import find_pids_by_name
-
-try:
-    from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
-except ImportError:  # pragma: no cover - lands separately
-    auditnl = None
 
 MAX_DURATION_S = 60.0
 # function_graph fallback roots when neither the option nor the audit rules name a syscall
@@ -382,36 +375,18 @@ def choose_modes(mode, function_graph_available):
     return [mode]
 
 
-def _run_command(argv):
-    """(rc, stdout, stderr) like AnsibleModule.run_command; rc 127 when argv cannot run."""
-    try:
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, timeout=10)
-    except (OSError, subprocess.SubprocessError) as err:
-        return 127, '', str(err)
-    return proc.returncode, proc.stdout.decode('utf-8', 'replace'), proc.stderr.decode('utf-8', 'replace')
-
-
-def _run(argv):
-    rc, out, _err = _run_command(argv)
-    return out if rc == 0 else None
-
-
-def audit_consumer_pid():
+def audit_consumer_pid(**client):
     """PID of the registered audit consumer (netlink, else auditctl -s), or None."""
-    return auditfacts.consumer_pid(_run_command, shutil.which('auditctl'))[0]
+    return audit.consumer(**client)[0]
 
 
-def audit_rule_syscalls():
-    """(names, source) of the syscalls the loaded audit rules name."""
-    if auditnl is not None:
+def audit_rule_syscalls(**client):
+    """(names, source) of the syscalls the loaded audit rules name (netlink, else auditctl -l)."""
+    with audit.Audit(**client) as client:
         try:
-            return tracefs.syscalls_from_rules(auditnl.list_rules()), 'audit_rules_netlink'
-        except Exception:  # netlink unavailable: try auditctl
-            pass
-    text = _run(['auditctl', '-l'])
-    if text is not None:
-        return tracefs.syscalls_from_rules(auditparse.parse_rules(text)), 'audit_rules_auditctl'
-    return [], 'none'
+            return tracefs.syscalls_from_rules(client.rules()), 'audit_rules_%s' % client.source
+        except audit.AuditError:
+            return [], 'none'
 
 
 def resolve_targets(params, consumer_pid, own_pid, proc_root='/proc'):

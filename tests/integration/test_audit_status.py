@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, auditnl, auditparse, kernelhz
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, auditfacts, auditnl, kernelhz
 from tests.support import labsnapshot
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
 from tests.support.kernel import rmdir_cgroup
@@ -123,7 +123,7 @@ def test_status_equals_auditctl_s_taken_right_after():
     facts = auditfacts.gather(source='netlink', rules=False, consumer=False)
     text = auditctl('-s')
     assert facts['supported'] is True and facts['source'] == 'netlink'
-    parsed = auditparse.parse_status(text)
+    parsed = audit.parse_status(text)
     for name in COMPARED:
         assert facts['status'][name if name != 'backlog_wait_time' else 'backlog_wait_time_jiffies'] == \
             parsed[name], name

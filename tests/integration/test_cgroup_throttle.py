@@ -157,9 +157,7 @@ def _stop_consumer(proc):
 def test_audit_consumer_in_throttled_group():
     """The seed: the registered audit consumer sits in a CPU-starved group."""
     from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
-    from ansible_collections.auditgap.fleet.plugins.modules.cgroup_throttle import (
-        audit_consumer_pid,
-    )
+    from ansible_collections.auditgap.fleet.plugins.module_utils.audit import consumer as audit_consumer_pid
 
     existing = auditnl.get_status().get('pid')
     if existing:

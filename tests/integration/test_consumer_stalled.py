@@ -15,9 +15,10 @@ import sys
 import time
 
 import pytest
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, cgroups
 from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as D
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, auditnl, cgroups
 from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosegather as G
+from ansible_collections.auditgap.fleet.plugins.module_utils.audit import consumer as audit_consumer
 
 from tests.support.kernel import rmdir_cgroup
 from tests.support.stall import audit_stall
@@ -33,7 +34,7 @@ def gather(seconds=SECONDS):
         return auditfacts.gather(source='netlink', sample_seconds=seconds, sample_interval_ms=100)
 
     def cgroup():
-        return cgroups.collect(G.cgroup_options(seconds), root='/', audit_lookup=auditnl.consumer_pid)
+        return cgroups.collect(G.cgroup_options(seconds), root='/', audit_lookup=audit_consumer)
 
     return G.gather_both({'consumer_cgroup': True}, audit, cgroup)
 

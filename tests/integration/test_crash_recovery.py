@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, dockerctl, guard, labkit, tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, dockerctl, guard, labkit, tracefs
 from ansible_collections.auditgap.fleet.plugins.modules import cpu_limit
 from tests.support.kernel import rmdir_cgroup
 from tests.support.labsnapshot import delete_rules_by_key, host_snapshot, snapshot_diff
@@ -69,7 +69,7 @@ def run(module, args, tmp_path, env=None):
 
 def audit_settings():
     out = subprocess.run(['auditctl', '-s'], capture_output=True, text=True, check=True).stdout
-    status = auditparse.parse_status(out)
+    status = audit.parse_status(out)
     return {k: status[k] for k in ('enabled', 'failure', 'rate_limit', 'backlog_limit', 'backlog_wait_time')}
 
 

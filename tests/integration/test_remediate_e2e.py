@@ -15,7 +15,7 @@ import subprocess
 import time
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit
 
 from tests.support.hoststate import host_state
 
@@ -39,7 +39,7 @@ def playbook(name, *extra, timeout=300):
 
 
 def audit_state():
-    status = auditparse.parse_status(
+    status = audit.parse_status(
         subprocess.run(['auditctl', '-s'], capture_output=True, text=True, check=True).stdout)
     rules = subprocess.run(['auditctl', '-l'], capture_output=True, text=True, check=True).stdout
     keep = ('enabled', 'backlog_limit', 'backlog_wait_time', 'rate_limit', 'failure')

@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, rulesfile
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, rulesfile
 
 from tests.support.kernel import rmdir_cgroup
 from tests.support.labsnapshot import delete_rules_by_key
@@ -63,7 +63,7 @@ def run_role(role, variables, check=False, diff=True, env=None):
 
 def audit_status():
     out = subprocess.run(['auditctl', '-s'], capture_output=True, text=True, check=True).stdout
-    return auditparse.parse_status(out)
+    return audit.parse_status(out)
 
 
 def loaded_rules():

@@ -9,14 +9,14 @@ import hashlib
 import os
 import subprocess
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, tracefs
 
 AUDIT_SETTINGS = ('enabled', 'failure', 'pid', 'backlog_limit', 'backlog_wait_time', 'rate_limit')
 
 
 def audit_state():
     """(audit settings, loaded rules text)."""
-    status = auditparse.parse_status(
+    status = audit.parse_status(
         subprocess.run(['auditctl', '-s'], capture_output=True, text=True, check=True).stdout)
     rules = subprocess.run(['auditctl', '-l'], capture_output=True, text=True, check=True).stdout
     return {k: status.get(k) for k in AUDIT_SETTINGS}, rules

@@ -1,11 +1,10 @@
-"""Modules that read ``auditctl -s`` through auditparse.parse_status (cpu_limit via
-auditfacts.consumer_pid): both output formats, and output without a status
-field is a clear failure, not a traceback."""
+"""Modules that read ``auditctl -s`` through the audit client's fallback (audit.parse_status):
+both output formats, and output without a status field is a clear failure, not a traceback."""
 import os
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, auditparse
-from ansible_collections.auditgap.fleet.plugins.modules import audit_rule_narrow, audit_tune, cpu_limit
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, auditnl
+from ansible_collections.auditgap.fleet.plugins.modules import audit_tune, cpu_limit
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'audit')
 REFUSED = 'Error sending status request (Operation not permitted)\n'
@@ -31,7 +30,7 @@ class FakeModule:
     def get_bin_path(self, name):
         return self.auditctl if name == 'auditctl' else None
 
-    def run_command(self, argv):
+    def run_command(self, argv, environ_update=None):
         self.calls.append(argv)
         return self.outputs[argv[-1]]
 
@@ -46,50 +45,45 @@ class NoAudit:
         raise auditnl.AuditNetlinkError('the kernel has no audit support', 93)
 
 
-class NoNetlink:
-    @staticmethod
-    def get_status():
-        raise auditnl.AuditNetlinkError('the kernel has no audit support', 93)
-
-
 # -- audit_tune ---------------------------------------------------------------
 
 def test_audit_tune_live_settings_same_from_netlink_and_auditctl():
-    parsed = auditparse.parse_status(text('auditctl-s.during-stall.txt'))
+    parsed = audit.parse_status(text('auditctl-s.during-stall.txt'))
     decoded = dict(parsed, feature_bitmap=0x7f)
     del decoded['loginuid_immutable']  # auditnl.decode_status has no such field
     want = {'enabled': 1, 'backlog_limit': 64, 'backlog_wait_time_jiffies': 250, 'rate_limit': 0}
     assert audit_tune.live_settings(parsed) == want
-    assert audit_tune.Live._from_netlink(decoded) == want
+    assert audit_tune.live_settings(decoded) == want
 
 
 def test_audit_tune_prefers_netlink(monkeypatch):
     class Netlink:
-        @staticmethod
-        def get_status():
-            return auditparse.parse_status(text('auditctl-s.immutable.txt'))
-    monkeypatch.setattr(audit_tune, 'auditnl', Netlink)
+        def get_status(self):
+            return audit.parse_status(text('auditctl-s.immutable.txt'))
+
+        def close(self):
+            pass
     module = FakeModule({})
-    live = audit_tune.Live(module)
-    assert live.get()['enabled'] == 2 and live.source == 'netlink' and module.calls == []
+    client = audit.for_module(module, netlink=Netlink)
+    assert audit_tune.read_live(module, client)['enabled'] == 2 and client.source == 'netlink' and module.calls == []
 
 
 @pytest.mark.parametrize('name,backlog_limit', [
     ('auditctl-s.old-one-line.txt', 320),  # the old one-line format
     ('auditctl-s.rhel7.txt', 8192),  # an older multi-line one, without the wait time
 ])
-def test_audit_tune_reads_older_formats_without_the_wait_time(monkeypatch, name, backlog_limit):
-    monkeypatch.setattr(audit_tune, 'auditnl', NoNetlink)
-    live = audit_tune.Live(FakeModule({'-s': (0, text(name), '')}))
-    assert live.get() == {'enabled': 1, 'backlog_limit': backlog_limit, 'backlog_wait_time_jiffies': None, 'rate_limit': 0}
-    assert live.source == 'auditctl'
+def test_audit_tune_reads_older_formats_without_the_wait_time(name, backlog_limit):
+    module = FakeModule({'-s': (0, text(name), '')})
+    client = audit.for_module(module, netlink=NoAudit)
+    assert audit_tune.read_live(module, client) == {'enabled': 1, 'backlog_limit': backlog_limit,
+                                                    'backlog_wait_time_jiffies': None, 'rate_limit': 0}
+    assert client.source == 'auditctl'
 
 
-def test_audit_tune_output_without_status_fails_clearly(monkeypatch):
-    monkeypatch.setattr(audit_tune, 'auditnl', NoNetlink)
-    live = audit_tune.Live(FakeModule({'-s': (0, REFUSED, '')}))
-    with pytest.raises(Failed, match='cannot read audit status: no audit status fields'):
-        live.get()
+def test_audit_tune_output_without_status_fails_clearly():
+    module = FakeModule({'-s': (0, REFUSED, '')})
+    with pytest.raises(Failed, match='cannot read the audit status: .*auditctl: no audit status fields'):
+        audit_tune.read_live(module, audit.for_module(module, netlink=NoAudit))
 
 
 # -- audit_rule_narrow ----------------------------------------------------------
@@ -100,14 +94,14 @@ def test_audit_tune_output_without_status_fails_clearly(monkeypatch):
     ('auditctl-s.old-one-line.txt', 1),
 ])
 def test_audit_rule_narrow_enabled_in_both_formats(name, enabled):
-    ctl = audit_rule_narrow.Auditctl(FakeModule({'-s': (0, text(name), '')}))
-    assert ctl.enabled() == enabled
+    client = audit.for_module(FakeModule({'-s': (0, text(name), '')}), netlink=NoAudit)
+    assert client.status()['enabled'] == enabled
 
 
-def test_audit_rule_narrow_output_without_status_is_its_runtime_error():
-    ctl = audit_rule_narrow.Auditctl(FakeModule({'-s': (0, REFUSED, '')}))
-    with pytest.raises(RuntimeError, match='auditctl -s: no audit status fields'):
-        ctl.enabled()
+def test_audit_rule_narrow_output_without_status_is_an_audit_error():
+    client = audit.for_module(FakeModule({'-s': (0, REFUSED, '')}), netlink=NoAudit)
+    with pytest.raises(audit.AuditError, match='auditctl: no audit status fields'):
+        client.status()
 
 
 # -- cpu_limit: the audit consumer as the default target -----------------------------

@@ -3,9 +3,9 @@ import os
 
 import pytest
 from ansible_collections.auditgap.fleet.plugins.module_utils import (
+    audit,
     auditfacts,
     auditnl,
-    auditparse,
 )
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'audit')
@@ -45,7 +45,7 @@ def test_validate_params_ok():
 # -- status shape ---------------------------------------------------------------
 
 def test_build_status_from_auditctl_capture():
-    status = auditfacts.build_status(auditparse.parse_status(text('auditctl-s.during-stall.txt')), 250)
+    status = auditfacts.build_status(audit.parse_status(text('auditctl-s.during-stall.txt')), 250)
     assert status['backlog_wait_time_jiffies'] == 250
     assert status['backlog_wait_time_ms'] == 1000.0
     assert status['backlog_wait_time_actual_jiffies'] == 12828
@@ -55,14 +55,14 @@ def test_build_status_from_auditctl_capture():
 
 
 def test_build_status_old_kernel_has_nulls():
-    status = auditfacts.build_status(auditparse.parse_status(text('auditctl-s.old-one-line.txt')), 100)
+    status = auditfacts.build_status(audit.parse_status(text('auditctl-s.old-one-line.txt')), 100)
     assert status['backlog_wait_time_jiffies'] is None and status['backlog_wait_time_ms'] is None
     assert status['backlog_wait_time_actual_jiffies'] is None
     assert status['backlog_wait_time_actual_ms'] is None
 
 
 def test_build_status_immutable_and_features():
-    raw = auditparse.parse_status(text('auditctl-s.immutable.txt'))
+    raw = audit.parse_status(text('auditctl-s.immutable.txt'))
     raw['feature_bitmap'] = 0x7f
     status = auditfacts.build_status(raw, 1000)
     assert status['immutable'] is True and status['enabled'] == 2
@@ -265,61 +265,3 @@ def test_gather_netlink_reads_status_rules_and_sample_on_one_socket(monkeypatch,
     assert facts['source'] == 'netlink' and facts['rules_source'] == 'netlink'
     assert facts['sample']['samples'] >= 2
     assert len(opened) == 1 and opened[0].closed
-
-
-# -- consumer_pid: netlink, else auditctl -s ----------------------------------------
-
-class FakeSocket:
-    """AuditSocket answering one status."""
-
-    def __init__(self, status):
-        self.answer = status
-
-    def __call__(self, *args, **kwargs):
-        return self
-
-    def get_status(self):
-        return self.answer
-
-    def close(self):
-        pass
-
-
-def test_consumer_pid_from_netlink_without_auditctl(monkeypatch):
-    monkeypatch.setattr(auditnl, 'AuditSocket', FakeSocket({'enabled': 1, 'pid': 642}))
-    run = fake_run({})
-    assert auditfacts.consumer_pid(run, '/sbin/auditctl') == (642, None)
-    assert run.calls == []
-
-
-@pytest.mark.parametrize('name,expected', [
-    ('auditctl-s.during-stall.txt', (6398, None)),
-    ('auditctl-s.rhel7.txt', (812, None)),
-    ('auditctl-s.idle.txt', (None, 'no audit consumer registered')),
-    ('auditctl-s.old-one-line.txt', (None, 'no audit consumer registered')),
-])
-def test_consumer_pid_falls_back_to_auditctl_in_both_formats(monkeypatch, name, expected):
-    monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
-    run = fake_run({'-s': (0, text(name), '')})
-    assert auditfacts.consumer_pid(run, '/sbin/auditctl') == expected
-    assert run.calls == [['/sbin/auditctl', '-s']]
-
-
-def test_consumer_pid_one_line_with_a_consumer(monkeypatch):
-    monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
-    run = fake_run({'-s': (0, 'AUDIT_STATUS: enabled=1 flag=1 pid=812 rate_limit=0 backlog_limit=320 lost=0 backlog=0\n', '')})
-    assert auditfacts.consumer_pid(run, '/sbin/auditctl') == (812, None)
-
-
-@pytest.mark.parametrize('auditctl,outputs,words', [
-    (None, {}, ['no audit support', 'auditctl: not installed']),
-    ('/sbin/auditctl', {'-s': (1, '', 'Error sending status request (Operation not permitted)\n')},
-     ['no audit support', 'rc=1', 'Operation not permitted']),
-    ('/sbin/auditctl', {'-s': (0, 'Error sending status request (Operation not permitted)\n', '')},
-     ['no audit support', 'no audit status fields']),
-])
-def test_consumer_pid_unreadable_is_a_reason(monkeypatch, auditctl, outputs, words):
-    monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
-    pid, reason = auditfacts.consumer_pid(fake_run(outputs), auditctl)
-    assert pid is None and reason.startswith('cannot read the audit status: netlink: ')
-    assert all(word in reason for word in words), reason

@@ -95,12 +95,6 @@ def test_decode_status_too_short_raises_value_error():
         auditnl.decode_status(b'\0' * 20)
 
 
-def test_consumer_from_status():
-    assert auditnl.consumer_from_status(auditnl.decode_status(status_payload(8, pid=6398))) == (6398, None)
-    assert auditnl.consumer_from_status({'pid': 0}) == (None, 'no audit consumer registered')
-    assert auditnl.consumer_from_status({'pid': None}) == (None, 'no audit consumer registered')
-
-
 def test_features_from_bitmap():
     assert auditnl.features_from_bitmap(0x7f) == [
         'backlog_limit', 'backlog_wait_time', 'executable_path', 'exclude_extend',

@@ -3,6 +3,7 @@ import os
 import threading
 import time
 
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, auditnl
 from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosegather as G
 
 
@@ -52,3 +53,34 @@ def test_docker_client_not_imported_at_start_up():
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert out.stdout.strip() == 'False', out
+
+
+class NoNetlink:
+    """Stands for a host where netlink audit is refused (a container, an old kernel): only auditctl works."""
+
+    def __init__(self, *args, **kwargs):
+        raise auditnl.AuditNetlinkError('audit is not available in this namespace', 111)
+
+
+def test_consumer_found_through_auditctl_when_netlink_is_unavailable():
+    """The consumer's cgroup is found as agent_cpu finds it (netlink, else auditctl -s), with
+    one status read for both collectors. The fake auditctl names this test process."""
+    calls = []
+
+    def run(argv):
+        calls.append(argv[1:])
+        if argv[1:] == ['-s']:
+            return 0, 'enabled 1\nfailure 1\npid %d\nrate_limit 0\nbacklog_limit 64\nlost 0\nbacklog 0\n' % os.getpid(), ''
+        return 0, 'No rules\n', ''
+    client = audit.Audit(run_command=run, auditctl='/sbin/auditctl', netlink=NoNetlink)
+    params = {'consumer_cgroup': True, 'audit_sample_seconds': 0, 'sample_interval_ms': 100}
+    params = dict(params, cgroup_sample_seconds=0)
+    out = G.gather(params, client)
+    target, = out['cgroup_throttle']['targets']
+    assert target['kind'] == 'audit_consumer' and target['found'] is True
+    assert target['name'] == str(os.getpid()) and target['pids'] == [os.getpid()]
+    if os.geteuid() == 0:  # audit_status needs root; the consumer lookup above does not
+        facts = out['audit_status']
+        assert facts['source'] == 'auditctl' and facts['status']['pid'] == os.getpid()
+        assert facts['consumer']['pid'] == os.getpid() and 'netlink' in facts['source_errors'][0]
+        assert calls == [['-s'], ['-l']]  # the status read once, for both collectors

@@ -2,6 +2,7 @@
 import os
 
 import pytest
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit
 from ansible_collections.auditgap.fleet.plugins.module_utils import rulesfile as rf
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'remediation')
@@ -29,7 +30,7 @@ def test_comments_and_blank_lines_are_not_rules():
 
 def test_seed_rules_from_auditctl_list():
     with open(os.path.join(FIX, 'auditctl-l.seed-rules.txt')) as handle:
-        rules = rf.parse_auditctl_list(handle.read())
+        rules = rf.loaded_syscall_rules(audit.parse_rules(handle.read()))
     assert len(rules) == 2
     assert 'accept4' in rules[0]['syscalls'] and rules[0]['keys'] == ['lab']
 
@@ -136,4 +137,4 @@ def test_restore_plan_deletes_exactly_and_keeps_the_order():
 def test_other_lines_are_the_watches():
     listing = ('-w /etc/passwd -p wa -k auditgap-test\n'
                '-a always,exit -F arch=b64 -S accept4 -F key=auditgap-test\nNo rules\n')
-    assert rf.other_lines(listing) == ['-w /etc/passwd -p wa -k auditgap-test']
+    assert rf.other_lines(audit.parse_rules(listing)) == ['-w /etc/passwd -p wa -k auditgap-test']

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditparse, rulesfile, syscalls
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, rulesfile, syscalls
 from ansible_collections.auditgap.fleet.plugins.module_utils.syscall_tables import TABLES
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'audit')
@@ -61,7 +61,7 @@ def test_arch_label_and_audit_arch():
 def test_aarch64_auditctl_list():
     with open(os.path.join(FIXTURES, 'auditctl-l.aarch64.txt')) as handle:
         text = handle.read()
-    lab, lab2, lab32, numbers, numbers32, native, watch = auditparse.parse_rules(text, machine='aarch64')
+    lab, lab2, lab32, numbers, numbers32, native, watch = audit.parse_rules(text, machine='aarch64')
     assert lab['arch'] == 'b64' and lab['syscalls'] == ['bind', 'listen', 'accept4']
     assert lab2['syscalls'] == ['clone', 'execve', 'adjtimex', 'settimeofday']
     assert lab32['arch'] == 'b32' and lab32['syscalls'] == ['bind', 'listen', 'accept4']
@@ -74,7 +74,7 @@ def test_aarch64_auditctl_list():
     assert native['arch'] is None and native['syscalls'] == ['execve']
     assert watch['syscalls'] == ['all']
     # the same text read as an x86_64 host's: the x86_64 and i386 tables
-    on_x86 = auditparse.parse_rules(text, machine='x86_64')
+    on_x86 = audit.parse_rules(text, machine='x86_64')
     assert on_x86[3]['syscalls'] == ['mq_timedsend', 'clone3']
     assert on_x86[4]['syscalls'] == [syscalls.syscall_name('i386', 366)]
     assert on_x86[5]['syscalls'] == [syscalls.syscall_name('x86_64', 221)]

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, auditparse, tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, auditnl, tracefs
 from ansible_collections.auditgap.fleet.plugins.modules import ftrace_sample
 
 MOUNTS = """sysfs /sys sysfs rw 0 0
@@ -73,7 +73,7 @@ def test_syscalls_from_rules():
     assert tracefs.syscalls_from_rules(rules) == ['bind', 'listen', 'accept4', 'clone']
     with open(os.path.join(os.path.dirname(__file__), '..', 'fixtures', 'ftrace', 'auditctl-l.seed-rules.txt')) as h:
         text = h.read()
-    assert tracefs.syscalls_from_rules(auditparse.parse_rules(text)) == ['bind', 'listen', 'accept4', 'clone', 'fork', 'execve',
+    assert tracefs.syscalls_from_rules(audit.parse_rules(text)) == ['bind', 'listen', 'accept4', 'clone', 'fork', 'execve',
                                                                        'adjtimex', 'settimeofday']
 
 
@@ -146,25 +146,24 @@ class NoAudit:
 ])
 def test_audit_consumer_pid_falls_back_to_auditctl(monkeypatch, stdout, rc, expected):
     monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
-    monkeypatch.setattr(ftrace_sample.shutil, 'which', lambda name: '/sbin/' + name)
+    monkeypatch.setattr(audit.shutil, 'which', lambda name: '/sbin/' + name)
     calls = []
 
     def run(argv):
         calls.append(argv)
         return rc, stdout, ''
-    monkeypatch.setattr(ftrace_sample, '_run_command', run)
-    assert ftrace_sample.audit_consumer_pid() == expected
+    assert ftrace_sample.audit_consumer_pid(run_command=run) == expected
     assert calls == [['/sbin/auditctl', '-s']]
 
 
 def test_audit_consumer_pid_without_audit_or_auditctl(monkeypatch):
     monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
-    monkeypatch.setattr(ftrace_sample.shutil, 'which', lambda name: None)
+    monkeypatch.setattr(audit.shutil, 'which', lambda name: None)
     assert ftrace_sample.audit_consumer_pid() is None
 
 
 def test_run_command_reports_what_cannot_start():
-    rc, out, err = ftrace_sample._run_command(['/nonexistent/auditgap-no-such-binary'])
+    rc, out, err = audit.run_command(['/nonexistent/auditgap-no-such-binary'])
     assert rc == 127 and out == '' and 'No such file' in err
 
 
