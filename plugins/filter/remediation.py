@@ -96,6 +96,11 @@ def auditgap_remediation_plan(findings, host, only=None):
         entry = plan.get(role)
         if entry is None:
             plan[role] = {'vars': dict(rem.get('vars') or {}), 'findings': [finding.get('id')]}
+            sizing = (finding.get('evidence') or {}).get('sizing') if isinstance(finding.get('evidence'), dict) else None
+            if isinstance(sizing, dict) and sizing.get('formula'):
+                # how the finding sized these vars (docs/findings.md "Fixes sized from measurement")
+                plan[role]['sizing'] = {'formula': str(sizing['formula']), 'measured': bool(sizing.get('measured')),
+                                        'inputs': sizing.get('inputs') if isinstance(sizing.get('inputs'), dict) else {}}
             continue
         if finding.get('id') not in entry['findings']:
             entry['findings'].append(finding.get('id'))
@@ -171,6 +176,7 @@ def auditgap_remediation_host(before, plan, outcomes, after_results, host, thres
             continue
         outcome = outcomes.get(role) or {}
         remediations.append({'role': role, 'vars': plan[role].get('vars'), 'findings': plan[role].get('findings'),
+                             'sizing': plan[role].get('sizing'),
                              'changed': bool(outcome.get('changed')), 'failed': bool(outcome.get('failed')),
                              'msg': outcome.get('msg'), 'result': outcome.get('result')})
     return {'host': host, 'applied': bool(applied), 'remediations': remediations, 'findings': records,

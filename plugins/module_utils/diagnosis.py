@@ -26,6 +26,7 @@ __metaclass__ = type
 import math
 
 from ansible.module_utils.common.text.converters import to_text
+from ansible_collections.auditgap.fleet.plugins.module_utils import sizing
 
 SEVERITIES = ('critical', 'warning', 'info')
 SEVERITY_RANK = {'critical': 0, 'warning': 1, 'info': 2, 'ok': 3}
@@ -61,9 +62,16 @@ DEFAULT_THRESHOLDS = {
     'harm_warn_wait_ms_per_s': 10.0,
     # ... and records lost per second: critical above this (0: any loss is critical)
     'harm_crit_lost_per_s': 0.0,
-    # CPU suggested for a throttled consumer is at least this many cores
-    'consumer_min_cores': 0.5,
-    # backlog_limit suggested when the backlog saturates or events are lost
+    # Fixes sized from measurement (docs/findings.md): the CPU limit for a throttled consumer is its
+    # CPU seconds per record x the peak record rate x this headroom ...
+    'consumer_cpu_headroom': 2.0,
+    # ... never below this many cores ...
+    'consumer_min_cores': 0.01,
+    # ... and without that measurement at least this many (or 4x the limit, 2x the usage)
+    'consumer_unmeasured_cores': 0.5,
+    # the backlog_limit holds the largest burst over the worst drain gap x this headroom ...
+    'backlog_headroom': 2.0,
+    # ... and is at least this (without that measurement max(this, 4x the limit))
     'backlog_limit_suggested': 8192,
     # audit_consumer_stalled (consumer_activity over the sample window): share of samples the
     # consumer was stopped (T, or its cgroup frozen) / blocked in disk I/O (D) ...
@@ -338,17 +346,53 @@ def os_basename(path):
 # ---------------------------------------------------------------- remediations
 
 def _round_up(value, step=0.05):
-    return round(math.ceil(value / step - 1e-9) * step, 2)
+    return sizing.round_up(value, step)
 
 
-def agent_cpu_remediation(target, thresholds):
-    """agent_cpu role vars raising the consumer's CPU limit."""
+def _backlog_growth_per_s(view):
+    """How fast the backlog grew over the window (records/s; first to last sample)."""
+    timeline = [p for p in _l(view.sample.get('timeline')) if isinstance(p, dict)]
+    seconds = num(view.sample.get('seconds'))
+    if len(timeline) < 2 or not seconds:
+        return None
+    first, last = num(timeline[0].get('backlog')), num(timeline[-1].get('backlog'))
+    return (last - first) / seconds if first is not None and last is not None else None
+
+
+def cpu_sizing(view, target, thresholds):
+    """The CPU limit for the throttled consumer's target, sized from measurement (sizing.cpu_limit)."""
     target = _d(target)
     sample = _d(target.get('sample'))
     limit = num(target.get('limit_cores')) or num(sample.get('limit_cores')) or 0.0
-    usage = num(sample.get('cpu_usage_cores')) or 0.0
-    # within what agent_cpu takes (0.01..1024 cores), whatever a host reported
-    cores = min(max(float(thresholds['consumer_min_cores']), 4 * limit, 2 * usage), MAX_LIMIT_CORES)
+    usage = num(sample.get('cpu_usage_cores'))
+    rates = _d(view.sample.get('record_rates')) if view.sample else {}
+    if usage is None:
+        seconds = num(view.activity.get('seconds'))
+        cpu_s = num(view.activity.get('cpu_seconds'))
+        usage = cpu_s / seconds if (cpu_s is not None and seconds) else None
+    peak = sizing.peak_record_rate(rates, num(view.sample.get('lost_per_s')) if view.sample else None,
+                                   _backlog_growth_per_s(view) if view.sample else None)
+    fallback = _round_up(min(max(float(thresholds['consumer_unmeasured_cores']), float(thresholds['consumer_min_cores']),
+                                 4 * limit, 2 * (usage or 0.0)), MAX_LIMIT_CORES))
+    return sizing.cpu_limit(usage, num(rates.get('records_per_s')), peak, thresholds['consumer_cpu_headroom'],
+                            limit or None, fallback, floor=thresholds['consumer_min_cores'])
+
+
+def backlog_sizing(view, thresholds):
+    """The backlog_limit sized from the burst over the worst drain gap (sizing.backlog_limit)."""
+    limit = view.backlog_limit or 0
+    rates = _d(view.sample.get('record_rates')) if view.sample else {}
+    fallback = int(min(max(float(thresholds['backlog_limit_suggested']), 4 * limit), MAX_BACKLOG_LIMIT))
+    return sizing.backlog_limit(num(rates.get('burst_records')), num(rates.get('drain_gap_max_ms')),
+                                thresholds['backlog_headroom'], limit or None, fallback,
+                                floor=thresholds['backlog_limit_suggested'])
+
+
+def agent_cpu_remediation(target, thresholds, view=None):
+    """(agent_cpu role vars raising the consumer's CPU limit, how it was sized): sized from
+    measurement when ``view`` has the record rates and the consumer's CPU."""
+    target = _d(target)
+    size = cpu_sizing(view or _View({}), target, thresholds)
     container = _d(target.get('container'))
     if container.get('id') and container.get('runtime') == 'docker':
         # the name when known (unique on a Docker host), else the full id
@@ -361,7 +405,7 @@ def agent_cpu_remediation(target, thresholds):
         pids = target.get('pids') or []
         backend, tgt = 'auto', {'pid': pids[0] if pids else None}
     return {'role': 'agent_cpu', 'vars': {'agent_cpu_backend': backend, 'agent_cpu_target': tgt,
-                                          'agent_cpu_limit_cores': _round_up(cores)}}
+                                          'agent_cpu_limit_cores': max(size['value'], 0.01)}}, size
 
 
 def _backlog_family_remediation(view, thr, ctx, own=None):
@@ -375,9 +419,16 @@ def _backlog_family_remediation(view, thr, ctx, own=None):
 
 
 def audit_backlog_remediation(view, thresholds):
-    limit = view.backlog_limit or 0
-    suggested = int(min(max(float(thresholds['backlog_limit_suggested']), 4 * limit), MAX_BACKLOG_LIMIT))
-    return {'role': 'audit_backlog', 'vars': {'audit_backlog_limit': suggested}}
+    return {'role': 'audit_backlog', 'vars': {'audit_backlog_limit': max(1, backlog_sizing(view, thresholds)['value'])}}
+
+
+def _backlog_sizing_text(view, thr, evidence, remediation):
+    """Adds the backlog sizing to a finding whose fix is audit_backlog: evidence and summary text."""
+    if not remediation or remediation.get('role') != 'audit_backlog':
+        return ''
+    size = backlog_sizing(view, thr)
+    evidence['sizing'] = size
+    return '; backlog_limit sized: %s' % size['formula']
 
 
 def _fix_text(remediation):
@@ -509,10 +560,11 @@ def rule_backlog_saturated(view, host, thr, ctx):
                                      fmt(peak), fmt(limit))
     evidence = {'backlog_peak': peak, 'backlog_limit': limit, 'backlog_peak_ratio': round(ratio, 4),
                 'source': source, 'threshold_ratio': thr['backlog_saturated_ratio'], 'harm': ctx.get('harm')}
-    return [_finding('audit_backlog_saturated', severity, host,
-                     'Audit backlog peaked at %s of %s (%s, threshold %s)'
-                     % (fmt(peak), fmt(limit), pct(ratio), pct(thr['backlog_saturated_ratio'])),
-                     evidence, _backlog_family_remediation(view, thr, ctx, audit_backlog_remediation(view, thr)))]
+    remediation = _backlog_family_remediation(view, thr, ctx, audit_backlog_remediation(view, thr))
+    summary = 'Audit backlog peaked at %s of %s (%s, threshold %s)' % (
+        fmt(peak), fmt(limit), pct(ratio), pct(thr['backlog_saturated_ratio']))
+    summary += _backlog_sizing_text(view, thr, evidence, remediation)
+    return [_finding('audit_backlog_saturated', severity, host, summary, evidence, remediation)]
 
 
 def rule_events_lost(view, host, thr, ctx):
@@ -528,8 +580,9 @@ def rule_events_lost(view, host, thr, ctx):
                     'sample_seconds': view.sample.get('seconds'), 'harm': ctx.get('harm')}
         summary = 'Audit lost %s records in %ss (%s/s)' % (
             fmt(delta), fmt(view.sample.get('seconds')), fmt(view.sample.get('lost_per_s')))
-        return [_finding('audit_events_lost', _harm_severity(ctx), host, summary,
-                         evidence, _backlog_family_remediation(view, thr, ctx, audit_backlog_remediation(view, thr)))]
+        remediation = _backlog_family_remediation(view, thr, ctx, audit_backlog_remediation(view, thr))
+        summary += _backlog_sizing_text(view, thr, evidence, remediation)
+        return [_finding('audit_events_lost', _harm_severity(ctx), host, summary, evidence, remediation)]
     if lost:
         return [_finding('audit_events_lost', 'info', host,
                          'Audit lost %s records since boot (no sample window: growth unknown)' % fmt(lost),
@@ -588,11 +641,14 @@ def rule_consumer_throttled(view, host, thr, ctx):
                 'nr_throttled_delta': sample.get('nr_throttled_delta'),
                 'container': target.get('container'), 'systemd_unit': target.get('systemd_unit'),
                 'pids': target.get('pids'), 'threshold_ratio': thr['throttled_ratio_warn'],
-                'probable_cause_of': list(ctx.get('stall_signs') or []), 'harm': ctx.get('harm')}
+                'probable_cause_of': list(ctx.get('stall_signs') or []), 'harm': ctx.get('harm'),
+                'sizing': ctx.get('cpu_sizing')}
     summary = '%s: throttled in %s of CFS periods%s (%s)' % (
         label, pct(ratio), '' if source == 'sample' else ' since cgroup creation', limit_text)
     if stalling:
         summary += '; probable cause of %s' % ', '.join(ctx['stall_signs'])
+    if ctx.get('cpu_sizing'):
+        summary += '; limit sized: %s' % ctx['cpu_sizing']['formula']
     return [_finding('audit_consumer_throttled', severity, host, summary, evidence, ctx['cause_remediation'])]
 
 
@@ -929,7 +985,7 @@ def evaluate(host_facts, hostname, thresholds=None):
     ctx['harm'] = measure_harm(view, thr)
     ratio, _src, target = view.throttle()
     if target is not None and ratio is not None and ratio >= thr['throttled_ratio_warn']:
-        ctx['cause_remediation'] = agent_cpu_remediation(target, thr)
+        ctx['cause_remediation'], ctx['cpu_sizing'] = agent_cpu_remediation(target, thr, view)
     ctx['stalled'] = consumer_stall_cause(view, thr, ctx['stall_signs'])
     findings = []
     for rule in RULES:

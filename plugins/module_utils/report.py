@@ -409,6 +409,10 @@ def remediation_markdown(doc):
                 lines.append('| %s | %s | %s | %s | %s |' % (
                     _md_cell(r['role']), r['changed'], r['failed'], md_code(r.get('vars')), _md_cell(r.get('msg'))))
             lines.append('')
+            sized = ['- %s sized: %s' % (_md_cell(r['role']), _md_cell(r['sizing']['formula']))
+                     for r in rec['remediations'] if isinstance(r.get('sizing'), dict) and r['sizing'].get('formula')]
+            if sized:
+                lines += sized + ['']
         else:
             lines += ['No remediation named for this host.', '']
         if rec.get('after_error'):
