@@ -145,7 +145,10 @@ def audit(tmp_path, textdir):
     cmd = [os.path.join(BIN, 'auditgap'), 'audit', '--report-root', str(tmp_path / 'reports'),
            '--prom-dir', str(textdir), '--sample-seconds', '3', '--trace', 'never',
            # a whole core for the consumer, as in test_remediate_e2e (2 shared cores)
-           '-e', 'diagnose_consumer_min_cores=1']
+           '-e', 'diagnose_consumer_min_cores=1',
+           # the lab's accept4 rule is loaded live (no rules.d file to narrow) and stays at
+           # LAB_RATE_PER_S after the fix: this test is about the throttle's alert, not that rule
+           '-e', 'diagnose_hot_syscall_per_s=%d' % (LAB_RATE_PER_S * 10)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     latest = tmp_path / 'reports' / 'latest'
     doc = None
