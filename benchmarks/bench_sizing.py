@@ -66,7 +66,8 @@ def main():
 def diagnose(seconds):
     params, _error = diagnosegather.check_params({'audit_sample_seconds': seconds, 'cgroup_sample_seconds': seconds})
     facts = diagnosegather.gather(params, diagnosegather.run_command, diagnosegather.find_bin('auditctl'))
-    findings, chain = F.evaluate(facts, 'lab')
+    # the sizing alone, against the bisection: the default floor (consumer_min_cores 0.5) lowered
+    findings, chain = F.evaluate(facts, 'lab', {'consumer_min_cores': 0.01})
     return facts, {f['id']: f for f in findings}, chain
 
 
