@@ -267,9 +267,13 @@ def test_present_undoes_a_broken_lab_first(tmp_path, monkeypatch):
         raise Stop(fields)
 
     monkeypatch.setattr(labkit, 'set_status', stop)
+    # the undo puts the (fake) saved audit settings back: recorded, never sent to this host's kernel
+    restored = []
+    monkeypatch.setitem(guard.OPS, 'audit_set', lambda fields: restored.append(fields))
     with pytest.raises(labkit.LabFailed, match='everything it changed is undone'):
         labkit.lab_present({'state_path': state, 'workload': False})
     assert marker.read_text() == 'host' and not os.path.exists(state)
+    assert restored and all(fields.get('backlog_limit') in (None, 8192) for fields in restored)
     assert guard.list_journals(str(tmp_path / 'run')) == []
 
 
