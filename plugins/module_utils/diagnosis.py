@@ -23,7 +23,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import math
 
 from ansible.module_utils.common.text.converters import to_text
 from ansible_collections.auditgap.fleet.plugins.module_utils import sizing
@@ -133,15 +132,7 @@ def _l(value):
     return value if isinstance(value, list) else []
 
 
-def num(value):
-    """A finite float, else None (a string, NaN or infinity from a host is no measurement)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) else None
+num = sizing.num
 
 
 def fmt(value, digits=2, missing='?'):

@@ -30,7 +30,8 @@ def round_up(value, step=CORES_STEP):
     return round(math.ceil(value / step - 1e-9) * step, 2)
 
 
-def _num(value):
+def num(value):
+    """A finite float, else None (a string, NaN or infinity from a host is no measurement)."""
     if isinstance(value, bool) or value is None:
         return None
     try:
@@ -42,7 +43,7 @@ def _num(value):
 
 def _g(value):
     """A number as the formula prints it: up to 4 significant digits."""
-    number = _num(value)
+    number = num(value)
     if number is None:
         return '?'
     if number == int(number) and abs(number) < 1e9:
@@ -55,11 +56,11 @@ def peak_record_rate(record_rates, lost_per_s=None, backlog_growth_per_s=None):
     the window's average plus what the backlog grew by and what was lost, whichever is higher.
     None when no record rates were read."""
     rates = record_rates if isinstance(record_rates, dict) else {}
-    peak = _num(rates.get('peak_records_per_s'))
-    average = _num(rates.get('records_per_s'))
+    peak = num(rates.get('peak_records_per_s'))
+    average = num(rates.get('records_per_s'))
     if peak is None and average is None:
         return None
-    offered = (average or 0.0) + max(0.0, _num(backlog_growth_per_s) or 0.0) + max(0.0, _num(lost_per_s) or 0.0)
+    offered = (average or 0.0) + max(0.0, num(backlog_growth_per_s) or 0.0) + max(0.0, num(lost_per_s) or 0.0)
     return max(peak or 0.0, offered)
 
 
@@ -76,9 +77,9 @@ def cpu_limit(cpu_cores_used, records_per_s, peak_records_per_s, headroom, limit
     A throttled consumer needs more than it has: a need (before rounding) at or below the current limit means the
     throttle capped the rate it saw (the demand was hidden), so the fallback is used instead.
     """
-    used, rate, peak = _num(cpu_cores_used), _num(records_per_s), _num(peak_records_per_s)
-    headroom = _num(headroom) or 1.0
-    limit = _num(limit_cores)
+    used, rate, peak = num(cpu_cores_used), num(records_per_s), num(peak_records_per_s)
+    headroom = num(headroom) or 1.0
+    limit = num(limit_cores)
     inputs = {'cpu_cores_used': used, 'records_per_s': rate, 'peak_records_per_s': peak,
               'headroom': headroom, 'limit_cores': limit}
     if not used or not rate or not peak:
@@ -87,7 +88,7 @@ def cpu_limit(cpu_cores_used, records_per_s, peak_records_per_s, headroom, limit
                            % (_g(used), _g(rate), _g(peak), _g(fallback))}
     per_record = used / rate
     raw = per_record * peak * headroom
-    floor = _num(floor) or 0.0
+    floor = num(floor) or 0.0
     value = round_up(min(max(raw, floor), MAX_LIMIT_CORES))
     inputs['cpu_seconds_per_record'] = round(per_record, 9)
     inputs['floor_cores'] = floor
@@ -109,15 +110,15 @@ def backlog_limit(burst_records, drain_gap_ms, headroom, current_limit, fallback
     already holds the burst is not the fix: the consumer is) nor ``floor``; ``fallback`` when no
     gap or burst was measured.
     """
-    burst, gap = _num(burst_records), _num(drain_gap_ms)
-    headroom = _num(headroom) or 1.0
-    current = _num(current_limit)
+    burst, gap = num(burst_records), num(drain_gap_ms)
+    headroom = num(headroom) or 1.0
+    current = num(current_limit)
     inputs = {'burst_records': burst, 'drain_gap_ms': gap, 'headroom': headroom, 'backlog_limit': current}
     if not burst or not gap:
         return {'value': int(min(fallback, MAX_BACKLOG_LIMIT)), 'measured': False, 'inputs': inputs,
                 'formula': 'no drain gap measured: fallback %s' % _g(fallback)}
     raw = burst * headroom
-    floor = _num(floor) or 0
+    floor = num(floor) or 0
     value = int(min(max(math.ceil(raw - 1e-9), current or 0, floor), MAX_BACKLOG_LIMIT))
     inputs['floor'] = floor
     formula = ('%s records made within the worst drain gap of %s ms x %s headroom = %s -> %d'
