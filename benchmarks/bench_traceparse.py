@@ -5,9 +5,8 @@ capture tests/fixtures/ftrace/offcpu-and-accept4-events.during-stall.trace
 (sys_enter/sys_exit accept4, sched_switch, stack traces), then in the same run:
 
 - the floor: plain line iteration over each file (what reading alone costs);
-- EventParser over the whole file (the syscalls + offcpu parser), fed as ftrace_sample
-  feeds it: tracefs.PipeReader reads the file and hands out text of whole lines, one
-  chunk per read, to ``feed_text``;
+- EventParser over the whole file (the syscalls + offcpu parser), fed the lines as
+  ftrace_sample feeds them (batches of lines, parsed per chunk by ``feed_text``);
 - FunctionGraphParser over a function_graph file built from the seed traces
   (size --fg-mb, default 100 MB).
 
@@ -28,7 +27,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs, traceparse
+from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse  # noqa: E402
 
 FIX = os.path.join(ROOT, 'tests', 'fixtures', 'ftrace')
 
@@ -70,19 +69,10 @@ def iterate(path):
     return count
 
 
-def feed(parser, path):
-    """The file through the reader ftrace_sample uses on trace_pipe, into ``feed_text``."""
-    reader = tracefs.PipeReader(path)
-    try:
-        reader.read_available(parser.feed_text, max_bytes=1 << 40)
-        reader.drain(parser.feed_text)
-    finally:
-        reader.close()
-
-
 def parse_events(path):
     parser = traceparse.EventParser(top=10)
-    feed(parser, path)
+    with open(path, 'r', buffering=1 << 20) as handle:
+        parser.feed_lines(handle)
     result = parser.result()
     assert result['syscalls']['accept4']['count'] > 0
     assert any('audit_log_start' in g['stack'] for g in result['offcpu'])
@@ -91,7 +81,8 @@ def parse_events(path):
 
 def parse_graph(path):
     parser = traceparse.FunctionGraphParser(top=10)
-    feed(parser, path)
+    with open(path, 'r', buffering=1 << 20) as handle:
+        parser.feed_lines(handle)
     result = parser.flush().result()
     assert result['syscall_exits'][0]['syscall'] == 'accept4'
     return parser.lines

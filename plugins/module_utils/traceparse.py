@@ -73,23 +73,7 @@ class LatencyStats:
         """``add(value, (int(pid), start, value))`` for each ``(value, pid text, start)`` of
         ``batch``, in order, with the same result: count, total, min, max and buckets in
         C-level bulk steps, the top heap only for values above its floor."""
-        self.add_values([item[0] for item in batch])
-        if not self.top:
-            return
-        heap = self._heap
-        seq = self._seq
-        for value, pid, start in batch:
-            seq += 1
-            if len(heap) < self.top:
-                heapq.heappush(heap, (value, seq, (int(pid), start, value)))
-            elif value > heap[0][0]:
-                heapq.heapreplace(heap, (value, seq, (int(pid), start, value)))
-        self._seq = seq
-
-    def add_values(self, values):
-        """``add(value)`` for each of ``values`` (no items), in order, with the same result."""
-        if not values:
-            return
+        values = [item[0] for item in batch]
         self.count += len(values)
         self.total = functools.reduce(operator.add, values, self.total)
         high = max(values)
@@ -103,6 +87,17 @@ class LatencyStats:
         for value, count in collections.Counter(values).items():
             key = int(log(value) / base) if value > 0.01 else -1000
             buckets[key] = buckets.get(key, 0) + count
+        if not self.top:
+            return
+        heap = self._heap
+        seq = self._seq
+        for value, pid, start in batch:
+            seq += 1
+            if len(heap) < self.top:
+                heapq.heappush(heap, (value, seq, (int(pid), start, value)))
+            elif value > heap[0][0]:
+                heapq.heapreplace(heap, (value, seq, (int(pid), start, value)))
+        self._seq = seq
 
     def percentile(self, fraction):
         if not self.count:
@@ -238,44 +233,13 @@ def _fg_fields(line):
 
 
 # One function_graph call line: ``[abstime |] cpu) [proc |] [mark] [duration us] | text``.
-# Groups: abstime, cpu, proc (``comm-pid``; possessive, so a line without it costs no
-# backtracking), duration, and the text column without trailing blanks (indent included:
-# parsed once per distinct text and cached). The ``\n`` before each line is the literal the engine scans for.
+# Groups: abstime, cpu, proc (``comm-pid``), duration, the indent of the text, the text
+# (without trailing blanks). The ``\n`` before each line is the literal the engine scans for.
 # Numbers have at most 15 integer digits: a longer one (an overflow, a corrupt line) is no
 # trace data and would turn into infinity in the statistics; such a line does not match.
 _FG_RE = re.compile(
-    r'\n *(?:(\d{1,15}\.\d{1,9}) \| +)?(\d+)\) +(?:([^|\n-]*+(?:-(?!\d+ +\|)[^|\n-]*+)*+-\d++) ++\| ++)?'
-    r'(?:[-+!#*@$] +)?'
-    r'(?:(\d{1,15}(?:\.\d{1,9})?) us)? *\|( *[^\n]*[^\s])')
-
-
-def _fg_text(column):
-    """The text column of a call line -> (kind, function, depth), or None for no call.
-
-    kind 0: entry (``func() {``), 1: leaf (``func();``), 2: exit (``}``, function from a
-    ``/* name */`` comment or None).
-    """
-    body = column.lstrip(' ')
-    indent = len(column) - len(body)
-    depth = (indent - 1) // 2 if indent > 1 else 0
-    if body[0] == '}':
-        function = None
-        open_c = body.find('/*')
-        if open_c > 0:
-            close_c = body.find('*/', open_c)
-            function = body[open_c + 2:close_c if close_c > 0 else None].strip() or None
-        return 2, function, depth
-    end = body[-1]
-    if end == '{':
-        kind = 0
-    elif end == ';':
-        kind = 1
-    else:
-        return None  # comments (trace_printk, "/* event */"): not calls
-    function = body[:-1].rstrip()
-    if function[-2:] == '()':
-        function = function[:-2]
-    return kind, function, depth
+    r'\n *(?:(\d{1,15}\.\d{1,9}) \| +)?(\d+)\) +(?:([^|\n]*?-\d+) +\| +)?(?:[-+!#*@$] +)?'
+    r'(?:(\d{1,15}(?:\.\d{1,9})?) us)? *\|( *)([^\n]*[^\s])')
 
 
 def _text_batches(lines, size=8192):
@@ -316,59 +280,26 @@ def parse_function_graph_line(line):
 
 class _Agg:
     """What a parent needs to know about its finished children at one depth."""
-    __slots__ = ('best_dur', 'best_chain', 'syscall', 'exit_work')
+    __slots__ = ('best_dur', 'best_chain', 'syscall', 'exit_work', 'last_syscall')
 
     def __init__(self):
         self.best_dur = -1.0
-        self.best_chain = None   # the slowest child's chain, linked: (function, deeper link or None)
+        self.best_chain = None
         self.syscall = None      # (function, duration)  last syscall-like child
         self.exit_work = None    # (function, duration)  slowest exit-work child
-
-
-def _chain_list(link):
-    """A linked chain ``(function, (function, ... None))`` -> [function, ...], outermost first."""
-    out = []
-    while link is not None:
-        out.append(link[0])
-        link = link[1]
-    return out
-
-
-class _Top:
-    """The ``size`` largest values with their items (ties: the earlier one stays), as
-    LatencyStats keeps its top: callers build an item only when ``value > floor``."""
-    __slots__ = ('size', 'heap', 'floor', 'seq')
-
-    def __init__(self, size):
-        self.size = size
-        self.heap = []
-        self.floor = -1.0 if size else float('inf')  # values are >= 0: anything gets in until full
-        self.seq = 0
-
-    def push(self, value, item):
-        self.seq += 1
-        heap = self.heap
-        if len(heap) < self.size:
-            heapq.heappush(heap, (value, self.seq, item))
-        else:
-            heapq.heapreplace(heap, (value, self.seq, item))
-        if len(heap) >= self.size:
-            self.floor = heap[0][0]
-
-    def slowest(self):
-        return [item for _value, _seq, item in sorted(self.heap, key=lambda e: (-e[0], e[1]))]
+        self.last_syscall = None
 
 
 class FunctionGraphParser:
     """Streaming function_graph parser.
 
-    Keeps, per CPU (per task with funcgraph-proc), the open entries and one
-    aggregate per depth of finished children, so memory depends on the call
-    depth, not on the trace length. Results: the ``top`` slowest top-level
-    calls with their chain to the slowest leaf (outermost first), and for each
-    top-level call with a syscall child and an exit-work child (the depth-2
-    recipe) the pair ``{syscall, syscall_us, exit_work, exit_work_us}``
-    (slowest ``top`` by exit work, plus per-syscall stats of the exit work).
+    Keeps, per CPU, the open entries and one aggregate per depth of finished
+    children, so memory depends on the call depth, not on the trace length.
+    Results: the ``top`` slowest top-level calls with their chain to the
+    slowest leaf (outermost first), and for each top-level call with a
+    syscall child and an exit-work child (the depth-2 recipe) the pair
+    ``{syscall, syscall_us, exit_work, exit_work_us}`` (slowest ``top`` by
+    exit work, plus per-syscall stats of the exit work).
     """
 
     def __init__(self, top=10, min_duration_us=0.0):
@@ -376,21 +307,23 @@ class FunctionGraphParser:
         self.min_duration_us = min_duration_us
         self.lines = 0
         self.calls = 0
-        # per task or CPU: ([(depth, function)] open entries, [_Agg or None per depth]: finished
-        # children not yet claimed by their parent)
-        self._states = {}
-        self._slow = _Top(top)
-        self._exits = _Top(top)
-        self._exit_by_syscall = {}   # syscall -> LatencyStats of its exit work
-        self._exit_values = {}       # syscall -> exit work us not yet added (a chunk's, in bulk)
+        self._open = {}      # key -> [(depth, function, ts)]
+        self._pending = {}   # key -> {depth: _Agg}
+        self._slow = LatencyStats(top=top)
+        self._exits = LatencyStats(top=top)
+        self._exit_by_syscall = {}
         self._class_cache = {}
-        self._name_cache = {}
-        self._texts = {}   # text column -> (kind, function, depth) or None
         self._last_root_syscall = {}
 
     def feed(self, line):
-        """Feed one line (``feed_text`` of it)."""
-        return self.feed_text(line)
+        """Feed one line; returns the finished call as a dict
+        ``{cpu, duration_us, depth, function, ts_s, proc}`` or None."""
+        call = self._feed(line)
+        if call is None:
+            return None
+        cpu, duration, depth, function, ts, proc = call
+        return {'cpu': cpu, 'duration_us': duration, 'depth': depth, 'function': function,
+                'ts_s': ts, 'proc': proc}
 
     def feed_lines(self, lines):
         """Feed an iterable of lines (with or without their newline); parsed in batches by ``feed_text``."""
@@ -402,133 +335,160 @@ class FunctionGraphParser:
         """Feed a chunk of whole lines (the last newline may be missing).
 
         The hot path: one regular expression splits every call line of the chunk
-        into its columns (C speed); the loop keeps the call stacks and the
-        aggregate of each level inline (no call per line), builds result items
-        only for calls that get into a top list, and the exit-work statistics
-        take the chunk's values in bulk. Lines that are no call (headers, CPU and
-        context switch markers, comments) do not match.
+        into its columns (C speed), the loop below only keeps the call stacks.
+        Lines that are no call (headers, CPU and context switch markers, comments)
+        do not match. Same results as ``feed`` line by line.
         """
         if not text:
             return self
         self.lines += text.count('\n') + (text[-1] != '\n')
-        states = self._states
-        class_cache = self._class_cache
-        classify = self._classify
-        root = self._root
-        calls = 0
-        texts = self._texts
-        for abstime, cpu, proc, duration, column in _FG_RE.findall('\n' + text):
-            try:
-                kind, function, depth = texts[column]
-            except KeyError:
-                parsed = _fg_text(column)
-                if len(texts) < 16384:
-                    texts[column] = parsed
-                if parsed is None:
-                    continue
-                kind, function, depth = parsed
-            except TypeError:  # cached None: no call
-                continue
-            # per task when the trace names it (funcgraph-proc: a call may close on another CPU), else per
-            # CPU (the CPU's digits: a task is ``comm-pid``); one lookup for its open entries and levels
+        opened_by = self._open
+        finish = self._finish
+        for abstime, cpu, proc, duration, indent, text in _FG_RE.findall('\n' + text):
+            first = text[0]
+            last = text[-1]
+            if first == '}':
+                function = None
+                open_c = text.find('/*')
+                if open_c > 0:
+                    close_c = text.find('*/', open_c)
+                    function = text[open_c + 2:close_c if close_c > 0 else None].strip() or None
+                kind = 2
+            elif last == '{':
+                kind = 0
+                function = text[:-1].rstrip()
+                if function[-2:] == '()':
+                    function = function[:-2]
+            elif last == ';':
+                kind = 1
+                function = text[:-1].rstrip()
+                if function[-2:] == '()':
+                    function = function[:-2]
+            else:
+                continue  # comments (trace_printk, "/* event */"): not calls
+            cpu = int(cpu)
+            ts = float(abstime) if abstime else None
+            proc = proc or None
             key = proc or cpu
-            state = states.get(key)
-            if state is None:
-                state = states[key] = ([], [])
-            stack = state[0]
+            stack = opened_by.get(key)
+            if stack is None:
+                stack = opened_by[key] = []
+            indent = len(indent)
+            depth = (indent - 1) // 2 if indent > 1 else 0
             if kind == 0:
-                # an entry at depth d closes nothing, but drops stale deeper entries
                 while stack and stack[-1][0] >= depth:
                     stack.pop()
-                stack.append((depth, function))
+                stack.append((depth, function, ts))
                 continue
             if kind == 2:
                 while stack and stack[-1][0] > depth:
                     stack.pop()
                 if stack and stack[-1][0] == depth:
-                    opened = stack.pop()[1]
-                    function = function or opened
+                    function = function or stack.pop()[1]
             if not duration:
                 continue
-            # a finished call: its children are the finished calls at the nearest deeper level
-            calls += 1
-            dur = float(duration)
-            name = function or '?'
-            levels = state[1]
-            child = None
-            if len(levels) > depth + 1:
-                for agg in levels[depth + 1:]:
-                    if agg is not None:
-                        child = agg
-                        break
-                del levels[depth + 1:]
-            if depth == 0:
-                root(key, (cpu, dur, 0, name, abstime, proc), child)
-                continue
-            while len(levels) <= depth:
-                levels.append(None)
-            agg = levels[depth]
-            if agg is None:
-                agg = levels[depth] = _Agg()
-            if dur > agg.best_dur:
-                agg.best_dur = dur
-                agg.best_chain = (name, child.best_chain if child is not None else None)
-            kind = class_cache.get(name)
-            if kind is None:
-                kind = classify(name)
-            if kind == 1:
-                agg.syscall = (name, dur)
-                agg.exit_work = None
-            elif kind == 3:
-                # the dispatcher stands for the syscall it called (seen one level deeper)
-                agg.syscall = (child.syscall[0] if child is not None and child.syscall else name, dur)
-                agg.exit_work = None
-            elif kind == 2 and agg.syscall is not None:
-                if agg.exit_work is None or dur > agg.exit_work[1]:
-                    agg.exit_work = (name, dur)
-        self.calls += calls
-        self._add_exit_values()
+            finish(key, (cpu, float(duration), depth, function or '?', ts, proc))
         return self
+
+    def _feed(self, line):
+        self.lines += 1
+        fields = _fg_fields(line) if line else None
+        if fields is None:
+            return None
+        cpu, ts, proc, duration, kind, function, indent = fields
+        if kind == 'switch':
+            return None
+        # per task when the trace names it (funcgraph-proc: a call may close on another CPU), else per CPU
+        key = proc or cpu
+        stack = self._open.get(key)
+        if stack is None:
+            stack = self._open[key] = []
+        depth = (indent - 1) // 2 if indent > 1 else 0
+        if kind == 'entry':
+            # an entry at depth d closes nothing, but drops stale deeper entries
+            while stack and stack[-1][0] >= depth:
+                stack.pop()
+            stack.append((depth, function, ts))
+            return None
+        if kind == 'exit':
+            while stack and stack[-1][0] > depth:
+                stack.pop()
+            if stack and stack[-1][0] == depth:
+                opened = stack.pop()[1]
+                function = function or opened
+        if duration is None:
+            return None
+        call = (cpu, duration, depth, function or '?', ts, proc)
+        self._finish(key, call)
+        return call
 
     def _classify(self, function):
         """1: a syscall function (SyS_x, __x64_sys_x, ...), 2: exit work, 3: dispatcher, 0: other (cached)."""
-        if function in SYSCALL_DISPATCHERS:
-            kind = 3
-        elif syscall_from_function(function):
-            kind = 1
-        elif _EXIT_WORK_FN.search(function):
-            kind = 2
-        else:
-            kind = 0
-        if len(self._class_cache) < 8192:
-            self._class_cache[function] = kind
-        return kind
+        try:
+            return self._class_cache[function]
+        except KeyError:
+            if function in SYSCALL_DISPATCHERS:
+                kind = 3
+            elif syscall_from_function(function):
+                kind = 1
+            elif _EXIT_WORK_FN.search(function):
+                kind = 2
+            else:
+                kind = 0
+            if len(self._class_cache) < 8192:
+                self._class_cache[function] = kind
+            return kind
 
-    def _root(self, key, call, child):
-        """A finished top-level call (depth 0) with the aggregate of its children."""
-        if child is not None and child.syscall and child.exit_work:
-            self._top_level(call, child)
-        else:
-            self._root_pair(key, call, child)
+    def _finish(self, key, call):
+        self.calls += 1
         duration = call[1]
-        if duration >= self.min_duration_us and duration > self._slow.floor:
-            cpu, _duration, _depth, name, ts, proc = call
-            item = {'cpu': int(cpu), 'duration_us': duration,
-                    'chain': _chain_list((name, child.best_chain if child is not None else None))}
-            if ts:
-                item['ts_s'] = float(ts)
-            if proc:
-                item['proc'] = proc
-            self._slow.push(duration, item)
+        depth = call[2]
+        name = call[3]
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = {}
+        # children: the finished calls at the nearest deeper level
+        child = None
+        if pending:
+            deeper = [d for d in pending if d > depth]
+            if deeper:
+                deeper.sort()
+                child = pending.pop(deeper[0])
+                for d in deeper[1:]:
+                    del pending[d]
+        if depth == 0:
+            chain = [name] + child.best_chain if child is not None and child.best_chain else [name]
+            if child is not None and child.syscall and child.exit_work:
+                self._top_level(call, child)
+            else:
+                self._root_pair(key, call, child)
+            self._record_root(call, chain)
+            return
+        agg = pending.get(depth)
+        if agg is None:
+            agg = pending[depth] = _Agg()
+        if duration > agg.best_dur:
+            agg.best_dur = duration
+            agg.best_chain = [name] + child.best_chain if child is not None and child.best_chain else [name]
+        kind = self._classify(name)
+        if kind == 1:
+            agg.syscall = (name, duration)
+            agg.exit_work = None
+        elif kind == 3:
+            # the dispatcher stands for the syscall it called (seen one level deeper)
+            inner = child.syscall[0] if child is not None and child.syscall else name
+            agg.syscall = (inner, duration)
+            agg.exit_work = None
+        elif kind == 2 and agg.syscall is not None:
+            if agg.exit_work is None or duration > agg.exit_work[1]:
+                agg.exit_work = (name, duration)
 
     def _root_pair(self, key, call, child):
         """Roots that are the syscall and the exit work themselves (set_graph_function
         __x64_sys_accept4 syscall_exit_work): pair a syscall root with the next exit-work root
         of the same task (or CPU)."""
         name = call[3]
-        kind = self._class_cache.get(name)
-        if kind is None:
-            kind = self._classify(name)
+        kind = self._classify(name)
         if kind in (1, 3):
             inner = child.syscall[0] if kind == 3 and child is not None and child.syscall else name
             self._last_root_syscall[key] = (inner, call[1])
@@ -540,47 +500,45 @@ class FunctionGraphParser:
                 pair.exit_work = (name, call[1])
                 self._top_level(call, pair)
 
+    def _record_root(self, call, chain):
+        cpu, duration, _depth, _name, ts, proc = call
+        if duration >= self.min_duration_us:
+            item = {'cpu': cpu, 'duration_us': duration, 'chain': chain}
+            if ts is not None:
+                item['ts_s'] = ts
+            if proc:
+                item['proc'] = proc
+            self._slow.add(duration, item)
+
     def _top_level(self, call, child):
         sys_fn, sys_us = child.syscall
         exit_fn, exit_us = child.exit_work
-        try:
-            name = self._name_cache[sys_fn]
-        except KeyError:
-            name = syscall_from_function(sys_fn)  # None when only the dispatcher was seen
-            if len(self._name_cache) < 8192:
-                self._name_cache[sys_fn] = name
-        if exit_us > self._exits.floor:
-            self._exits.push(exit_us, {'cpu': int(call[0]), 'syscall': name, 'syscall_function': sys_fn,
-                                       'syscall_us': sys_us, 'exit_work': exit_fn, 'exit_work_us': exit_us})
+        name = syscall_from_function(sys_fn)  # None when only the dispatcher was seen
+        item = {'cpu': call[0], 'syscall': name, 'syscall_function': sys_fn,
+                'syscall_us': sys_us, 'exit_work': exit_fn, 'exit_work_us': exit_us}
+        self._exits.add(exit_us, item)
         key = name or sys_fn
-        values = self._exit_values.get(key)
-        if values is None:
-            values = self._exit_values[key] = []
-        values.append(exit_us)
-
-    def _add_exit_values(self):
-        for key, values in self._exit_values.items():
-            stats = self._exit_by_syscall.get(key)
-            if stats is None:
-                stats = self._exit_by_syscall[key] = LatencyStats(top=0)
-            stats.add_values(values)
-        self._exit_values = {}
+        stats = self._exit_by_syscall.get(key)
+        if stats is None:
+            stats = self._exit_by_syscall[key] = LatencyStats(top=0)
+        stats.add(exit_us)
 
     def flush(self):
         """End of input: calls still pending without a depth-0 parent become roots."""
-        for key, (_stack, levels) in self._states.items():
-            agg = next((agg for agg in levels if agg is not None), None)
-            if agg is not None and agg.best_chain and agg.best_dur > self._slow.floor:
-                item = {'cpu': None if '-' in key else int(key),
-                        'duration_us': agg.best_dur, 'chain': _chain_list(agg.best_chain)}
-                if '-' in key:
-                    item['proc'] = key
-                self._slow.push(agg.best_dur, item)
-            del levels[:]
+        for key, pending in list(self._pending.items()):
+            if pending:
+                first = min(pending)
+                agg = pending[first]
+                if agg.best_chain:
+                    item = {'cpu': key if isinstance(key, int) else None,
+                            'duration_us': agg.best_dur, 'chain': agg.best_chain}
+                    if not isinstance(key, int):
+                        item['proc'] = key
+                    self._slow.add(agg.best_dur, item)
+            self._pending[key] = {}
         return self
 
     def result(self):
-        self._add_exit_values()
         return {
             'slow_calls': self._slow.slowest(),
             'syscall_exits': self._exits.slowest(),

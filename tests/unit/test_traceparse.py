@@ -205,32 +205,3 @@ def test_function_graph_root_pairs_across_cpus():
     assert [p['syscall'] for p in pairs] == ['accept4', 'read']  # auditd's read has no exit-work root
     slow = res['slow_calls'][0]
     assert slow['chain'] == ['syscall_exit_work', '__audit_syscall_exit'] and slow['proc'] == 'node-42'
-
-
-def _graph_lines():
-    with _open('seed-function-graph.depth2.trace') as handle:
-        depth2 = handle.readlines()
-    with _open('seed-function-graph.slow-calls.trace') as handle:
-        slow = handle.readlines()
-    return (depth2 + slow) * 7
-
-
-def test_function_graph_same_result_whatever_the_chunks():
-    """feed_text on chunks cut anywhere between lines (as trace_pipe reads come) == one pass."""
-    lines = _graph_lines()
-    whole = traceparse.parse_function_graph(lines, top=4)
-    for size in (1, 2, 5, 17, 64):
-        parser = traceparse.FunctionGraphParser(top=4)
-        for start in range(0, len(lines), size):
-            parser.feed_text(''.join(lines[start:start + size]))
-        assert parser.flush().result() == whole, size
-    assert whole['calls'] == 7 * 18 and whole['lines'] == len(lines)
-    assert whole['exit_work_by_syscall']['accept4']['count'] == 7
-
-
-def test_function_graph_ties_keep_the_first_and_top_bounds_the_lists():
-    """Equal durations: the earlier call stays in the top list (as LatencyStats' heap keeps it)."""
-    lines = [' %d) $ 2000000.0 us |  } /* call_%d */' % (cpu, cpu) for cpu in range(6)]
-    res = traceparse.parse_function_graph(lines, top=3)
-    assert [call['chain'] for call in res['slow_calls']] == [['call_0'], ['call_1'], ['call_2']]
-    assert traceparse.parse_function_graph(_graph_lines(), top=1)['syscall_exits'][0]['syscall'] == 'accept4'
