@@ -68,11 +68,14 @@ class AuditError(Exception):
         super(AuditError, self).__init__('%s: %s' % (STEPS.get(step, step), '; '.join(self.errors)))
 
 
-def run_command(argv):
-    """(rc, stdout, stderr) like AnsibleModule.run_command; rc 127 when argv cannot run."""
+def run_command(argv, env=None, timeout=30):
+    """(rc, stdout, stderr) like AnsibleModule.run_command; rc 127 when argv cannot run.
+    ``env``: the whole environment (default: LC_ALL=C and the system PATH only)."""
+    if env is None:
+        env = {'LC_ALL': 'C', 'PATH': '/usr/sbin:/usr/bin:/sbin:/bin'}
     try:
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, timeout=30,
-                              env={'LC_ALL': 'C', 'PATH': '/usr/sbin:/usr/bin:/sbin:/bin'})
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, timeout=timeout,
+                              env=env, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError) as err:
         return 127, '', str(err)
     return proc.returncode, proc.stdout.decode('utf-8', 'replace'), proc.stderr.decode('utf-8', 'replace')

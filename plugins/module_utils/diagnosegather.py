@@ -137,15 +137,7 @@ def gather(params, client):
 
 def run_command(argv):
     """(rc, stdout, stderr) as text, LC_ALL=C: what the collectors get from AnsibleModule.run_command."""
-    import subprocess
-    env = dict(os.environ, LC_ALL='C')
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env, close_fds=True)
-    except OSError as err:
-        return 127, '', str(err)
-    out, err = proc.communicate()
-    return proc.returncode, out.decode('utf-8', 'replace'), err.decode('utf-8', 'replace')
+    return audit.run_command(argv, env=dict(os.environ, LC_ALL='C'), timeout=None)
 
 
 def find_bin(name):

@@ -156,7 +156,7 @@ audit_tune:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.auditgap.fleet.plugins.module_utils import audit, guard, kernelhz, rulesfile
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, guard, kernelhz, procinfo, rulesfile
 
 MAX_BACKLOG_LIMIT = 1048576
 MAX_RATE_LIMIT = 2147483647
@@ -209,14 +209,6 @@ def read_live(module, client):
         return live_settings(client.status())
     except audit.AuditError as err:
         module.fail_json(msg=str(err))
-
-
-def read_text(path):
-    try:
-        with open(path, 'r') as handle:
-            return handle.read()
-    except OSError:
-        return None
 
 
 def boot_view(rules_file, new_text):
@@ -296,7 +288,7 @@ def tune(module, p, result, client):
     diffs = []
     old_text = new_text = None
     if p['persistent']:
-        old_text = read_text(p['rules_file'])
+        old_text = procinfo.read_text(p['rules_file'])
         new_text = rulesfile.render_settings_text(old_text or '', wanted, HEADER)
         out['file_changed'] = new_text != old_text
         if out['file_changed']:

@@ -423,14 +423,6 @@ def dropin_text(unit, cores):
             '[%s]\nCPUQuota=%s\n' % (dropins.unit_section(unit), quota_percent(cores)))
 
 
-def read_text(path):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
 def write_text(module, path, text):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.auditgap-')
     with os.fdopen(fd, 'w') as handle:
@@ -448,7 +440,7 @@ def systemd_show(module, systemctl, unit):
     props = dict(line.split('=', 1) for line in out.splitlines() if '=' in line)
     paths = dropins.parse_dropin_paths(props.get('DropInPaths'))
     return (props.get('LoadState'), parse_timespan_us(props.get('CPUQuotaPerSecUSec')),
-            [(path, read_text(path) or '') for path in paths])
+            [(path, procinfo.read_text(path) or '') for path in paths])
 
 
 def systemd_backend(module, tgt, wanted, result):
@@ -467,7 +459,7 @@ def systemd_backend(module, tgt, wanted, result):
     path = os.path.join(module.params['systemd_dropin_dir'], unit + '.d', DROPIN_NAME)
     result['dropin'] = path
     section = dropins.unit_section(unit)
-    old_text = read_text(path)
+    old_text = procinfo.read_text(path)
     new_text = dropin_text(unit, wanted)
     before = {'limit_cores': current, 'cpu_quota': quota_percent(current) if current else 'infinity', 'dropin': old_text}
     after = {'limit_cores': round(wanted, 6), 'cpu_quota': quota_percent(wanted), 'dropin': new_text}
@@ -507,7 +499,7 @@ def systemd_backend(module, tgt, wanted, result):
         # set-property --runtime writes a drop-in of its own: put that back as it was too
         runtime = dropins.runtime_dropin(unit, 'CPUQuota')
         rg.push_op('systemd_dropin', 'restore %s, %s and daemon-reload' % (path, runtime), path=path, unit=unit,
-                   text=old_text, runtime_path=runtime, runtime_text=read_text(runtime))
+                   text=old_text, runtime_path=runtime, runtime_text=procinfo.read_text(runtime))
         args = [systemctl, 'set-property', '--runtime', unit, 'CPUQuota=%s' % quota_percent(wanted)]
         rc2, out2, err2 = module.run_command(args)
         if rc2 != 0:
