@@ -139,13 +139,23 @@ def compare(current, previous):
 
 
 def last_good_and_first_bad(current, previous):
-    """The host's newest good run and the first bad run after it (``current`` when the streak starts now)."""
+    """The run a regression is diffed from and the first bad run after it (``current`` when the streak starts now).
+
+    The host's newest good run (no warning/critical finding); on a host that was never good (a
+    standing warning, e.g. no audit consumer), the newest run before the regression began (the
+    newest one not marked regressed). (None, current) when neither exists.
+    """
     first_bad = current
     for row in previous:
         if not is_bad(row):
             return row, first_bad
         first_bad = row
-    return None, first_bad
+    first_bad = current
+    for row in previous:
+        if not row.get('regressed'):
+            return row, first_bad
+        first_bad = row
+    return None, current
 
 
 # Why a change may cause what regressed: (change, base score, findings/metrics that make it likelier).

@@ -181,8 +181,9 @@ def test_audit_alert_fires_through_prometheus_and_resolves(tmp_path, monitoring)
         time.sleep(3)
         second, doc = audit(tmp_path, textdir)
         assert second.returncode == 4, second.stdout + second.stderr
-        assert 'localhost: REGRESSED' in second.stdout and 'probable cause 1: consumer CPU limit added' in second.stdout
         local = {h['host']: h for h in doc['since_last_run']['hosts']}['localhost']
+        why = '%s\n%s' % (second.stdout, json.dumps(local, indent=1))
+        assert 'localhost: REGRESSED' in second.stdout and 'probable cause 1: consumer CPU limit added' in second.stdout, why
         assert local['regressed'] and 'audit_consumer_throttled' in {f['id'] for f in local['new_findings']}
         assert local['causes'][0]['change'] == 'cpu_limit_added'
         fired = webhook.wait('firing', 'AuditgapRegression',

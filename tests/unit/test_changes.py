@@ -88,6 +88,23 @@ def test_the_first_bad_run_of_a_streak_is_diffed():
     assert result['causes'][0]['text'] == 'consumer CPU limit lowered 2 -> 0.05 cores'
 
 
+def test_a_host_never_good_is_diffed_from_the_run_before_its_regression():
+    # a standing warning (no audit consumer) before the lab: no good run, still a cause
+    warned = stored('healthy', 'r1', limit_cores=None,
+                    findings=[{'id': 'audit_consumer_missing', 'severity': 'warning'}])
+    now = changes.host_state(entry('lab_stall'))
+    now.update(run_id='r2')
+    result = changes.compare(now, [warned])
+    assert result['regressed'] and result['last_good_run'] == 'r1' and result['first_bad_run'] == 'r2'
+    assert result['causes'][0]['change'] == 'cpu_limit_added', result['causes']
+    # the streak is followed back to the run before it began
+    later = dict(now, run_id='r3')
+    result = changes.compare(later, [dict(now, regressed=True), warned])
+    assert result['last_good_run'] == 'r1' and result['first_bad_run'] == 'r2'
+    # every earlier run regressed: nothing to diff from
+    assert changes.last_good_and_first_bad(later, [dict(now, regressed=True)]) == (None, later)
+
+
 def test_metric_worse_than_baseline():
     previous = [stored('healthy', 'r%d' % i, backlog_peak_ratio=v) for i, v in enumerate([0.1, 0.05, 0.1, 0.9, 0.1])]
     now = stored('healthy', 'now', backlog_peak_ratio=0.7)
