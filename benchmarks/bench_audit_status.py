@@ -29,7 +29,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import audit, auditnl  # noqa: E402
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, auditnl
 
 # the bare request: struct nlmsghdr {len 16, AUDIT_GET, NLM_F_REQUEST, seq 1, pid 0}
 BARE_REQUEST = struct.pack('=IHHII', 16, auditnl.AUDIT_GET, auditnl.NLM_F_REQUEST, 1, 0)

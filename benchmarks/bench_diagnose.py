@@ -1,5 +1,4 @@
 #!/usr/bin/env python3
-# ruff: noqa: UP031
 """Benchmark: diagnose.yml on localhost with no sampling, against two baselines
 measured in the same run, interleaved round by round:
 
@@ -33,8 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, '.venv', 'bin')
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
-from ansible_collections.auditgap.fleet.plugins.module_utils import audit  # noqa: E402
-from tests.support.kernel import kernel_lock as hold_kernel_lock  # noqa: E402
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit
+from tests.support.kernel import kernel_lock as hold_kernel_lock
 
 PING_GOAL = 2.0
 SHELL_GOAL = 3.0

@@ -26,11 +26,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
 sys.path.insert(0, ROOT)
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as F  # noqa: E402
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, diagnosegather, labkit  # noqa: E402
-from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod  # noqa: E402
-from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard  # noqa: E402
-from tests.support.kernel import kernel_lock  # noqa: E402
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as F
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, diagnosegather, labkit
+from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
+from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
+from tests.support.kernel import kernel_lock
 
 
 def stalled(lab, version, period_us, cores, seconds, hz):

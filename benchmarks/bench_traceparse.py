@@ -27,7 +27,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'collections'))
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse  # noqa: E402
+from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
 
 FIX = os.path.join(ROOT, 'tests', 'fixtures', 'ftrace')
 

@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010, UP031
 """The gather step of diagnose.yml (audit_status + cgroup_throttle of the audit
 consumer, both windows over the same seconds), without AnsibleModule.
 
@@ -92,14 +91,14 @@ def gather_both(params, audit_fn, cgroup_fn):
     def audit():
         try:
             results['audit_status'] = audit_fn()
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             results['audit_status'] = auditfacts.unsupported(
                 'unexpected error reading audit status: %s: %s' % (type(err).__name__, err))
 
     def cgroup():
         try:
             results['cgroup_throttle'] = cgroup_fn()
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             results['cgroup_throttle'] = {'supported': False, 'targets': [],
                                           'reason': 'cgroup_throttle failed: %s: %s' % (type(err).__name__, err)}
 

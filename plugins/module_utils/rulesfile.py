@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010, UP031
 """Audit rules files (``/etc/audit/rules.d/*.rules``): parse, narrow, rewrite.
 
 Pure functions on text, no I/O except :func:`read_rules_dir` and

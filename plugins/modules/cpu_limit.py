@@ -2,7 +2,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010, UP031
 
 from __future__ import absolute_import, division, print_function
 

@@ -1,4 +1,3 @@
-# ruff: noqa: UP031
 """diagnose -> remediate (dry run, then apply) -> accept p99 back near the unthrottled
 value and the findings gone -> the stall/lab removed leaves the host as it was.
 

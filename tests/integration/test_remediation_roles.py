@@ -1,4 +1,3 @@
-# ruff: noqa: UP031
 """The remediation roles on the real kernel: check mode changes nothing, apply,
 a second run changes nothing, the diff is readable, bad input fails cleanly.
 
