@@ -23,7 +23,6 @@ __metaclass__ = type
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -79,14 +78,6 @@ def set_status(**fields):
     guard.run_op('audit_set', {'fields': fields})
 
 
-def run_auditctl(args):
-    proc = subprocess.run(['auditctl'] + list(args), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError('auditctl %s: %s' % (' '.join(args), (proc.stderr or proc.stdout).strip()))
-    return proc.stdout
-
-
 def rule_args(base, key):
     """A rule's auditctl -a arguments with the key appended (validated)."""
     if not key or not all(c.isalnum() or c in '-_.' for c in key):
@@ -95,11 +86,12 @@ def rule_args(base, key):
 
 
 def add_rules(g, rules, key):
-    """Each rule with ``key``; its exact delete is journaled first."""
-    for base in rules:
-        argv = rule_args(base, key)
-        g.push_op('audit_rule_delete', 'delete the rule %s' % ' '.join(argv[1:]), argv=argv)
-        run_auditctl(argv)
+    """Each rule with ``key``, added through the audit client; its exact delete is journaled first."""
+    with audit.Audit() as client:
+        for base in rules:
+            argv = rule_args(base, key)
+            g.push_op('audit_rule_delete', 'delete the rule %s' % ' '.join(argv[1:]), argv=argv)
+            client.add_rules([argv])
 
 
 def set_audit(g, status, **fields):

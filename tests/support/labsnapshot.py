@@ -6,28 +6,22 @@ and (given) containers; ``snapshot_diff(before, after)``: the differences in wor
 ``delete_rules_by_key(key)``: remove a test's rules (exactly those with the key).
 """
 import os
-import shlex
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import guard, labkit, labworkload
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, guard, labkit, labworkload
 
 CGROUP_ROOTS = ('/sys/fs/cgroup/cpu', '/sys/fs/cgroup', '/sys/fs/cgroup/unified')
 
 
 def list_rules():
-    out = labkit.run_auditctl(['-l'])
-    return [] if out.strip() == 'No rules' else [line for line in out.splitlines() if line.strip()]
+    """The loaded rules as ``auditctl -l`` prints them (the audit client's auditctl source)."""
+    with audit.Audit('auditctl') as client:
+        return [rule['text'] for rule in client.rules()]
 
 
 def delete_rules_by_key(key):
-    """Delete every loaded rule carrying exactly ``key`` (``-d``/``-W`` with its own fields)."""
-    for line in list_rules():
-        words = shlex.split(line)
-        keys = [w.split('=', 1)[1] for w in words if w.startswith('key=')]
-        keys += [words[i + 1] for i, w in enumerate(words[:-1]) if w == '-k']
-        if words[0] == '-a' and key in keys:
-            guard.run_op('audit_rule_delete', {'argv': words})
-        elif words[0] == '-w' and key in keys:
-            labkit.run_auditctl(['-W'] + words[1:])
+    """Delete every loaded rule or watch carrying exactly ``key`` (``-d``/``-W`` with its own fields)."""
+    with audit.Audit('auditctl') as client:
+        client.delete_rules([rule for rule in client.rules() if key in rule['keys']], missing_ok=True)
 
 
 def list_lab_containers():

@@ -199,7 +199,8 @@ def test_lab_journals_each_change_so_that_newest_first_is_the_undo_order(tmp_pat
     monkeypatch.setattr(labkit, 'cpu_cgroup', lambda: (1, str(cg)))
     monkeypatch.setattr(labkit, 'find_auditd', lambda: '/usr/sbin/auditd')
     monkeypatch.setattr(labkit, 'set_status', lambda **fields: None)
-    monkeypatch.setattr(labkit, 'run_auditctl', lambda args: '')
+    added = []
+    monkeypatch.setattr(labkit.audit.Audit, 'add_rules', lambda self, rules, exists_ok=False: added.extend(rules))
     monkeypatch.setattr(labkit, 'wait_registered', lambda pid: True)
     monkeypatch.setattr(labkit.guard, 'set_cgroup_limit', lambda *args: None)
 
@@ -219,6 +220,7 @@ def test_lab_journals_each_change_so_that_newest_first_is_the_undo_order(tmp_pat
     assert args['audit_set'] == {'fields': {'enabled': 0, 'backlog_limit': 8192, 'backlog_wait_time': 60000}}
     assert args['cgroup_limit']['quota_us'] is None and args['cgroup_remove'] == {'path': str(cg / 'auditgap-lab')}
     assert [a['argv'][-2:] for op, a in g.ops if op == 'audit_rule_delete'] == [['-k', 'auditgap-lab']] * 2
+    assert added == [a['argv'] for op, a in g.ops if op == 'audit_rule_delete']  # through the audit client
     assert ('checkpoint', {}) in g.ops  # enabled 0 -> 1 is undone by audit_set
     assert result['server_pid'] == 11 and processes == [[10, 3], [11, 1], [12, 2]]
 
