@@ -22,9 +22,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, '.venv', 'bin')
-sys.path.insert(0, ROOT)
+from benchlib import BIN, ROOT
 from auditgap import changes, history
 
 AUDIT_GOAL = 1.10

@@ -26,8 +26,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'collections'))
+import benchlib  # noqa: F401  (the tree on sys.path)
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import audit, auditnl
 

@@ -46,10 +46,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, '.venv', 'bin')
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'collections'))
+from benchlib import BIN, ROOT
 from ansible_collections.auditgap.fleet.plugins.module_utils import svgchart
 from tests.support.sshfleet import SSHFleet
 

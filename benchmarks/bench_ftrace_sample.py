@@ -27,10 +27,10 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULE = os.path.join(ROOT, 'plugins', 'modules', 'ftrace_sample.py')
-sys.path.insert(0, ROOT)
+from benchlib import COLLECTIONS, ROOT
 from tests.support.kernel import kernel_lock
+
+MODULE = os.path.join(ROOT, 'plugins', 'modules', 'ftrace_sample.py')
 TRACEFS = '/sys/kernel/tracing'
 
 
@@ -86,7 +86,7 @@ def start_sample(server_pid, seconds, workdir):
     with open(args, 'w') as handle:
         json.dump({'ANSIBLE_MODULE_ARGS': {'mode': 'syscalls', 'pids': [server_pid], 'syscalls': ['accept4'],
                                            'duration_s': seconds}}, handle)
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, 'collections'))
+    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
     return subprocess.Popen([sys.executable, MODULE, args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, cwd=ROOT)
 

@@ -21,14 +21,11 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'collections'))
-sys.path.insert(0, ROOT)
+from benchlib import ROOT, run_lab_locked
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
 from ansible_collections.auditgap.fleet.plugins.module_utils import labkit, labworkload
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
-from tests.support.kernel import kernel_lock
 
 
 def phase(latency_path, seconds):
@@ -45,11 +42,7 @@ def main():
     parser.add_argument('--backend', choices=['cgroup', 'docker'], default='cgroup')
     parser.add_argument('--svg', default=os.path.join(ROOT, 'reports', 'lab', 'timeline.svg'))
     args = parser.parse_args()
-    if os.geteuid() != 0 or not labkit.find_auditd():
-        print('bench_lab: needs root and auditd', file=sys.stderr)
-        return 2
-    with kernel_lock():
-        return run(args)
+    return run_lab_locked('bench_lab', run, args)
 
 
 def run(args):

@@ -28,12 +28,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'collections'))
-sys.path.insert(0, ROOT)
+from benchlib import COLLECTIONS, run_lab_locked
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, labkit
-from tests.support.kernel import kernel_lock
+from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
 from tests.support.stall import StallRefused, audit_stall
 
 UID = 64918
@@ -138,7 +135,7 @@ def wait_logged(path, expected, timeout_s=20.0):
 def phase(load, seconds, with_reader, watched):
     reader = None
     if with_reader:
-        reader = subprocess.Popen([sys.executable, '-c', READER % {'collections': os.path.join(ROOT, 'collections')},
+        reader = subprocess.Popen([sys.executable, '-c', READER % {'collections': COLLECTIONS},
                                    str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert reader.stdout.readline().strip() == 'ready'
     lost0 = auditnl.get_status()['lost']
@@ -167,20 +164,19 @@ def main():
     parser.add_argument('--seconds', type=float, default=4.0)
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--max-cpu-pct', type=float, default=5.0)
-    args = parser.parse_args()
-    if os.geteuid() != 0 or not labkit.find_auditd():
-        print('bench_readlog: needs root and auditd', file=sys.stderr)
-        return 2
+    return run_lab_locked('bench_readlog', with_consumer, parser.parse_args())
+
+
+def with_consumer(args):
     rule = ['-a', 'always,exit', '-F', 'arch=b64', '-S', 'getppid', '-F', 'uid=%d' % UID]
-    with kernel_lock():
-        try:
-            with audit_stall(quota_us=None, backlog_limit=8192, rules=[rule], key=KEY, rate_per_s=1,
-                             auditd_conf={'max_log_file': 256}) as stall:
-                watched = {'kauditd': kauditd_pid(), 'auditd': stall.consumer_pid}
-                return run(args, os.path.join(stall.workdir, 'audit.log'), watched)
-        except StallRefused as err:
-            print('bench_readlog: %s' % err, file=sys.stderr)
-            return 2
+    try:
+        with audit_stall(quota_us=None, backlog_limit=8192, rules=[rule], key=KEY, rate_per_s=1,
+                         auditd_conf={'max_log_file': 256}) as stall:
+            watched = {'kauditd': kauditd_pid(), 'auditd': stall.consumer_pid}
+            return run(args, os.path.join(stall.workdir, 'audit.log'), watched)
+    except StallRefused as err:
+        print('bench_readlog: %s' % err, file=sys.stderr)
+        return 2
 
 
 def run(args, log, watched):

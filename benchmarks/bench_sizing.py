@@ -18,19 +18,15 @@ Takes the kernel-tests lock; the lab is removed at the end, also on SIGTERM.
     benchmarks/bench_sizing.py [--rate 1000] [--seconds 3] [--steps 7] [--diagnose-seconds 3]
 """
 import argparse
-import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'collections'))
-sys.path.insert(0, ROOT)
+from benchlib import run_lab_locked
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as F
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, diagnosegather, labkit
 from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
-from tests.support.kernel import kernel_lock
 
 
 def stalled(lab, version, period_us, cores, seconds, hz):
@@ -56,16 +52,11 @@ def main():
     parser.add_argument('--diagnose-seconds', type=float, default=3.0)
     parser.add_argument('--high', type=float, default=1.0, help='upper end of the bisection (cores)')
     args = parser.parse_args()
-    if os.geteuid() != 0 or not labkit.find_auditd():
-        print('bench_sizing: needs root and auditd', file=sys.stderr)
-        return 2
-    with kernel_lock():
-        return run(args)
+    return run_lab_locked('bench_sizing', run, args)
 
 
 def diagnose(seconds):
-    params, _error = diagnosegather.check_params({'audit_sample_seconds': seconds, 'cgroup_sample_seconds': seconds})
-    facts = diagnosegather.gather(params, diagnosegather.run_command, diagnosegather.find_bin('auditctl'))
+    facts = diagnosegather.fanout_main({'audit_sample_seconds': seconds, 'cgroup_sample_seconds': seconds})
     # the sizing alone, against the bisection: the default floor (consumer_min_cores 0.5) lowered
     findings, chain = F.evaluate(facts, 'lab', {'consumer_min_cores': 0.01})
     return facts, {f['id']: f for f in findings}, chain

@@ -24,8 +24,7 @@ import resource
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'collections'))
+from benchlib import ROOT
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
 

@@ -1,0 +1,24 @@
+"""What the benchmarks share: the tree on ``sys.path`` (the project root for ``tests.support``
+and ``auditgap``, ``collections/`` for ``ansible_collections.auditgap.fleet``, as ansible.cfg
+links it) and the start of those that run the incident lab (root and auditd checked, the
+kernel-tests lock held). Imported first, before anything of the tree."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, '.venv', 'bin')
+COLLECTIONS = os.path.join(ROOT, 'collections')
+for _path in (COLLECTIONS, ROOT):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+
+def run_lab_locked(name, run, args):
+    """``run(args)`` holding the kernel-tests lock; 2 (and why, on stderr) without root or auditd."""
+    from ansible_collections.auditgap.fleet.plugins.module_utils import labkit
+    from tests.support.kernel import kernel_lock
+    if os.geteuid() != 0 or not labkit.find_auditd():
+        print('%s: needs root and auditd' % name, file=sys.stderr)
+        return 2
+    with kernel_lock():
+        return run(args)
