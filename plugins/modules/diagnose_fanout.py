@@ -35,6 +35,10 @@ description:
     other than sudo) gets a failed result naming why; an unreachable host an unreachable result with
     ssh's words, after at most its connect timeout; a malformed or oversized answer a failed result.
     Every host of the play has a result.
+  - The gather options (I(audit_sample_seconds), I(cgroup_sample_seconds), I(sample_interval_ms), I(source),
+    I(consumer_cgroup)) are M(auditgap.fleet.diagnose_gather)'s, passed on to every host. A host's
+    C(diagnose_audit_sample_seconds) and C(diagnose_cgroup_sample_seconds) variables override the sample
+    windows for that host.
 options:
   transport:
     description:
@@ -47,31 +51,6 @@ options:
     description: Inventory hosts to gather from. Default is the play's current batch (C(ansible_play_batch)).
     type: list
     elements: str
-  audit_sample_seconds:
-    description:
-      - Sample window of the audit status, 0 to 300 (as M(auditgap.fleet.diagnose_gather)).
-        A host's C(diagnose_audit_sample_seconds) variable overrides it for that host.
-    type: float
-    default: 5
-  cgroup_sample_seconds:
-    description:
-      - Sample window of the consumer's cpu.stat, 0 to 3600. A host's C(diagnose_cgroup_sample_seconds)
-        variable overrides it for that host.
-    type: float
-    default: 5
-  sample_interval_ms:
-    description: Polling interval of the audit sample in milliseconds (10 to 60000).
-    type: int
-    default: 100
-  source:
-    description: Where the hosts read the audit status and rules from.
-    type: str
-    choices: [auto, netlink, auditctl]
-    default: auto
-  consumer_cgroup:
-    description: Measure the CPU throttling of the registered audit consumer (C(cgroup_throttle) key).
-    type: bool
-    default: true
   trace:
     description:
       - Which hosts are listed in C(trace_hosts) for the bounded trace, as the C(auditgap.fleet.diagnose)
@@ -122,6 +101,7 @@ attributes:
 extends_documentation_fragment:
   - auditgap.fleet.attributes.action
   - auditgap.fleet.attributes
+  - auditgap.fleet.diagnose_gather
 '''
 
 EXAMPLES = r'''

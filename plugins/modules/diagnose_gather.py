@@ -23,28 +23,6 @@ description:
     never fails for that.
 author:
   - auditgap contributors (@auditgap)
-options:
-  audit_sample_seconds:
-    description: Sample window of the audit status (backlog peak, lost, wait time), 0 to 300; 0 takes no sample.
-    type: float
-    default: 5
-  cgroup_sample_seconds:
-    description: Sample window of the consumer's cpu.stat, 0 to 3600; 0 gives counters since the cgroup was created.
-    type: float
-    default: 5
-  sample_interval_ms:
-    description: Polling interval of the audit sample in milliseconds (10 to 60000).
-    type: int
-    default: 100
-  source:
-    description: Where to read the audit status and rules from (as M(auditgap.fleet.audit_status)).
-    type: str
-    choices: [auto, netlink, auditctl]
-    default: auto
-  consumer_cgroup:
-    description: Measure the CPU throttling of the registered audit consumer (C(cgroup_throttle) key).
-    type: bool
-    default: true
 notes:
   - Needs root (C(CAP_AUDIT_CONTROL)) on the host, like M(auditgap.fleet.audit_status).
   - Supports check mode; the module never changes anything.
@@ -54,6 +32,7 @@ seealso:
 extends_documentation_fragment:
   - auditgap.fleet.attributes
   - auditgap.fleet.attributes.read_only
+  - auditgap.fleet.diagnose_gather
 '''
 
 EXAMPLES = r'''

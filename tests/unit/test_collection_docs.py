@@ -37,12 +37,13 @@ def module_attributes(name):
     """The module's attributes as ansible-doc shows them: its doc fragments merged in the
     way ansible.utils.plugin_docs.add_fragments merges them (the module's own keys win)."""
     from ansible.utils.plugin_docs import merge_fragment
-    from ansible_collections.auditgap.fleet.plugins.doc_fragments.attributes import ModuleDocFragment
     doc = module_doc(name)
     attrs = doc.get('attributes') or {}
     for slug in doc.get('extends_documentation_fragment', []):
-        var = slug.split('.')[3].upper() if slug.count('.') == 3 else 'DOCUMENTATION'
-        merge_fragment(attrs, yaml.safe_load(getattr(ModuleDocFragment, var)).get('attributes') or {})
+        parts = slug.split('.')
+        fragment = importlib.import_module('ansible_collections.auditgap.fleet.plugins.doc_fragments.' + parts[2])
+        var = parts[3].upper() if len(parts) == 4 else 'DOCUMENTATION'
+        merge_fragment(attrs, yaml.safe_load(getattr(fragment.ModuleDocFragment, var)).get('attributes') or {})
     return attrs
 
 
@@ -82,6 +83,20 @@ def test_fragment_describes_every_attribute_modules_use():
     described |= set(yaml.safe_load(ModuleDocFragment.ACTION)['attributes'])
     for name in MODULES:
         assert set(module_attributes(name)) <= described, name
+
+
+def test_gather_options_documented_once_as_diagnosegather_takes_them():
+    """diagnose_gather and diagnose_fanout take their gather options from one fragment, whose
+    types and defaults are diagnosegather.OPTIONS'."""
+    from ansible_collections.auditgap.fleet.plugins.doc_fragments.diagnose_gather import ModuleDocFragment
+    from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosegather
+    options = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)['options']
+    assert {name: (o['type'], o['default']) for name, o in options.items()} == \
+        {name: (kind.__name__, default) for name, (kind, default) in diagnosegather.OPTIONS.items()}
+    for name in ('diagnose_gather', 'diagnose_fanout'):
+        doc = module_doc(name)
+        assert 'auditgap.fleet.diagnose_gather' in doc['extends_documentation_fragment'], name
+        assert not set(doc.get('options') or {}) & set(options), name
 
 
 @pytest.mark.parametrize('name', sorted(FILTERS))
