@@ -21,11 +21,10 @@ import os
 import sys
 import time
 
-from benchlib import ROOT, run_lab_locked
+from benchlib import ROOT, lab_present, run_lab_locked
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
 from ansible_collections.auditgap.fleet.plugins.module_utils import labkit, labworkload
-from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
 
 
 def phase(latency_path, seconds):
@@ -46,17 +45,8 @@ def main():
 
 
 def run(args):
-    params = {'backend': args.backend}
-    p = labkit.validate_lab_params(params)
-    labkit.lab_absent(p['state_path'])
     markers = []
-    with RestoreGuard() as guard:
-        guard.push(lambda: labkit.lab_absent(p['state_path']), description='lab absent')
-        try:
-            _, lab = labkit.lab_present(params)
-        except labkit.LabRefused as err:
-            print('bench_lab: %s' % err, file=sys.stderr)
-            return 2
+    with lab_present('bench_lab', {'backend': args.backend}) as (p, lab, guard):
         version = labkit.cpu_cgroup()[0]  # the consumer's group (or container's) is in that hierarchy
         set_quota = guard_mod.set_cgroup_limit
         set_quota(version, lab['cgroup_path'], None, p['period_us'])
@@ -69,8 +59,6 @@ def run(args):
         markers.append({'t': time.time(), 'label': 'quota lifted'})
         after = phase(lab['latency_path'], args.seconds)
         points = labworkload.read_jsonl(lab['timeline_path'])
-    if guard.restore_errors:
-        print('bench_lab: restore errors: %s' % guard.restore_errors, file=sys.stderr)
     try:
         from ansible_collections.auditgap.fleet.plugins.module_utils import labchart
         labchart.write_timeline(args.svg, points, markers, title='incident lab (%s backend)' % args.backend)

@@ -21,12 +21,11 @@ import argparse
 import sys
 import time
 
-from benchlib import run_lab_locked
+from benchlib import lab_present, run_lab_locked
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as F
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl, diagnosegather, labkit
 from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
-from ansible_collections.auditgap.fleet.plugins.module_utils.guard import RestoreGuard
 
 
 def stalled(lab, version, period_us, cores, seconds, hz):
@@ -63,16 +62,7 @@ def diagnose(seconds):
 
 
 def run(args):
-    params = {'backend': 'cgroup', 'rate_per_s': args.rate, 'rules': 'accept'}
-    p = labkit.validate_lab_params(params)
-    labkit.lab_absent(p['state_path'])
-    with RestoreGuard() as guard:
-        guard.push(lambda: labkit.lab_absent(p['state_path']), description='lab absent')
-        try:
-            _, lab = labkit.lab_present(params)
-        except labkit.LabRefused as err:
-            print('bench_sizing: %s' % err, file=sys.stderr)
-            return 2
+    with lab_present('bench_sizing', {'backend': 'cgroup', 'rate_per_s': args.rate, 'rules': 'accept'}) as (p, lab, guard):
         version = labkit.cpu_cgroup()[0]  # the consumer's group is in that hierarchy
         period = p['period_us']
         lab_cores = p['quota_us'] / float(period)
@@ -102,8 +92,6 @@ def run(args):
             else:
                 high = mid
         check_stalled, check_wait, check_lost = stalled(lab, version, period, suggested, args.seconds, hz)
-    if guard.restore_errors:
-        print('bench_sizing: restore errors: %s' % guard.restore_errors, file=sys.stderr)
     print('load: %d connections/s (accept4 audited), lab limit %.3f cores' % (args.rate, lab_cores))
     print('diagnosed at the lab limit: %s records/s delivered, peak %s records/s, drain gap %s ms, burst %s'
           % (rates.get('records_per_s'), rates.get('peak_records_per_s'), rates.get('drain_gap_max_ms'),
