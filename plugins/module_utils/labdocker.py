@@ -122,19 +122,6 @@ def start_docker_consumer(g, workdir, params):
 
 # -- the daemon ---------------------------------------------------------------
 
-def _pid_alive(pid):
-    try:
-        os.kill(int(pid), 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    # a zombie is not alive
-    try:
-        with open(f'/proc/{int(pid)}/stat') as handle:
-            return handle.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except (OSError, IndexError):
-        return True
-
-
 def _Lock(path):
     """The Docker helper's own lock (starting/stopping dockerd), in auditgap's root-only
     state directory: opened without following symlinks, owner/type/mode checked, holder
@@ -162,7 +149,7 @@ def _live_leases(state_dir):
     except OSError:
         return alive
     for name in names:
-        if name.isdigit() and _pid_alive(int(name)):
+        if name.isdigit() and guard.process_alive(int(name)):
             alive.append(int(name))
         else:
             try:
@@ -215,7 +202,7 @@ def ensure_dockerd(socket_path=DOCKER_SOCK, log_path=DEFAULT_LOG, timeout=60,
         if ping(socket_path):
             return False
         state = _read_state(state_dir)
-        if state and _pid_alive(state.get('pid', 0)):
+        if state and guard.process_alive(state.get('pid', 0)):
             # ours, still starting (or hung): wait for it below
             started_pid = state['pid']
             started = False
@@ -249,7 +236,7 @@ def ensure_dockerd(socket_path=DOCKER_SOCK, log_path=DEFAULT_LOG, timeout=60,
         while time.time() < deadline:
             if ping(socket_path):
                 return started
-            if not _pid_alive(started_pid):
+            if not guard.process_alive(started_pid):
                 break
             time.sleep(0.2)
         _stop_pid(started_pid)
@@ -270,7 +257,7 @@ def _stop_pid(pid, timeout=20):
                 return
         except OSError:  # not our child
             pass
-        if not _pid_alive(pid):
+        if not guard.process_alive(pid):
             _reap(pid)
             return
         time.sleep(0.1)
@@ -313,7 +300,7 @@ def stop_dockerd(state_dir=STATE_DIR, lock_path=LOCK_PATH, force=False):
         if not state:
             return False
         pid = int(state.get('pid', 0))
-        if not pid or not _pid_alive(pid):
+        if not pid or not guard.process_alive(pid):
             _forget_daemon(state_dir)
             _remove_docker_cgroups(state)
             return False
