@@ -29,6 +29,9 @@ HOST_VARS = {'audit_sample_seconds': 'diagnose_audit_sample_seconds',
              'cgroup_sample_seconds': 'diagnose_cgroup_sample_seconds',
              'trace': 'diagnose_trace',
              'backlog_saturated_ratio': 'diagnose_backlog_saturated_ratio'}
+# the gather options checked here as numbers (templated values arrive as text): (low, high, type)
+RANGES = {'audit_sample_seconds': (0, 300, float), 'cgroup_sample_seconds': (0, 3600, float),
+          'sample_interval_ms': (10, 60000, int)}
 _ARGS = frozenset(('transport', 'hosts', 'audit_sample_seconds', 'cgroup_sample_seconds', 'sample_interval_ms',
                    'source', 'consumer_cgroup', 'trace', 'backlog_saturated_ratio', 'concurrency', 'timeout',
                    'max_result_bytes'))
@@ -58,14 +61,10 @@ def check_args(args):
     if hosts is not None and (isinstance(hosts, (str, bytes)) or not isinstance(hosts, (list, tuple))
                               or not all(isinstance(h, str) for h in hosts)):
         raise AnsibleActionFail('diagnose_fanout: hosts must be a list of inventory host names')
-    params = {'audit_sample_seconds': args.get('audit_sample_seconds', 5),
-              'cgroup_sample_seconds': args.get('cgroup_sample_seconds', 5),
-              'sample_interval_ms': args.get('sample_interval_ms', 100),
-              'source': args.get('source', 'auto'),
-              'consumer_cgroup': boolean(args.get('consumer_cgroup', True), strict=True)}
-    params['audit_sample_seconds'] = _number('audit_sample_seconds', params['audit_sample_seconds'], 0, 300)
-    params['cgroup_sample_seconds'] = _number('cgroup_sample_seconds', params['cgroup_sample_seconds'], 0, 3600)
-    params['sample_interval_ms'] = _number('sample_interval_ms', params['sample_interval_ms'], 10, 60000, int)
+    params = dict((name, args.get(name, default)) for name, (_kind, default) in diagnosegather.OPTIONS.items())
+    for name, (low, high, kind) in RANGES.items():
+        params[name] = _number(name, params[name], low, high, kind)
+    params['consumer_cgroup'] = boolean(params['consumer_cgroup'], strict=True)
     full, error = diagnosegather.check_params(params)
     if error:
         raise AnsibleActionFail('diagnose_fanout: %s' % error)
@@ -107,7 +106,8 @@ def host_params(base, host_vars):
     for key in ('audit_sample_seconds', 'cgroup_sample_seconds'):
         var = HOST_VARS[key]
         if var in host_vars and host_vars[var] is not None:
-            params[key] = _number(var, host_vars[var], 0, 300 if key == 'audit_sample_seconds' else 3600)
+            low, high, kind = RANGES[key]
+            params[key] = _number(var, host_vars[var], low, high, kind)
     return params
 
 
