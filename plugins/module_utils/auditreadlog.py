@@ -19,10 +19,12 @@ What the window measures (docs/audit_status.md, "Record rates"):
   talker ``(key, syscall, exe, uid)``: who fills the backlog;
 - when they were made: every record carries its event's time stamp (the syscall's entry
   time), so the record rate over time and the largest burst in any span can be counted from
-  the stamps, not from when the consumer got around to them;
+  the stamps, not from when the consumer got around to them; and the rate records were made at
+  while they were being made (``active_records_per_s``: over the clock ticks that have stamps,
+  so the time the audited tasks slept in audit_log_start does not dilute it);
 - when delivery stopped while records waited (the consumer's drain gaps).
 
-Pure parts (``RecordCounter``, ``decode_value``, ``max_in_span``) are
+Pure parts (``RecordCounter``, ``decode_value``, ``max_in_span``, ``active_time``) are
 unit-tested on captured records; ``ReadlogSocket`` is the socket (root).
 """
 
@@ -115,6 +117,19 @@ def max_in_span(ms_counts, span_ms):
         if total > best:
             best = total
     return best
+
+
+def active_time(ms_counts):
+    """(ms the records were made in, records stamped then): the distinct stamps x the smallest step
+    between them (the stamp clock's tick: the stamps come from a coarse clock, one jiffy), so a task
+    asleep in audit_log_start, making no records, adds no time. (None, records) with fewer than two
+    distinct stamps (no step to measure)."""
+    stamps = sorted(ms_counts)
+    records = sum(ms_counts.values())
+    steps = [b - a for a, b in zip(stamps, stamps[1:]) if b > a]
+    if not steps:
+        return None, records
+    return len(stamps) * min(steps), records
 
 
 class RecordCounter:
@@ -314,9 +329,12 @@ class RecordCounter:
             peak = max_in_span(stamps, 1000)
         else:
             peak = round(max_in_span(stamps, seconds * 1000) / seconds, 2) if seconds > 0 else None
+        active_ms, stamped = active_time(stamps)
         return {
             'seconds': round(seconds, 3),
             'records': self.records,
+            'active_ms': active_ms,
+            'active_records_per_s': round(stamped * 1000.0 / active_ms, 2) if active_ms else None,
             'events': self.events,
             'records_per_s': per_s(self.records),
             'events_per_s': per_s(self.events),

@@ -62,8 +62,11 @@ DEFAULT_THRESHOLDS = {
     # ... and records lost per second: critical above this (0: any loss is critical)
     'harm_crit_lost_per_s': 0.0,
     # Fixes sized from measurement (docs/findings.md): the CPU limit for a throttled consumer is its
-    # CPU seconds per record x the peak record rate x this headroom ...
+    # CPU seconds per record x the record rate offered x this headroom ...
     'consumer_cpu_headroom': 2.0,
+    # ... the rate offered seen through the stall (the rate records were made at while they were
+    # being made, or made / (1 - share of the window asleep)), at most this many times what was made ...
+    'consumer_hidden_demand_max': 10.0,
     # ... never below this many cores ...
     'consumer_min_cores': 0.5,
     # ... and without that measurement at least this many (or 4x the limit, 2x the usage)
@@ -361,12 +364,21 @@ def cpu_sizing(view, target, thresholds):
         seconds = num(view.activity.get('seconds'))
         cpu_s = num(view.activity.get('cpu_seconds'))
         usage = cpu_s / seconds if (cpu_s is not None and seconds) else None
-    peak = sizing.peak_record_rate(rates, num(view.sample.get('lost_per_s')) if view.sample else None,
-                                   _backlog_growth_per_s(view) if view.sample else None)
+    sample = view.sample or {}
+    slept_ms = num(sample.get('backlog_wait_time_actual_delta_ms'))
+    wait_ms = num(view.status.get('backlog_wait_time_ms'))
+    seconds = num(sample.get('seconds'))
+    offered = sizing.offered_record_rate(rates, num(sample.get('lost_per_s')),
+                                         _backlog_growth_per_s(view) if view.sample else None,
+                                         slept_ms / 1000.0 if slept_ms is not None else None,
+                                         sizing.sleep_window(sample.get('timeline'), seconds,
+                                                             wait_ms / 1000.0 if wait_ms is not None else None),
+                                         thresholds['consumer_hidden_demand_max'], sample_s=seconds)
     fallback = _round_up(min(max(float(thresholds['consumer_unmeasured_cores']), float(thresholds['consumer_min_cores']),
                                  4 * limit, 2 * (usage or 0.0)), MAX_LIMIT_CORES))
-    return sizing.cpu_limit(usage, num(rates.get('records_per_s')), peak, thresholds['consumer_cpu_headroom'],
-                            limit or None, fallback, floor=thresholds['consumer_min_cores'])
+    return sizing.cpu_limit(usage, num(rates.get('records_per_s')), offered['value'] if offered else None,
+                            thresholds['consumer_cpu_headroom'], limit or None, fallback,
+                            floor=thresholds['consumer_min_cores'], offered=offered)
 
 
 def backlog_sizing(view, thresholds):

@@ -4,8 +4,11 @@
 """sizing: the fixes' sizes from measurement, with the arithmetic shown (pure, controller side).
 
 - ``cpu_limit(...)``: the CPU limit for a throttled audit consumer = its CPU seconds per record
-  over the window x the peak record rate x headroom (docs/findings.md "Fixes sized from
+  over the window x the record rate offered x headroom (docs/findings.md "Fixes sized from
   measurement");
+- ``offered_record_rate(...)``: that rate seen through the stall (the demand a stall hides): the rate
+  records were made at while they were being made (their stamps), or what the window made divided by
+  the share of it the audited tasks were awake, bounded;
 - ``backlog_limit(...)``: the backlog that holds the largest burst of records seen over the
   consumer's worst drain gap, x headroom.
 
@@ -23,6 +26,8 @@ import math
 MAX_LIMIT_CORES = 1024.0
 MAX_BACKLOG_LIMIT = 1048576
 CORES_STEP = 0.01
+# the hidden demand is at most this many times what the stalled window made (consumer_hidden_demand_max)
+HIDDEN_DEMAND_MAX = 10.0
 
 
 def round_up(value, step=CORES_STEP):
@@ -52,24 +57,108 @@ def _g(value):
 
 
 def peak_record_rate(record_rates, lost_per_s=None, backlog_growth_per_s=None):
-    """The peak rate records were offered at: the most made within one second (their stamps) or
-    the window's average plus what the backlog grew by and what was lost, whichever is higher.
-    None when no record rates were read."""
+    """The rate records were made at: the most made within one second (their stamps) or the
+    window's average plus what the backlog grew by and what was lost, whichever is higher.
+    None when no record rates were read. (``offered_record_rate`` without the hidden demand.)"""
+    offered = offered_record_rate(record_rates, lost_per_s, backlog_growth_per_s)
+    return offered['value'] if offered else None
+
+
+def sleep_window(timeline, seconds, wait_time_s=None):
+    """The seconds the window's sleep in audit_log_start is divided by (pure).
+
+    The kernel adds a sleep to backlog_wait_time_actual when it ends, so a task still asleep at the end
+    of the window is not counted yet: the sleep is divided by the time from the window's start to the last
+    sample where the counter grew (``timeline``: ``[{t_s, backlog_wait_time_actual_jiffies}]``), and at
+    least by the window minus ``wait_time_s`` (backlog_wait_time: no sleep lasts longer). ``seconds``
+    when the timeline shows no growth or is missing.
+    """
+    total = num(seconds)
+    points = [(num(p.get('t_s')), num(p.get('backlog_wait_time_actual_jiffies')))
+              for p in (timeline if isinstance(timeline, list) else []) if isinstance(p, dict)]
+    points = [(t, j) for t, j in points if t is not None and j is not None]
+    if total is None or total <= 0 or len(points) < 2:
+        return total
+    last = None
+    for (t0, j0), (t1, j1) in zip(points, points[1:]):
+        if j1 > j0:
+            last = t1
+    if last is None:
+        return total
+    until = last - points[0][0]
+    wait = num(wait_time_s)
+    if wait is not None and wait > 0:
+        until = max(until, total - wait)
+    return min(max(until, 0.0), total) or total
+
+
+def offered_record_rate(record_rates, lost_per_s=None, backlog_growth_per_s=None, slept_s=None, window_s=None,
+                        hidden_max=HIDDEN_DEMAND_MAX, sample_s=None):
+    """The rate records will be offered at once the stall ends, seen through the stall: ``{value,
+    formula, inputs}``, None when no record rates were read.
+
+    made/s = delivered/s + backlog growth/s + lost/s: the records the audited tasks made in the window.
+    A stall hides demand: tasks asleep in audit_log_start make no records. When they slept (``slept_s``,
+    backlog_wait_time_actual accrued over the window, > 0), the rate offered is the rate records were made
+    at while they were being made (``record_rates.active_records_per_s``: the records over the clock ticks
+    that have stamps); without it, made/s / (1 - f), f = ``slept_s`` / ``window_s`` (``sleep_window``: the
+    window up to the last wake; ``sample_s`` the whole window, shown when they differ): a task asleep a
+    share f of the window made records in the rest of it only. Either is at least made/s and at most
+    ``hidden_max`` x made/s (f at most 1 - 1/``hidden_max``: sparse records spread over many ticks, and
+    several tasks asleep at once sum to more than the window). value = max(the stamps' peak, that rate).
+    """
     rates = record_rates if isinstance(record_rates, dict) else {}
     peak = num(rates.get('peak_records_per_s'))
-    average = num(rates.get('records_per_s'))
-    if peak is None and average is None:
+    delivered = num(rates.get('records_per_s'))
+    if peak is None and delivered is None:
         return None
-    offered = (average or 0.0) + max(0.0, num(backlog_growth_per_s) or 0.0) + max(0.0, num(lost_per_s) or 0.0)
-    return max(peak or 0.0, offered)
+    growth = max(0.0, num(backlog_growth_per_s) or 0.0)
+    lost = max(0.0, num(lost_per_s) or 0.0)
+    made = (delivered or 0.0) + growth + lost
+    slept, window, sample = num(slept_s), num(window_s), num(sample_s)
+    active, active_ms = num(rates.get('active_records_per_s')), num(rates.get('active_ms'))
+    hidden_max = max(1.0, num(hidden_max) or 1.0)
+    bound = 1.0 - 1.0 / hidden_max
+    slept = slept if slept is not None and slept > 0 else 0.0
+    ratio = slept / window if (window and window > 0) else 0.0
+    asleep = min(ratio, bound)
+    made_text = ('%s made/s (%s delivered + %s backlog growth + %s lost)'
+                 % (_g(made), _g(delivered), _g(growth), _g(lost)))
+    if slept and (asleep > 0 or active):
+        through_sleep = made / (1.0 - asleep)
+        offered = min(max(active or through_sleep, made), made * hidden_max)
+        until = ' (to the last wake of the %s s window)' % _g(sample) if sample and _g(sample) != _g(window) else ''
+        if active:
+            formula = ('%s; tasks slept %s s in audit_log_start over %s s%s: the rate while records were made, '
+                       '%s records/s (over the %s ms of clock ticks with stamps)'
+                       % (made_text, _g(slept), _g(window), until, _g(active), _g(active_ms)))
+            if active > made * hidden_max:
+                formula += ', bounded at %s x made = %s' % (_g(hidden_max), _g(offered))
+        else:
+            formula = ('%s / (1 - %s asleep in audit_log_start: %s s slept over %s s%s%s) = %s'
+                       % (made_text, _g(asleep), _g(slept), _g(window), until,
+                          ', bounded at 1 - 1/%s' % _g(hidden_max) if ratio > bound else '', _g(through_sleep)))
+    else:
+        offered = made
+        formula = '%s, nothing slept' % made_text
+    value = round(max(peak or 0.0, offered), 3)
+    if peak is not None and peak > offered:
+        formula += '; the stamps\' peak %s is higher' % _g(peak)
+    inputs = {'peak_records_per_s': peak, 'delivered_per_s': delivered, 'backlog_growth_per_s': growth,
+              'lost_per_s': lost, 'made_per_s': round(made, 3), 'slept_s': slept, 'window_s': window,
+              'sample_s': sample, 'asleep_ratio': round(asleep, 4), 'active_records_per_s': active,
+              'active_ms': active_ms, 'hidden_demand_max': hidden_max, 'offered_per_s': round(offered, 3)}
+    return {'value': value, 'formula': formula, 'inputs': inputs}
 
 
-def cpu_limit(cpu_cores_used, records_per_s, peak_records_per_s, headroom, limit_cores, fallback, floor=0.01):
+def cpu_limit(cpu_cores_used, records_per_s, peak_records_per_s, headroom, limit_cores, fallback, floor=0.01,
+              offered=None):
     """The CPU limit to suggest for a throttled consumer.
 
     ``cpu_cores_used``: the consumer's CPU over the window (cores, from its cgroup's usage);
     ``records_per_s``: records delivered to it over the same window; ``peak_records_per_s``:
-    the peak offered rate (``peak_record_rate``); ``headroom``: factor (>= 1 keeps room);
+    the rate records will be offered at (``offered_record_rate``'s value; ``offered``: that whole
+    result, whose arithmetic and inputs are added); ``headroom``: factor (>= 1 keeps room);
     ``limit_cores``: its current limit; ``fallback``: the value when something is unmeasured;
     ``floor``: the smallest value suggested.
 
@@ -80,11 +169,15 @@ def cpu_limit(cpu_cores_used, records_per_s, peak_records_per_s, headroom, limit
     used, rate, peak = num(cpu_cores_used), num(records_per_s), num(peak_records_per_s)
     headroom = num(headroom) or 1.0
     limit = num(limit_cores)
-    inputs = {'cpu_cores_used': used, 'records_per_s': rate, 'peak_records_per_s': peak,
+    inputs = {'cpu_cores_used': used, 'records_per_s': rate, 'offered_records_per_s': peak,
               'headroom': headroom, 'limit_cores': limit}
+    shown = ''
+    if isinstance(offered, dict):
+        inputs.update(offered.get('inputs') or {})
+        shown = '; offered = %s' % offered.get('formula') if offered.get('formula') else ''
     if not used or not rate or not peak:
         return {'value': min(fallback, MAX_LIMIT_CORES), 'measured': False, 'inputs': inputs,
-                'formula': 'not measured (consumer CPU %s, records/s %s, peak %s): fallback %s cores'
+                'formula': 'not measured (consumer CPU %s, records/s %s, offered %s): fallback %s cores'
                            % (_g(used), _g(rate), _g(peak), _g(fallback))}
     per_record = used / rate
     raw = per_record * peak * headroom
@@ -92,10 +185,11 @@ def cpu_limit(cpu_cores_used, records_per_s, peak_records_per_s, headroom, limit
     value = round_up(min(max(raw, floor), MAX_LIMIT_CORES))
     inputs['cpu_seconds_per_record'] = round(per_record, 9)
     inputs['floor_cores'] = floor
-    formula = ('%s CPU s/record (%s cores / %s records/s) x %s records/s peak x %s headroom = %s -> %s cores'
+    formula = ('%s CPU s/record (%s cores / %s records/s) x %s records/s offered x %s headroom = %s -> %s cores'
                % (_g(per_record), _g(used), _g(rate), _g(peak), _g(headroom), _g(raw), _g(value)))
     if raw < floor:
         formula += ' (the floor, consumer_min_cores)'
+    formula += shown
     if limit is not None and raw <= limit:
         return {'value': min(fallback, MAX_LIMIT_CORES), 'measured': False, 'inputs': inputs,
                 'formula': '%s: not above the current limit %s (the throttle capped the rate seen): '

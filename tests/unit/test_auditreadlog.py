@@ -88,6 +88,23 @@ def test_no_gap_while_delivery_keeps_up():
     assert out['drain_gap_max_ms'] == 0 and out['burst_records'] is None
 
 
+def test_active_rate_counts_only_the_ticks_with_stamps():
+    # a coarse clock (4 ms ticks): 12 records in 3 ticks, then the tasks slept 1 s, then 8 in 2 ticks
+    counts = {1000: 4, 1004: 4, 1008: 4, 2008: 4, 2012: 4}
+    assert R.active_time(counts) == (20, 20)                  # 5 ticks x 4 ms, 20 records
+    assert R.active_time({}) == (None, 0) and R.active_time({7: 3}) == (None, 3)
+    counter = R.RecordCounter()
+    base = 1796129527000
+    for i, ms in enumerate((0, 0, 4, 4, 8, 1008)):            # 6 events x 3 records in 4 ticks
+        event(counter, i, stamp=('%.3f' % ((base + ms) / 1000.0)).encode(), at=base + 1100.0)
+    out = counter.summary(2.0)
+    assert out['active_ms'] == 16 and out['active_records_per_s'] == 1125.0   # 18 records / 16 ms
+    assert out['records_per_s'] == 9.0                                         # over the 2 s window
+    one = R.RecordCounter()
+    event(one, 1)
+    assert one.summary(1.0)['active_ms'] is None and one.summary(1.0)['active_records_per_s'] is None
+
+
 def test_max_in_span_boundaries():
     assert R.max_in_span({}, 100) == 0
     assert R.max_in_span({0: 1, 99: 1, 100: 1}, 100) == 2     # [t, t+100) holds 0 and 99, or 99 and 100

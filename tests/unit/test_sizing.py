@@ -1,5 +1,6 @@
 """Fixes sized from measurement (module_utils/sizing.py): the arithmetic at its boundaries."""
 from ansible_collections.auditgap.fleet.plugins.filter import findings
+from ansible_collections.auditgap.fleet.plugins.filter import remediation as rem
 from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as F
 from ansible_collections.auditgap.fleet.plugins.module_utils import sizing as S
 
@@ -9,7 +10,7 @@ def test_cpu_limit_is_cpu_per_record_times_peak_rate_times_headroom():
     out = S.cpu_limit(0.004, 40.0, 3000.0, 2.0, 0.004, fallback=0.5)
     assert out['measured'] and out['value'] == 0.6
     assert out['inputs']['cpu_seconds_per_record'] == 0.0001
-    assert out['formula'] == ('0.0001 CPU s/record (0.004 cores / 40 records/s) x 3000 records/s peak x 2 headroom'
+    assert out['formula'] == ('0.0001 CPU s/record (0.004 cores / 40 records/s) x 3000 records/s offered x 2 headroom'
                               ' = 0.6 -> 0.6 cores')
 
 
@@ -38,6 +39,53 @@ def test_peak_record_rate_takes_the_stamps_peak_or_what_was_offered():
     assert S.peak_record_rate({'records_per_s': 500}, None, -100) == 500       # a draining backlog adds nothing
 
 
+def test_offered_rate_sees_through_the_sleep_in_audit_log_start():
+    # 100 delivered + 20 backlog growth + 30 lost = 150 made/s; asleep 2.4 s of 3: awake a fifth, 5x
+    out = S.offered_record_rate({'records_per_s': 100.0, 'peak_records_per_s': 130}, 30, 20, 2.4, 3.0, 8)
+    assert out['value'] == 750.0
+    assert out['inputs']['made_per_s'] == 150.0 and out['inputs']['asleep_ratio'] == 0.8
+    assert out['formula'] == ('150 made/s (100 delivered + 20 backlog growth + 30 lost) / (1 - 0.8 asleep in '
+                              'audit_log_start: 2.4 s slept over 3 s) = 750')
+    # the rate while records were made (stamps), when higher
+    out = S.offered_record_rate({'records_per_s': 100.0, 'active_records_per_s': 900.0, 'active_ms': 400}, 30, 20,
+                                2.4, 3.0, 8)
+    assert out['value'] == 900.0 and out['formula'] == (
+        '150 made/s (100 delivered + 20 backlog growth + 30 lost); tasks slept 2.4 s in audit_log_start over 3 s: '
+        'the rate while records were made, 900 records/s (over the 400 ms of clock ticks with stamps)')
+    # the stamps' rate is the measure when there is one (the sleep counter counts short or long at the edges),
+    # never below what was made
+    assert S.offered_record_rate({'records_per_s': 100.0, 'active_records_per_s': 300.0}, 30, 20, 2.4, 3.0, 8)[
+        'value'] == 300.0
+    assert S.offered_record_rate({'records_per_s': 100.0, 'active_records_per_s': 50.0}, 30, 20, 2.4, 3.0, 8)[
+        'value'] == 150.0
+    # nothing slept: nothing hidden, whatever the stamps' active rate says
+    assert S.offered_record_rate({'records_per_s': 100.0, 'active_records_per_s': 900.0}, 0, 0, 0, 3.0)['value'] == 100
+    # nothing slept: what was made, or the stamps' peak when that is higher
+    out = S.offered_record_rate({'records_per_s': 100.0, 'peak_records_per_s': 130}, 0, 0, 0, 3.0, 8)
+    assert out['value'] == 130 and out['formula'].endswith("nothing slept; the stamps' peak 130 is higher")
+    assert S.offered_record_rate(None, 1, 1, 2.0, 3.0) is None
+    assert S.offered_record_rate({'records_per_s': 0.0}, 0, 0, 2.0, 3.0)['value'] == 0.0
+
+
+def test_offered_rate_is_bounded_when_the_sleep_fills_the_window():
+    rates = {'records_per_s': 100.0}
+    # at the bound 1 - 1/8 exactly, and beyond it (sleeps that began before the window count in full
+    # when they end, and several tasks asleep at once sum to more than the window): at most 8x
+    assert S.offered_record_rate(rates, 0, 0, 2.625, 3.0, 8)['value'] == 800.0
+    # the rate while records were made is bounded the same way (sparse records over many ticks)
+    out = S.offered_record_rate(dict(rates, active_records_per_s=5000.0, active_ms=80), 0, 0, 1.0, 3.0, 8)
+    assert out['value'] == 800.0 and out['formula'].endswith('with stamps), bounded at 8 x made = 800')
+    for slept in (2.7, 3.0, 3.4, 1e9):
+        out = S.offered_record_rate(rates, 0, 0, slept, 3.0, 8)
+        assert out['value'] == 800.0 and out['inputs']['asleep_ratio'] == 0.875
+        assert out['formula'].endswith('slept over 3 s, bounded at 1 - 1/8) = 800')
+    assert S.offered_record_rate(rates, 0, 0, 2.9, 3.0, 1)['value'] == 100.0      # hidden_demand_max 1: no hidden demand
+    assert S.offered_record_rate(rates, 0, 0, 2.9, 3.0, 0.5)['value'] == 100.0    # below 1 means 1
+    # no window or no sleep measured, or a counter that went back: nothing hidden
+    for slept, window in ((2.0, 0), (2.0, None), (None, 3.0), (float('nan'), 3.0), (-5.0, 3.0), ('x', 3.0)):
+        assert S.offered_record_rate(rates, 0, 0, slept, window, 8)['value'] == 100.0
+
+
 def test_backlog_limit_holds_the_burst_over_the_worst_drain_gap():
     out = S.backlog_limit(3000, 240, 2.0, 64, fallback=8192)
     assert (out['value'], out['measured']) == (6000, True)
@@ -49,13 +97,34 @@ def test_backlog_limit_holds_the_burst_over_the_worst_drain_gap():
     assert S.backlog_limit(10 ** 9, 10, 2.0, 64, 8192)['value'] == 1048576
 
 
-def throttled_facts(records_per_s=40.0, peak=3000.0, usage=0.004, limit=0.004):
+def test_the_sleep_is_divided_by_the_window_up_to_the_last_wake():
+    def timeline(*points):
+        return [{'t_s': t, 'backlog_wait_time_actual_jiffies': j} for t, j in points]
+    grew_at_2 = timeline((0.0, 100), (1.0, 350), (2.0, 600), (3.0, 600))
+    # a task still asleep at the end is not in the counter yet: up to the last growth (2 s) ...
+    assert S.sleep_window(grew_at_2, 3.0, 1.0) == 2.0
+    # ... but at least the window minus backlog_wait_time (no sleep lasts longer)
+    assert S.sleep_window(timeline((10.0, 0), (10.5, 250), (13.0, 250)), 3.0, 1.0) == 2.0
+    assert S.sleep_window(timeline((10.0, 0), (10.5, 250), (13.0, 250)), 3.0, None) == 0.5
+    assert S.sleep_window(timeline((0.0, 5), (3.0, 9)), 3.0, 1.0) == 3.0            # grew in the last sample
+    # nothing grew, no timeline, no window: the window as it is
+    assert S.sleep_window(timeline((0.0, 5), (3.0, 5)), 3.0, 1.0) == 3.0
+    assert S.sleep_window(None, 3.0, 1.0) == 3.0 and S.sleep_window([], 3.0) == 3.0
+    assert S.sleep_window(grew_at_2, None, 1.0) is None and S.sleep_window(grew_at_2, 0, 1.0) == 0
+    # malformed points are skipped
+    assert S.sleep_window([None, {'t_s': 'x'}] + grew_at_2 + [{'t_s': 4.0}], 3.0, 1.0) == 2.0
+    out = S.offered_record_rate({'records_per_s': 100.0}, 0, 0, 1.5, 2.0, 8, sample_s=3.0)
+    assert out['value'] == 400.0
+    assert '1.5 s slept over 2 s (to the last wake of the 3 s window)' in out['formula']
+
+
+def throttled_facts(records_per_s=40.0, peak=3000.0, usage=0.004, limit=0.004, slept_ms=0.0):
     return {
         'audit_status': {'supported': True, 'status': {'enabled': 1, 'pid': 900, 'backlog_limit': 64, 'lost': 5,
                                                        'backlog': 64},
                          'rules': [], 'consumer': {'pid': 900, 'comm': 'auditd'},
                          'sample': {'seconds': 3.0, 'backlog_peak': 65, 'backlog_peak_ratio': 1.0, 'lost_delta': 3,
-                                    'lost_per_s': 1.0,
+                                    'lost_per_s': 1.0, 'backlog_wait_time_actual_delta_ms': slept_ms,
                                     'timeline': [{'t_s': 0, 'backlog': 64}, {'t_s': 3.0, 'backlog': 64}],
                                     'record_rates': {'seconds': 3.0, 'records_per_s': records_per_s,
                                                      'peak_records_per_s': peak, 'burst_records': 700,
@@ -81,7 +150,7 @@ def test_throttled_consumer_without_record_rates_keeps_the_old_rule():
     facts = throttled_facts()
     del facts['audit_status']['sample']['record_rates']
     throttled = [f for f in findings.auditgap_findings(facts, 'h') if f['id'] == 'audit_consumer_throttled'][0]
-    assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 0.5      # consumer_min_cores
+    assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 0.5      # consumer_unmeasured_cores
     assert throttled['evidence']['sizing']['measured'] is False
 
 
@@ -104,5 +173,66 @@ def test_the_cpu_floor_applies_to_the_measured_limit():
     throttled = [f for f in findings.auditgap_findings(throttled_facts(), 'h', {'consumer_min_cores': 1})
                  if f['id'] == 'audit_consumer_throttled'][0]
     assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 1.0
-    assert throttled['evidence']['sizing']['formula'].endswith('-> 1 cores (the floor, consumer_min_cores)')
+    assert '-> 1 cores (the floor, consumer_min_cores); offered = ' in throttled['evidence']['sizing']['formula']
     assert S.backlog_limit(100, 50, 2.0, 64, 8192, floor=8192)['value'] == 8192
+
+
+def test_a_stalled_window_is_sized_from_the_demand_it_hid():
+    # the incident lab at 1000 connections/s (4000 records/s offered): 509 records/s delivered for 0.0028 cores,
+    # the server asleep in audit_log_start; while it made records it made them at 3516/s (their stamps)
+    facts = stalled_lab_facts()
+    throttled = [f for f in findings.auditgap_findings(facts, 'h', NO_FLOOR) if f['id'] == 'audit_consumer_throttled'][0]
+    sizing = throttled['evidence']['sizing']
+    # 5.501e-06 s/record x 3516 records/s x 2 = 0.03868 -> 0.04
+    assert sizing['measured'] and throttled['remediation']['vars']['agent_cpu_limit_cores'] == 0.04
+    assert sizing['inputs']['offered_records_per_s'] == 3516.0 and sizing['inputs']['asleep_ratio'] == 0.754
+    assert sizing['inputs']['slept_s'] == 2.262 and sizing['inputs']['window_s'] == 3.0
+    assert sizing['formula'] == (
+        '5.501e-06 CPU s/record (0.0028 cores / 509 records/s) x 3516 records/s offered x 2 headroom = 0.03868 '
+        '-> 0.04 cores; offered = 509 made/s (509 delivered + 0 backlog growth + 0 lost); tasks slept 2.262 s in '
+        'audit_log_start over 3 s: the rate while records were made, 3516 records/s (over the 436 ms of clock '
+        'ticks with stamps)')
+    # without the stamps' active rate: made / (1 - asleep)
+    del facts['audit_status']['sample']['record_rates']['active_records_per_s']
+    throttled = [f for f in findings.auditgap_findings(facts, 'h', NO_FLOOR) if f['id'] == 'audit_consumer_throttled'][0]
+    assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 0.03    # 5.501e-06 x 2069 x 2 = 0.02277
+    # consumer_hidden_demand_max 1: the window's own rates, the stamps' peak (the sizing before)
+    bare = [f for f in findings.auditgap_findings(stalled_lab_facts(), 'h', dict(NO_FLOOR, consumer_hidden_demand_max=1))
+            if f['id'] == 'audit_consumer_throttled'][0]
+    assert bare['remediation']['vars']['agent_cpu_limit_cores'] == 0.01        # 5.501e-06 x 640 x 2 = 0.00704
+
+
+# the sizing alone, under the default floor (consumer_min_cores 0.5)
+NO_FLOOR = {'consumer_min_cores': 0.01}
+
+
+def stalled_lab_facts():
+    facts = throttled_facts(records_per_s=509.0, peak=640.0, usage=0.0028, slept_ms=2262.0)
+    facts['audit_status']['sample']['lost_per_s'] = 0.0
+    facts['audit_status']['sample']['record_rates'].update(active_records_per_s=3516.0, active_ms=436)
+    return facts
+
+
+def test_the_remediation_plan_carries_the_sizing_of_the_finding_that_set_its_vars():
+    facts = stalled_lab_facts()
+    found = findings.auditgap_findings(facts, 'h', NO_FLOOR)
+    throttled = [f for f in found if f['id'] == 'audit_consumer_throttled'][0]
+    plan = rem.auditgap_remediation_plan(found, 'h')
+    entry = plan['agent_cpu']
+    assert entry['vars']['agent_cpu_limit_cores'] == throttled['remediation']['vars']['agent_cpu_limit_cores']
+    assert entry['sizing'] == {'formula': throttled['evidence']['sizing']['formula'], 'measured': True,
+                               'inputs': throttled['evidence']['sizing']['inputs']}
+    assert entry['sizing']['inputs']['offered_records_per_s'] > entry['sizing']['inputs']['made_per_s']
+    # the backlog fix's own sizing (when the consumer is not throttled, audit_backlog is planned)
+    del facts['cgroup_throttle']
+    backlog = rem.auditgap_remediation_plan(findings.auditgap_findings(facts, 'h'), 'h')['audit_backlog']
+    assert backlog['sizing']['formula'].startswith('700 records made within the worst drain gap of 245 ms')
+    # a finding without sizing (written by hand, or by an older auditgap): no sizing key, nothing made up
+    plain = {'id': 'audit_consumer_throttled', 'severity': 'critical', 'host': 'h', 'summary': 's', 'evidence': {},
+             'remediation': {'role': 'agent_cpu', 'vars': {'agent_cpu_limit_cores': 1.0}}}
+    assert 'sizing' not in rem.auditgap_remediation_plan([plain], 'h')['agent_cpu']
+    # remediation.json's remediations carry it as planned (null when none)
+    record = rem.auditgap_remediation_host(found, plan, {}, None, 'h')
+    assert [r['sizing'] for r in record['remediations'] if r['role'] == 'agent_cpu'] == [entry['sizing']]
+    record = rem.auditgap_remediation_host([plain], rem.auditgap_remediation_plan([plain], 'h'), {}, None, 'h')
+    assert record['remediations'][0]['sizing'] is None
