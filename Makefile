@@ -60,7 +60,7 @@ test-collection: setup
 lint: setup
 	$(BIN)/ansible-lint --profile production
 	$(BIN)/ruff check plugins auditgap tests benchmarks
-	$(BIN)/ruff check --no-cache scripts/test-collection
+	$(BIN)/ruff check --no-cache scripts/test-collection scripts/gen-syscall-tables scripts/offline-get-pip.py
 	@if git grep -nE '^# *(ruff|flake8): *noqa' -- '*.py' scripts; then echo 'file-wide noqa above: fix the code or use a line-level noqa'; exit 1; fi
 	$(BIN)/antsibull-changelog lint
 	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: auditgap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""audit: the one client every module uses to talk to the kernel's audit subsystem.
+"""audit: the one client every module and the incident lab use to talk to the kernel's audit subsystem.
 
 ``Audit(source='auto')`` is one object: netlink first (``auditnl.AuditSocket``, kept
 open for the client's life), ``auditctl`` when netlink fails; the first source that
