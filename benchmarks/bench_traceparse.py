@@ -5,10 +5,12 @@ capture tests/fixtures/ftrace/offcpu-and-accept4-events.during-stall.trace
 (sys_enter/sys_exit accept4, sched_switch, stack traces), then in the same run:
 
 - the floor: plain line iteration over each file (what reading alone costs);
-- EventParser over the whole file (the syscalls + offcpu parser), fed the lines as
-  ftrace_sample feeds them (batches of lines, parsed per chunk by ``feed_text``);
-- FunctionGraphParser over a function_graph file built from the seed traces
-  (size --fg-mb, default 100 MB).
+- EventParser over the whole file (the syscalls + offcpu parser), fed as ftrace_sample
+  feeds it: tracefs.PipeReader reads the file and hands out text of whole lines, one
+  chunk per read, to ``feed_text``;
+- FunctionGraphParser, fed the same way, over a function_graph file built from the seed
+  traces and the live captures of the ftrace VM (kernel 6.1, funcgraph-proc columns,
+  tests/fixtures/ftrace/live-6.1-function-graph.*.trace), size --fg-mb, default 100 MB.
 
 Prints lines/s (CPU time) beside the floor's, their ratio and peak RSS (getrusage)
 before and after each parse. Exit 1 when the event parser is below --goal lines/s
@@ -26,9 +28,13 @@ import time
 
 from benchlib import ROOT
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
+from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs, traceparse
 
 FIX = os.path.join(ROOT, 'tests', 'fixtures', 'ftrace')
+GRAPH_SOURCES = ['seed-function-graph.depth2.trace', 'seed-function-graph.slow-calls.trace',
+                 'live-6.1-function-graph.slow-calls.bounded.trace',
+                 'live-6.1-function-graph.syscall-exits.bounded.trace',
+                 'live-6.1-function-graph.slow-calls.trace']
 
 
 def rss_mb():
@@ -68,10 +74,19 @@ def iterate(path):
     return count
 
 
+def feed(parser, path):
+    """The file through the reader ftrace_sample uses on trace_pipe, into ``feed_text``."""
+    reader = tracefs.PipeReader(path)
+    try:
+        reader.read_available(parser.feed_text, max_bytes=1 << 40)
+        reader.drain(parser.feed_text)
+    finally:
+        reader.close()
+
+
 def parse_events(path):
     parser = traceparse.EventParser(top=10)
-    with open(path, 'r', buffering=1 << 20) as handle:
-        parser.feed_lines(handle)
+    feed(parser, path)
     result = parser.result()
     assert result['syscalls']['accept4']['count'] > 0
     assert any('audit_log_start' in g['stack'] for g in result['offcpu'])
@@ -80,8 +95,7 @@ def parse_events(path):
 
 def parse_graph(path):
     parser = traceparse.FunctionGraphParser(top=10)
-    with open(path, 'r', buffering=1 << 20) as handle:
-        parser.feed_lines(handle)
+    feed(parser, path)
     result = parser.flush().result()
     assert result['syscall_exits'][0]['syscall'] == 'accept4'
     return parser.lines
@@ -100,8 +114,7 @@ def main():
     ok = True
     try:
         size = generate(events_path, ['offcpu-and-accept4-events.during-stall.trace'], args.size_mb)
-        generate(graph_path, ['seed-function-graph.depth2.trace', 'seed-function-graph.slow-calls.trace'],
-                 args.fg_mb)
+        generate(graph_path, GRAPH_SOURCES, args.fg_mb)
         print('generated %.0f MB events trace, %d MB function_graph trace' % (size / 1048576.0, args.fg_mb))
         base_lines, base_s, base_wall = timed(iterate, events_path)
         base_rate = base_lines / base_s

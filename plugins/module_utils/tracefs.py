@@ -522,8 +522,9 @@ def events_lost(base):
 
 
 class PipeReader:
-    """Non-blocking reader of a trace_pipe that hands out whole lines, a batch
-    (list) per read, for the parsers' ``feed_lines``."""
+    """Non-blocking reader of a trace_pipe that hands out text of whole lines (each
+    ending with a newline), one chunk per read, for the parsers' ``feed_text``: no
+    per-line work before the parser's own."""
 
     def __init__(self, path, chunk=1 << 16):
         self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -531,8 +532,8 @@ class PipeReader:
         self._tail = b''
         self.bytes = 0
 
-    def read_until(self, deadline, on_lines, interval_s=0.25, drain_if=None):
-        """Feed lines until ``deadline`` (time.monotonic).
+    def read_until(self, deadline, on_text, interval_s=0.25, drain_if=None):
+        """Feed text until ``deadline`` (time.monotonic).
 
         Wakes every ``interval_s`` instead of on every event: a sampled task
         making thousands of syscalls per second must not pay for a reader that
@@ -547,28 +548,29 @@ class PipeReader:
                 break
             time.sleep(min(interval_s, deadline - now))
             if drain_if is None or drain_if():
-                self.read_available(on_lines)
+                self.read_available(on_text)
 
-    def read_available(self, on_lines, max_bytes=64 << 20):
+    def read_available(self, on_text, max_bytes=64 << 20):
         """Read what is in the pipe now (up to ``max_bytes``)."""
         got = 0
         while got < max_bytes:
-            size = self._read_some(on_lines)
+            size = self._read_some(on_text)
             if not size:
                 break
             got += size
 
-    def drain(self, on_lines, max_s=5.0):
-        """Read what is left (after tracing_on=0) until empty or ``max_s``."""
+    def drain(self, on_text, max_s=5.0):
+        """Read what is left (after tracing_on=0) until empty or ``max_s``; a last line
+        without its newline is handed out as it is."""
         end = time.monotonic() + max_s
         while time.monotonic() < end:
-            if not self._read_some(on_lines):
+            if not self._read_some(on_text):
                 break
         if self._tail:
-            on_lines([self._tail.decode('utf-8', 'replace')])
+            on_text(self._tail.decode('utf-8', 'replace'))
             self._tail = b''
 
-    def _read_some(self, on_lines):
+    def _read_some(self, on_text):
         try:
             data = os.read(self.fd, self.chunk)
         except OSError as err:
@@ -582,7 +584,7 @@ class PipeReader:
         # '\n' never occurs inside a UTF-8 sequence: decode everything up to the last one at once
         head, newline, self._tail = (self._tail + data).rpartition(b'\n')
         if newline:
-            on_lines(head.decode('utf-8', 'replace').split('\n'))
+            on_text(head.decode('utf-8', 'replace') + '\n')
         return size
 
     def close(self):

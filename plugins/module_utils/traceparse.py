@@ -13,7 +13,7 @@ Two families:
   pairs enter/exit per task (latency per syscall) and switch-out/switch-in
   per task (off-CPU time grouped by kernel stack).
 
-Both are fed line by line (``feed``/``feed_lines``) and keep memory bounded:
+Both are fed chunks of whole lines (``feed_text``) or lines (``feed_lines``) and keep memory bounded:
 per syscall a log-bucket histogram and a top-N heap, per stack one
 aggregate, per task one pending item. ``result()`` may be called at any time.
 """
@@ -73,7 +73,23 @@ class LatencyStats:
         """``add(value, (int(pid), start, value))`` for each ``(value, pid text, start)`` of
         ``batch``, in order, with the same result: count, total, min, max and buckets in
         C-level bulk steps, the top heap only for values above its floor."""
-        values = [item[0] for item in batch]
+        self.add_values([item[0] for item in batch])
+        if not self.top:
+            return
+        heap = self._heap
+        seq = self._seq
+        for value, pid, start in batch:
+            seq += 1
+            if len(heap) < self.top:
+                heapq.heappush(heap, (value, seq, (int(pid), start, value)))
+            elif value > heap[0][0]:
+                heapq.heapreplace(heap, (value, seq, (int(pid), start, value)))
+        self._seq = seq
+
+    def add_values(self, values):
+        """``add(value)`` for each of ``values`` (no items), in order, with the same result."""
+        if not values:
+            return
         self.count += len(values)
         self.total = functools.reduce(operator.add, values, self.total)
         high = max(values)
@@ -87,17 +103,6 @@ class LatencyStats:
         for value, count in collections.Counter(values).items():
             key = int(log(value) / base) if value > 0.01 else -1000
             buckets[key] = buckets.get(key, 0) + count
-        if not self.top:
-            return
-        heap = self._heap
-        seq = self._seq
-        for value, pid, start in batch:
-            seq += 1
-            if len(heap) < self.top:
-                heapq.heappush(heap, (value, seq, (int(pid), start, value)))
-            elif value > heap[0][0]:
-                heapq.heapreplace(heap, (value, seq, (int(pid), start, value)))
-        self._seq = seq
 
     def percentile(self, fraction):
         if not self.count:
@@ -233,13 +238,59 @@ def _fg_fields(line):
 
 
 # One function_graph call line: ``[abstime |] cpu) [proc |] [mark] [duration us] | text``.
-# Groups: abstime, cpu, proc (``comm-pid``), duration, the indent of the text, the text
-# (without trailing blanks). The ``\n`` before each line is the literal the engine scans for.
-# Numbers have at most 15 integer digits: a longer one (an overflow, a corrupt line) is no
-# trace data and would turn into infinity in the statistics; such a line does not match.
+# Groups: abstime, cpu (leading zeros left out), proc (``comm-pid``), duration, and the text
+# column (its indent included, trailing blanks not). The ``\n`` before each line is the literal
+# the engine scans for. Numbers have at most 15 integer digits: a longer one (an overflow, a
+# corrupt line) is no trace data and would turn into infinity in the statistics; such a line
+# does not match. No possessive quantifiers or atomic groups: Python before 3.11.5 (Debian 12
+# has 3.11.2) matches them wrongly (CPython gh-106052) and before 3.11 not at all.
 _FG_RE = re.compile(
-    r'\n *(?:(\d{1,15}\.\d{1,9}) \| +)?(\d+)\) +(?:([^|\n]*?-\d+) +\| +)?(?:[-+!#*@$] +)?'
-    r'(?:(\d{1,15}(?:\.\d{1,9})?) us)? *\|( *)([^\n]*[^\s])')
+    r'\n *(?:(\d{1,15}\.\d{1,9}) \| +)?0*(\d+)\) +(?:([^|\n]*-\d+) +\| +)?(?:[-+!#*@$] +)?'
+    r'(?:(\d{1,15}(?:\.\d{1,9})?) us)? *\|( *[^\n]*[^\s])')
+
+_NO_CALL = (-1, None, 0, None, 0)
+
+
+def _fg_text(column):
+    """The text column of a call line -> ``(kind, function, depth, (depth, function), class)``;
+    ``_NO_CALL`` for a line that is no call (comments such as trace_printk or ``/* event */``).
+
+    kind 0: entry (``func() {``), 1: leaf (``func();``), 2: exit (``}``, the function from a
+    ``/* name */`` comment or None). class: ``_classify`` of the function (0 when None).
+    """
+    body = column.lstrip(' ')
+    indent = len(column) - len(body)
+    depth = (indent - 1) // 2 if indent > 1 else 0
+    if body[0] == '}':
+        function = None
+        open_c = body.find('/*')
+        if open_c > 0:
+            close_c = body.find('*/', open_c)
+            function = body[open_c + 2:close_c if close_c > 0 else None].strip() or None
+        kind = 2
+    else:
+        last = body[-1]
+        if last == '{':
+            kind = 0
+        elif last == ';':
+            kind = 1
+        else:
+            return _NO_CALL
+        function = body[:-1].rstrip()
+        if function[-2:] == '()':
+            function = function[:-2]
+    return (kind, function, depth, (depth, function), _classify(function) if function else 0)
+
+
+def _classify(function):
+    """1: a syscall function (SyS_x, __x64_sys_x, ...), 2: exit work, 3: dispatcher, 0: other."""
+    if function in SYSCALL_DISPATCHERS:
+        return 3
+    if syscall_from_function(function):
+        return 1
+    if _EXIT_WORK_FN.search(function):
+        return 2
+    return 0
 
 
 def _text_batches(lines, size=8192):
@@ -278,28 +329,60 @@ def parse_function_graph_line(line):
             'proc': proc, 'kind': kind, 'function': function}
 
 
-class _Agg:
-    """What a parent needs to know about its finished children at one depth."""
-    __slots__ = ('best_dur', 'best_chain', 'syscall', 'exit_work', 'last_syscall')
+def _chain_list(link):
+    """A linked chain ``(function, (function, ... None))`` -> [function, ...], outermost first."""
+    out = []
+    while link is not None:
+        out.append(link[0])
+        link = link[1]
+    return out
 
-    def __init__(self):
-        self.best_dur = -1.0
-        self.best_chain = None
-        self.syscall = None      # (function, duration)  last syscall-like child
-        self.exit_work = None    # (function, duration)  slowest exit-work child
-        self.last_syscall = None
+
+class _Top:
+    """The ``size`` largest values with their items, as LatencyStats keeps its top (ties: the
+    earlier one stays); callers build an item only when ``value > floor``."""
+    __slots__ = ('size', 'heap', 'floor', 'seq')
+
+    def __init__(self, size):
+        self.size = size
+        self.heap = []
+        self.floor = -1.0 if size else float('inf')  # values are >= 0: anything gets in until full
+        self.seq = 0
+
+    def push(self, value, item):
+        self.seq += 1
+        heap = self.heap
+        if len(heap) < self.size:
+            heapq.heappush(heap, (value, self.seq, item))
+        else:
+            heapq.heapreplace(heap, (value, self.seq, item))
+        if len(heap) >= self.size:
+            self.floor = heap[0][0]
+
+    def slowest(self):
+        return [item for _value, _seq, item in sorted(self.heap, key=lambda e: (-e[0], e[1]))]
+
+
+# The bottom of every open-entry stack and of every pending stack: depth -1 is below every
+# call, so the loops that drop deeper items need no emptiness check.
+_STACK_BOTTOM = (-1, None)
+# A pending level: [depth, best_dur, best_chain, syscall, exit_work], what a parent needs to know
+# about its finished children at that depth: the slowest child's duration and chain (linked:
+# (function, deeper link or None)), the last syscall-like child (function, duration) and the
+# slowest exit-work child after it (function, duration).
+_PENDING_BOTTOM = [-1, -1.0, None, None, None]
 
 
 class FunctionGraphParser:
     """Streaming function_graph parser.
 
-    Keeps, per CPU, the open entries and one aggregate per depth of finished
-    children, so memory depends on the call depth, not on the trace length.
-    Results: the ``top`` slowest top-level calls with their chain to the
-    slowest leaf (outermost first), and for each top-level call with a
-    syscall child and an exit-work child (the depth-2 recipe) the pair
-    ``{syscall, syscall_us, exit_work, exit_work_us}`` (slowest ``top`` by
-    exit work, plus per-syscall stats of the exit work).
+    Keeps, per CPU (per task with funcgraph-proc: a call may close on another CPU), the open
+    entries and the pending levels (finished calls not yet claimed by their parent, one
+    aggregate per depth, deepest last), so memory depends on the call depth, not on the trace
+    length. Results: the ``top`` slowest top-level calls with their chain to the slowest leaf
+    (outermost first), and for each top-level call with a syscall child and an exit-work child
+    (the depth-2 recipe) the pair ``{syscall, syscall_us, exit_work, exit_work_us}`` (slowest
+    ``top`` by exit work, plus per-syscall stats of the exit work).
     """
 
     def __init__(self, top=10, min_duration_us=0.0):
@@ -307,23 +390,20 @@ class FunctionGraphParser:
         self.min_duration_us = min_duration_us
         self.lines = 0
         self.calls = 0
-        self._open = {}      # key -> [(depth, function, ts)]
-        self._pending = {}   # key -> {depth: _Agg}
-        self._slow = LatencyStats(top=top)
-        self._exits = LatencyStats(top=top)
-        self._exit_by_syscall = {}
+        # per task or CPU: ([(depth, function)] open entries, [pending level] by depth)
+        self._states = {}
+        self._slow = _Top(top)
+        self._exits = _Top(top)
+        self._exit_by_syscall = {}   # syscall -> LatencyStats of its exit work
+        self._exit_values = {}       # syscall -> exit work us not yet added (a chunk's, in bulk)
         self._class_cache = {}
+        self._name_cache = {}
+        self._texts = {}             # text column -> _fg_text(column)
         self._last_root_syscall = {}
 
     def feed(self, line):
-        """Feed one line; returns the finished call as a dict
-        ``{cpu, duration_us, depth, function, ts_s, proc}`` or None."""
-        call = self._feed(line)
-        if call is None:
-            return None
-        cpu, duration, depth, function, ts, proc = call
-        return {'cpu': cpu, 'duration_us': duration, 'depth': depth, 'function': function,
-                'ts_s': ts, 'proc': proc}
+        """Feed one line (``feed_text`` of it)."""
+        return self.feed_text(line)
 
     def feed_lines(self, lines):
         """Feed an iterable of lines (with or without their newline); parsed in batches by ``feed_text``."""
@@ -334,211 +414,163 @@ class FunctionGraphParser:
     def feed_text(self, text):
         """Feed a chunk of whole lines (the last newline may be missing).
 
-        The hot path: one regular expression splits every call line of the chunk
-        into its columns (C speed), the loop below only keeps the call stacks.
-        Lines that are no call (headers, CPU and context switch markers, comments)
-        do not match. Same results as ``feed`` line by line.
+        The hot path: one regular expression splits every call line of the chunk into its
+        columns (C speed); the text column is parsed once per distinct text (cached); the
+        loop keeps the call stacks and the aggregate of each level inline (no call per
+        line), builds result items only for calls that get into a top list, and the
+        exit-work statistics take the chunk's values in bulk. Lines that are no call
+        (headers, CPU and context switch markers, irq markers, comments) do not match.
         """
         if not text:
             return self
         self.lines += text.count('\n') + (text[-1] != '\n')
-        opened_by = self._open
-        finish = self._finish
-        for abstime, cpu, proc, duration, indent, text in _FG_RE.findall('\n' + text):
-            first = text[0]
-            last = text[-1]
-            if first == '}':
-                function = None
-                open_c = text.find('/*')
-                if open_c > 0:
-                    close_c = text.find('*/', open_c)
-                    function = text[open_c + 2:close_c if close_c > 0 else None].strip() or None
-                kind = 2
-            elif last == '{':
-                kind = 0
-                function = text[:-1].rstrip()
-                if function[-2:] == '()':
-                    function = function[:-2]
-            elif last == ';':
-                kind = 1
-                function = text[:-1].rstrip()
-                if function[-2:] == '()':
-                    function = function[:-2]
-            else:
-                continue  # comments (trace_printk, "/* event */"): not calls
-            cpu = int(cpu)
-            ts = float(abstime) if abstime else None
-            proc = proc or None
+        states = self._states
+        texts = self._texts
+        classes = self._class_cache
+        min_duration = self.min_duration_us
+        slow = self._slow
+        last_root_syscall = self._last_root_syscall
+        calls = 0
+        last_key = None
+        stack = pending = None
+        for abstime, cpu, proc, duration, column in _FG_RE.findall('\n' + text):
+            info = texts.get(column)
+            if info is None:
+                info = _fg_text(column)
+                if len(texts) < 16384:
+                    texts[column] = info
+            kind, name, depth, entry, cls = info
+            if kind < 0:
+                continue
             key = proc or cpu
-            stack = opened_by.get(key)
-            if stack is None:
-                stack = opened_by[key] = []
-            indent = len(indent)
-            depth = (indent - 1) // 2 if indent > 1 else 0
+            if key != last_key:
+                state = states.get(key)
+                if state is None:
+                    state = states[key] = ([_STACK_BOTTOM], [_PENDING_BOTTOM])
+                stack, pending = state
+                last_key = key
             if kind == 0:
-                while stack and stack[-1][0] >= depth:
+                # an entry at depth d closes nothing, but drops stale deeper entries
+                while stack[-1][0] >= depth:
                     stack.pop()
-                stack.append((depth, function, ts))
+                stack.append(entry)
                 continue
             if kind == 2:
-                while stack and stack[-1][0] > depth:
+                while stack[-1][0] > depth:
                     stack.pop()
-                if stack and stack[-1][0] == depth:
-                    function = function or stack.pop()[1]
+                if stack[-1][0] == depth and name is None:
+                    name = stack.pop()[1]
+                    cls = None
+                if name is None:
+                    name = '?'
+                    cls = 0
             if not duration:
                 continue
-            finish(key, (cpu, float(duration), depth, function or '?', ts, proc))
+            # a finished call: its children are the finished calls at the nearest deeper level
+            calls += 1
+            dur = float(duration)
+            level = pending[-1]
+            if level[0] > depth:
+                child = pending.pop()
+                while pending[-1][0] > depth:
+                    child = pending.pop()
+                level = pending[-1]
+                chain = (name, child[2])
+            else:
+                child = None
+                chain = None
+            if cls is None:
+                cls = classes.get(name)
+                if cls is None:
+                    cls = _classify(name)
+                    if len(classes) < 8192:
+                        classes[name] = cls
+            if depth == 0:
+                if child is not None and child[3] and child[4]:
+                    self._top_level(cpu, child[3], child[4])
+                elif cls == 1 or cls == 3:
+                    # roots that are the syscall and the exit work themselves (set_graph_function
+                    # __x64_sys_accept4 syscall_exit_work): a syscall root pairs with the next
+                    # exit-work root of the same task (or CPU)
+                    last_root_syscall[key] = (
+                        child[3][0] if cls == 3 and child is not None and child[3] else name, dur)
+                elif cls == 2:
+                    last = last_root_syscall.pop(key, None)
+                    if last is not None:
+                        self._top_level(cpu, last, (name, dur))
+                if dur > slow.floor and dur >= min_duration:
+                    item = {'cpu': int(cpu), 'duration_us': dur, 'chain': _chain_list(chain or (name, None))}
+                    if abstime:
+                        item['ts_s'] = float(abstime)
+                    if proc:
+                        item['proc'] = proc
+                    slow.push(dur, item)
+                continue
+            if level[0] == depth:
+                if dur > level[1]:
+                    level[1] = dur
+                    level[2] = chain or (name, None)
+            else:
+                level = [depth, dur, chain or (name, None), None, None]
+                pending.append(level)
+            if cls:
+                if cls == 1:
+                    level[3] = (name, dur)
+                    level[4] = None
+                elif cls == 3:
+                    # the dispatcher stands for the syscall it called (seen one level deeper)
+                    level[3] = (child[3][0] if child is not None and child[3] else name, dur)
+                    level[4] = None
+                elif level[3] is not None:
+                    if level[4] is None or dur > level[4][1]:
+                        level[4] = (name, dur)
+        self.calls += calls
+        self._add_exit_values()
         return self
 
-    def _feed(self, line):
-        self.lines += 1
-        fields = _fg_fields(line) if line else None
-        if fields is None:
-            return None
-        cpu, ts, proc, duration, kind, function, indent = fields
-        if kind == 'switch':
-            return None
-        # per task when the trace names it (funcgraph-proc: a call may close on another CPU), else per CPU
-        key = proc or cpu
-        stack = self._open.get(key)
-        if stack is None:
-            stack = self._open[key] = []
-        depth = (indent - 1) // 2 if indent > 1 else 0
-        if kind == 'entry':
-            # an entry at depth d closes nothing, but drops stale deeper entries
-            while stack and stack[-1][0] >= depth:
-                stack.pop()
-            stack.append((depth, function, ts))
-            return None
-        if kind == 'exit':
-            while stack and stack[-1][0] > depth:
-                stack.pop()
-            if stack and stack[-1][0] == depth:
-                opened = stack.pop()[1]
-                function = function or opened
-        if duration is None:
-            return None
-        call = (cpu, duration, depth, function or '?', ts, proc)
-        self._finish(key, call)
-        return call
-
-    def _classify(self, function):
-        """1: a syscall function (SyS_x, __x64_sys_x, ...), 2: exit work, 3: dispatcher, 0: other (cached)."""
+    def _top_level(self, cpu, syscall, exit_work):
+        """A syscall (function, us) followed by its exit work (function, us) under one root."""
+        sys_fn, sys_us = syscall
+        exit_fn, exit_us = exit_work
         try:
-            return self._class_cache[function]
+            name = self._name_cache[sys_fn]
         except KeyError:
-            if function in SYSCALL_DISPATCHERS:
-                kind = 3
-            elif syscall_from_function(function):
-                kind = 1
-            elif _EXIT_WORK_FN.search(function):
-                kind = 2
-            else:
-                kind = 0
-            if len(self._class_cache) < 8192:
-                self._class_cache[function] = kind
-            return kind
-
-    def _finish(self, key, call):
-        self.calls += 1
-        duration = call[1]
-        depth = call[2]
-        name = call[3]
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = self._pending[key] = {}
-        # children: the finished calls at the nearest deeper level
-        child = None
-        if pending:
-            deeper = [d for d in pending if d > depth]
-            if deeper:
-                deeper.sort()
-                child = pending.pop(deeper[0])
-                for d in deeper[1:]:
-                    del pending[d]
-        if depth == 0:
-            chain = [name] + child.best_chain if child is not None and child.best_chain else [name]
-            if child is not None and child.syscall and child.exit_work:
-                self._top_level(call, child)
-            else:
-                self._root_pair(key, call, child)
-            self._record_root(call, chain)
-            return
-        agg = pending.get(depth)
-        if agg is None:
-            agg = pending[depth] = _Agg()
-        if duration > agg.best_dur:
-            agg.best_dur = duration
-            agg.best_chain = [name] + child.best_chain if child is not None and child.best_chain else [name]
-        kind = self._classify(name)
-        if kind == 1:
-            agg.syscall = (name, duration)
-            agg.exit_work = None
-        elif kind == 3:
-            # the dispatcher stands for the syscall it called (seen one level deeper)
-            inner = child.syscall[0] if child is not None and child.syscall else name
-            agg.syscall = (inner, duration)
-            agg.exit_work = None
-        elif kind == 2 and agg.syscall is not None:
-            if agg.exit_work is None or duration > agg.exit_work[1]:
-                agg.exit_work = (name, duration)
-
-    def _root_pair(self, key, call, child):
-        """Roots that are the syscall and the exit work themselves (set_graph_function
-        __x64_sys_accept4 syscall_exit_work): pair a syscall root with the next exit-work root
-        of the same task (or CPU)."""
-        name = call[3]
-        kind = self._classify(name)
-        if kind in (1, 3):
-            inner = child.syscall[0] if kind == 3 and child is not None and child.syscall else name
-            self._last_root_syscall[key] = (inner, call[1])
-        elif kind == 2:
-            last = self._last_root_syscall.pop(key, None)
-            if last is not None:
-                pair = _Agg()
-                pair.syscall = last
-                pair.exit_work = (name, call[1])
-                self._top_level(call, pair)
-
-    def _record_root(self, call, chain):
-        cpu, duration, _depth, _name, ts, proc = call
-        if duration >= self.min_duration_us:
-            item = {'cpu': cpu, 'duration_us': duration, 'chain': chain}
-            if ts is not None:
-                item['ts_s'] = ts
-            if proc:
-                item['proc'] = proc
-            self._slow.add(duration, item)
-
-    def _top_level(self, call, child):
-        sys_fn, sys_us = child.syscall
-        exit_fn, exit_us = child.exit_work
-        name = syscall_from_function(sys_fn)  # None when only the dispatcher was seen
-        item = {'cpu': call[0], 'syscall': name, 'syscall_function': sys_fn,
-                'syscall_us': sys_us, 'exit_work': exit_fn, 'exit_work_us': exit_us}
-        self._exits.add(exit_us, item)
+            name = syscall_from_function(sys_fn)  # None when only the dispatcher was seen
+            if len(self._name_cache) < 8192:
+                self._name_cache[sys_fn] = name
+        if exit_us > self._exits.floor:
+            self._exits.push(exit_us, {'cpu': int(cpu), 'syscall': name, 'syscall_function': sys_fn,
+                                       'syscall_us': sys_us, 'exit_work': exit_fn, 'exit_work_us': exit_us})
         key = name or sys_fn
-        stats = self._exit_by_syscall.get(key)
-        if stats is None:
-            stats = self._exit_by_syscall[key] = LatencyStats(top=0)
-        stats.add(exit_us)
+        values = self._exit_values.get(key)
+        if values is None:
+            values = self._exit_values[key] = []
+        values.append(exit_us)
+
+    def _add_exit_values(self):
+        for key, values in self._exit_values.items():
+            stats = self._exit_by_syscall.get(key)
+            if stats is None:
+                stats = self._exit_by_syscall[key] = LatencyStats(top=0)
+            stats.add_values(values)
+        self._exit_values = {}
 
     def flush(self):
         """End of input: calls still pending without a depth-0 parent become roots."""
-        for key, pending in list(self._pending.items()):
-            if pending:
-                first = min(pending)
-                agg = pending[first]
-                if agg.best_chain:
-                    item = {'cpu': key if isinstance(key, int) else None,
-                            'duration_us': agg.best_dur, 'chain': agg.best_chain}
-                    if not isinstance(key, int):
+        for key, (_stack, pending) in self._states.items():
+            if len(pending) > 1:
+                level = pending[1]  # the shallowest
+                if level[1] > self._slow.floor:
+                    item = {'cpu': None if '-' in key else int(key),
+                            'duration_us': level[1], 'chain': _chain_list(level[2])}
+                    if '-' in key:
                         item['proc'] = key
-                    self._slow.add(agg.best_dur, item)
-            self._pending[key] = {}
+                    self._slow.push(level[1], item)
+                del pending[1:]
         return self
 
     def result(self):
+        self._add_exit_values()
         return {
             'slow_calls': self._slow.slowest(),
             'syscall_exits': self._exits.slowest(),

@@ -444,9 +444,9 @@ def resolve_syscalls(params, root, modes):
 # ---------------------------------------------------------------------------
 # the sampling itself
 
-def _window(reader, seconds, on_lines, base, buffer_size_kb):
+def _window(reader, seconds, on_text, base, buffer_size_kb):
     # read during the window only when the buffer fills up; the rest after tracing stops
-    reader.read_until(time.monotonic() + seconds, on_lines,
+    reader.read_until(time.monotonic() + seconds, on_text,
                       drain_if=lambda: tracefs.buffer_filling(base, buffer_size_kb))
 
 
@@ -481,9 +481,9 @@ def sample_events(guard, root, modes, targets, syscalls, params):
     reader = tracefs.PipeReader(os.path.join(inst, 'trace_pipe'))
     guard.push(reader.close, description='close trace_pipe')
     write_value(os.path.join(inst, 'tracing_on'), '1')
-    _window(reader, params['duration_s'], parser.feed_lines, inst, params['buffer_size_kb'])
+    _window(reader, params['duration_s'], parser.feed_text, inst, params['buffer_size_kb'])
     write_value(os.path.join(inst, 'tracing_on'), '0')
-    reader.drain(parser.feed_lines)
+    reader.drain(parser.feed_text)
     return name, parser.flush(), tracefs.events_lost(inst)
 
 
@@ -580,9 +580,9 @@ def _run_recipe(inner, root, restore, recipe, targets, roots, params, seconds):
         inner.push(reader.close, description='close trace_pipe')
         lost_before = tracefs.events_lost(root)
         write_value(os.path.join(root, 'tracing_on'), '1')
-        _window(reader, seconds, parser.feed_lines, root, params['buffer_size_kb'])
+        _window(reader, seconds, parser.feed_text, root, params['buffer_size_kb'])
         write_value(os.path.join(root, 'tracing_on'), '0')
-        reader.drain(parser.feed_lines)
+        reader.drain(parser.feed_text)
         result = parser.flush().result()
         result['events_lost'] = max(0, tracefs.events_lost(root) - lost_before)
     return result

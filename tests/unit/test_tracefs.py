@@ -356,7 +356,7 @@ def test_function_graph_interrupted_mid_window_restores(tmp_path, monkeypatch):
     before = {p.name: p.read_text() for p in tmp_path.iterdir()}
     calls = []
 
-    def window(reader, seconds, on_lines, base, kb):
+    def window(reader, seconds, on_text, base, kb):
         calls.append(seconds)
         if len(calls) == 2:  # SIGTERM during the second recipe's window
             raise guard_mod.GuardInterrupted('interrupted by SIGTERM')
@@ -466,19 +466,19 @@ def test_available_filter_functions_read_once_per_sample(tmp_path, monkeypatch):
     assert graph['max_graph_depth_used'] == 3 and ('max_graph_depth', '3') in written
 
 
-def test_pipe_reader_hands_out_whole_lines_in_batches(tmp_path):
+def test_pipe_reader_hands_out_text_of_whole_lines(tmp_path):
     pipe = tmp_path / 'trace_pipe'
     pipe.write_bytes('a-1 [000] x\nnode-é [001] y\n\nlast without newline'.encode())
-    batches = []
+    chunks = []
     reader = tracefs.PipeReader(str(pipe), chunk=5)  # lines and 'é' split across reads
     try:
-        reader.read_available(batches.append)
-        assert [line for batch in batches for line in batch] == ['a-1 [000] x', 'node-é [001] y', '']
-        assert all(isinstance(batch, list) for batch in batches)
-        reader.drain(batches.append)
+        reader.read_available(chunks.append)
+        assert ''.join(chunks) == 'a-1 [000] x\nnode-é [001] y\n\n'
+        assert all(chunk.endswith('\n') for chunk in chunks)
+        reader.drain(chunks.append)
     finally:
         reader.close()
-    assert batches[-1] == ['last without newline'] and reader.bytes == pipe.stat().st_size
+    assert chunks[-1] == 'last without newline' and reader.bytes == pipe.stat().st_size
 
 
 def test_any_error_reports_the_real_restore_result(tmp_path, monkeypatch):
@@ -493,7 +493,7 @@ def test_any_error_reports_the_real_restore_result(tmp_path, monkeypatch):
     monkeypatch.setattr(tracefs, 'Lock', lambda: tracefs_lock(str(tmp_path / 'ftrace.lock')))
     monkeypatch.setattr(ftrace_sample, 'audit_consumer_pid', lambda: None)
 
-    def window(reader, seconds, on_lines, base, kb):
+    def window(reader, seconds, on_text, base, kb):
         (tmp_path / 'tracing_thresh').unlink()  # its undo step will fail
         os.mkdir(str(tmp_path / 'tracing_thresh'))
         raise ValueError('parser broke')
