@@ -18,8 +18,9 @@ that until the next ``daemon-reload``.
   - ``quota_verdict(ours, wanted_us, effective_us, dropins, section)``: after
     ``daemon-reload``, None when the effective CPU quota is ours, else the
     reason, naming the file that overrides it
-  - ``runtime_dropin(unit, key)``: the drop-in ``systemctl set-property --runtime``
-    writes for a setting (``/run/systemd/system.control/<unit>.d/50-<key>.conf``)
+  - ``runtime_dropin(unit, key, transient)``: the drop-in ``systemctl set-property --runtime``
+    writes for a setting (``/run/systemd/system.control/<unit>.d/50-<key>.conf``; for a
+    transient unit, one made by ``systemd-run`` or a scope, ``/run/systemd/transient/<unit>.d/``)
 """
 
 from __future__ import absolute_import, division, print_function
@@ -29,12 +30,14 @@ __metaclass__ = type
 import os
 
 RUNTIME_CONTROL_DIR = '/run/systemd/system.control'
+TRANSIENT_DIR = '/run/systemd/transient'
 
 
-def runtime_dropin(unit, key):
+def runtime_dropin(unit, key, transient=False):
     """The drop-in ``systemctl set-property --runtime UNIT KEY=...`` writes (and that
-    systemd reads back at every ``daemon-reload``)."""
-    return os.path.join(RUNTIME_CONTROL_DIR, unit + '.d', '50-%s.conf' % key)
+    systemd reads back at every ``daemon-reload``): systemd keeps a transient unit's
+    settings (``systemctl show -p Transient``: yes) beside the unit, in its transient directory."""
+    return os.path.join(TRANSIENT_DIR if transient else RUNTIME_CONTROL_DIR, unit + '.d', '50-%s.conf' % key)
 
 
 def unit_section(unit):

@@ -384,7 +384,8 @@ def _op_systemd_dropin(path, unit, text=None, mode=0o644, runtime_path=None, run
     settings to its cgroup again.
 
     ``runtime_path``: the drop-in ``systemctl set-property --runtime`` writes
-    (``/run/systemd/system.control/<unit>.d/50-CPUQuota.conf``), put back as
+    (``/run/systemd/system.control/<unit>.d/50-CPUQuota.conf``, a transient unit's in
+    ``/run/systemd/transient/<unit>.d/``), put back as
     ``runtime_text`` (None: it did not exist, removed with its directory when that is
     empty); None: the runtime property was not changed, leave it. ``cpu_quota``: the
     runtime property set back with ``set-property`` (journals of earlier versions)."""

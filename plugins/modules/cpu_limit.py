@@ -431,15 +431,16 @@ def write_text(module, path, text):
 
 
 def systemd_show(module, systemctl, unit):
-    """LoadState, CPUQuotaPerSecUSec (us, None = infinity) and [(path, text)] of DropInPaths."""
+    """LoadState, CPUQuotaPerSecUSec (us, None = infinity), [(path, text)] of DropInPaths and
+    whether the unit is transient (systemd-run, scopes: its runtime settings live elsewhere)."""
     rc, out, err = module.run_command([systemctl, 'show', unit, '-p', 'LoadState', '-p', 'CPUQuotaPerSecUSec',
-                                       '-p', 'DropInPaths'])
+                                       '-p', 'DropInPaths', '-p', 'Transient'])
     if rc != 0:
         raise Failure('systemctl show %s failed: %s' % (unit, (err or out).strip()))
     props = dict(line.split('=', 1) for line in out.splitlines() if '=' in line)
     paths = dropins.parse_dropin_paths(props.get('DropInPaths'))
     return (props.get('LoadState'), parse_timespan_us(props.get('CPUQuotaPerSecUSec')),
-            [(path, procinfo.read_text(path) or '') for path in paths])
+            [(path, procinfo.read_text(path) or '') for path in paths], props.get('Transient') == 'yes')
 
 
 def systemd_backend(module, tgt, wanted, result):
@@ -451,7 +452,7 @@ def systemd_backend(module, tgt, wanted, result):
     systemctl = module.get_bin_path('systemctl')
     if not systemctl:
         raise Failure('systemctl not found')
-    load_state, per_sec, unit_dropins = systemd_show(module, systemctl, unit)
+    load_state, per_sec, unit_dropins, transient = systemd_show(module, systemctl, unit)
     if load_state in ('not-found', None, ''):
         raise Failure('systemd unit %s not found' % unit)
     current = round(per_sec / 1e6, 6) if per_sec is not None else None
@@ -491,12 +492,12 @@ def systemd_backend(module, tgt, wanted, result):
         write_text(module, path, new_text)
         daemon_reload()
         # what systemd made of all drop-ins: a later one (override.conf) may win
-        _state, effective, now_dropins = systemd_show(module, systemctl, unit)
+        _state, effective, now_dropins, _transient = systemd_show(module, systemctl, unit)
         verdict = dropins.quota_verdict(path, round(wanted * 1e6), effective, now_dropins, section)
         if verdict:
             raise Overridden(verdict)  # the guard puts the drop-in back and reloads
         # set-property --runtime writes a drop-in of its own: put that back as it was too
-        runtime = dropins.runtime_dropin(unit, 'CPUQuota')
+        runtime = dropins.runtime_dropin(unit, 'CPUQuota', transient)
         rg.push_op('systemd_dropin', 'restore %s, %s and daemon-reload' % (path, runtime), path=path, unit=unit,
                    text=old_text, runtime_path=runtime, runtime_text=procinfo.read_text(runtime))
         args = [systemctl, 'set-property', '--runtime', unit, 'CPUQuota=%s' % quota_percent(wanted)]
@@ -505,7 +506,7 @@ def systemd_backend(module, tgt, wanted, result):
             raise Failure('%s failed: %s' % (' '.join(args), (err2 or out2).strip()))
 
     def reread():
-        _state, us, _dropins = systemd_show(module, systemctl, unit)
+        _state, us, _dropins, _transient = systemd_show(module, systemctl, unit)
         cores = round(us / 1e6, 6) if us is not None else None
         return {'limit_cores': cores, 'cpu_quota': quota_percent(cores) if cores else 'infinity', 'dropin': new_text}
     return before, after, change, describe, apply if change else None, reread

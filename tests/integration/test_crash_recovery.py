@@ -349,36 +349,62 @@ def unit_state(unit):
             texts[path] = handle.read()
     with open('/sys/fs/cgroup%s/cpu.max' % props['ControlGroup']) as handle:
         cpu_max = handle.read()
-    dirs = [d % unit for d in ('/etc/systemd/system/%s.d', '/run/systemd/system.control/%s.d') if os.path.isdir(d % unit)]
+    dirs = [d % unit for d in ('/etc/systemd/system/%s.d', '/run/systemd/system.control/%s.d',
+                               '/run/systemd/transient/%s.d') if os.path.isdir(d % unit)]
     return {'dropins': texts, 'quota': props['CPUQuotaPerSecUSec'], 'cpu.max': cpu_max, 'dirs': dirs}
 
 
-@pytest.mark.vm('needs systemd as PID 1')
-def test_vm_cpu_limit_systemd_killed_at_each_step_is_recovered(tmp_path):
-    """Drop-in + daemon-reload + runtime CPUQuota (cgroup v2), SIGKILLed after each change:
-    the next auditgap run leaves the unit's drop-ins, effective CPUQuota and cpu.max as before."""
-    unit = 'auditgap-test-crash.service'
-    subprocess.run(['systemd-run', '--unit', unit, '-p', 'CPUQuota=5%', 'sleep', 'infinity'], check=True,
-                   capture_output=True)
+UNIT_FILE = """[Service]
+ExecStart=/bin/sleep infinity
+CPUQuota=5%
+"""
+
+
+@pytest.fixture(params=['unit_file', 'transient'])
+def limited_unit(request):
+    """A running unit at CPUQuota=5%: one from a unit file (a service such as auditd.service:
+    set-property --runtime writes to system.control) or a transient one (systemd-run, like a
+    scope: its runtime settings live in /run/systemd/transient)."""
+    unit = 'auditgap-test-crash-%s.service' % request.param.replace('_', '-')
+    unit_path = '/run/systemd/system/%s' % unit
+    if request.param == 'unit_file':
+        with open(unit_path, 'w') as handle:
+            handle.write(UNIT_FILE)
+        subprocess.run(['systemctl', 'daemon-reload'], check=True)
+        subprocess.run(['systemctl', 'start', unit], check=True, capture_output=True)
+    else:
+        subprocess.run(['systemd-run', '--unit', unit, '-p', 'CPUQuota=5%', 'sleep', 'infinity'], check=True,
+                       capture_output=True)
     try:
-        before = unit_state(unit)
-        assert before['quota'] == '50ms' and before['dirs'] == [], before
-        args = {'backend': 'systemd', 'target': {'systemd_unit': unit}, 'limit_cores': 0.5}
-        kills, (rc, res) = kill_at_each_step('cpu_limit', args, tmp_path, lambda: unit_state(unit))
-        # the drop-in directory, the drop-in (+ reload), the runtime property, (before the commit)
-        assert kills == 3, kills
-        assert rc == 0 and res['changed'] and res['cpu_limit']['after']['limit_cores'] == 0.5, res
-        after = unit_state(unit)
-        assert after['quota'] == '500ms' and after['cpu.max'].split()[0] == '50000', after
+        yield unit
     finally:
         subprocess.run(['systemctl', 'stop', unit], capture_output=True, check=False)
-        for directory in ('/etc/systemd/system/%s.d' % unit, '/run/systemd/system.control/%s.d' % unit):
+        for directory in ('/etc/systemd/system/%s.d' % unit, '/run/systemd/system.control/%s.d' % unit,
+                          '/run/systemd/transient/%s.d' % unit):
             for name in ('50-auditgap-cpu.conf', '50-CPUQuota.conf'):
                 if os.path.exists(os.path.join(directory, name)):
                     os.unlink(os.path.join(directory, name))
             if os.path.isdir(directory):
                 os.rmdir(directory)
+        if os.path.exists(unit_path):
+            os.unlink(unit_path)
         subprocess.run(['systemctl', 'daemon-reload'], check=True)
+
+
+@pytest.mark.vm('needs systemd as PID 1')
+def test_vm_cpu_limit_systemd_killed_at_each_step_is_recovered(tmp_path, limited_unit):
+    """Drop-in + daemon-reload + runtime CPUQuota (cgroup v2), SIGKILLed after each change:
+    the next auditgap run leaves the unit's drop-ins, effective CPUQuota and cpu.max as before,
+    for a unit from a unit file and for a transient one."""
+    before = unit_state(limited_unit)
+    assert before['quota'] == '50ms' and before['dirs'] == [], before
+    args = {'backend': 'systemd', 'target': {'systemd_unit': limited_unit}, 'limit_cores': 0.5}
+    kills, (rc, res) = kill_at_each_step('cpu_limit', args, tmp_path, lambda: unit_state(limited_unit))
+    # the drop-in directory, the drop-in (+ reload), the runtime property, (before the commit)
+    assert kills == 3, kills
+    assert rc == 0 and res['changed'] and res['cpu_limit']['after']['limit_cores'] == 0.5, res
+    after = unit_state(limited_unit)
+    assert after['quota'] == '500ms' and after['cpu.max'].split()[0] == '50000', after
 
 
 def test_cpu_limit_waits_for_the_host_lock_then_fails_clearly(tmp_path, throttled_group):

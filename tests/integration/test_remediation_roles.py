@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,8 @@ from tests.support.labsnapshot import delete_rules_by_key
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE_PLAYBOOK = os.path.join(ROOT, '.venv', 'bin', 'ansible-playbook')
 if not os.path.exists(ANSIBLE_PLAYBOOK):
-    ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), 'ansible-playbook')
+    # in a VM, the bundle's wrapper (scripts/vm-bundle: /opt/auditgap/bin on PATH)
+    ANSIBLE_PLAYBOOK = shutil.which('ansible-playbook') or os.path.join(os.path.dirname(sys.executable), 'ansible-playbook')
 IN_VM = os.environ.get('AUDITGAP_VM') == '1'
 CPU_V1 = '/sys/fs/cgroup/cpu'
 
@@ -398,12 +400,15 @@ def test_vm_audit_backlog_immutable_writes_file_and_needs_reboot(tmp_path):
 @pytest.mark.kernel
 @pytest.mark.vm('needs systemd as PID 1')
 def test_vm_agent_cpu_systemd(tmp_path):
+    # a transient unit (systemd-run): set-property --runtime keeps its settings in
+    # /run/systemd/transient; the drop-in goes where systemd reads it (/etc/systemd/system)
     unit = 'auditgap-test-busy.service'
+    dropin_dir = '/etc/systemd/system/%s.d' % unit
     subprocess.run(['systemd-run', '--unit', unit, '-p', 'CPUQuota=5%', 'sh', '-c', 'while :; do :; done'],
                    check=True, capture_output=True)
     try:
         variables = {'agent_cpu_target': {'systemd_unit': unit}, 'agent_cpu_limit_cores': 0.5,
-                     'agent_cpu_backend': 'systemd', 'agent_cpu_systemd_dropin_dir': str(tmp_path)}
+                     'agent_cpu_backend': 'systemd'}
         rc, out, changed = run_role('agent_cpu', variables, check=True)
         assert rc == 0 and changed == 1, out
         rc, out, changed = run_role('agent_cpu', variables)
@@ -411,11 +416,15 @@ def test_vm_agent_cpu_systemd(tmp_path):
         shown = subprocess.run(['systemctl', 'show', unit, '-p', 'CPUQuotaPerSecUSec'],
                                capture_output=True, text=True, check=False).stdout
         assert '500ms' in shown
-        assert 'CPUQuota=50%' in (tmp_path / (unit + '.d') / '50-auditgap-cpu.conf').read_text()
+        with open(os.path.join(dropin_dir, '50-auditgap-cpu.conf')) as handle:
+            assert 'CPUQuota=50%' in handle.read()
         rc, out, changed = run_role('agent_cpu', variables)
         assert rc == 0 and changed == 0, out
     finally:
         subprocess.run(['systemctl', 'stop', unit], capture_output=True, check=False)
+        shutil.rmtree(dropin_dir, ignore_errors=True)
+        shutil.rmtree('/run/systemd/transient/%s.d' % unit, ignore_errors=True)
+        subprocess.run(['systemctl', 'daemon-reload'], capture_output=True, check=False)
 
 
 @pytest.mark.kernel

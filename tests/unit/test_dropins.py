@@ -89,3 +89,10 @@ def test_undo_step_leaves_the_runtime_property_alone_until_it_was_set(tmp_path, 
     guard.run_op('systemd_dropin', {'path': str(dropin), 'unit': 'auditd.service', 'text': 'old\n', 'cpu_quota': '1%'})
     assert dropin.read_text() == 'old\n'
     assert calls.read_text().splitlines()[1:] == ['daemon-reload', 'set-property --runtime auditd.service CPUQuota=1%']
+
+
+def test_runtime_dropin_of_a_unit_and_of_a_transient_unit():
+    assert dropins.runtime_dropin('auditd.service', 'CPUQuota') == \
+        '/run/systemd/system.control/auditd.service.d/50-CPUQuota.conf'
+    assert dropins.runtime_dropin('run-u7.service', 'CPUQuota', transient=True) == \
+        '/run/systemd/transient/run-u7.service.d/50-CPUQuota.conf'
