@@ -208,33 +208,11 @@ def _fg_fields(line):
             return None
         if not 0 <= duration < TS_LIMIT:
             return None  # NaN, infinity, negative or overflowing: not a duration
-    raw = parts[-1]
-    text = raw.lstrip(' ')
-    indent = len(raw) - len(text)
-    text = text.rstrip()
-    if not text:
-        return None
-    last = text[-1]
-    if text[0] == '}':
-        function = None
-        open_c = text.find('/*')
-        if open_c > 0:
-            close_c = text.find('*/', open_c)
-            function = text[open_c + 2:close_c if close_c > 0 else None].strip() or None
-        kind = 'exit'
-    elif last == '{':
-        kind = 'entry'
-        function = text[:-1].strip()
-        if function.endswith('()'):
-            function = function[:-2]
-    elif last == ';':
-        kind = 'leaf'
-        function = text[:-1].strip()
-        if function.endswith('()'):
-            function = function[:-2]
-    else:
+    column = parts[-1].rstrip()
+    kind, function = _fg_text(column)[:2] if column.strip() else _NO_CALL[:2]
+    if kind < 0:
         return None  # comments (trace_printk, "/* event */"), irq markers: not calls
-    return (cpu, ts, proc, duration, kind, function, indent)
+    return (cpu, ts, proc, duration, _KINDS[kind], function, len(column) - len(column.lstrip(' ')))
 
 
 # One function_graph call line: ``[abstime |] cpu) [proc |] [mark] [duration us] | text``.
@@ -249,6 +227,7 @@ _FG_RE = re.compile(
     r'(?:(\d{1,15}(?:\.\d{1,9})?) us)? *\|( *[^\n]*[^\s])')
 
 _NO_CALL = (-1, None, 0, None, 0)
+_KINDS = ('entry', 'leaf', 'exit')  # _fg_text's kind 0, 1, 2
 
 
 def _fg_text(column):
