@@ -138,6 +138,17 @@ def compare(current, previous):
     return out
 
 
+def _before_streak(current, previous, ends):
+    """The newest earlier run for which ``ends(row)`` holds and the run after it (``current`` when
+    that is the first earlier run); (None, current) when none does."""
+    after = current
+    for row in previous:
+        if ends(row):
+            return row, after
+        after = row
+    return None, current
+
+
 def last_good_and_first_bad(current, previous):
     """The run a regression is diffed from and the first bad run after it (``current`` when the streak starts now).
 
@@ -145,17 +156,10 @@ def last_good_and_first_bad(current, previous):
     standing warning, e.g. no audit consumer), the newest run before the regression began (the
     newest one not marked regressed). (None, current) when neither exists.
     """
-    first_bad = current
-    for row in previous:
-        if not is_bad(row):
-            return row, first_bad
-        first_bad = row
-    first_bad = current
-    for row in previous:
-        if not row.get('regressed'):
-            return row, first_bad
-        first_bad = row
-    return None, current
+    good, first_bad = _before_streak(current, previous, lambda row: not is_bad(row))
+    if good is None:
+        good, first_bad = _before_streak(current, previous, lambda row: not row.get('regressed'))
+    return good, first_bad
 
 
 # Why a change may cause what regressed: (change, base score, findings/metrics that make it likelier).

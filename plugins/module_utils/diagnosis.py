@@ -66,7 +66,7 @@ DEFAULT_THRESHOLDS = {
     'consumer_cpu_headroom': 2.0,
     # ... the rate offered seen through the stall (the rate records were made at while they were
     # being made, or made / (1 - share of the window asleep)), at most this many times what was made ...
-    'consumer_hidden_demand_max': 10.0,
+    'consumer_hidden_demand_max': sizing.HIDDEN_DEMAND_MAX,
     # ... never below this many cores ...
     'consumer_min_cores': 0.5,
     # ... and without that measurement at least this many (or 4x the limit, 2x the usage)
@@ -364,16 +364,16 @@ def cpu_sizing(view, target, thresholds):
         seconds = num(view.activity.get('seconds'))
         cpu_s = num(view.activity.get('cpu_seconds'))
         usage = cpu_s / seconds if (cpu_s is not None and seconds) else None
-    sample = view.sample or {}
-    slept_ms = num(sample.get('backlog_wait_time_actual_delta_ms'))
+    window = view.sample or {}
+    slept_ms = num(window.get('backlog_wait_time_actual_delta_ms'))
     wait_ms = num(view.status.get('backlog_wait_time_ms'))
-    seconds = num(sample.get('seconds'))
-    offered = sizing.offered_record_rate(rates, num(sample.get('lost_per_s')),
+    window_s = num(window.get('seconds'))
+    offered = sizing.offered_record_rate(rates, num(window.get('lost_per_s')),
                                          _backlog_growth_per_s(view) if view.sample else None,
                                          slept_ms / 1000.0 if slept_ms is not None else None,
-                                         sizing.sleep_window(sample.get('timeline'), seconds,
+                                         sizing.sleep_window(window.get('timeline'), window_s,
                                                              wait_ms / 1000.0 if wait_ms is not None else None),
-                                         thresholds['consumer_hidden_demand_max'], sample_s=seconds)
+                                         thresholds['consumer_hidden_demand_max'], sample_s=window_s)
     fallback = _round_up(min(max(float(thresholds['consumer_unmeasured_cores']), float(thresholds['consumer_min_cores']),
                                  4 * limit, 2 * (usage or 0.0)), MAX_LIMIT_CORES))
     return sizing.cpu_limit(usage, num(rates.get('records_per_s')), offered['value'] if offered else None,

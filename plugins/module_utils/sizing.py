@@ -56,14 +56,6 @@ def _g(value):
     return '%.4g' % number
 
 
-def peak_record_rate(record_rates, lost_per_s=None, backlog_growth_per_s=None):
-    """The rate records were made at: the most made within one second (their stamps) or the
-    window's average plus what the backlog grew by and what was lost, whichever is higher.
-    None when no record rates were read. (``offered_record_rate`` without the hidden demand.)"""
-    offered = offered_record_rate(record_rates, lost_per_s, backlog_growth_per_s)
-    return offered['value'] if offered else None
-
-
 def sleep_window(timeline, seconds, wait_time_s=None):
     """The seconds the window's sleep in audit_log_start is divided by (pure).
 
