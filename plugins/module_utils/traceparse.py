@@ -69,22 +69,29 @@ class LatencyStats:
             elif value > self._heap[0][0]:
                 heapq.heapreplace(self._heap, (value, self._seq, item))
 
-    def add_batch(self, batch):
-        """``add(value, (int(pid), start, value))`` for each ``(value, pid text, start)`` of
-        ``batch``, in order, with the same result: count, total, min, max and buckets in
+    def add_batch(self, values, pids, starts):
+        """``add(value, (int(pid), start, value))`` for each value, pid text and start of the
+        three lists, in order, with the same result: count, total, min, max and buckets in
         C-level bulk steps, the top heap only for values above its floor."""
-        self.add_values([item[0] for item in batch])
-        if not self.top:
+        self.add_values(values)
+        top = self.top
+        if not top:
             return
         heap = self._heap
         seq = self._seq
-        for value, pid, start in batch:
-            seq += 1
-            if len(heap) < self.top:
-                heapq.heappush(heap, (value, seq, (int(pid), start, value)))
-            elif value > heap[0][0]:
-                heapq.heapreplace(heap, (value, seq, (int(pid), start, value)))
-        self._seq = seq
+        count = len(values)
+        index = 0
+        while index < count and len(heap) < top:
+            value = values[index]
+            index += 1
+            heapq.heappush(heap, (value, seq + index, (int(pids[index - 1]), starts[index - 1], value)))
+        if index < count:
+            # the floor only rises: a value not above it now never gets in (found in C)
+            for index in itertools.compress(range(index, count), map(heap[0][0].__lt__, values[index:])):
+                value = values[index]
+                if value > heap[0][0]:
+                    heapq.heapreplace(heap, (value, seq + index + 1, (int(pids[index]), starts[index], value)))
+        self._seq = seq + count
 
     def add_values(self, values):
         """``add(value)`` for each of ``values`` (no items), in order, with the same result."""
@@ -134,6 +141,7 @@ _DURATION_MARKS = '+!#*@$'
 # timestamps (s) and durations (us) beyond this are no trace data (1e15 us is 31 years);
 # the bound also rejects NaN and infinity, which would break the statistics
 TS_LIMIT = 1e15
+_US_PER_S = 1e6
 _SYSCALL_FN = re.compile(r'^(?:SyS_|sys_|__x64_sys_|__ia32_sys_|__arm64_sys_|__se_sys_|__do_sys_|ksys_|__sys_)'
                          r'(?P<name>\w+)$')
 _EXIT_WORK_FN = re.compile(r'(?:exit_work|exit_to_user_mode|syscall_exit)')
@@ -221,10 +229,12 @@ def _fg_fields(line):
 # the engine scans for. Numbers have at most 15 integer digits: a longer one (an overflow, a
 # corrupt line) is no trace data and would turn into infinity in the statistics; such a line
 # does not match. No possessive quantifiers or atomic groups: Python before 3.11.5 (Debian 12
-# has 3.11.2) matches them wrongly (CPython gh-106052) and before 3.11 not at all.
+# has 3.11.2) matches them wrongly (CPython gh-106052) and before 3.11 not at all. Optional
+# columns are alternatives with an empty branch (``(?:x|)``): the same matches as ``(?:x)?``,
+# faster in the engine (see _EVENT_RE).
 _FG_RE = re.compile(
-    r'\n *(?:(\d{1,15}\.\d{1,9}) \| +)?0*(\d+)\) +(?:([^|\n]*-\d+) +\| +)?(?:[-+!#*@$] +)?'
-    r'(?:(\d{1,15}(?:\.\d{1,9})?) us)? *\|( *[^\n]*[^\s])')
+    r'\n *(?:(\d{1,15}\.\d{1,9}) \| +|)0*(\d+)\) +(?:([^|\n]*-\d+) +\| +|)(?:[-+!#*@$] +|)'
+    r'(?:(\d{1,15}\.\d{1,9}|\d{1,15}) us|) *\|( *[^\n]*[^\s])')
 
 _NO_CALL = (-1, None, 0, None, 0)
 _KINDS = ('entry', 'leaf', 'exit')  # _fg_text's kind 0, 1, 2
@@ -606,12 +616,18 @@ def stack_text(stack):
 # fast), in the forms ``comm-pid [cpu] flags ts: body`` (flags absent without irq-info)
 # and, with record-tgid, ``comm-pid (tgid) [cpu] ...``. Groups: task pid, ts, then either
 # the syscall name and '(' (sys_enter) or ' -> ' (sys_exit); or sched_switch's prev_pid,
-# prev_state and next_pid; or, after ``<stack trace>``, the frame lines (each
-# ``\n => frame``) that follow. The rest of a line is never looked at.
+# prev_state and next_pid (a fast branch for the kernel's field order, prev_prio before
+# prev_state and next_comm before next_pid, then the general one: the same matches); or,
+# after ``<stack trace>``, the frame lines (each ``\n => frame``) that follow. The rest of a
+# line is never looked at.
+# Optional parts are alternatives with an empty branch (``(?:x|)``, not ``(?:x)?``): the
+# same matches, but the engine takes a branch much faster than an optional group (it
+# skips a branch whose first literal does not match without entering it).
 _EVENT_RE = re.compile(
-    r'-(\d+) +(?:\([^)\n]*\) +)?\[\d+\] +(?:[^\d\s]\S* +)?(\d{1,15}(?:\.\d{1,9})?): '
+    r'-(\d+) +(?:\[|\([^)\n]*\) +\[)\d+\] +(?:[^\d\s]\S* +|)(\d{1,15}\.\d{1,9}|\d{1,15}): '
     r'(?:sys_(\w+)(\(| -> )'
-    r'|sched_switch: prev_comm=.*? prev_pid=(\d+) .*? prev_state=(\S+) ==> .*? next_pid=(\d+)'
+    r'|sched_switch: prev_comm=.*? prev_pid=(\d+) (?:prev_prio=\S* prev_state=|.*? prev_state=)(\S+) '
+    r'==> (?:next_comm=.*? next_pid=|.*? next_pid=)(\d+)'
     r'|<stack trace>((?:\n =>.*)*))')
 
 
@@ -748,8 +764,8 @@ class EventParser:
         wanted = self.syscalls
         out = self._out
         out_pop = out.pop
-        exits = {}           # syscall -> [(duration us, pid text, start ts)]
-        switch_ins = []      # (pid text, off-CPU us, state, stack)
+        exits = {}           # syscall -> [start ts, end ts, pid text, ...] (texts, flat)
+        switch_ins = {}      # stack (None: none) -> [pid text, off-CPU us, state, ...] (flat)
         unpaired = 0
         for task, ts, name, kind, prev_pid, state, next_pid, frames in _EVENT_RE.findall(text):
             if name:
@@ -764,16 +780,19 @@ class EventParser:
                     continue
                 if wanted is not None and name not in wanted:
                     continue
-                start = float(entered[1])
                 batch = exits.get(name)
                 if batch is None:
                     batch = exits[name] = []
-                batch.append(((float(ts) - start) * 1e6, task, start))
+                batch += (entered[1], ts, task)
             elif prev_pid:
                 ts = float(ts)
                 pending = out_pop(next_pid, None)
                 if pending is not None:
-                    switch_ins.append((next_pid, (ts - pending[0]) * 1e6, pending[1], pending[2]))
+                    stack = pending[2] or ()
+                    batch = switch_ins.get(stack)
+                    if batch is None:
+                        batch = switch_ins[stack] = []
+                    batch += (next_pid, (ts - pending[0]) * 1e6, pending[1])
                 if prev_pid != '0' and (pids is None or prev_pid in pids):
                     out[prev_pid] = [ts, state, None]
             else:
@@ -786,8 +805,11 @@ class EventParser:
             stats = self._sys.get(name)
             if stats is None:
                 stats = self._sys[name] = LatencyStats(top=self.top)
-            stats.add_batch(batch)
-            self.events += len(batch)
+            # (end - start) * 1e6 for every pair, in C
+            starts = list(map(float, batch[0::3]))
+            stats.add_batch(list(map(_US_PER_S.__mul__, map(operator.sub, map(float, batch[1::3]), starts))),
+                            batch[2::3], starts)
+            self.events += len(starts)
         if switch_ins:
             self._account_batch(switch_ins)
 
@@ -801,38 +823,32 @@ class EventParser:
 
     # -- sched_switch --------------------------------------------------------
     def _account_batch(self, switch_ins):
-        """Add the switch-ins of one chunk (in order) to their stack groups."""
-        by_stack = {}
-        for item in switch_ins:
-            stack = item[3] or ()
-            batch = by_stack.get(stack)
-            if batch is None:
-                batch = by_stack[stack] = []
-            batch.append(item)
-        for stack, batch in by_stack.items():
+        """Add the switch-ins of one chunk (per stack, in order) to their stack groups."""
+        for stack, batch in switch_ins.items():
+            count = len(batch) // 3
             group = self._groups.get(stack)
             if group is None:
                 if len(self._groups) >= self.max_stacks:
-                    self.stacks_overflow += len(batch)
+                    self.stacks_overflow += count
                     stack = ('[other stacks]',)
                     group = self._groups.get(stack)
                 if group is None:
                     group = self._groups[stack] = [0, 0.0, 0.0, set(), {}]
-            self.events += len(batch)
-            durations = [item[1] for item in batch]
-            group[0] += len(batch)
+            self.events += count
+            durations = batch[1::3]
+            group[0] += count
             group[1] = functools.reduce(operator.add, durations, group[1])
             longest = max(durations)
             if longest > group[2]:
                 group[2] = longest
             pids = group[3]
             if len(pids) < 64:
-                for pid in dict.fromkeys(item[0] for item in batch):
+                for pid in dict.fromkeys(batch[0::3]):
                     if len(pids) >= 64:
                         break
                     pids.add(int(pid))
             states = group[4]
-            for state, count in collections.Counter(item[2] for item in batch).items():
+            for state, count in collections.Counter(batch[2::3]).items():
                 state = state.rstrip('+') or 'R'
                 states[state] = states.get(state, 0) + count
 
