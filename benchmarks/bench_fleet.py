@@ -33,7 +33,11 @@ of the fan-out is missed.
     benchmarks/bench_fleet.py [--sizes 1,10] [--rounds 1] [--timeout 5]
     benchmarks/bench_fleet.py --sizes 1,10,50,100,200      (minutes)
     benchmarks/bench_fleet.py --sizes 50,200 --kinds fanout  (ping and the fan-out only)
+    benchmarks/bench_fleet.py --sizes 10,50 --kinds fanout --bashrc /usr/share/base-files/dot.bashrc
     BENCH_FLEET_STRATEGY=mitogen_linear benchmarks/bench_fleet.py   (with mitogen installed)
+
+Where one fan-out session's CPU goes (ssh client, sshd, login shell, payload):
+benchmarks/bench_fanout_session.py.
 """
 import argparse
 import json
@@ -183,10 +187,10 @@ def run_one(fleet, kind, inventory, limit, tmp, targets, tag, n_reachable):
             'unreachable_errors': down_errors if kind != 'ping' else []}
 
 
-def measure_size(n, rounds, timeout, tmp, ssh_args=''):
+def measure_size(n, rounds, timeout, tmp, ssh_args='', bashrc=None):
     down = n // 10
     targets = Cgroup('agbench-targets-%d-%d' % (os.getpid(), n))
-    fleet = SSHFleet(hosts=n, unreachable=down, net='10.214.0', blackhole=True, cgroup=targets.dirs)
+    fleet = SSHFleet(hosts=n, unreachable=down, net='10.214.0', blackhole=True, cgroup=targets.dirs, bashrc=bashrc)
     rows = {}
     try:
         with fleet:
@@ -249,6 +253,9 @@ def main():
                         help='runs besides ping: diagnose (Ansible path), fanout (diagnose_transport=fanout)')
     parser.add_argument('--ssh-args', default='',
                         help='ssh options added to the inventory for every run, e.g. "-o KexAlgorithms=curve25519-sha256"')
+    parser.add_argument('--bashrc', help="a file put over root's ~/.bashrc for the hosts' sshds (a clean fleet host's "
+                                         "rc, e.g. /usr/share/base-files/dot.bashrc): bash reads it for every command "
+                                         "sshd runs, and this machine's runs pyenv init (0.11 s)")
     parser.add_argument('--fanout-concurrency', type=int, default=100, help='diagnose_fanout_concurrency (hosts at once)')
     args = parser.parse_args()
     FANOUT_CONCURRENCY[:] = [args.fanout_concurrency]
@@ -260,7 +267,7 @@ def main():
     results = {}
     try:
         for n in sizes:
-            results[n] = measure_size(n, args.rounds, args.timeout, tmp, args.ssh_args)
+            results[n] = measure_size(n, args.rounds, args.timeout, tmp, args.ssh_args, args.bashrc)
             print_size(results[n])
             sys.stdout.flush()
     finally:
@@ -268,6 +275,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, 'bench_fleet.json'), 'w') as f:
         json.dump({'sizes': {str(n): results[n] for n in results}, 'loadavg': os.getloadavg(), 'ssh_args': args.ssh_args,
+                   'bashrc': args.bashrc,
                    'fanout_concurrency': args.fanout_concurrency,
                    'window_s': WINDOW_S, 'timeout_s': args.timeout}, f, indent=1, sort_keys=True)
     chart(results, os.path.join(args.out, 'bench_fleet.svg'))

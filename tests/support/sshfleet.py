@@ -71,13 +71,19 @@ class SSHFleet:
     _count = 0   # fleets made by this process: each gets its own namespace names
 
     def __init__(self, hosts=3, unreachable=1, net=DEFAULT_NET, group='fleet',
-                 extra_groups=None, python='/usr/bin/python3', blackhole=False, cgroup=None):
+                 extra_groups=None, python='/usr/bin/python3', blackhole=False, cgroup=None, bashrc=None):
         """``blackhole``: the unreachable hosts' addresses answer ARP from the hub (a static
         neighbour entry to a MAC nobody has), so their packets vanish and ssh waits for its
         ConnectTimeout, like a host that is down behind a router (without it: "No route to
         host" after ARP fails). ``cgroup``: directories of cgroup v1 hierarchies (e.g.
         ``/sys/fs/cgroup/cpuacct/x``) each sshd is put in, so its sessions and the modules they
-        run are accounted there (benchmarks/bench_fleet.py)."""
+        run are accounted there (benchmarks/bench_fleet.py). ``bashrc``: a file put over
+        root's ``~/.bashrc`` for the sshds (bind-mounted in their own mount namespace; the rest
+        of the machine sees no change): bash reads ``~/.bashrc`` for every command sshd runs, so
+        this models a fleet host's rc instead of this machine's (benchmarks)."""
+        if bashrc is not None and not os.path.isfile(bashrc):
+            raise ValueError(f'bashrc {bashrc}: not a file')
+        self.bashrc = bashrc
         if not 1 <= hosts <= 230 or not 0 <= unreachable <= 30 or hosts + unreachable > 239:
             raise ValueError('hosts must be 1..230 and unreachable 0..30 (239 in all)')
         self.blackhole = blackhole
@@ -208,8 +214,14 @@ class SSHFleet:
             ]))
         log = os.path.join(d, 'sshd.log')
         host['log'] = log
+        argv = [SSHD, '-D', '-f', cfg, '-E', log]
+        if self.bashrc:
+            # unshare and sh exec: sshd keeps the pid Popen returns
+            home = os.path.expanduser('~root')
+            argv = ['unshare', '--mount', '--propagation', 'private', 'sh', '-c',
+                    'mount --bind "$1" "$2/.bashrc" && shift 2 && exec "$@"', 'sh', self.bashrc, home] + argv
         host['proc'] = subprocess.Popen(
-            ['nsenter', f"--net=/run/netns/{host['ns']}", SSHD, '-D', '-f', cfg, '-E', log],
+            ['nsenter', f"--net=/run/netns/{host['ns']}"] + argv,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         for cgroup in self.cgroups:
