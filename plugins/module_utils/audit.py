@@ -32,8 +32,6 @@ __metaclass__ = type
 
 import re
 import shlex
-import shutil
-import subprocess
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditnl
 from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls import arch_label, named
@@ -71,6 +69,7 @@ class AuditError(Exception):
 def run_command(argv, env=None, timeout=30):
     """(rc, stdout, stderr) like AnsibleModule.run_command; rc 127 when argv cannot run.
     ``env``: the whole environment (default: LC_ALL=C and the system PATH only)."""
+    import subprocess   # here: the diagnose fan-out's hosts read audit over netlink and never pay it
     if env is None:
         env = {'LC_ALL': 'C', 'PATH': '/usr/sbin:/usr/bin:/sbin:/bin'}
     try:
@@ -140,7 +139,10 @@ class Audit:
     def __init__(self, source='auto', run_command=run_command, auditctl=_FIND, netlink=None):
         self.order = source_order(source)
         self.run_command = run_command
-        self.auditctl = shutil.which('auditctl') if auditctl is _FIND else auditctl
+        if auditctl is _FIND:
+            import shutil
+            auditctl = shutil.which('auditctl')
+        self.auditctl = auditctl
         self.netlink = netlink  # socket factory; None: auditnl.AuditSocket
         self.source = None
         self.errors = []

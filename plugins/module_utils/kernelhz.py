@@ -20,7 +20,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import gzip
 import os
 import re
 import time
@@ -70,6 +69,7 @@ def jiffies_to_ms(jiffies, hz):
 
 def _read_text(path):
     if path.endswith('.gz'):
+        import gzip
         with gzip.open(path, 'rt') as handle:
             return handle.read()
     with open(path, 'r') as handle:

@@ -265,3 +265,8 @@ def test_gather_netlink_reads_status_rules_and_sample_on_one_socket(monkeypatch,
     assert facts['source'] == 'netlink' and facts['rules_source'] == 'netlink'
     assert facts['sample']['samples'] >= 2
     assert len(opened) == 1 and opened[0].closed
+
+
+def test_utc_now_is_iso8601_utc_with_microseconds():
+    assert auditfacts.utc_now(lambda: 1764619303.25) == '2025-12-01T20:01:43.250000Z'
+    assert auditfacts.utc_now(lambda: 0) == '1970-01-01T00:00:00.000000Z'

@@ -1,5 +1,6 @@
 """tracefs helpers and ftrace_sample decisions that need no root."""
 import os
+import shutil
 
 import pytest
 
@@ -146,7 +147,7 @@ class NoAudit:
 ])
 def test_audit_consumer_pid_falls_back_to_auditctl(monkeypatch, stdout, rc, expected):
     monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
-    monkeypatch.setattr(audit.shutil, 'which', lambda name: '/sbin/' + name)
+    monkeypatch.setattr(shutil, 'which', lambda name: '/sbin/' + name)
     calls = []
 
     def run(argv):
@@ -158,7 +159,7 @@ def test_audit_consumer_pid_falls_back_to_auditctl(monkeypatch, stdout, rc, expe
 
 def test_audit_consumer_pid_without_audit_or_auditctl(monkeypatch):
     monkeypatch.setattr(auditnl, 'AuditSocket', NoAudit)
-    monkeypatch.setattr(audit.shutil, 'which', lambda name: None)
+    monkeypatch.setattr(shutil, 'which', lambda name: None)
     assert ftrace_sample.audit_consumer_pid() is None
 
 
