@@ -78,26 +78,25 @@ def check_args(args):
 
 
 def config_defaults():
-    """The controller configuration the ssh connection would fall back to."""
-    control_dir = None
+    """The controller configuration the ssh connection would fall back to (ssh_args,
+    control_path and control_path_dir as its configuration gives them)."""
+    ssh = {}
     try:
         from ansible.plugins.loader import connection_loader
+        from ansible.utils.path import unfrackpath
         connection_loader.get('ssh', class_only=True)   # loads the plugin's configuration definitions
-        control_dir = C.config.get_config_value('control_path_dir', plugin_type='connection', plugin_name='ssh')
+        for name in ('ssh_args', 'control_path', 'control_path_dir'):
+            ssh[name] = C.config.get_config_value(name, plugin_type='connection', plugin_name='ssh')
+        if ssh.get('control_path_dir'):
+            ssh['control_path_dir'] = unfrackpath(to_text(ssh['control_path_dir']))
+            os.makedirs(ssh['control_path_dir'], mode=0o700, exist_ok=True)
     except Exception:  # no multiplexing then, the fan-out still works
-        control_dir = None
-    control_path = None
-    if control_dir:
-        control_dir = os.path.expanduser(to_text(control_dir))
-        try:
-            os.makedirs(control_dir, mode=0o700, exist_ok=True)
-            control_path = os.path.join(control_dir, '%C')   # the path Ansible's ssh connection uses
-        except OSError:
-            control_path = None
+        ssh['control_path_dir'] = None
     return {'connection': C.DEFAULT_TRANSPORT, 'remote_user': C.DEFAULT_REMOTE_USER,
             'private_key_file': C.DEFAULT_PRIVATE_KEY_FILE, 'timeout': C.DEFAULT_TIMEOUT,
             'host_key_checking': C.HOST_KEY_CHECKING, 'become_user': C.DEFAULT_BECOME_USER,
-            'become_method': C.DEFAULT_BECOME_METHOD, 'control_path': control_path}
+            'become_method': C.DEFAULT_BECOME_METHOD, 'ssh_args': ssh.get('ssh_args', fanout.SSH_ARGS),
+            'control_path': ssh.get('control_path'), 'control_path_dir': ssh.get('control_path_dir')}
 
 
 def host_params(base, host_vars):

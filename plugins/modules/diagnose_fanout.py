@@ -28,9 +28,13 @@ description:
     C(ansible_host), C(ansible_port), C(ansible_user), C(ansible_ssh_private_key_file),
     C(ansible_ssh_common_args), C(ansible_ssh_extra_args), C(ansible_ssh_timeout) (ssh's
     C(ConnectTimeout)), C(ansible_python_interpreter), C(ansible_become) (sudo without password) -
-    with ssh's ControlMaster/ControlPersist on Ansible's control path, so a later task on the same
-    host (the bounded trace) reuses the connection. C(ansible_connection=local) runs the payload on
-    the controller.
+    and so are C(ssh_args) (C(ansible_ssh_args), C([ssh_connection] ssh_args), by default
+    C(-o ControlMaster=auto -o ControlPersist=60s); its C(-C) is left out, the payload is compressed
+    already), C(control_path) and C(control_path_dir). The ControlPath is the one Ansible's ssh
+    connection computes for the host, so a later task on the same host (the bounded trace) reuses
+    the fan-out's connection, and a ControlPersist longer than the interval of scheduled runs keeps
+    one SSH login per host across runs (docs/scale.md). C(ansible_connection=local) runs the
+    payload on the controller.
   - A host the fan-out cannot serve (another connection plugin, a password login, a become method
     other than sudo) gets a failed result naming why; an unreachable host an unreachable result with
     ssh's words, after at most its connect timeout; a malformed or oversized answer a failed result.

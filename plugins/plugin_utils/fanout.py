@@ -25,6 +25,7 @@ __metaclass__ = type
 import ast
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import selectors
@@ -45,6 +46,10 @@ AUTH_OPTIONS = ('-o', 'KbdInteractiveAuthentication=no',
                 '-o', 'PreferredAuthentications=gssapi-with-mic,gssapi-keyex,hostbased,publickey',
                 '-o', 'PasswordAuthentication=no')
 MSG_TAIL = 2000
+# ansible-core's default ssh_args (connection/ssh.py), used when the configuration gives none
+SSH_ARGS = '-C -o ControlMaster=auto -o ControlPersist=60s'
+# ssh_args the fan-out leaves out: compression (its payload is zlib-compressed already, its answers are small)
+SSH_ARGS_DROPPED = ('-C',)
 # ansible-core's words for a host its pipelined ssh session could not reach (the report shows them)
 UNREACHABLE = 'Task failed: Data could not be sent to remote host "%s". Make sure this host can be reached over ssh: %s'
 
@@ -65,9 +70,9 @@ def main():
         code=marshal.loads(zlib.decompress(rest[:h['c']]))
     else:
         src=json.loads(zlib.decompress(rest[h['c']:]).decode('utf-8'))
-        code=dict((k,compile(v,'<auditgap>/'+k.replace('.','/')+'.py','exec',dont_inherit=True)) for k,v in src.items())
+        code=dict((k,compile(v,'<auditgap>/'+k.replace('.','/')+'.py','exec',dont_inherit=True,optimize=2)) for k,v in src.items())
     pkgs=set(h['n'])
-    from importlib.machinery import ModuleSpec
+    ModuleSpec=type(sys.__spec__)
     class Finder(object):
         @staticmethod
         def find_spec(name,path=None,target=None):
@@ -159,7 +164,8 @@ class Blob:
         import marshal
         import sys
         self.tag = tag or sys.implementation.cache_tag
-        code = {name: compile(text, '<auditgap>/%s.py' % name.replace('.', '/'), 'exec', dont_inherit=True)
+        # optimize=2: no docstrings (a third of the bytecode) and no asserts (the payload has none)
+        code = {name: compile(text, '<auditgap>/%s.py' % name.replace('.', '/'), 'exec', dont_inherit=True, optimize=2)
                 for name, text in sources.items()}
         self.code = zlib.compress(marshal.dumps(code), 6)
         self.sources = zlib.compress(json.dumps(sources, sort_keys=True).encode('utf-8'), 9)
@@ -192,7 +198,7 @@ def host_settings(name, hostvars, defaults):
     """How to reach one host, from its variables (the inventory's connection variables, as
     Ansible's ssh and local connections read them); ``defaults`` holds what the controller's
     configuration says (remote_user, private_key_file, timeout, host_key_checking,
-    become, become_user, control_path). Returns ``{'error': msg}`` for a host the fan-out
+    become, become_user, ssh_args, control_path, control_path_dir). Returns ``{'error': msg}`` for a host the fan-out
     cannot serve."""
     connection = str(_first(hostvars, ('ansible_connection',), defaults.get('connection') or 'ssh'))
     if connection in LOCAL_CONNECTIONS:
@@ -230,7 +236,9 @@ def host_settings(name, hostvars, defaults):
         'python': str(python),
         'become': become,
         'become_user': str(_first(hostvars, ('ansible_become_user',), defaults.get('become_user') or 'root')),
-        'control_path': defaults.get('control_path'),
+        'ssh_args': _first(hostvars, ('ansible_ssh_args',), defaults.get('ssh_args', SSH_ARGS)) or '',
+        'control_path': _first(hostvars, ('ansible_control_path',), defaults.get('control_path')),
+        'control_path_dir': _first(hostvars, ('ansible_control_path_dir',), defaults.get('control_path_dir')),
     }
     try:
         settings['timeout'] = int(timeout)
@@ -240,10 +248,31 @@ def host_settings(name, hostvars, defaults):
         if settings['port'] is not None and not 0 < settings['port'] < 65536:
             raise ValueError(port)
         split = shlex.split(str(settings['common_args'])) + shlex.split(str(settings['extra_args']))
-    except ValueError as err:
+        ssh_args = [a for a in shlex.split(str(settings['ssh_args'])) if a not in SSH_ARGS_DROPPED]
+        settings['control_path'] = control_path(ssh_args + split, settings)
+    except (ValueError, TypeError, KeyError) as err:
         return {'error': 'bad connection variable for the fan-out: %s' % err}
     settings['args'] = split
+    settings['ssh_args'] = ssh_args
     return settings
+
+
+def control_path(args, settings):
+    """The ControlPath Ansible's ssh connection adds for this host (connection/ssh.py), or None:
+    only when the arguments ask for ControlPersist and name no ControlPath themselves; the
+    configured ``control_path`` (``%(directory)s`` is ``control_path_dir``), else Ansible's
+    hash of address, port and user in ``control_path_dir``. Same path, same master: the
+    fan-out's connection is the one Ansible's tasks on the host reuse, and the reverse."""
+    lowered = [a.lower() for a in args]
+    if not any('controlpersist' in a for a in lowered) or any('controlpath' in a for a in lowered):
+        return None
+    directory = settings.get('control_path_dir')
+    if not directory:
+        return None
+    if settings.get('control_path'):
+        return str(settings['control_path']) % {'directory': directory}
+    digest = hashlib.sha1(('%s-%s-%s' % (settings['address'], settings['port'], settings['user'])).encode('utf-8'))
+    return '%s/%s' % (directory, digest.hexdigest()[:10])
 
 
 def _bool(value):
@@ -267,9 +296,7 @@ def command(settings, ssh='ssh'):
     run locally for ansible_connection=local."""
     if settings['kind'] == 'local':
         return remote_argv(settings)
-    argv = [ssh, '-T']
-    if settings.get('control_path'):
-        argv += ['-o', 'ControlMaster=auto', '-o', 'ControlPersist=60s']
+    argv = [ssh, '-T'] + list(settings.get('ssh_args', ()))
     if not settings['host_key_checking']:
         argv += ['-o', 'StrictHostKeyChecking=no']
     if settings['port'] is not None:

@@ -4,6 +4,7 @@
 address nobody holds (unreachable on purpose). The controller runs inside
 the fleet's hub namespace; see tests/support/sshfleet.py.
 """
+import hashlib
 import json
 import os
 import subprocess
@@ -132,9 +133,11 @@ def test_fleet_diagnose_fanout_over_ssh(sshfleet, tmp_path):
     """diagnose.yml with diagnose_transport=fanout, in check mode: one controller task gathers every
     host over real SSH; the run finishes with every host in the report, the bad ones failed with
     their reason, the unreachable one with ssh's words, no traceback; the host that asks for the
-    trace gets it through ftrace_sample (its guard, check mode) and only that host."""
+    trace gets it through ftrace_sample (its guard, check mode) and only that host, over the
+    connection the fan-out opened (Ansible's control path: one SSH login on that host)."""
     report_dir = tmp_path / 'reports'
     inventory = _fanout_inventory(sshfleet, tmp_path)
+    env = dict(_env(), ANSIBLE_SSH_CONTROL_PATH_DIR=str(tmp_path / 'cp'))   # no master of another test
     res = subprocess.run(
         sshfleet.cmd([
             _tool('ansible-playbook'), '-i', str(inventory), 'playbooks/diagnose.yml', '--check',
@@ -142,10 +145,15 @@ def test_fleet_diagnose_fanout_over_ssh(sshfleet, tmp_path):
             '-e', 'diagnose_audit_sample_seconds=1', '-e', 'diagnose_cgroup_sample_seconds=1',
             '-e', 'diagnose_trace_seconds=1',
         ]),
-        check=False, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     out = res.stdout + res.stderr
     assert res.returncode == 0, (res.returncode, res.stdout[-4000:], res.stderr[-2000:])
     assert 'Traceback' not in out, out[-4000:]
+    # the fan-out's masters are on Ansible's control path (its hash of address, port, user): one per
+    # address, the one the trace task used
+    addresses = sorted({h['addr'] for h in sshfleet.hosts if h['reachable']})
+    assert sorted(os.listdir(tmp_path / 'cp')) == sorted(
+        hashlib.sha1(('%s-None-root' % a).encode()).hexdigest()[:10] for a in addresses)
     fleet = json.loads((report_dir / 'fleet.json').read_text())
     by_host = {h['host']: h for h in fleet['hosts']}
     up = sshfleet.reachable

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from ansible.plugins.connection.ssh import Connection
 
 from ansible_collections.auditgap.fleet.plugins.action import diagnose_fanout as A
 from ansible_collections.auditgap.fleet.plugins.action import diagnose_report as R
@@ -16,7 +17,7 @@ from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosegath
 from ansible_collections.auditgap.fleet.plugins.plugin_utils import fanout as F
 
 MODULE_UTILS = os.path.dirname(diagnosegather.__file__)
-DEFAULTS = {'timeout': 10, 'host_key_checking': False, 'control_path': '/tmp/cp/%C'}
+DEFAULTS = {'timeout': 10, 'host_key_checking': False, 'control_path_dir': '/tmp/cp'}
 
 
 @pytest.fixture(scope='module')
@@ -86,10 +87,38 @@ def test_ssh_argv_follows_ansible_order_and_connection_vars():
     # ours before the inventory's (ssh keeps the first value): Ansible's timeout wins over common args
     assert joined.index('ConnectTimeout=3') < joined.index('ConnectTimeout=5')
     for opt in ('Port=2222', 'User="ops"', 'IdentityFile="/k/id"', 'StrictHostKeyChecking=no', 'BatchMode=yes',
-                'ControlMaster=auto', 'ControlPath="/tmp/cp/%C"'):
+                'ControlMaster=auto', 'ControlPersist=60s'):
         assert opt in argv, opt
+    # Ansible's default ssh_args first, without -C (the payload is compressed already); Ansible's control path
+    assert argv[1:6] == ['-T', '-o', 'ControlMaster=auto', '-o', 'ControlPersist=60s'] and '-C' not in argv
+    assert argv[-5:-3] == ['-o', 'ControlPath="%s"' % Connection._create_control_path('10.0.0.5', 2222, 'ops')
+                           % {'directory': '/tmp/cp'}]
     remote = shlex.split(argv[-1])
     assert remote[:6] == ['sudo', '-n', '-H', '-u', 'root', '/usr/bin/python3'] and remote[-1] == F.BOOTSTRAP
+
+
+@pytest.mark.parametrize('hv, path', [
+    ({'ansible_ssh_args': '-o ControlMaster=auto -o ControlPersist=30m'}, '/tmp/cp/'),      # Ansible's hash
+    ({'ansible_control_path': '%(directory)s/%%h-%%r'}, '/tmp/cp/%h-%r'),
+    ({'ansible_control_path_dir': '/run/cp'}, '/run/cp/'),
+    ({'ansible_ssh_args': '-C'}, None),                                                    # no ControlPersist
+    ({'ansible_ssh_common_args': '-o ControlPath=/x/%C'}, None),                           # the inventory's own
+])
+def test_control_path_is_ansibles_and_ssh_args_are_the_configured_ones(hv, path):
+    """The fan-out's master is the one Ansible's tasks on the host use (and the reverse), so a
+    ControlPersist set in ssh_args (e.g. longer than the interval of scheduled runs) serves both."""
+    s = F.host_settings('web1', dict(hv, ansible_host='10.0.0.5', ansible_user='ops'), DEFAULTS)
+    argv = F.command(s)
+    paths = [a for a in argv if a.startswith('ControlPath="')]
+    if path is None:
+        assert paths == [], argv
+    else:
+        if path.endswith('/'):
+            path = Connection._create_control_path('10.0.0.5', None, 'ops') % {'directory': path.rstrip('/')}
+        assert paths == ['ControlPath="%s"' % path], argv
+    if 'ansible_ssh_args' in hv:
+        assert argv[2:2 + len(hv['ansible_ssh_args'].split()) - hv['ansible_ssh_args'].count('-C')] == [
+            a for a in hv['ansible_ssh_args'].split() if a != '-C']
 
 
 def test_local_connection_runs_the_payload_without_ssh():
