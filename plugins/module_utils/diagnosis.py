@@ -62,8 +62,11 @@ DEFAULT_THRESHOLDS = {
     # ... and records lost per second: critical above this (0: any loss is critical)
     'harm_crit_lost_per_s': 0.0,
     # Fixes sized from measurement (docs/findings.md): the CPU limit for a throttled consumer is its
-    # CPU seconds per record x the record rate offered x this headroom ...
+    # CPU seconds per record unthrottled x the record rate offered x this headroom ...
     'consumer_cpu_headroom': 2.0,
+    # ... the CPU per record unthrottled: the one measured throttled (in batches) x the cost of
+    # waking once per event, one wake-up costing this many records' worth of CPU ...
+    'consumer_wakeup_cost_records': sizing.WAKEUP_COST_RECORDS,
     # ... the rate offered seen through the stall (the rate records were made at while they were
     # being made, or made / (1 - share of the window asleep)), at most this many times what was made ...
     'consumer_hidden_demand_max': sizing.HIDDEN_DEMAND_MAX,
@@ -376,9 +379,11 @@ def cpu_sizing(view, target, thresholds):
                                          thresholds['consumer_hidden_demand_max'], sample_s=window_s)
     fallback = _round_up(min(max(float(thresholds['consumer_unmeasured_cores']), float(thresholds['consumer_min_cores']),
                                  4 * limit, 2 * (usage or 0.0)), MAX_LIMIT_CORES))
+    unbatched = sizing.unbatched_factor(rates.get('records_per_s'), view.activity.get('wakeups_per_s'),
+                                        rates.get('records_per_event'), thresholds['consumer_wakeup_cost_records'])
     return sizing.cpu_limit(usage, num(rates.get('records_per_s')), offered['value'] if offered else None,
                             thresholds['consumer_cpu_headroom'], limit or None, fallback,
-                            floor=thresholds['consumer_min_cores'], offered=offered)
+                            floor=thresholds['consumer_min_cores'], offered=offered, unbatched=unbatched)
 
 
 def backlog_sizing(view, thresholds):

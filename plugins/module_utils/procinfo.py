@@ -202,8 +202,8 @@ def find_pids_by_name(names, proc_root='/proc'):
 # ---------------------------------------------------------------- activity over a window
 # What a process did during a sample window, from /proc: its scheduler state
 # sampled each tick, CPU used (utime+stime), time waiting for a CPU
-# (schedstat run_delay), where it sleeps (wchan, kernel stack of tasks in D)
-# and its I/O. Used to tell why an audit consumer does not drain its backlog.
+# (schedstat run_delay), how often it slept and was woken (voluntary context
+# switches), where it sleeps (wchan, kernel stack of tasks in D) and its I/O. Used to tell why an audit consumer does not drain its backlog.
 
 # Process state for one tick, from its tasks' states: the most telling first.
 STATE_ORDER = ('T', 'D', 'R', 'S')
@@ -237,6 +237,15 @@ def parse_schedstat(text):
     if len(parts) < 3 or not all(p.isdigit() for p in parts[:3]):
         return None
     return {'run_ns': int(parts[0]), 'run_delay_ns': int(parts[1]), 'timeslices': int(parts[2])}
+
+
+def parse_voluntary_switches(text):
+    """/proc/PID/status -> voluntary_ctxt_switches (times the task blocked and was woken), None when absent."""
+    for line in text.splitlines():
+        if line.startswith('voluntary_ctxt_switches:'):
+            value = line.split(':', 1)[1].strip()
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def parse_io(text):
@@ -323,7 +332,7 @@ class ActivitySampler:
             return []
 
     def counters(self):
-        """{at, stat, io, tasks: {tid: {ticks, run_delay_ns}}} or None when the process is gone."""
+        """{stat, io, tasks: {tid: {ticks, run_delay_ns, run_ns, wakeups}}} or None when the process is gone."""
         stat = parse_stat(read_text(os.path.join(self.base, 'stat')) or '')
         if stat is None:
             return None
@@ -336,7 +345,8 @@ class ActivitySampler:
                 continue
             tasks[tid] = {'ticks': tstat['utime_ticks'] + tstat['stime_ticks'],
                           'run_delay_ns': sched['run_delay_ns'] if sched else None,
-                          'run_ns': sched['run_ns'] if sched else None}
+                          'run_ns': sched['run_ns'] if sched else None,
+                          'wakeups': parse_voluntary_switches(read_text(os.path.join(tbase, 'status')) or '')}
         return {'stat': stat, 'io': parse_io(read_text(os.path.join(self.base, 'io')) or ''),
                 'tasks': tasks}
 
@@ -393,10 +403,10 @@ def summarize_activity(pid, first, last, ticks, seconds, clk_tck, frozen):
     ticks_delta = (last['stat']['utime_ticks'] + last['stat']['stime_ticks']
                    - first['stat']['utime_ticks'] - first['stat']['stime_ticks'])
     cpu_cores = round(ticks_delta / float(clk_tck) / seconds, 3) if seconds > 0 else None
-    busiest, delay_ns, run_ns = 0, 0, 0
-    delay_known = run_known = False
+    busiest, delay_ns, run_ns, wakeups = 0, 0, 0, 0
+    delay_known = run_known = wakeups_known = False
     for tid, task in last['tasks'].items():
-        before = first['tasks'].get(tid, {'ticks': 0, 'run_delay_ns': 0, 'run_ns': 0})
+        before = first['tasks'].get(tid, {'ticks': 0, 'run_delay_ns': 0, 'run_ns': 0, 'wakeups': 0})
         busiest = max(busiest, task['ticks'] - before['ticks'])
         if task['run_delay_ns'] is not None and before.get('run_delay_ns') is not None:
             delay_known = True
@@ -404,6 +414,9 @@ def summarize_activity(pid, first, last, ticks, seconds, clk_tck, frozen):
         if task.get('run_ns') is not None and before.get('run_ns') is not None:
             run_known = True
             run_ns += task['run_ns'] - before['run_ns']
+        if task.get('wakeups') is not None and before.get('wakeups') is not None:
+            wakeups_known = True
+            wakeups += task['wakeups'] - before['wakeups']
     io_first, io_last = first['io'], last['io']
 
     def io_rate(name):
@@ -417,6 +430,7 @@ def summarize_activity(pid, first, last, ticks, seconds, clk_tck, frozen):
         'cpu_seconds': round(run_ns / 1e9, 6) if run_known else None,
         'busiest_thread_cores': round(busiest / float(clk_tck) / seconds, 3) if seconds > 0 else None,
         'run_delay_ms_per_s': round(delay_ns / 1e6 / seconds, 3) if (seconds > 0 and delay_known) else None,
+        'wakeups_per_s': per_s(wakeups) if wakeups_known else None,
         'nice': last['stat']['nice'], 'threads': last['stat']['num_threads'],
         'write_bytes_per_s': io_rate('write_bytes'), 'syscw_per_s': io_rate('syscw'),
         'syscr_per_s': io_rate('syscr'),

@@ -4,8 +4,10 @@
 """sizing: the fixes' sizes from measurement, with the arithmetic shown (pure, controller side).
 
 - ``cpu_limit(...)``: the CPU limit for a throttled audit consumer = its CPU seconds per record
-  over the window x the record rate offered x headroom (docs/findings.md "Fixes sized from
-  measurement");
+  over the window x how much more a record costs unthrottled x the record rate offered x headroom
+  (docs/findings.md "Fixes sized from measurement");
+- ``unbatched_factor(...)``: that "how much more": throttled, the consumer reads the backlog in
+  batches (many records per wake-up), unthrottled it wakes once per event;
 - ``offered_record_rate(...)``: that rate seen through the stall (the demand a stall hides): the rate
   records were made at while they were being made (their stamps), or what the window made divided by
   the share of it the audited tasks were awake, bounded;
@@ -28,6 +30,8 @@ MAX_BACKLOG_LIMIT = 1048576
 CORES_STEP = 0.01
 # the hidden demand is at most this many times what the stalled window made (consumer_hidden_demand_max)
 HIDDEN_DEMAND_MAX = 10.0
+# what one wake-up of the consumer costs, in records' worth of CPU (consumer_wakeup_cost_records)
+WAKEUP_COST_RECORDS = 6.0
 
 
 def round_up(value, step=CORES_STEP):
@@ -143,8 +147,41 @@ def offered_record_rate(record_rates, lost_per_s=None, backlog_growth_per_s=None
     return {'value': value, 'formula': formula, 'inputs': inputs}
 
 
+def unbatched_factor(records_per_s, wakeups_per_s, records_per_event, wakeup_cost=WAKEUP_COST_RECORDS):
+    """How much more CPU per record the consumer needs once unthrottled than it used throttled (pure):
+    ``{value, formula, inputs}``.
+
+    The consumer's CPU = a x records + k x a x wake-ups (a: one record's work; k = ``wakeup_cost``: one
+    wake-up, sleeping and being woken, in records' worth). Throttled it reads the backlog in batches of
+    b = ``records_per_s`` / ``wakeups_per_s`` records per wake-up (voluntary context switches of its tasks),
+    so the CPU per record measured is a x (1 + k / b); unthrottled it keeps up and wakes once per event
+    (kauditd hands it an event's records together): b = ``records_per_event`` (at least 1, at most the
+    throttled batch). value = (1 + k / records_per_event) / (1 + k / b), at least 1. Without the wake-ups
+    measured the throttled batch counts as endless (1 + k / records_per_event: the most it can be); without
+    records per event, one record per wake-up.
+    """
+    rate, wakeups, per_event = num(records_per_s), num(wakeups_per_s), num(records_per_event)
+    cost = max(0.0, num(wakeup_cost) or 0.0)
+    batch = rate / wakeups if (rate and wakeups is not None and wakeups > 0) else None
+    unbatched = max(1.0, per_event or 1.0)
+    if batch is not None:
+        unbatched = min(unbatched, max(batch, 1.0))
+    throttled_part = 1.0 + cost / batch if batch else 1.0
+    value = max(1.0, (1.0 + cost / unbatched) / throttled_part)
+    if batch:
+        formula = ('(1 + %s / %s records per event) / (1 + %s / %s records per wake-up throttled) = %s'
+                   % (_g(cost), _g(unbatched), _g(cost), _g(batch), _g(value)))
+    else:
+        formula = ('1 + %s / %s records per event = %s (%s)'
+                   % (_g(cost), _g(unbatched), _g(value),
+                      'it never slept throttled' if wakeups == 0 else 'wake-ups not measured'))
+    inputs = {'wakeups_per_s': wakeups, 'records_per_wakeup': round(batch, 3) if batch else None,
+              'records_per_event': per_event, 'wakeup_cost_records': cost, 'unbatched_factor': round(value, 4)}
+    return {'value': value, 'formula': formula, 'inputs': inputs}
+
+
 def cpu_limit(cpu_cores_used, records_per_s, peak_records_per_s, headroom, limit_cores, fallback, floor=0.01,
-              offered=None):
+              offered=None, unbatched=None):
     """The CPU limit to suggest for a throttled consumer.
 
     ``cpu_cores_used``: the consumer's CPU over the window (cores, from its cgroup's usage);
@@ -152,9 +189,11 @@ def cpu_limit(cpu_cores_used, records_per_s, peak_records_per_s, headroom, limit
     the rate records will be offered at (``offered_record_rate``'s value; ``offered``: that whole
     result, whose arithmetic and inputs are added); ``headroom``: factor (>= 1 keeps room);
     ``limit_cores``: its current limit; ``fallback``: the value when something is unmeasured;
-    ``floor``: the smallest value suggested.
+    ``floor``: the smallest value suggested; ``unbatched``: ``unbatched_factor``'s result (the CPU per
+    record once unthrottled over the CPU per record measured throttled; 1 without it).
 
-    cores = max(cpu_cores_used / records_per_s x peak_records_per_s x headroom, floor), rounded up to 0.01.
+    cores = max(cpu_cores_used / records_per_s x unbatched x peak_records_per_s x headroom, floor),
+    rounded up to 0.01.
     A throttled consumer needs more than it has: a need (before rounding) at or below the current limit means the
     throttle capped the rate it saw (the demand was hidden), so the fallback is used instead.
     """
@@ -172,15 +211,24 @@ def cpu_limit(cpu_cores_used, records_per_s, peak_records_per_s, headroom, limit
                 'formula': 'not measured (consumer CPU %s, records/s %s, offered %s): fallback %s cores'
                            % (_g(used), _g(rate), _g(peak), _g(fallback))}
     per_record = used / rate
-    raw = per_record * peak * headroom
+    factor = num(unbatched.get('value')) if isinstance(unbatched, dict) else None
+    factor = factor if factor is not None and factor >= 1.0 else 1.0
+    raw = per_record * factor * peak * headroom
     floor = num(floor) or 0.0
     value = round_up(min(max(raw, floor), MAX_LIMIT_CORES))
     inputs['cpu_seconds_per_record'] = round(per_record, 9)
     inputs['floor_cores'] = floor
-    formula = ('%s CPU s/record (%s cores / %s records/s) x %s records/s offered x %s headroom = %s -> %s cores'
-               % (_g(per_record), _g(used), _g(rate), _g(peak), _g(headroom), _g(raw), _g(value)))
+    formula = '%s CPU s/record (%s cores / %s records/s)' % (_g(per_record), _g(used), _g(rate))
+    if isinstance(unbatched, dict):
+        inputs.update(unbatched.get('inputs') or {})
+        inputs['cpu_seconds_per_record_unbatched'] = round(per_record * factor, 9)
+        formula += ' x %s unbatched = %s CPU s/record unthrottled' % (_g(factor), _g(per_record * factor))
+    formula += (' x %s records/s offered x %s headroom = %s -> %s cores'
+                % (_g(peak), _g(headroom), _g(raw), _g(value)))
     if raw < floor:
         formula += ' (the floor, consumer_min_cores)'
+    if isinstance(unbatched, dict) and unbatched.get('formula'):
+        formula += '; unbatched = %s' % unbatched['formula']
     formula += shown
     if limit is not None and raw <= limit:
         return {'value': min(fallback, MAX_LIMIT_CORES), 'measured': False, 'inputs': inputs,

@@ -143,7 +143,8 @@ def test_multicast_counts_equal_what_auditd_wrote():
 
 
 def test_throttled_consumer_shows_drain_gaps_and_bursts():
-    """auditd at 1 ms of CPU per 250 ms: delivery pauses while records wait (the drain gaps)."""
+    """auditd at 1 ms of CPU per 250 ms: delivery pauses while records wait (the drain gaps), and it
+    reads what waited in batches."""
     with audit_stall(quota_us=1000, backlog_limit=8192, rules=[rule('getppid')], key=KEY_A) as stall:
         try:
             facts = run_window(6000, 0, seconds=2.0)
@@ -153,3 +154,8 @@ def test_throttled_consumer_shows_drain_gaps_and_bursts():
     assert rates['drain_gap_max_ms'] >= 100, rates
     assert rates['burst_records'] and rates['burst_records'] > 0
     assert KEY_A in [row['key'] for row in rates['by_key']]
+    # throttled, it reads the backlog in batches: more records per wake-up (voluntary context switches of
+    # its tasks) than one event's records, what waking once per event would give (the CPU limit's sizing)
+    wakeups = facts['consumer_activity']['wakeups_per_s']
+    assert wakeups is not None
+    assert wakeups == 0 or rates['records_per_s'] / wakeups > rates['records_per_event'], (wakeups, rates)

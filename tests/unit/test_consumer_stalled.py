@@ -170,6 +170,23 @@ def test_summarize_activity_cpu_seconds_from_schedstat_run_time():
     out = procinfo.summarize_activity(7, first, last, [], 1.0, 100, False)
     # 3 ms + 1.5 ms + 0.5 ms: finer than clock ticks (cpu_cores is 0 here)
     assert out['cpu_seconds'] == 0.005 and out['cpu_cores'] == 0.0
+    assert out['wakeups_per_s'] is None    # voluntary switches not read: unknown, not 0
+
+
+def test_summarize_activity_wakeups_from_voluntary_context_switches():
+    status = 'Name:\tauditd\nvoluntary_ctxt_switches:\t4210\nnonvoluntary_ctxt_switches:\t17\n'
+    assert procinfo.parse_voluntary_switches(status) == 4210
+    assert procinfo.parse_voluntary_switches('Name:\tx\n') is None
+    assert procinfo.parse_voluntary_switches('voluntary_ctxt_switches:\tmany\n') is None
+    first = {'stat': {'utime_ticks': 0, 'stime_ticks': 0, 'nice': 0, 'num_threads': 2}, 'io': {},
+             'tasks': {1: {'ticks': 0, 'run_delay_ns': 0, 'wakeups': 100}, 2: {'ticks': 0, 'run_delay_ns': 0,
+                                                                                 'wakeups': 7}}}
+    last = {'stat': {'utime_ticks': 0, 'stime_ticks': 0, 'nice': 0, 'num_threads': 3}, 'io': {},
+            'tasks': {1: {'ticks': 0, 'run_delay_ns': 0, 'wakeups': 700}, 2: {'ticks': 0, 'run_delay_ns': 0,
+                                                                                'wakeups': 7},
+                      3: {'ticks': 0, 'run_delay_ns': 0, 'wakeups': 50}}}   # a thread born in the window
+    # (600 + 0 + 50) over 2 s: the times its tasks slept and were woken
+    assert procinfo.summarize_activity(7, first, last, [], 2.0, 100, False)['wakeups_per_s'] == 325.0
 
 
 def test_auditd_config_read_through_the_consumers_root(tmp_path):

@@ -31,6 +31,51 @@ def test_cpu_limit_falls_back_when_unmeasured_or_capped_by_the_throttle():
     assert S.cpu_limit(0.01, 100.0, 1e12, 2.0, 0.01, 0.5)['value'] == 1024.0      # within what agent_cpu takes
 
 
+def test_unbatched_factor_is_the_cost_of_waking_once_per_event_over_the_batches_measured():
+    # 600 records/s over 30 wake-ups/s: 20 records per wake-up throttled; unthrottled one per event of 4
+    # records; a wake-up costs 6 records: (1 + 6/4) / (1 + 6/20) = 2.5 / 1.3
+    out = S.unbatched_factor(600.0, 30.0, 4.0, 6.0)
+    assert abs(out['value'] - 2.5 / 1.3) < 1e-12
+    assert out['formula'] == '(1 + 6 / 4 records per event) / (1 + 6 / 20 records per wake-up throttled) = 1.923'
+    assert out['inputs'] == {'wakeups_per_s': 30.0, 'records_per_wakeup': 20.0, 'records_per_event': 4.0,
+                             'wakeup_cost_records': 6.0, 'unbatched_factor': 1.9231}
+    # no cost per wake-up: the CPU per record measured throttled (the sizing of before)
+    assert S.unbatched_factor(600.0, 30.0, 4.0, 0)['value'] == 1.0
+    # already waking more often than once per event (batches of 2 < 4 records per event): nothing to add
+    assert S.unbatched_factor(100.0, 50.0, 4.0, 6.0)['value'] == 1.0
+    # never less than one record per wake-up, and never below 1
+    assert S.unbatched_factor(100.0, 400.0, 4.0, 6.0)['value'] == 1.0
+    # wake-ups not measured (facts of an older auditgap) or none (it never slept): the batch counts as
+    # endless, the most the factor can be
+    for wakeups, why in ((None, 'wake-ups not measured'), (0.0, 'it never slept throttled'),
+                         (float('nan'), 'wake-ups not measured'), ('x', 'wake-ups not measured')):
+        out = S.unbatched_factor(600.0, wakeups, 4.0, 6.0)
+        assert out['value'] == 2.5 and out['formula'] == '1 + 6 / 4 records per event = 2.5 (%s)' % why
+    # records per event unknown: one record per wake-up
+    assert abs(S.unbatched_factor(600.0, 30.0, None, 6.0)['value'] - 7 / 1.3) < 1e-12
+    assert S.unbatched_factor(None, None, None, 6.0)['value'] == 7.0
+
+
+def test_cpu_limit_with_the_unbatched_cost():
+    unbatched = S.unbatched_factor(40.0, 2.0, 4.0, 6.0)      # 20 per wake-up, 4 per event: 1.923
+    out = S.cpu_limit(0.004, 40.0, 3000.0, 1.5, 0.004, fallback=0.5, unbatched=unbatched)
+    # 0.0001 s/record x 1.923 x 3000 x 1.5 = 0.8654 -> 0.87
+    assert out['measured'] and out['value'] == 0.87
+    assert out['inputs']['cpu_seconds_per_record'] == 0.0001
+    assert out['inputs']['cpu_seconds_per_record_unbatched'] == 0.000192308
+    assert out['inputs']['records_per_wakeup'] == 20.0 and out['inputs']['unbatched_factor'] == 1.9231
+    assert out['formula'] == (
+        '0.0001 CPU s/record (0.004 cores / 40 records/s) x 1.923 unbatched = 0.0001923 CPU s/record unthrottled'
+        ' x 3000 records/s offered x 1.5 headroom = 0.8654 -> 0.87 cores; unbatched = (1 + 6 / 4 records per event)'
+        ' / (1 + 6 / 20 records per wake-up throttled) = 1.923')
+    # the floor, then the unbatched arithmetic
+    out = S.cpu_limit(0.004, 40.0, 3000.0, 1.5, 0.004, fallback=0.5, floor=1.0, unbatched=unbatched)
+    assert out['value'] == 1.0 and '-> 1 cores (the floor, consumer_min_cores); unbatched = (1 + 6' in out['formula']
+    # a factor below 1 or malformed counts as 1
+    assert S.cpu_limit(0.004, 40.0, 3000.0, 1.5, 0.004, 0.5, unbatched={'value': 0.2})['value'] == 0.45
+    assert S.cpu_limit(0.004, 40.0, 3000.0, 1.5, 0.004, 0.5, unbatched={'value': 'x'})['value'] == 0.45
+
+
 def peak_record_rate(record_rates, lost_per_s=None, backlog_growth_per_s=None):
     """offered_record_rate's value when nothing slept (no hidden demand)."""
     offered = S.offered_record_rate(record_rates, lost_per_s, backlog_growth_per_s)
@@ -124,15 +169,18 @@ def test_the_sleep_is_divided_by_the_window_up_to_the_last_wake():
     assert '1.5 s slept over 2 s (to the last wake of the 3 s window)' in out['formula']
 
 
-def throttled_facts(records_per_s=40.0, peak=3000.0, usage=0.004, limit=0.004, slept_ms=0.0):
+def throttled_facts(records_per_s=40.0, peak=3000.0, usage=0.004, limit=0.004, slept_ms=0.0, wakeups_per_s=2.0):
     return {
         'audit_status': {'supported': True, 'status': {'enabled': 1, 'pid': 900, 'backlog_limit': 64, 'lost': 5,
                                                        'backlog': 64},
                          'rules': [], 'consumer': {'pid': 900, 'comm': 'auditd'},
+                         'consumer_activity': {'pid': 900, 'found': True, 'seconds': 3.0,
+                                               'wakeups_per_s': wakeups_per_s},
                          'sample': {'seconds': 3.0, 'backlog_peak': 65, 'backlog_peak_ratio': 1.0, 'lost_delta': 3,
                                     'lost_per_s': 1.0, 'backlog_wait_time_actual_delta_ms': slept_ms,
                                     'timeline': [{'t_s': 0, 'backlog': 64}, {'t_s': 3.0, 'backlog': 64}],
                                     'record_rates': {'seconds': 3.0, 'records_per_s': records_per_s,
+                                                     'records_per_event': 4.0,
                                                      'peak_records_per_s': peak, 'burst_records': 700,
                                                      'drain_gap_max_ms': 245}}},
         'cgroup_throttle': {'supported': True, 'targets': [{
@@ -145,11 +193,15 @@ def test_throttled_consumer_gets_the_measured_limit_and_the_arithmetic():
     findings, chain = F.evaluate(throttled_facts(), 'h')
     throttled = [f for f in findings if f['id'] == 'audit_consumer_throttled'][0]
     sizing = throttled['evidence']['sizing']
-    # 0.0001 s/record x max(3000, 40 + 0 + 1) records/s x 2 = 0.6
-    assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 0.6 and sizing['measured']
-    assert sizing['inputs']['peak_records_per_s'] == 3000.0
+    # 0.0001 s/record x (1 + 6/4) / (1 + 6/20) unbatched x max(3000, 40 + 0 + 1) records/s x 2 = 1.154
+    assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 1.16 and sizing['measured']
+    assert sizing['inputs']['peak_records_per_s'] == 3000.0 and sizing['inputs']['wakeups_per_s'] == 2.0
     assert 'limit sized: 0.0001 CPU s/record' in throttled['summary']
-    assert 'agent_cpu_limit_cores=0.6' in chain
+    assert 'agent_cpu_limit_cores=1.16' in chain
+    # consumer_wakeup_cost_records 0: the sizing of before (the CPU per record measured throttled)
+    before = [f for f in F.evaluate(throttled_facts(), 'h', {'consumer_wakeup_cost_records': 0})[0]
+              if f['id'] == 'audit_consumer_throttled'][0]
+    assert before['remediation']['vars']['agent_cpu_limit_cores'] == 0.6
 
 
 def test_throttled_consumer_without_record_rates_keeps_the_old_rule():
@@ -175,37 +227,40 @@ def test_backlog_fix_sized_from_the_burst_when_the_consumer_is_not_the_cause():
 
 
 def test_the_cpu_floor_applies_to_the_measured_limit():
-    # 0.0001 s/record x 3000 x 2 = 0.6, under a floor of 1 core (the e2e tests ask for a whole core)
-    throttled = [f for f in findings.auditgap_findings(throttled_facts(), 'h', {'consumer_min_cores': 1})
+    # 0.0001 s/record x 1.923 x 3000 x 2 = 1.154, under a floor of 2 cores
+    throttled = [f for f in findings.auditgap_findings(throttled_facts(), 'h', {'consumer_min_cores': 2})
                  if f['id'] == 'audit_consumer_throttled'][0]
-    assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 1.0
-    assert '-> 1 cores (the floor, consumer_min_cores); offered = ' in throttled['evidence']['sizing']['formula']
+    assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 2.0
+    assert '-> 2 cores (the floor, consumer_min_cores); unbatched = ' in throttled['evidence']['sizing']['formula']
     assert S.backlog_limit(100, 50, 2.0, 64, 8192, floor=8192)['value'] == 8192
 
 
 def test_a_stalled_window_is_sized_from_the_demand_it_hid():
     # the incident lab at 1000 connections/s (4000 records/s offered): 509 records/s delivered for 0.0028 cores,
-    # the server asleep in audit_log_start; while it made records it made them at 3516/s (their stamps)
+    # the server asleep in audit_log_start; while it made records it made them at 3516/s (their stamps);
+    # auditd read them in batches of 18.18 records per wake-up (28 wake-ups/s), 4 records per event
     facts = stalled_lab_facts()
     throttled = [f for f in findings.auditgap_findings(facts, 'h', NO_FLOOR) if f['id'] == 'audit_consumer_throttled'][0]
     sizing = throttled['evidence']['sizing']
-    # 5.501e-06 s/record x 3516 records/s x 2 = 0.03868 -> 0.04
-    assert sizing['measured'] and throttled['remediation']['vars']['agent_cpu_limit_cores'] == 0.04
+    # 5.501e-06 s/record x (1 + 6/4) / (1 + 6/18.18) = 1.88 x 3516 records/s x 2 = 0.07271 -> 0.08
+    assert sizing['measured'] and throttled['remediation']['vars']['agent_cpu_limit_cores'] == 0.08
     assert sizing['inputs']['offered_records_per_s'] == 3516.0 and sizing['inputs']['asleep_ratio'] == 0.754
     assert sizing['inputs']['slept_s'] == 2.262 and sizing['inputs']['window_s'] == 3.0
+    assert sizing['inputs']['floor_cores'] == 0.01 and sizing['inputs']['records_per_wakeup'] == 18.179
     assert sizing['formula'] == (
-        '5.501e-06 CPU s/record (0.0028 cores / 509 records/s) x 3516 records/s offered x 2 headroom = 0.03868 '
-        '-> 0.04 cores; offered = 509 made/s (509 delivered + 0 backlog growth + 0 lost); tasks slept 2.262 s in '
-        'audit_log_start over 3 s: the rate while records were made, 3516 records/s (over the 436 ms of clock '
-        'ticks with stamps)')
+        '5.501e-06 CPU s/record (0.0028 cores / 509 records/s) x 1.88 unbatched = 1.034e-05 CPU s/record '
+        'unthrottled x 3516 records/s offered x 2 headroom = 0.07271 -> 0.08 cores; unbatched = (1 + 6 / 4 '
+        'records per event) / (1 + 6 / 18.18 records per wake-up throttled) = 1.88; offered = 509 made/s (509 '
+        'delivered + 0 backlog growth + 0 lost); tasks slept 2.262 s in audit_log_start over 3 s: the rate while '
+        'records were made, 3516 records/s (over the 436 ms of clock ticks with stamps)')
     # without the stamps' active rate: made / (1 - asleep)
     del facts['audit_status']['sample']['record_rates']['active_records_per_s']
     throttled = [f for f in findings.auditgap_findings(facts, 'h', NO_FLOOR) if f['id'] == 'audit_consumer_throttled'][0]
-    assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 0.03    # 5.501e-06 x 2069 x 2 = 0.02277
-    # consumer_hidden_demand_max 1: the window's own rates, the stamps' peak (the sizing before)
+    assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 0.05    # 5.501e-06 x 1.88 x 2069 x 2 = 0.0428
+    # consumer_hidden_demand_max 1: the window's own rates, the stamps' peak
     bare = [f for f in findings.auditgap_findings(stalled_lab_facts(), 'h', dict(NO_FLOOR, consumer_hidden_demand_max=1))
             if f['id'] == 'audit_consumer_throttled'][0]
-    assert bare['remediation']['vars']['agent_cpu_limit_cores'] == 0.01        # 5.501e-06 x 640 x 2 = 0.00704
+    assert bare['remediation']['vars']['agent_cpu_limit_cores'] == 0.02        # 5.501e-06 x 1.88 x 640 x 2 = 0.01324
 
 
 # the sizing alone, under the default floor (consumer_min_cores 0.5)
@@ -213,7 +268,7 @@ NO_FLOOR = {'consumer_min_cores': 0.01}
 
 
 def stalled_lab_facts():
-    facts = throttled_facts(records_per_s=509.0, peak=640.0, usage=0.0028, slept_ms=2262.0)
+    facts = throttled_facts(records_per_s=509.0, peak=640.0, usage=0.0028, slept_ms=2262.0, wakeups_per_s=28.0)
     facts['audit_status']['sample']['lost_per_s'] = 0.0
     facts['audit_status']['sample']['record_rates'].update(active_records_per_s=3516.0, active_ms=436)
     return facts
@@ -221,7 +276,7 @@ def stalled_lab_facts():
 
 def test_the_remediation_plan_carries_the_sizing_of_the_finding_that_set_its_vars():
     facts = stalled_lab_facts()
-    found = findings.auditgap_findings(facts, 'h', NO_FLOOR)
+    found = findings.auditgap_findings(facts, 'h')
     throttled = [f for f in found if f['id'] == 'audit_consumer_throttled'][0]
     plan = rem.auditgap_remediation_plan(found, 'h')
     entry = plan['agent_cpu']
