@@ -25,6 +25,7 @@ __metaclass__ = type
 import ast
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -107,7 +108,7 @@ def module_utils_imports(source, package=PACKAGE):
     the file (function-level lazy imports included); raises FanoutError on an
     ``ansible.module_utils`` import, which the payload cannot carry."""
     names = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in _statements(_tree(source).body):
         if isinstance(node, ast.ImportFrom) and node.module:
             mod = node.module
             if mod == package:
@@ -123,6 +124,23 @@ def module_utils_imports(source, package=PACKAGE):
                 elif alias.name.startswith('ansible.module_utils'):
                     raise FanoutError('imports %s, which the fan-out payload does not carry' % alias.name)
     return names
+
+
+@functools.lru_cache(maxsize=64)
+def _tree(source):
+    """The parsed module, once per run: read here for its imports, compiled by Blob."""
+    return ast.parse(source)
+
+
+def _statements(body):
+    """Every statement, nested ones included (imports are statements: the expressions, most
+    of a module's nodes, are not walked)."""
+    for node in body:
+        yield node
+        for field in ('body', 'orelse', 'finalbody', 'handlers', 'cases'):
+            inner = getattr(node, field, None)
+            if isinstance(inner, list):
+                yield from _statements(inner)
 
 
 def collect_sources(directory, entry='diagnosegather', package=PACKAGE):
@@ -165,7 +183,8 @@ class Blob:
         import sys
         self.tag = tag or sys.implementation.cache_tag
         # optimize=2: no docstrings (a third of the bytecode) and no asserts (the payload has none)
-        code = {name: compile(text, '<auditgap>/%s.py' % name.replace('.', '/'), 'exec', dont_inherit=True, optimize=2)
+        code = {name: compile(_tree(text), '<auditgap>/%s.py' % name.replace('.', '/'), 'exec', dont_inherit=True,
+                              optimize=2)
                 for name, text in sources.items()}
         self.code = zlib.compress(marshal.dumps(code), 6)
         self.sources = zlib.compress(json.dumps(sources, sort_keys=True).encode('utf-8'), 9)

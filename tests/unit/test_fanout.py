@@ -33,6 +33,20 @@ def test_payload_carries_the_gather_and_what_it_imports_never_ansible_module_uti
         F.module_utils_imports(text)          # raises on an ansible.module_utils import
 
 
+def test_imports_nested_in_any_statement_are_found():
+    """A lazy import anywhere (functions, methods, try/except/else/finally, with, loops' else,
+    match cases) is part of the payload: the statements are walked, not only the top level."""
+    pkg = F.PACKAGE
+    src = '\n'.join([
+        'def f():', '    try:', '        pass', '    except ImportError:', '        from %s import a' % pkg,
+        '    else:', '        with x:', '            import %s.b' % pkg,
+        '    finally:', '        if y:', '            from %s.c import z' % pkg,
+        'class K:', '    def m(self):', '        while 1:', '            from %s import d, e' % pkg,
+        '        for i in x:', '            pass', '        else:', '            from %s import g' % pkg,
+        'match v:', '    case 1:', '        from %s import h' % pkg, ''])
+    assert F.module_utils_imports(src) == {'a', 'b', 'c', 'd', 'e', 'g', 'h'}
+
+
 def test_an_ansible_module_utils_import_is_refused(tmp_path):
     (tmp_path / 'x.py').write_text('from ansible.module_utils.basic import AnsibleModule\n')
     with pytest.raises(F.FanoutError, match='ansible.module_utils.basic'):
