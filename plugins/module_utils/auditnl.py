@@ -176,6 +176,18 @@ _STATUS = struct.Struct('=%dI' % len(_STATUS_NAMES))
 _TIMEVAL = struct.Struct('ll')  # struct timeval: native longs
 
 
+def _status_dict(data, offset):
+    """The full struct audit_status after its mask at ``offset`` -> dict (the fields of
+    _STATUS_NAMES). A dict display with constant keys is built in one step, about twice as
+    fast as dict(zip(...)): the status is read in a sampling loop, near the cost of the
+    AUDIT_GET round trip itself."""
+    (enabled, failure, pid, rate_limit, backlog_limit, lost, backlog, feature_bitmap, backlog_wait_time,
+     backlog_wait_time_actual) = _STATUS.unpack_from(data, offset)
+    return {'enabled': enabled, 'failure': failure, 'pid': pid, 'rate_limit': rate_limit,
+            'backlog_limit': backlog_limit, 'lost': lost, 'backlog': backlog, 'feature_bitmap': feature_bitmap,
+            'backlog_wait_time': backlog_wait_time, 'backlog_wait_time_actual': backlog_wait_time_actual}
+
+
 class AuditNetlinkError(Exception):
     """A netlink audit request failed; ``errno`` holds the kernel's error when known."""
 
@@ -232,7 +244,7 @@ def decode_status(payload):
         raise ValueError('audit status reply too short: %d bytes' % len(payload))
     if len(payload) >= STATUS_SIZE:
         # the common case in one unpack (the read is sampled in a loop: every microsecond shows)
-        return dict(zip(_STATUS_NAMES, _STATUS.unpack_from(payload, 4)))
+        return _status_dict(payload, 4)
     count = len(payload) // 4
     values = struct.unpack_from('=%dI' % count, payload)
     status = dict(zip(STATUS_FIELDS, values))
@@ -565,7 +577,7 @@ class AuditSocket(SocketOwner):
         if len(data) >= _NLMSGHDR.size + STATUS_SIZE:
             length, msg_type, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(data)
             if msg_type == AUDIT_GET and msg_seq == seq and length == len(data):
-                return dict(zip(_STATUS_NAMES, _STATUS.unpack_from(data, _NLMSGHDR.size + 4)))
+                return _status_dict(data, _NLMSGHDR.size + 4)
         return self._status_reply(seq, data)
 
     def _status_reply(self, seq, data):

@@ -73,6 +73,15 @@ def test_decode_status_full_reply():
                       'backlog_wait_time': 250, 'backlog_wait_time_actual': 12828}
 
 
+def test_status_dict_is_the_struct_in_field_order():
+    """The fast decoder's keys are the struct's fields after the mask, in order, each with its value."""
+    values = list(range(101, 101 + len(auditnl.STATUS_FIELDS)))
+    payload = struct.pack('=%dI' % len(values), *values)
+    status = auditnl.decode_status(payload)
+    assert list(status) == list(auditnl.STATUS_FIELDS[1:])
+    assert list(status.values()) == values[1:]
+
+
 @pytest.mark.parametrize('n_fields,missing', [
     (10, ['backlog_wait_time_actual']),                          # 3.14 .. 5.9
     (9, ['backlog_wait_time', 'backlog_wait_time_actual']),      # 3.12 .. 3.13
