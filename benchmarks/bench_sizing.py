@@ -108,9 +108,14 @@ def run(args):
             return low, high
         result = stalled(lab, version, period, args.high, args.seconds, hz)
         judged.append((args.high,) + result)
-        if result[0] or result[3] >= warn:
-            print('bench_sizing: still stalled or throttled at %.2f cores: raise --high' % args.high, file=sys.stderr)
+        if result[3] >= warn:
+            print('bench_sizing: still throttled at %.2f cores: raise --high' % args.high, file=sys.stderr)
             return 1
+        if result[0]:
+            print('bench_sizing: tasks slept on a full backlog at %.2f cores, the consumer unthrottled: the host is '
+                  'too busy to tell the stall the limit makes (load average %.1f)' % (args.high, os.getloadavg()[0]),
+                  file=sys.stderr)
+            return 2
         # the smallest limit that ends the stall (the consumer may still be throttled there, reading the
         # backlog in batches) ...
         low, high = bisect(lab_cores, args.high, lambda r: r[0])
