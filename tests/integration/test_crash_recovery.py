@@ -29,6 +29,7 @@ import pytest
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import audit, dockerctl, guard, labkit, tracefs
 from ansible_collections.auditgap.fleet.plugins.modules import cpu_limit
+from tests.support.forkrun import ModuleForks
 from tests.support.kernel import rmdir_cgroup
 from tests.support.labsnapshot import delete_rules_by_key, host_snapshot, snapshot_diff
 
@@ -63,7 +64,7 @@ def finish(proc, timeout=120):
         raise AssertionError('module output is not JSON: %r %r' % (out[-2000:], err[-2000:])) from None
 
 
-def run(module, args, tmp_path, env=None):
+def run(module, args, tmp_path, env=None, start=start):
     return finish(start(module, args, tmp_path, env))
 
 
@@ -78,10 +79,10 @@ def loaded():
     return [line for line in out.splitlines() if line.strip() and line.strip() != 'No rules']
 
 
-def recover_with_audit_tune(tmp_path):
+def recover_with_audit_tune(tmp_path, start=start):
     """Any auditgap module: audit_tune asked for the backlog limit already set (changes nothing)."""
     current = audit_settings()['backlog_limit']
-    rc, res = run('audit_tune', {'backlog_limit': current, 'persistent': False}, tmp_path)
+    rc, res = run('audit_tune', {'backlog_limit': current, 'persistent': False}, tmp_path, start=start)
     assert rc == 0, res
     assert res['changed'] is False
     return res['audit_tune']['recovered_from_crash']
@@ -109,9 +110,11 @@ def differences(before, after, where=''):
     return ['%s: %r -> %r' % (where or '/', before, after)]
 
 
-def kill_at_each_step(module, args, tmp_path, snapshot, recover=recover_with_audit_tune, max_steps=20):
+def kill_at_each_step(module, args, tmp_path, snapshot, recover=recover_with_audit_tune, max_steps=20,
+                      start=start):
     """SIGKILL ``module`` after 1, 2, ... changes until it finishes; after each kill the
     recovering run must leave ``snapshot()`` as it was and report the dead run's journal.
+    ``start``: how a run starts (a new process, or a fork of one that imported the module).
     Returns (kills, the finishing run's (rc, result))."""
     before = snapshot()
     kills = 0
@@ -156,13 +159,21 @@ GRAPH_FILTER = ['*audit*', 'schedule_timeout', 'syscall_exit_to_user_mode_prepar
 @pytest.mark.vm('function_graph: this machine\'s kernel lacks the tracer')
 def test_vm_function_graph_sample_killed_at_each_step_is_recovered(tmp_path, tracefs_root):
     """A live function_graph sample (both recipes) SIGKILLed after each top-level change:
-    the next run puts current_tracer, tracing_thresh, set_ftrace_pid, set_ftrace_filter,
-    buffer_size_kb, the options and the instances back; the next sample runs (each
-    iteration's is one: never refused as tracer busy)."""
+    the next run (audit_tune: any module that changes the kernel) puts current_tracer,
+    tracing_thresh, set_ftrace_pid, set_ftrace_filter, buffer_size_kb and the options back,
+    and the next sample runs (each iteration's is one: never refused as tracer busy).
+
+    The runs are forks of this process (tests/support/forkrun.py): under QEMU emulation
+    a new module process spends 20-40 s importing, and this test runs one per step. The
+    recovery is audit_tune, not a syscalls sample: a sample creates a tracefs instance,
+    which on the VM's 6.1 kernel (no eventfs) creates ~2,000 event directories, 20 s to
+    minutes under emulation; audit_tune's lock replays the same journals."""
     args = {'mode': 'function_graph', 'pids': [os.getpid()], 'duration_s': 1, 'tracing_thresh_us': 2000,
             'function_filter': GRAPH_FILTER}
-    kills, (rc, res) = kill_at_each_step('ftrace_sample', args, tmp_path, lambda: tracefs_state(tracefs_root),
-                                         recover=recover_with_ftrace_sample, max_steps=40)
+    forks = ModuleForks('ftrace_sample', 'audit_tune')
+    kills, (rc, res) = kill_at_each_step(
+        'ftrace_sample', args, tmp_path, lambda: tracefs_state(tracefs_root), max_steps=40, start=forks.start,
+        recover=lambda tmp: recover_with_audit_tune(tmp, start=forks.start))
     facts = res['ftrace_sample']
     assert rc == 0 and facts['modes'] == ['function_graph'] and facts['restored'], res
     # every change of both recipes, and before each recipe's restore

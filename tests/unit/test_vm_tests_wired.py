@@ -7,12 +7,6 @@ import os
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# vm tests no scenario runs yet, each with the reason (docs/safety.md says so too)
-NOT_RUN = {
-    'tests/integration/test_crash_recovery.py::test_vm_function_graph_sample_killed_at_each_step_is_recovered':
-        'in the ftrace VM (QEMU emulation) a recovery sample after one of the kills timed out (60 s) '
-        'and the test took 12 min: open until both are fixed',
-}
 
 
 def vm_marked():
@@ -41,7 +35,5 @@ def wired():
 def test_every_vm_test_runs_in_a_scenario():
     marked, scenarios = vm_marked(), wired()
     assert marked, 'no vm-marked tests found: the parser is wrong'
-    assert sorted(marked - set(scenarios) - set(NOT_RUN)) == [], 'vm-marked tests no molecule verify runs'
+    assert sorted(marked - set(scenarios)) == [], 'vm-marked tests no molecule verify runs'
     assert sorted(set(scenarios) - marked) == [], 'molecule verify names tests that are not vm-marked'
-    assert sorted(set(NOT_RUN) & set(scenarios)) == [], 'run now: remove it from NOT_RUN'
-    assert set(NOT_RUN) <= marked
