@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import audit, dockerctl, guard, labkit, tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, dockerctl, dropins, guard, labkit, tracefs
 from ansible_collections.auditgap.fleet.plugins.modules import cpu_limit
 from tests.support.forkrun import ModuleForks
 from tests.support.kernel import rmdir_cgroup
@@ -348,6 +348,13 @@ def test_cpu_limit_docker_killed_at_each_step_is_recovered(tmp_path, docker_engi
 
 # -- cpu_limit (systemd backend, VM-only: systemd as PID 1) -------------------------------
 
+def unit_dropin_dirs(unit):
+    """Where a unit's drop-ins can come from in these tests: cpu_limit's (the default
+    systemd_dropin_dir) and the two set-property --runtime writes (dropins.runtime_dropin)."""
+    return [os.path.join(base, unit + '.d') for base in
+            ('/etc/systemd/system', dropins.RUNTIME_CONTROL_DIR, dropins.TRANSIENT_DIR)]
+
+
 def unit_state(unit):
     """What a unit's CPU limit is made of: DropInPaths with each file's text, the effective
     CPUQuotaPerSecUSec, its cgroup's cpu.max, and which drop-in directories exist."""
@@ -360,8 +367,7 @@ def unit_state(unit):
             texts[path] = handle.read()
     with open('/sys/fs/cgroup%s/cpu.max' % props['ControlGroup']) as handle:
         cpu_max = handle.read()
-    dirs = [d % unit for d in ('/etc/systemd/system/%s.d', '/run/systemd/system.control/%s.d',
-                               '/run/systemd/transient/%s.d') if os.path.isdir(d % unit)]
+    dirs = [d for d in unit_dropin_dirs(unit) if os.path.isdir(d)]
     return {'dropins': texts, 'quota': props['CPUQuotaPerSecUSec'], 'cpu.max': cpu_max, 'dirs': dirs}
 
 
@@ -390,8 +396,7 @@ def limited_unit(request):
         yield unit
     finally:
         subprocess.run(['systemctl', 'stop', unit], capture_output=True, check=False)
-        for directory in ('/etc/systemd/system/%s.d' % unit, '/run/systemd/system.control/%s.d' % unit,
-                          '/run/systemd/transient/%s.d' % unit):
+        for directory in unit_dropin_dirs(unit):
             for name in ('50-auditgap-cpu.conf', '50-CPUQuota.conf'):
                 if os.path.exists(os.path.join(directory, name)):
                     os.unlink(os.path.join(directory, name))

@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 import pytest
-from ansible_collections.auditgap.fleet.plugins.module_utils import audit, rulesfile
+from ansible_collections.auditgap.fleet.plugins.module_utils import audit, dropins, rulesfile
 
 from tests.support.kernel import rmdir_cgroup
 from tests.support.labsnapshot import delete_rules_by_key
@@ -424,7 +424,7 @@ def test_vm_agent_cpu_systemd(tmp_path):
     finally:
         subprocess.run(['systemctl', 'stop', unit], capture_output=True, check=False)
         shutil.rmtree(dropin_dir, ignore_errors=True)
-        shutil.rmtree('/run/systemd/transient/%s.d' % unit, ignore_errors=True)
+        shutil.rmtree(os.path.dirname(dropins.runtime_dropin(unit, 'CPUQuota', transient=True)), ignore_errors=True)
         subprocess.run(['systemctl', 'daemon-reload'], capture_output=True, check=False)
 
 
