@@ -411,11 +411,16 @@ def limited_unit(request):
 def test_vm_cpu_limit_systemd_killed_at_each_step_is_recovered(tmp_path, limited_unit):
     """Drop-in + daemon-reload + runtime CPUQuota (cgroup v2), SIGKILLed after each change:
     the next auditgap run leaves the unit's drop-ins, effective CPUQuota and cpu.max as before,
-    for a unit from a unit file and for a transient one."""
+    for a unit from a unit file and for a transient one. The runs are forks of this process
+    (tests/support/forkrun.py), as in the function_graph test: each new module process would
+    spend 20-40 s importing under QEMU emulation."""
     before = unit_state(limited_unit)
     assert before['quota'] == '50ms' and before['dirs'] == [], before
     args = {'backend': 'systemd', 'target': {'systemd_unit': limited_unit}, 'limit_cores': 0.5}
-    kills, (rc, res) = kill_at_each_step('cpu_limit', args, tmp_path, lambda: unit_state(limited_unit))
+    forks = ModuleForks('cpu_limit', 'audit_tune')
+    kills, (rc, res) = kill_at_each_step('cpu_limit', args, tmp_path, lambda: unit_state(limited_unit),
+                                         start=forks.start,
+                                         recover=lambda tmp: recover_with_audit_tune(tmp, start=forks.start))
     # the drop-in directory, the drop-in (+ reload), the runtime property, (before the commit)
     assert kills == 3, kills
     assert rc == 0 and res['changed'] and res['cpu_limit']['after']['limit_cores'] == 0.5, res
