@@ -203,7 +203,8 @@ def find_pids_by_name(names, proc_root='/proc'):
 # What a process did during a sample window, from /proc: its scheduler state
 # sampled each tick, CPU used (utime+stime), time waiting for a CPU
 # (schedstat run_delay), how often it slept and was woken (voluntary context
-# switches), where it sleeps (wchan, kernel stack of tasks in D) and its I/O. Used to tell why an audit consumer does not drain its backlog.
+# switches), where it sleeps (wchan, kernel stack of tasks in D) and its I/O.
+# Used to tell why an audit consumer does not drain its backlog.
 
 # Process state for one tick, from its tasks' states: the most telling first.
 STATE_ORDER = ('T', 'D', 'R', 'S')

@@ -211,7 +211,8 @@ def cpu_limit(cpu_cores_used, records_per_s, peak_records_per_s, headroom, limit
                 'formula': 'not measured (consumer CPU %s, records/s %s, offered %s): fallback %s cores'
                            % (_g(used), _g(rate), _g(peak), _g(fallback))}
     per_record = used / rate
-    factor = num(unbatched.get('value')) if isinstance(unbatched, dict) else None
+    unbatched = unbatched if isinstance(unbatched, dict) else {}
+    factor = num(unbatched.get('value'))
     factor = factor if factor is not None and factor >= 1.0 else 1.0
     raw = per_record * factor * peak * headroom
     floor = num(floor) or 0.0
@@ -219,7 +220,7 @@ def cpu_limit(cpu_cores_used, records_per_s, peak_records_per_s, headroom, limit
     inputs['cpu_seconds_per_record'] = round(per_record, 9)
     inputs['floor_cores'] = floor
     formula = '%s CPU s/record (%s cores / %s records/s)' % (_g(per_record), _g(used), _g(rate))
-    if isinstance(unbatched, dict):
+    if unbatched:
         inputs.update(unbatched.get('inputs') or {})
         inputs['cpu_seconds_per_record_unbatched'] = round(per_record * factor, 9)
         formula += ' x %s unbatched = %s CPU s/record unthrottled' % (_g(factor), _g(per_record * factor))
@@ -227,7 +228,7 @@ def cpu_limit(cpu_cores_used, records_per_s, peak_records_per_s, headroom, limit
                 % (_g(peak), _g(headroom), _g(raw), _g(value)))
     if raw < floor:
         formula += ' (the floor, consumer_min_cores)'
-    if isinstance(unbatched, dict) and unbatched.get('formula'):
+    if unbatched.get('formula'):
         formula += '; unbatched = %s' % unbatched['formula']
     formula += shown
     if limit is not None and raw <= limit:
