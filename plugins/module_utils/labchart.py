@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The lab timeline as one SVG picture (four stacked svgchart line charts).
 
-Input: the lab's timeline.jsonl points ``{t, p99_ms, backlog, backlog_peak, backlog_samples,
+Input: the lab's timeline.jsonl points ``{t, p99_ms, max_ms, backlog, backlog_peak, backlog_samples,
 backlog_limit, lost, backlog_wait_time_actual, throttled_ratio}`` (one per second, written by the workload) and
 optional markers ``[{'t': unix_s, 'label': 'quota lifted'}]``. Output: a
 self-contained ``<svg>`` string the HTML report can inline or link

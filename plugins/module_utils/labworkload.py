@@ -318,7 +318,7 @@ class Recorder:
         summary = dict(self.hist.summary(), since=round(self.started, 3), t=second)
         _atomic_json(self.summary_path, summary)
         if self.timeline_path:
-            point = {'t': second, 'p99_ms': record['p99_ms'], 'count': record['count'],
+            point = {'t': second, 'p99_ms': record['p99_ms'], 'max_ms': record['max_ms'], 'count': record['count'],
                      'backlog': None, 'lost': None, 'throttled_ratio': None,
                      'backlog_peak': self.backlog_peak, 'backlog_samples': self.backlog_samples}
             self.backlog_peak = None

@@ -1,7 +1,7 @@
 """The incident lab end to end on the real kernel (root; marked kernel).
 
 Per backend: host snapshot -> playbooks/lab.yml present -> accept p99 in the
-stall range (hundreds of ms) -> timeline picture under reports/lab/ ->
+stall range (a request waiting hundreds of ms in most seconds) -> timeline picture under reports/lab/ ->
 playbooks/lab.yml absent -> the host equals the snapshot (audit settings,
 rule list, tracefs instances, cgroups, containers, lab processes) -> a second
 absent changes nothing. Plus: a failure half-way is undone by the guard at
@@ -23,7 +23,11 @@ from tests.support.labsnapshot import host_snapshot, list_lab_containers, list_r
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPORT_DIR = os.path.join(ROOT, 'reports', 'lab')
 STATE = labkit.STATE_FILE
-STALL_MIN_P99_MS = 100.0  # measured ~200-1000 ms; generous for a loaded 2-core CI box
+# A stalled second: some accept4 in it waited >= this long (measured 240-1100 ms: up to
+# backlog_wait_time, 250 jiffies). Judged on each second's max, not on a p99 estimate: how
+# many fast accepts run between two stalls varies with the load, and a p99 of ~500 accepts
+# a second sits right at the edge (one CI run: window p99 99.56 ms with max 1111 ms).
+STALL_MIN_MS = 100.0
 
 
 def snapshot(with_containers=False):
@@ -95,10 +99,12 @@ def _end_to_end(backend):
     points = labworkload.read_jsonl(info['timeline_path'])
     svg = write_timeline('timeline-%s.svg' % backend, points)
     assert window['count'] > 0
-    assert window['p99_ms'] >= STALL_MIN_P99_MS, (window, records)
+    assert window['max_ms'] >= 2 * STALL_MIN_MS, (window, records)
+    stalled_seconds = [r for r in records[1:] if r['max_ms'] >= STALL_MIN_MS]
+    assert len(stalled_seconds) >= len(records[1:]) / 2.0, (window, records)
     assert any((p.get('throttled_ratio') or 0) > 0.5 for p in points), points
     # the backlog sampler is not audited: it reads the full backlog while accept4 stalls
-    stalled = [p for p in points if (p.get('p99_ms') or 0) >= STALL_MIN_P99_MS]
+    stalled = [p for p in points if (p.get('max_ms') or 0) >= STALL_MIN_MS]
     assert stalled and max(p.get('backlog_peak') or 0 for p in stalled) >= 0.8 * status['backlog_limit'], points
     assert sum(1 for p in stalled if p.get('backlog_samples')) >= len(stalled) / 2.0, points
     assert os.path.getsize(svg) > 1000
