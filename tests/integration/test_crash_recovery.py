@@ -110,12 +110,15 @@ def differences(before, after, where=''):
     return ['%s: %r -> %r' % (where or '/', before, after)]
 
 
-def kill_at_each_step(module, args, tmp_path, snapshot, recover=recover_with_audit_tune, max_steps=20,
-                      start=start):
+def kill_at_each_step(module, args, tmp_path, snapshot, recover=None, max_steps=20, start=start):
     """SIGKILL ``module`` after 1, 2, ... changes until it finishes; after each kill the
-    recovering run must leave ``snapshot()`` as it was and report the dead run's journal.
+    recovering run (``recover(tmp_path)``; by default audit_tune, started like the killed
+    runs) must leave ``snapshot()`` as it was and report the dead run's journal.
     ``start``: how a run starts (a new process, or a fork of one that imported the module).
     Returns (kills, the finishing run's (rc, result))."""
+    if recover is None:
+        def recover(tmp):
+            return recover_with_audit_tune(tmp, start=start)
     before = snapshot()
     kills = 0
     for n in range(1, max_steps):
@@ -172,8 +175,7 @@ def test_vm_function_graph_sample_killed_at_each_step_is_recovered(tmp_path, tra
             'function_filter': GRAPH_FILTER}
     forks = ModuleForks('ftrace_sample', 'audit_tune')
     kills, (rc, res) = kill_at_each_step(
-        'ftrace_sample', args, tmp_path, lambda: tracefs_state(tracefs_root), max_steps=40, start=forks.start,
-        recover=lambda tmp: recover_with_audit_tune(tmp, start=forks.start))
+        'ftrace_sample', args, tmp_path, lambda: tracefs_state(tracefs_root), max_steps=40, start=forks.start)
     facts = res['ftrace_sample']
     assert rc == 0 and facts['modes'] == ['function_graph'] and facts['restored'], res
     # every change of both recipes, and before each recipe's restore
@@ -419,8 +421,7 @@ def test_vm_cpu_limit_systemd_killed_at_each_step_is_recovered(tmp_path, limited
     args = {'backend': 'systemd', 'target': {'systemd_unit': limited_unit}, 'limit_cores': 0.5}
     forks = ModuleForks('cpu_limit', 'audit_tune')
     kills, (rc, res) = kill_at_each_step('cpu_limit', args, tmp_path, lambda: unit_state(limited_unit),
-                                         start=forks.start,
-                                         recover=lambda tmp: recover_with_audit_tune(tmp, start=forks.start))
+                                         start=forks.start)
     # the drop-in directory, the drop-in (+ reload), the runtime property, (before the commit)
     assert kills == 3, kills
     assert rc == 0 and res['changed'] and res['cpu_limit']['after']['limit_cores'] == 0.5, res
