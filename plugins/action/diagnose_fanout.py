@@ -145,8 +145,7 @@ class ActionModule(ActionBase):
         defaults['become'] = bool(self._play_context.become)
         defaults['become_user'] = self._play_context.become_user or defaults['become_user']
         defaults['become_method'] = self._play_context.become_method or defaults['become_method']
-        sources = fanout.collect_sources(os.path.dirname(diagnosegather.__file__))
-        blob = fanout.build_blob(sources)
+        blob = fanout.cached_blob(os.path.dirname(diagnosegather.__file__))
 
         results, jobs, plans = {}, [], {}
         for host in hosts:

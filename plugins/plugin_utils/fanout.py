@@ -32,7 +32,9 @@ import os
 import selectors
 import shlex
 import signal
+import stat
 import subprocess
+import sys
 import time
 import zlib
 
@@ -180,7 +182,6 @@ class Blob:
 
     def __init__(self, sources, tag=None):
         import marshal
-        import sys
         self.tag = tag or sys.implementation.cache_tag
         # optimize=2: no docstrings (a third of the bytecode) and no asserts (the payload has none)
         code = {name: compile(_tree(text), '<auditgap>/%s.py' % name.replace('.', '/'), 'exec', dont_inherit=True,
@@ -196,6 +197,98 @@ class Blob:
 def build_blob(sources):
     """The compressed part of the payload, the same for every host."""
     return Blob(sources)
+
+
+# A built blob is kept between runs (building it, reading the imports and compiling every
+# module_util, is 0.2 CPU s, a tenth of a diagnose run's fixed cost: docs/scale.md). Its name is
+# the hash of what it is built from: the Python's cache tag, every .py of the module_utils
+# directory and this file (the payload's format), so any change builds a new one.
+BLOB_CACHE_PREFIX = 'fanout-blob-'
+BLOB_CACHE_KEEP = 4
+
+
+def blob_cache_dir(environ=None):
+    """Where built blobs are kept: $XDG_CACHE_HOME/auditgap, else ~/.cache/auditgap."""
+    environ = os.environ if environ is None else environ
+    base = environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return os.path.join(base, 'auditgap')
+
+
+def blob_key(directory, tag):
+    """The hash naming the blob built from ``directory``'s module_utils for cache tag ``tag``."""
+    digest = hashlib.sha256(('%s\0%s\0' % (tag, PACKAGE)).encode('utf-8'))
+    names = sorted(n for n in os.listdir(directory) if n.endswith('.py'))
+    for path in [os.path.join(directory, n) for n in names] + [os.path.abspath(__file__)]:
+        with open(path, 'rb') as f:
+            data = f.read()
+        digest.update(('%s\0%d\0' % (os.path.basename(path), len(data))).encode('utf-8'))
+        digest.update(data)
+    return digest.hexdigest()[:32]
+
+
+def _private_dir(path):
+    """True for a directory only this user can write (the blob runs as root on the hosts:
+    a cache others can write to is never read)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def cached_blob(directory, entry='diagnosegather', cache_dir=None):
+    """The blob of ``entry`` and the module_utils it imports, from the cache when one was built
+    from the same files, else built (and kept, best effort: a cache that cannot be written or
+    is not private to this user is left alone, the run goes on with the blob it built)."""
+    tag = sys.implementation.cache_tag
+    cache_dir = blob_cache_dir() if cache_dir is None else cache_dir
+    try:
+        key = blob_key(directory, tag)
+    except (IOError, OSError):
+        key = None
+    path = os.path.join(cache_dir, '%s%s-%s' % (BLOB_CACHE_PREFIX, entry, key))
+    if key and _private_dir(cache_dir):
+        blob = _read_blob(path, tag)
+        if blob is not None:
+            return blob
+    blob = build_blob(collect_sources(directory, entry=entry))
+    if key:
+        _write_blob(cache_dir, path, blob)
+    return blob
+
+
+def _read_blob(path, tag):
+    try:
+        with open(path, 'rb') as f:
+            if os.fstat(f.fileno()).st_uid != os.geteuid():
+                return None
+            data = f.read()
+        head, rest = data.split(b'\n', 1)
+        length = int(head)
+    except (IOError, OSError, ValueError):
+        return None
+    if length > len(rest):
+        return None
+    blob = Blob.__new__(Blob)
+    blob.tag, blob.code, blob.sources = tag, rest[:length], rest[length:]
+    return blob
+
+
+def _write_blob(cache_dir, path, blob):
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        if not _private_dir(cache_dir):
+            return
+        tmp = '%s.%d.tmp' % (path, os.getpid())
+        with open(tmp, 'wb') as f:
+            f.write(b'%d\n' % len(blob.code) + blob.code + blob.sources)
+        os.rename(tmp, path)
+        old = sorted((os.path.join(cache_dir, n) for n in os.listdir(cache_dir) if n.startswith(BLOB_CACHE_PREFIX)),
+                     key=os.path.getmtime, reverse=True)
+        for stale in old[BLOB_CACHE_KEEP:]:
+            os.unlink(stale)
+    except (IOError, OSError):
+        pass
 
 
 def payload(params, blob, entry=ENTRY, function=ENTRY_FUNCTION, package=PACKAGE):

@@ -55,6 +55,35 @@ def test_an_ansible_module_utils_import_is_refused(tmp_path):
         F.collect_sources(str(tmp_path), entry='missing')
 
 
+def test_blob_cache_serves_the_same_blob_until_a_source_changes(tmp_path, monkeypatch):
+    """The blob is built once and read back by later runs; any change of a module_util (or of
+    the payload's format) builds a new one; a cache directory others can write is never read."""
+    src, cache = tmp_path / 'mu', tmp_path / 'cache'
+    src.mkdir()
+    (src / 'x.py').write_text('from %s import y\nV = y.W\n' % F.PACKAGE)
+    (src / 'y.py').write_text('W = 1\n')
+    built = []
+    real_build = F.build_blob
+    monkeypatch.setattr(F, 'build_blob', lambda sources: built.append(sorted(sources)) or real_build(sources))
+    first = F.cached_blob(str(src), entry='x', cache_dir=str(cache))
+    again = F.cached_blob(str(src), entry='x', cache_dir=str(cache))
+    assert len(built) == 1 and (again.tag, again.code, again.sources) == (first.tag, first.code, first.sources)
+    assert oct(cache.stat().st_mode & 0o777) == '0o700'
+    (src / 'y.py').write_text('W = 2\n')
+    changed = F.cached_blob(str(src), entry='x', cache_dir=str(cache))
+    assert len(built) == 2 and changed.code != first.code
+    cache.chmod(0o777)
+    F.cached_blob(str(src), entry='x', cache_dir=str(cache))
+    assert len(built) == 3
+
+
+def test_cached_blob_of_the_gather_is_the_built_one(tmp_path):
+    built = F.build_blob(F.collect_sources(MODULE_UTILS))
+    for _ in range(2):
+        blob = F.cached_blob(MODULE_UTILS, cache_dir=str(tmp_path))
+        assert (blob.tag, blob.code, blob.sources) == (built.tag, built.code, built.sources)
+
+
 def _run_local(data, python=sys.executable):
     argv = F.remote_argv({'python': python, 'become': False})
     return subprocess.run(argv, input=data, capture_output=True, check=False, timeout=60)
