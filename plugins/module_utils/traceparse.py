@@ -268,7 +268,8 @@ def _fg_text(column):
         function = body[:-1].rstrip()
         if function[-2:] == '()':
             function = function[:-2]
-    return (kind, function, depth, (depth, function), _classify(function) if function else 0)
+    cls = _classify(function) if function else 0
+    return (kind, function, depth, (depth, function, cls), cls)
 
 
 def _classify(function):
@@ -354,7 +355,7 @@ class _Top:
 
 # The bottom of every open-entry stack and of every pending stack: depth -1 is below every
 # call, so the loops that drop deeper items need no emptiness check.
-_STACK_BOTTOM = (-1, None)
+_STACK_BOTTOM = (-1, None, 0)
 # A pending level: [depth, best_dur, best_chain, syscall, exit_work], what a parent needs to know
 # about its finished children at that depth: the slowest child's duration and chain (linked:
 # (function, deeper link or None)), the last syscall-like child (function, duration) and the
@@ -415,7 +416,7 @@ class FunctionGraphParser:
         self.lines += text.count('\n') + (text[-1] != '\n')
         states = self._states
         texts = self._texts
-        classes = self._class_cache
+        text_info = texts.get
         min_duration = self.min_duration_us
         slow = self._slow
         last_root_syscall = self._last_root_syscall
@@ -423,22 +424,24 @@ class FunctionGraphParser:
         last_key = None
         stack = pending = None
         for abstime, cpu, proc, duration, column in _FG_RE.findall('\n' + text):
-            info = texts.get(column)
+            info = text_info(column)
             if info is None:
                 info = _fg_text(column)
                 if len(texts) < 16384:
                     texts[column] = info
             kind, name, depth, entry, cls = info
-            if kind < 0:
-                continue
             key = proc or cpu
             if key != last_key:
+                if kind < 0:
+                    continue
                 state = states.get(key)
                 if state is None:
                     state = states[key] = ([_STACK_BOTTOM], [_PENDING_BOTTOM])
                 stack, pending = state
                 last_key = key
-            if kind == 0:
+            if kind <= 0:
+                if kind:
+                    continue
                 # an entry at depth d closes nothing, but drops stale deeper entries
                 while stack[-1][0] >= depth:
                     stack.pop()
@@ -447,12 +450,12 @@ class FunctionGraphParser:
             if kind == 2:
                 while stack[-1][0] > depth:
                     stack.pop()
-                if stack[-1][0] == depth and name is None:
-                    name = stack.pop()[1]
-                    cls = None
                 if name is None:
-                    name = '?'
-                    cls = 0
+                    if stack[-1][0] == depth:
+                        _depth, name, cls = stack.pop()
+                    else:
+                        name = '?'
+                        cls = 0
             if not duration:
                 continue
             # a finished call: its children are the finished calls at the nearest deeper level
@@ -467,13 +470,7 @@ class FunctionGraphParser:
                 chain = (name, child[2])
             else:
                 child = None
-                chain = None
-            if cls is None:
-                cls = classes.get(name)
-                if cls is None:
-                    cls = _classify(name)
-                    if len(classes) < 8192:
-                        classes[name] = cls
+                chain = (name, None)
             if depth == 0:
                 if child is not None and child[3] and child[4]:
                     self._top_level(cpu, child[3], child[4])
@@ -488,7 +485,7 @@ class FunctionGraphParser:
                     if last is not None:
                         self._top_level(cpu, last, (name, dur))
                 if dur > slow.floor and dur >= min_duration:
-                    item = {'cpu': int(cpu), 'duration_us': dur, 'chain': _chain_list(chain or (name, None))}
+                    item = {'cpu': int(cpu), 'duration_us': dur, 'chain': _chain_list(chain)}
                     if abstime:
                         item['ts_s'] = float(abstime)
                     if proc:
@@ -498,9 +495,9 @@ class FunctionGraphParser:
             if level[0] == depth:
                 if dur > level[1]:
                     level[1] = dur
-                    level[2] = chain or (name, None)
+                    level[2] = chain
             else:
-                level = [depth, dur, chain or (name, None), None, None]
+                level = [depth, dur, chain, None, None]
                 pending.append(level)
             if cls:
                 if cls == 1:
