@@ -25,6 +25,9 @@ description:
     in the private instance and returns the sleeps grouped by kernel stack (count, total and max
     off-CPU time, paired with the task's next switch-in).
   - C(auto) runs C(function_graph) where available, else C(syscalls) and C(offcpu) together.
+  - C(syscalls) and C(offcpu) read the instance's binary ring buffer (C(per_cpu/cpuN/trace_pipe_raw))
+    and decode it with the events' C(format) files where they parse (C(reader=raw)), else the text
+    (C(trace_pipe), C(reader=text), C(reader_fallback) says why); the result is the same.
   - Safety (model perf-tools funcslower) - the auditgap host lock (C(/run/auditgap/host.lock), not
     waited for); every change is written to an undo journal under C(/run/auditgap) first, and the
     journals of runs that died (SIGKILL) are replayed first (C(recovered_from_crash), docs/safety.md); refuses
@@ -259,8 +262,22 @@ ftrace_sample:
         more than 0 means the window was busier than the buffer (raise I(buffer_size_kb)).
       type: int
     lines:
-      description: Trace lines read.
+      description: Trace lines read (text reader), or ring buffer records decoded (raw reader).
       type: int
+    reader:
+      description: >-
+        How the trace was read - C(raw) (events modes - the binary ring buffer of the instance,
+        C(per_cpu/cpuN/trace_pipe_raw), decoded with its format files; the kernel formats no text)
+        or C(text) (C(trace_pipe); function_graph, and events modes where the raw reader cannot be
+        used, see C(reader_fallback)); null when nothing was sampled.
+      type: str
+    reader_fallback:
+      description: >-
+        Why an events sample read text instead of the ring buffer (a format file it cannot decode,
+        a clock that does not count nanoseconds, kernel addresses hidden for stacks, no
+        trace_pipe_raw, or an offcpu sample too small for naming its stacks from /proc/kallsyms to
+        pay off); null otherwise.
+      type: str
     stale_instances_removed:
       description: C(auditgap-<pid>) instances of dead samples that were removed first.
       type: list
@@ -292,7 +309,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.auditgap.fleet.plugins.module_utils import audit, tracefs
-from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
+from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse, tracering
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import (
     GuardInterrupted, Journal, RestoreGuard, UnsafePath, write_value)
 from ansible_collections.auditgap.fleet.plugins.module_utils.procinfo import find_pids_by_name
@@ -301,6 +318,10 @@ MAX_DURATION_S = 60.0
 # function_graph fallback roots when neither the option nor the audit rules name a syscall
 DEFAULT_GRAPH_SYSCALLS = ('accept4', 'accept', 'connect', 'bind', 'listen', 'execve', 'clone', 'read', 'write')
 BUFFER_KB_RANGE = (64, 65536)
+# An offcpu sample read raw names its stacks from /proc/kallsyms: about 0.1-0.2 s CPU once, which
+# the raw reader wins back at ~1.5 us an event over the kernel's text (docs/ftrace_sample.md).
+# Below this many buffered events, with nothing read during the window, the text is read.
+RAW_MIN_EVENTS_WITH_STACKS = 100000
 MODES = ('auto', 'function_graph', 'syscalls', 'offcpu')
 ARGUMENT_SPEC = dict(
     mode=dict(type='str', default='auto', choices=list(MODES)),
@@ -450,9 +471,9 @@ def _window(reader, seconds, on_text, base, buffer_size_kb):
                       drain_if=lambda: tracefs.buffer_filling(base, buffer_size_kb))
 
 
-def sample_events(guard, root, modes, targets, syscalls, params):
-    """syscalls and/or offcpu in a private instance. Returns (instance name, EventParser,
-    events lost)."""
+def sample_events(guard, root, modes, targets, syscalls, params, facts):
+    """syscalls and/or offcpu in a private instance. Returns (instance name, parser,
+    events lost); ``facts`` gets ``reader`` and ``reader_fallback``."""
     name = tracefs.instance_name()
     inst = tracefs.create_instance(guard, root, name)
     write_value(os.path.join(inst, 'tracing_on'), '0')
@@ -477,14 +498,51 @@ def sample_events(guard, root, modes, targets, syscalls, params):
             guard.write_file(os.path.join(event, 'filter'), flt, restore_value='0')
         tracefs.guarded_trigger(guard, os.path.join(event, 'trigger'), tracefs.offcpu_trigger(tids, exclude))
         guard.write_file(os.path.join(event, 'enable'), '1', restore_value='0')
-    parser = traceparse.EventParser(pids=tids or None, syscalls=syscalls or None, top=params['top'])
-    reader = tracefs.PipeReader(os.path.join(inst, 'trace_pipe'))
-    guard.push(reader.close, description='close trace_pipe')
+    parser, reader, feed, facts['reader'], facts['reader_fallback'] = events_reader(
+        inst, modes, tids, syscalls, params['top'])
+    guard.push(reader.close, description='close the trace reader')
     write_value(os.path.join(inst, 'tracing_on'), '1')
-    _window(reader, params['duration_s'], parser.feed_text, inst, params['buffer_size_kb'])
+    _window(reader, params['duration_s'], feed, inst, params['buffer_size_kb'])
     write_value(os.path.join(inst, 'tracing_on'), '0')
-    reader.drain(parser.feed_text)
+    buffered = sum(stats.get('entries', 0) for stats in tracefs.cpu_stats(inst))
+    if facts['reader'] == 'raw' and 'offcpu' in modes and not reader.bytes and buffered < RAW_MIN_EVENTS_WITH_STACKS:
+        # a small sample with stacks: naming them from /proc/kallsyms would cost more than
+        # the kernel's text of the whole buffer (nothing has been read from it yet)
+        reader.close()
+        parser = traceparse.EventParser(pids=tids or None, syscalls=syscalls or None, top=params['top'])
+        reader = tracefs.PipeReader(os.path.join(inst, 'trace_pipe'))
+        guard.push(reader.close, description='close trace_pipe')
+        feed = parser.feed_text
+        facts['reader'] = 'text'
+        facts['reader_fallback'] = ('%d events with stacks, fewer than %d: the text costs less than naming the '
+                                    'stacks from /proc/kallsyms' % (buffered, RAW_MIN_EVENTS_WITH_STACKS))
+    reader.drain(feed)
     return name, parser.flush(), tracefs.events_lost(inst)
+
+
+def events_reader(inst, modes, tids, syscalls, top, kallsyms='/proc/kallsyms'):
+    """The reader of an events sample: the binary ring buffer (per_cpu/cpuN/trace_pipe_raw,
+    decoded with the instance's format files) when everything it needs is there, else the
+    text (trace_pipe). Returns (parser, reader, the reader's callback, 'raw'|'text', why
+    not raw or None)."""
+    try:
+        plan = tracering.plan_events(inst, syscalls if 'syscalls' in modes else [], 'offcpu' in modes)
+        symbols = None
+        if 'offcpu' in modes:
+            symbols = tracering.Symbols.at(kallsyms)
+            if not symbols.usable():
+                raise tracering.FormatError('%s shows no addresses (kptr_restrict): stacks could not be named'
+                                            % kallsyms)
+        reader = tracering.RawReader(inst, plan)
+    except (tracering.FormatError, OSError) as err:
+        why = str(err) if isinstance(err, tracering.FormatError) else 'cannot open trace_pipe_raw (%s)' % (
+            err.strerror or err)
+        parser = traceparse.EventParser(pids=tids or None, syscalls=syscalls or None, top=top)
+        reader = tracefs.PipeReader(os.path.join(inst, 'trace_pipe'))
+        return parser, reader, parser.feed_text, 'text', why
+    parser = tracering.RawEventParser(plan.names, plan.states, symbols, pids=tids or None,
+                                      syscalls=syscalls or None, top=top)
+    return parser, reader, parser.feed_records, 'raw', None
 
 
 def _top_guarded(guard, root, restore, rel, value):
@@ -621,6 +679,7 @@ def empty_facts(params):
         'offcpu': [], 'offcpu_unstacked': {'count': 0, 'total_us': 0.0, 'max_us': 0.0},
         'function_graph': None, 'audit_wait_observed': False, 'events': 0, 'events_lost': 0, 'lines': 0,
         'stale_instances_removed': [], 'interrupted': None, 'restored': True, 'restore_errors': [],
+        'reader': None, 'reader_fallback': None,
         'recovered_from_crash': [], 'signals_during_restore': [],
     }
 
@@ -736,8 +795,9 @@ def _sample(guard, params, facts):
         facts['events'] = graph['calls']
         facts['events_lost'] = graph['events_lost']
         facts['lines'] = graph['lines']
+        facts['reader'] = 'text'
     else:
-        name, parser, lost = sample_events(guard, root, modes, targets, syscalls, params)
+        name, parser, lost = sample_events(guard, root, modes, targets, syscalls, params, facts)
         facts['instance'] = name
         facts['events_lost'] = lost
         result = parser.result()

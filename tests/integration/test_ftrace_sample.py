@@ -73,6 +73,8 @@ def test_stall_syscalls_and_offcpu_name_audit_log_start(tmp_path, tracefs_root):
     print('offcpu: %s' % json.dumps([(g['stack_text'], g['count'], g['max_us']) for g in facts['offcpu'][:3]]))
     assert facts['supported'] and facts['modes'] == ['syscalls', 'offcpu']
     assert facts['function_graph_available'] is False  # this kernel: auto falls back
+    # a stall makes few events: the text is read unless the ring buffer's records pay for naming the stacks
+    assert facts['reader'] == 'raw' or 'fewer than' in facts['reader_fallback'], facts['reader_fallback']
     assert 'accept4' in facts['syscalls_traced'] and facts['syscalls_source'].startswith('audit_rules')
     acc = facts['syscalls']['accept4']
     assert acc['count'] > 10, acc
@@ -89,6 +91,33 @@ def test_stall_syscalls_and_offcpu_name_audit_log_start(tmp_path, tracefs_root):
     assert facts['restored'] is True and facts['restore_errors'] == []
     assert facts['targets']['audit_consumer_pid'] not in facts['targets']['tids']
     assert _snapshot(root) == before
+
+
+def test_busy_events_sample_reads_the_ring_buffer(tmp_path, tracefs_root):
+    """A busy task (getppid in a loop, a 1 ms sleep every 2000 calls): syscalls + offcpu read from
+    trace_pipe_raw, decoded; counts, stacks and the restore as with the text."""
+    root = tracefs_root
+    before = _snapshot(root, syscalls=('getppid',))
+    code = ('import os, time\nend = time.monotonic() + 30\nn = 0\nwhile time.monotonic() < end:\n'
+            '    os.getppid()\n    n += 1\n    if n % 2000 == 0:\n        time.sleep(0.001)\n')
+    busy = subprocess.Popen([sys.executable, '-c', code])
+    try:
+        time.sleep(0.5)
+        rc, res = _run_module({'mode': 'auto', 'pids': [busy.pid], 'syscalls': ['getppid'], 'duration_s': 2},
+                              tmp_path)
+    finally:
+        busy.kill()
+        busy.wait()
+    facts = res['ftrace_sample']
+    assert rc == 0, res
+    print({k: facts[k] for k in ('reader', 'reader_fallback', 'events', 'lines', 'events_lost', 'window_s')})
+    assert facts['reader'] == 'raw' and facts['reader_fallback'] is None
+    calls = facts['syscalls']['getppid']
+    assert calls['count'] > 50000 and calls['slowest'][0]['pid'] == busy.pid, calls
+    assert facts['lines'] >= 2 * calls['count'] and 1.0 <= facts['window_s'] <= 3.0
+    sleeps = [g for g in facts['offcpu'] if 'do_nanosleep' in g['stack']]
+    assert sleeps and sleeps[0]['pids'] == [busy.pid] and sleeps[0]['states'].get('S', 0) > 10, facts['offcpu'][:3]
+    assert facts['restored'] is True and _snapshot(root, syscalls=('getppid',)) == before
 
 
 def test_sigterm_mid_sample_restores_everything(tmp_path, tracefs_root):

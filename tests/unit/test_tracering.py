@@ -1,0 +1,367 @@
+"""The binary ring buffer decoder on pages recorded from this project's kernel (6.18).
+
+tests/fixtures/ftrace/ring/accept4-offcpu/ holds one real buffer of a private instance in
+both forms (recorded with tests/support/ringcapture.py, the workload's accept4 audited by
+a stalled audit consumer): ``trace.txt`` (the ``trace`` file, the kernel's own text of the
+buffer) and ``cpuN.raw`` (each CPU's ``trace_pipe_raw`` pages read right after), with the
+format files and the kallsyms lines its stacks need. The pages have the lost-events flag
+with stored counts, a time extend, records of both CPUs, syscalls whose enter and exit sit
+on different pages, and kernel stacks. Absolute stamps, padding records and records longer
+than 112 bytes (type_len 0: stacks deeper than these) do not occur in it, so those pages are
+built here, byte by byte, from the same header layout.
+"""
+import os
+import shutil
+import struct
+
+import pytest
+
+from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
+from ansible_collections.auditgap.fleet.plugins.module_utils import tracering as tr
+from ansible_collections.auditgap.fleet.plugins.modules import ftrace_sample
+from tests.support import ringcapture
+
+FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'fixtures', 'ftrace', 'ring',
+                   'accept4-offcpu')
+SYSCALLS = ['accept4', 'getppid']
+
+
+def _read(rel, mode='r'):
+    with open(os.path.join(FIX, rel), mode) as handle:
+        return handle.read()
+
+
+def _fmt(rel):
+    return tr.parse_format(_read('events/%s/format' % rel))
+
+
+@pytest.fixture(scope='module')
+def plan():
+    return tr.plan_events(FIX, SYSCALLS, True)
+
+
+@pytest.fixture(scope='module')
+def symbols():
+    with open(os.path.join(FIX, 'kallsyms')) as handle:
+        return tr.Symbols(*tr.parse_kallsyms(handle))
+
+
+@pytest.fixture(scope='module')
+def cpus():
+    return [_read('cpu%d.raw' % cpu, 'rb') for cpu in (0, 1)]
+
+
+@pytest.fixture(scope='module')
+def merged(plan, cpus):
+    walkers = [tr.Walker(plan.layout, plan.handlers) for _ in cpus]
+    records, lasts = tr.merge_cpus(walkers, cpus)
+    return records, walkers, lasts
+
+
+def _text_events():
+    return ringcapture.text_events(_read('trace.txt'))
+
+
+def _us(ts_ns):
+    return (ts_ns + 500) // 1000  # as the text prints a stamp (ns2usecs)
+
+
+# ---------------------------------------------------------------------------
+# format files
+
+def test_formats_from_this_kernel():
+    enter = _fmt('syscalls/sys_enter_accept4')
+    assert enter.name == 'sys_enter_accept4' and enter.id > 0
+    assert enter.fields['common_pid'] == tr.Field('common_pid', 'int common_pid', 4, 4, True)
+    assert enter.fields['__syscall_nr'].offset == 8
+    exit_ = _fmt('syscalls/sys_exit_accept4')
+    assert (exit_.fields['ret'].offset, exit_.fields['ret'].size, exit_.fields['ret'].signed) == (16, 8, True)
+    switch = _fmt('sched/sched_switch')
+    assert [switch.fields[n].offset for n in ('prev_comm', 'prev_pid', 'prev_state', 'next_pid')] == [8, 24, 32, 56]
+    assert switch.fields['prev_comm'].size == 16
+    stack = _fmt('ftrace/kernel_stack')
+    assert (stack.fields['size'].offset, stack.fields['caller'].offset) == (8, 16)
+    layout = tr.parse_header_page(_read('events/header_page'))
+    assert (layout.data_offset, layout.page_size, layout.commit_size) == (16, 4096, 8)
+    tr.check_header_event(_read('events/header_event'))
+
+
+@pytest.mark.parametrize('text, needle', [
+    ('name: x\nformat:\n', 'without name or ID'),
+    ('name: x\nID: 5\nformat:\n\tfield:int a;\toffset:0;\tsize:4;\tsigned:1;\n', 'common_type'),
+])
+def test_bad_format_is_a_format_error(text, needle):
+    with pytest.raises(tr.FormatError, match=needle):
+        tr.parse_format(text)
+
+
+def test_unknown_event_header_is_refused():
+    text = _read('events/header_event').replace('type == 30', 'type == 29')
+    with pytest.raises(tr.FormatError, match='time_extend'):
+        tr.check_header_event(text)
+    with pytest.raises(tr.FormatError, match='header_page'):
+        tr.parse_header_page('\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n')
+
+
+def test_prev_state_printed_as_the_text_prints_it():
+    mask, flags, preempt = tr.parse_state_flags(_fmt('sched/sched_switch').print_fmt)
+    assert (mask, preempt) == (255, 256) and flags[:3] == [(1, 'S'), (2, 'D'), (4, 'T')]
+    text = [tr.state_text(v, mask, flags, preempt) for v in (0, 1, 2, 256, 257, 0x82, 512)]
+    assert text == ['R', 'S', 'D', 'R+', 'S+', 'D|I', 'R']
+    # the 4.x form: TASK_REPORT_MAX written as a number
+    old = ('"prev_state=%s%s", REC->prev_state & (2048-1) ? __print_flags(REC->prev_state & (2048-1), "|", '
+           '{ 1, "S"} , { 2, "D" }, { 4, "T" }) : "R", REC->prev_state & 2048 ? "+" : ""')
+    assert tr.parse_state_flags(old) == (2047, [(1, 'S'), (2, 'D'), (4, 'T')], 2048)
+    with pytest.raises(tr.FormatError):
+        tr.parse_state_flags('"prev_state=%ld", REC->prev_state')
+
+
+def test_field_struct_and_word_index():
+    exit_ = _fmt('syscalls/sys_exit_accept4')
+    assert tr.field_struct(exit_, ['common_pid', '__syscall_nr', 'ret']).format == '<4xii4xq'
+    assert tr.scalar_fields(exit_) == ['common_type', 'common_flags', 'common_preempt_count', 'common_pid',
+                                      '__syscall_nr', 'ret']
+    switch = _fmt('sched/sched_switch')
+    assert [tr.word_index(switch, n) for n in ('prev_pid', 'prev_state', 'next_pid')] == [6, 8, 14]
+    with pytest.raises(tr.FormatError, match='aligned'):
+        tr.word_index(switch, 'prev_comm')
+
+
+# ---------------------------------------------------------------------------
+# the recorded pages against the kernel's own text of the same buffer
+
+def test_pages_stats(merged):
+    records, walkers, _lasts = merged
+    stats = [w.stats() for w in walkers]
+    assert all(s.pages > 0 and s.bad_pages == 0 and s.other == 0 for s in stats)
+    assert sum(s.missed_pages for s in stats) >= 1 and sum(s.missed_events for s in stats) > 0
+    assert sum(s.extends for s in stats) >= 1
+    assert sum(s.records for s in stats) == len(records) == len(_text_events())
+
+
+def test_every_record_is_the_text_line(merged, plan, symbols):
+    """Record by record, in merged order: stamp (as the text rounds it), pid, event and fields."""
+    records, _walkers, _lasts = merged
+    text = _text_events()
+    names = plan.names
+    stacks = 0
+    for rec, (_cpu, ts_us, pid, body, frames) in zip(records, text):
+        ts, tag, a, b, c = rec
+        assert _us(ts) == ts_us, (rec, body)
+        if tag >= tr.SYSCALL_TAGS:
+            want = ('sys_%s -> ' if tag & 1 else 'sys_%s(') % names[tag]
+            assert a == pid and body.startswith(want), (rec, body)
+        elif tag == tr.SWITCH:
+            state = tr.state_text(b, *plan.states)
+            assert body.startswith('sched_switch:') and ' prev_pid=%d ' % a in body, (rec, body)
+            assert ' prev_state=%s ' % state in body and ' next_pid=%d ' % c in body, (rec, body)
+        else:
+            assert body == '<stack trace>' and a == pid
+            assert [symbols.name(addr) for addr in b] == frames
+            stacks += 1
+    assert stacks > 10
+
+
+def test_syscall_fields_decoded_generically(cpus, plan):
+    formats = dict((f.id, f) for f in (_fmt('syscalls/sys_exit_getppid'), _fmt('syscalls/sys_enter_accept4')))
+    out, stats = tr.records(cpus[1], plan.layout, formats)
+    assert out and stats.records > len(out)
+    for _ts, fmt, fields in out:
+        if fmt.name == 'sys_exit_getppid':
+            assert fields['__syscall_nr'] == 110 and fields['ret'] > 1  # x86_64 getppid: the parent's pid
+        else:
+            assert fields['__syscall_nr'] == 288 and fields['fd'] == 3 and fields['flags'] == 0x80000
+
+
+def test_a_syscall_across_a_page_boundary(plan, cpus):
+    """An enter that is the last record of a page paired with the exit on the next page."""
+    layout = plan.layout
+    for data in cpus:
+        for base in range(layout.page_size, len(data), layout.page_size):
+            before, after = [], []
+            tr.Walker(layout, plan.handlers).walk(data[base - layout.page_size:base], before)
+            tr.Walker(layout, plan.handlers).walk(data[base:base + layout.page_size], after)
+            if before and after and before[-1][1] >= tr.SYSCALL_TAGS and not before[-1][1] & 1 \
+                    and after[0][1] == before[-1][1] + 1 and after[0][2] == before[-1][2]:
+                parser = tr.RawEventParser(plan.names, pids=None, syscalls=SYSCALLS)
+                parser.feed_records(before[-1:] + after[:1])
+                assert parser.events == 1 and parser.unpaired_exits == 0
+                return
+    pytest.fail('the fixture has no syscall split across two pages')
+
+
+def test_result_equals_event_parser_on_the_text(merged, plan, symbols):
+    """With stamps rounded to microseconds as the text prints them, the result is the text
+    parser's: counts, percentiles, max, totals, off-CPU groups. (Ties among the slowest
+    calls may keep different calls: the text's float stamps make 1.0 us ties inexact.)"""
+    records, _walkers, _lasts = merged
+    raw = tr.RawEventParser(plan.names, plan.states, symbols, syscalls=SYSCALLS, resolution_ns=1000)
+    raw.feed_records(records)
+    got = raw.result()
+    want = traceparse.EventParser(syscalls=SYSCALLS).feed_text(_read('trace.txt')).result()
+    assert got['offcpu'] == want['offcpu']
+    assert any('audit_log_start' in g['stack'] for g in got['offcpu'])
+    for name in SYSCALLS:
+        g, w = dict(got['syscalls'][name]), dict(want['syscalls'][name])
+        assert [s['duration_us'] for s in g.pop('slowest')] == [s['duration_us'] for s in w.pop('slowest')]
+        assert g == w and g['count'] > 100
+    for key in ('events', 'window_s', 'unpaired_exits'):
+        assert got[key] == want[key]
+    # nanosecond stamps (the default): the same counts, latencies within the text's 1 us
+    exact = tr.RawEventParser(plan.names, plan.states, symbols, syscalls=SYSCALLS).feed_records(records).result()
+    for name in SYSCALLS:
+        g, w = exact['syscalls'][name], want['syscalls'][name]
+        assert g['count'] == w['count'] and abs(g['max_us'] - w['max_us']) <= 1.0
+        assert abs(g['p99_us'] - w['p99_us']) <= 1.0 + 0.01 * w['p99_us']
+
+
+def test_merge_order_and_hold_back(plan):
+    """Equal stamps: the lower CPU first, as the text; records newer than the mark wait."""
+    recs, _ = tr.merge_cpus([], [], held=[(5, tr.SWITCH, 1, 0, 2)])
+    assert recs == [(5, tr.SWITCH, 1, 0, 2)]
+    merged = [(1, 4, 7, 0, 0), (2, 5, 7, 0, 0), (3, 4, 8, 0, 0), (4, 5, 8, 0, 0)]
+    held, ready = tr.hold_back(merged, 2)
+    assert ready == merged[:2] and held == merged[2:]
+    held, ready = tr.hold_back(merged, 10)
+    assert ready == merged and held == []
+
+
+# ---------------------------------------------------------------------------
+# pages built by hand: what a recorded events sample does not contain
+
+LAYOUT = tr.parse_header_page(_read('events/header_page'))
+
+
+def _head(kind, delta):
+    return struct.pack('<I', kind | delta << 5)
+
+
+def _syscall(event_id, pid, delta):
+    """A 16-byte sys_enter_getppid-like record: common fields + __syscall_nr + padding."""
+    return _head(4, delta) + struct.pack('<HBBiii', event_id, 0, 0, pid, 110, 0)
+
+
+def _page(ts, body, commit_flags=0, missed=None):
+    data = body + (struct.pack('<Q', missed) if missed is not None else b'')
+    page = struct.pack('<QQ', ts, len(body) | commit_flags) + data
+    return page + bytes(LAYOUT.page_size - len(page))
+
+
+def test_built_pages_padding_extend_stamp_long_record():
+    enter_id, exit_id = 101, 102
+    handlers = {enter_id: (4, 1, 1, 0, 0), exit_id: (5, 1, 1, 0, 0), 103: (tr.SWITCH, tr.PAYLOAD, 0, 0, 0)}
+    long_payload = struct.pack('<HBBi', 103, 0, 0, 9) + bytes(112)          # 120 bytes: type_len 0
+    body = (_syscall(enter_id, 42, 10)
+            + _head(tr.PADDING, 1) + struct.pack('<I', 16) + bytes(12)     # a discarded record: no time
+            + _head(tr.TIME_EXTEND, 5) + struct.pack('<I', 1)              # + (1 << 27) + 5
+            + _syscall(exit_id, 42, 7)
+            + _head(0, 3) + struct.pack('<I', 4 + len(long_payload)) + long_payload
+            + _head(tr.TIME_STAMP, 123) + struct.pack('<I', 2)             # absolute (2 << 27) + 123
+            + _syscall(enter_id, 43, 0)
+            + _head(tr.PADDING, 0))                                        # the rest of the page
+    start = (0x08 << 56) + 1000   # a clock with a top bit set: the absolute stamp takes it back
+    out = []
+    walker = tr.Walker(LAYOUT, handlers)
+    walker.walk(_page(start, body, tr.MISSED_EVENTS | tr.MISSED_STORED, missed=77), out)
+    enter_ts = start + 10
+    exit_ts = enter_ts + (1 << 27) + 5 + 7
+    assert out[0] == (enter_ts, 4, 42, 0, 0) and out[1] == (exit_ts, 5, 42, 0, 0)
+    assert out[2][:2] == (exit_ts + 3, tr.SWITCH) and out[2][3] == len(long_payload)
+    assert out[3] == ((0x08 << 56) + (2 << 27) + 123, 4, 43, 0, 0)
+    stats = walker.stats()
+    assert (stats.missed_pages, stats.missed_events, stats.paddings, stats.extends, stats.stamps) == (1, 77, 2, 1, 1)
+    assert stats.records == 4 and stats.bad_pages == 0
+
+
+def test_built_page_running_past_its_commit_is_cut():
+    body = _syscall(101, 1, 1) + _head(8, 1) + bytes(8)   # says 32 bytes, 8 are there
+    out = []
+    walker = tr.Walker(LAYOUT, {101: (4, 1, 1, 0, 0)})
+    assert walker.walk(_page(0, body) + b'\0' * 100, out) == LAYOUT.page_size  # a partial page is left
+    assert len(out) == 1 and walker.stats().bad_pages == 1
+
+
+# ---------------------------------------------------------------------------
+# planning: what makes the module read text instead
+
+def test_plan_refuses_what_it_cannot_decode(tmp_path):
+    base = tmp_path / 'inst'
+    shutil.copytree(FIX, str(base))
+    tr.plan_events(str(base), SYSCALLS, True)
+    with pytest.raises(tr.FormatError, match='sys_enter_read'):
+        tr.plan_events(str(base), ['read'], False)
+    (base / 'trace_clock').write_text('local global [counter] uptime\n')
+    with pytest.raises(tr.FormatError, match='counter'):
+        tr.plan_events(str(base), SYSCALLS, False)
+    (base / 'trace_clock').write_text('[local] global\n')
+    (base / 'events' / 'header_event').write_text('# something else\n')
+    with pytest.raises(tr.FormatError, match='header_event'):
+        tr.plan_events(str(base), SYSCALLS, False)
+
+
+def test_symbols():
+    symbols = tr.Symbols(*tr.parse_kallsyms(['ffffffff81000000 T _stext', 'ffffffff81000100 t helper [mod]',
+                                             'ffffffff82000000 D some_data', 'garbage']))
+    assert symbols.usable()
+    assert symbols.name(0xffffffff81000104) == 'helper' and symbols.name(0xffffffff810000ff) == '_stext'
+    assert symbols.name(0x10) == '0x10'
+    assert not tr.Symbols(*tr.parse_kallsyms(['0000000000000000 T _stext'])).usable()
+
+
+def test_symbols_read_lazily(tmp_path):
+    path = tmp_path / 'kallsyms'
+    path.write_text('ffffffff81000000 T _stext\nffffffff81000100 t helper\n')
+    symbols = tr.Symbols.at(str(path))
+    assert symbols.usable() and symbols.addresses is None       # only the first line read
+    assert symbols.name(0xffffffff81000200) == 'helper'
+    path.write_text('0000000000000000 T _stext\n')
+    assert not tr.Symbols.at(str(path)).usable()
+    assert not tr.Symbols.at(str(tmp_path / 'missing')).usable()
+
+
+def test_module_falls_back_to_text_and_says_why(tmp_path):
+    """ftrace_sample's events reader: raw where the plan holds, else text with the reason."""
+    base = tmp_path / 'inst'
+    shutil.copytree(FIX, str(base))
+    for cpu in (0, 1):
+        (base / 'per_cpu' / ('cpu%d' % cpu)).mkdir(parents=True)
+        (base / 'per_cpu' / ('cpu%d' % cpu) / 'trace_pipe_raw').write_bytes(b'')
+    (base / 'trace_pipe').write_text('')
+    kallsyms = os.path.join(FIX, 'kallsyms')
+    parser, reader, feed, how, why = ftrace_sample.events_reader(str(base), ['syscalls', 'offcpu'], [], SYSCALLS, 10,
+                                                                 kallsyms=kallsyms)
+    reader.close()
+    assert (how, why) == ('raw', None) and feed == parser.feed_records
+    hidden = tmp_path / 'kallsyms'
+    hidden.write_text('0000000000000000 T _stext\n')
+    parser, reader, feed, how, why = ftrace_sample.events_reader(str(base), ['syscalls', 'offcpu'], [], SYSCALLS, 10,
+                                                                 kallsyms=str(hidden))
+    reader.close()
+    assert how == 'text' and 'kptr_restrict' in why and feed == parser.feed_text
+    # a syscalls sample needs no stacks
+    assert ftrace_sample.events_reader(str(base), ['syscalls'], [], SYSCALLS, 10, kallsyms=str(hidden))[3] == 'raw'
+    (base / 'events' / 'syscalls' / 'sys_exit_getppid' / 'format').write_text('name: sys_exit_getppid\n')
+    parser, reader, feed, how, why = ftrace_sample.events_reader(str(base), ['syscalls'], [], SYSCALLS, 10)
+    reader.close()
+    assert how == 'text' and 'sys_exit_getppid' in why
+
+
+def test_reader_in_small_reads_hands_out_the_same_records(tmp_path, plan, cpus, merged):
+    """RawReader over per_cpu/cpuN/trace_pipe_raw (here files holding the recorded pages), three
+    pages a CPU per read: records held back across reads, then the drain: the same records in
+    the same order as one merge of everything."""
+    for cpu, data in enumerate(cpus):
+        path = tmp_path / 'per_cpu' / ('cpu%d' % cpu)
+        path.mkdir(parents=True)
+        (path / 'trace_pipe_raw').write_bytes(data)
+    reader = tr.RawReader(str(tmp_path), plan)
+    got, batches = [], []
+    try:
+        while reader.read_available(lambda recs: (got.extend(recs), batches.append(len(recs))),
+                                    max_bytes=3 * plan.layout.page_size):
+            pass
+        reader.drain(got.extend)
+    finally:
+        reader.close()
+    assert got == merged[0] and len(batches) > 3
+    assert reader.stats().records == len(got) and reader.bytes == sum(len(d) for d in cpus)
