@@ -4,6 +4,10 @@
 One lab (labkit.lab_present, as playbooks/lab.yml: auditd in a cgroup, the seed's accept4 rule,
 a loopback accept load at a fixed ``--rate`` of connections per second):
 
+0. the consumer first runs unthrottled under the load for ``--history-seconds`` (a consumer that kept up
+   before the stall, as the incident's agent did until its peak; the lab's auditd is new, throttled from
+   its start otherwise): the history the diagnosis measures its wake-up cost from (sizing.wakeup_cost;
+   0: none, the threshold consumer_wakeup_cost_records is used);
 1. at the lab's quota (1 ms per 250 ms) the host is diagnosed the way diagnose.yml gathers it
    (module_utils/diagnosegather: audit sample with record rates + the consumer's throttling over
    the same window) and the findings filter sizes the fix: ``agent_cpu_limit_cores`` and its formula;
@@ -15,12 +19,14 @@ a loopback accept load at a fixed ``--rate`` of connections per second):
    consumer reads the backlog in batches, cheaper per record, so the first can be well below the
    second (docs/findings.md "Fixes sized from measurement");
 3. prints the suggested limit against both, and whether the consumer is throttled at the suggested
-   limit: the goal is 1x to 2x of the second, unthrottled there. Exits 1 when outside, 2 when it
-   cannot run.
+   limit: the goal is 1x to 2x of the smallest limit that ends the stall (issue 18) and the consumer
+   unthrottled there. The sizing's headroom (``--headroom``, consumer_cpu_headroom; default the
+   diagnosis's default) is printed with the result. Exits 1 when outside, 2 when it cannot run.
 
 Takes the kernel-tests lock; the lab is removed at the end, also on SIGTERM.
 
-    benchmarks/bench_sizing.py [--rate 1000] [--seconds 4] [--steps 7] [--diagnose-seconds 3]
+    benchmarks/bench_sizing.py [--rate 1000] [--seconds 4] [--steps 7] [--diagnose-seconds 3] [--headroom 2]
+                               [--history-seconds 3]
 """
 import argparse
 import os
@@ -65,14 +71,18 @@ def main():
     parser.add_argument('--steps', type=int, default=7, help='bisection steps')
     parser.add_argument('--diagnose-seconds', type=float, default=3.0)
     parser.add_argument('--high', type=float, default=1.0, help='upper end of the bisection (cores)')
+    parser.add_argument('--headroom', type=float, default=F.DEFAULT_THRESHOLDS['consumer_cpu_headroom'],
+                        help='consumer_cpu_headroom of the sizing (default: the diagnosis default)')
+    parser.add_argument('--history-seconds', type=float, default=3.0,
+                        help='seconds the consumer runs unthrottled under the load before the stall (0: none)')
     args = parser.parse_args()
     return run_lab_locked('bench_sizing', run, args)
 
 
-def diagnose(seconds):
+def diagnose(seconds, headroom):
     facts = diagnosegather.fanout_main({'audit_sample_seconds': seconds, 'cgroup_sample_seconds': seconds})
-    # the sizing alone, against the bisection: the default floor (consumer_min_cores 0.5) lowered
-    findings, chain = F.evaluate(facts, 'lab', {'consumer_min_cores': 0.01})
+    # the sizing alone, against the bisection: the floor consumer_min_cores lowered to the smallest limit
+    findings, chain = F.evaluate(facts, 'lab', {'consumer_min_cores': 0.01, 'consumer_cpu_headroom': headroom})
     return facts, {f['id']: f for f in findings}, chain
 
 
@@ -81,8 +91,12 @@ def run(args):
         version = labkit.cpu_cgroup()[0]  # the consumer's group is in that hierarchy
         period = p['period_us']
         lab_cores = p['quota_us'] / float(period)
+        if args.history_seconds > 0:
+            guard_mod.set_cgroup_limit(version, lab['cgroup_path'], -1, period)
+            time.sleep(args.history_seconds)
+            guard_mod.set_cgroup_limit(version, lab['cgroup_path'], p['quota_us'], period)
         time.sleep(2.0)
-        facts, found, chain = diagnose(args.diagnose_seconds)
+        facts, found, chain = diagnose(args.diagnose_seconds, args.headroom)
         hz = facts['audit_status']['hz']['value']
         throttled = found.get('audit_consumer_throttled')
         if throttled is None:
@@ -131,6 +145,10 @@ def run(args):
     print('chain: %s' % chain)
     print('sizing: %s' % sizing['formula'])
     inputs = sizing['inputs']
+    print('headroom %s (consumer_cpu_headroom%s); wake-up cost k %s from %s (history before the window: %s s '
+          'unthrottled under the load)' % (inputs.get('headroom'), '' if args.headroom == F.DEFAULT_THRESHOLDS[
+              'consumer_cpu_headroom'] else ', not the default %s' % F.DEFAULT_THRESHOLDS['consumer_cpu_headroom'],
+              inputs.get('wakeup_cost_records'), inputs.get('wakeup_cost_source'), args.history_seconds))
     print('CPU per record measured throttled %s s, x %s unbatched (%s records per wake-up throttled, %s per event) '
           '= %s s unthrottled' % (inputs.get('cpu_seconds_per_record'), inputs.get('unbatched_factor'),
                                   inputs.get('records_per_wakeup'), inputs.get('records_per_event'),
@@ -144,9 +162,9 @@ def run(args):
     print('suggested limit %.2f cores: %s there (slept %d jiffies, lost %d), throttled in %d%% of periods (%s)'
           % (suggested, 'stalled' if check_stalled else 'no stall', check_wait, check_lost, round(100 * check_ratio),
              'still throttled: at least throttled_ratio_warn' if check_ratio >= warn else 'no longer throttled'))
-    ratio = suggested / held
-    print('suggested / smallest that ends the stall: %.2fx' % (suggested / high))
-    print('suggested / smallest that ends the stall unthrottled: %.2fx (goal 1x-2x)' % ratio)
+    ratio = suggested / high
+    print('suggested / smallest that ends the stall: %.2fx (goal 1x-2x)' % ratio)
+    print('suggested / smallest that ends the stall unthrottled: %.2fx' % (suggested / held))
     return 0 if 1.0 <= ratio <= 2.0 and check_ratio < warn and not guard.restore_errors else 1
 
 

@@ -379,8 +379,14 @@ def cpu_sizing(view, target, thresholds):
                                          thresholds['consumer_hidden_demand_max'], sample_s=window_s)
     fallback = _round_up(min(max(float(thresholds['consumer_unmeasured_cores']), float(thresholds['consumer_min_cores']),
                                  4 * limit, 2 * (usage or 0.0)), MAX_LIMIT_CORES))
+    act_s = num(view.activity.get('seconds'))
+    act_cpu = num(view.activity.get('cpu_seconds'))
+    cost = sizing.wakeup_cost(view.activity.get('history'), {
+        'cpu_seconds': act_cpu / act_s if (act_cpu is not None and act_s) else None,
+        'wakeups': view.activity.get('wakeups_per_s'), 'records': rates.get('records_per_s'),
+        'write_chars': view.activity.get('wchar_per_s')}, thresholds['consumer_wakeup_cost_records'])
     unbatched = sizing.unbatched_factor(rates.get('records_per_s'), view.activity.get('wakeups_per_s'),
-                                        rates.get('records_per_event'), thresholds['consumer_wakeup_cost_records'])
+                                        rates.get('records_per_event'), cost)
     return sizing.cpu_limit(usage, num(rates.get('records_per_s')), offered['value'] if offered else None,
                             thresholds['consumer_cpu_headroom'], limit or None, fallback,
                             floor=thresholds['consumer_min_cores'], offered=offered, unbatched=unbatched)

@@ -419,6 +419,13 @@ def summarize_activity(pid, first, last, ticks, seconds, clk_tck, frozen):
             wakeups_known = True
             wakeups += task['wakeups'] - before['wakeups']
     io_first, io_last = first['io'], last['io']
+    # its history before the window (since it started): what sizing.wakeup_cost weighs the window against
+    history = {'cpu_seconds': None, 'wakeups': None, 'write_chars': io_first.get('wchar')}
+    before = list(first['tasks'].values())
+    if before and all(t.get('run_ns') is not None for t in before):
+        history['cpu_seconds'] = round(sum(t['run_ns'] for t in before) / 1e9, 6)
+    if before and all(t.get('wakeups') is not None for t in before):
+        history['wakeups'] = sum(t['wakeups'] for t in before)
 
     def io_rate(name):
         if name not in io_first or name not in io_last:
@@ -434,6 +441,6 @@ def summarize_activity(pid, first, last, ticks, seconds, clk_tck, frozen):
         'wakeups_per_s': per_s(wakeups) if wakeups_known else None,
         'nice': last['stat']['nice'], 'threads': last['stat']['num_threads'],
         'write_bytes_per_s': io_rate('write_bytes'), 'syscw_per_s': io_rate('syscw'),
-        'syscr_per_s': io_rate('syscr'),
+        'syscr_per_s': io_rate('syscr'), 'wchar_per_s': io_rate('wchar'), 'history': history,
         'wchan': wchan, 'd_state_stack': d_stack,
     }

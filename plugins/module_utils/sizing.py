@@ -6,6 +6,8 @@
 - ``cpu_limit(...)``: the CPU limit for a throttled audit consumer = its CPU seconds per record
   over the window x how much more a record costs unthrottled x the record rate offered x headroom
   (docs/findings.md "Fixes sized from measurement");
+- ``wakeup_cost(...)``: what one wake-up of the consumer costs in records' worth (k), measured from its
+  history before the window against the window, else the threshold;
 - ``unbatched_factor(...)``: that "how much more": throttled, the consumer reads the backlog in
   batches (many records per wake-up), unthrottled it wakes once per event;
 - ``offered_record_rate(...)``: that rate seen through the stall (the demand a stall hides): the rate
@@ -30,8 +32,19 @@ MAX_BACKLOG_LIMIT = 1048576
 CORES_STEP = 0.01
 # the hidden demand is at most this many times what the stalled window made (consumer_hidden_demand_max)
 HIDDEN_DEMAND_MAX = 10.0
-# what one wake-up of the consumer costs, in records' worth of CPU (consumer_wakeup_cost_records)
+# what one wake-up of the consumer costs, in records' worth of CPU (consumer_wakeup_cost_records): the
+# fallback when the consumer's own history cannot measure it (wakeup_cost)
 WAKEUP_COST_RECORDS = 6.0
+# wakeup_cost's conditions for trusting the measure: the consumer's history before the window holds at
+# least this many wake-ups, its records per wake-up differ from the window's by at least this factor (the
+# two equations are far from parallel), and k comes out within [0, WAKEUP_COST_MAX]
+WAKEUP_HISTORY_MIN = 100
+# ... and the consumer wrote at least this many bytes per record in the window (an audit record's shortest
+# line, `type=EOE msg=audit(1764547200.123:4567): `, is about 40): fewer, its writes lag its reads (queued or
+# buffered inside it) and its bytes written do not count its records
+WRITE_CHARS_PER_RECORD_MIN = 40.0
+WAKEUP_BATCH_CONTRAST_MIN = 2.0
+WAKEUP_COST_MAX = 1000.0
 
 
 def round_up(value, step=CORES_STEP):
@@ -147,6 +160,77 @@ def offered_record_rate(record_rates, lost_per_s=None, backlog_growth_per_s=None
     return {'value': value, 'formula': formula, 'inputs': inputs}
 
 
+def wakeup_cost(history, window, fallback=WAKEUP_COST_RECORDS):
+    """What one wake-up of the consumer costs, in records' worth (k), measured where it can be (pure):
+    ``{value, measured, formula, inputs}``; ``fallback`` (consumer_wakeup_cost_records) when not.
+
+    The consumer's CPU = a x records + w x wake-ups holds over any stretch of its life, throttled or not.
+    Two stretches give two equations: the sample window (``window``: ``cpu_seconds``, ``wakeups``,
+    ``records``, ``write_chars``: per second or in total, the same scale for each) and its history before
+    the window (``history``: ``cpu_seconds``, ``wakeups``, ``write_chars`` since it started, read from /proc
+    at the window's start: schedstat run time and voluntary switches of its tasks, /proc/PID/io wchar).
+    The history's records are not counted anywhere; the consumer writes every record it reads (its log,
+    its plugins), so they are its bytes written over the bytes it wrote per record in the window.
+    k = w / a. Measured when: both stretches have CPU and bytes written, the history wake-ups (the window
+    may have none: it never emptied its socket); the window's bytes per record are at least
+    WRITE_CHARS_PER_RECORD_MIN (else its writes lag its reads); the history holds at least
+    WAKEUP_HISTORY_MIN wake-ups; the records per wake-up of the two differ by at least
+    WAKEUP_BATCH_CONTRAST_MIN x (a throttled window reads in batches, a history that kept up woke once per
+    event: without that difference the two equations say the same); a > 0 and 0 <= k <= WAKEUP_COST_MAX.
+    The history includes the consumer's start-up, which counts as wake-ups: k reads high, never low, for a
+    consumer that started recently.
+    """
+    history = history if isinstance(history, dict) else {}
+    window = window if isinstance(window, dict) else {}
+    fallback = max(0.0, num(fallback) or 0.0)
+    cpu_h, wake_h, chars_h = (num(history.get(n)) for n in ('cpu_seconds', 'wakeups', 'write_chars'))
+    cpu_w, wake_w, rec_w, chars_w = (num(window.get(n))
+                                     for n in ('cpu_seconds', 'wakeups', 'records', 'write_chars'))
+    inputs = {'history_cpu_seconds': cpu_h, 'history_wakeups': wake_h, 'history_write_chars': chars_h,
+              'write_chars_per_record': None, 'history_records': None, 'history_records_per_wakeup': None,
+              'wakeup_cost_source': 'consumer_wakeup_cost_records'}
+
+    def fell_back(why):
+        return {'value': fallback, 'measured': False, 'inputs': inputs,
+                'formula': 'k = %s (consumer_wakeup_cost_records: %s)' % (_g(fallback), why)}
+    if chars_w is None:
+        return fell_back('the bytes the consumer wrote were not read')
+    if not (cpu_w and rec_w and chars_w) or min(cpu_w, rec_w, chars_w) <= 0 or wake_w is None or wake_w < 0:
+        what = 'bytes written' if rec_w and cpu_w and wake_w is not None else 'records, wake-ups or CPU'
+        return fell_back('the window has no %s' % what)
+    if not (cpu_h and wake_h and chars_h) or min(cpu_h, wake_h, chars_h) <= 0:
+        return fell_back('no history before the window')
+    per_record = chars_w / rec_w
+    rec_h = chars_h / per_record
+    # a window without a wake-up (it never emptied its socket) is an endless batch: a alone
+    batch_h, batch_w = rec_h / wake_h, (rec_w / wake_w if wake_w else float('inf'))
+    inputs.update({'write_chars_per_record': round(per_record, 3), 'history_records': round(rec_h, 1),
+                   'history_records_per_wakeup': round(batch_h, 3)})
+    if per_record < WRITE_CHARS_PER_RECORD_MIN:
+        return fell_back('%s bytes written per record in the window, fewer than a record\'s %d: its writes lag '
+                         'its reads' % (_g(per_record), WRITE_CHARS_PER_RECORD_MIN))
+    if wake_h < WAKEUP_HISTORY_MIN:
+        return fell_back('%s wake-ups before the window, fewer than %d' % (_g(wake_h), WAKEUP_HISTORY_MIN))
+    contrast = max(batch_h, batch_w) / min(batch_h, batch_w)
+    if contrast < WAKEUP_BATCH_CONTRAST_MIN:
+        return fell_back('%s records per wake-up before the window and %s in it, less than %s x apart'
+                         % (_g(batch_h), _g(batch_w), _g(WAKEUP_BATCH_CONTRAST_MIN)))
+    det = rec_h * wake_w - rec_w * wake_h
+    a = (cpu_h * wake_w - cpu_w * wake_h) / det
+    w = (rec_h * cpu_w - rec_w * cpu_h) / det
+    k = w / a if a > 0 else None
+    if k is None or not 0 <= k <= WAKEUP_COST_MAX:
+        return fell_back('the two stretches give a = %s, w = %s' % (_g(a), _g(w)))
+    inputs.update({'wakeup_cost_source': 'measured', 'cpu_seconds_per_record_alone': round(a, 12),
+                   'cpu_seconds_per_wakeup': round(w, 12)})
+    formula = ('k = w / a = %s s / %s s = %s measured: CPU = a x records + w x wake-ups over the history '
+               '(%s CPU s, %s records: %s bytes written / %s per record, %s wake-ups) and the window (per second: '
+               '%s CPU s, %s records, %s wake-ups)'
+               % (_g(w), _g(a), _g(k), _g(cpu_h), _g(rec_h), _g(chars_h), _g(per_record), _g(wake_h),
+                  _g(cpu_w), _g(rec_w), _g(wake_w)))
+    return {'value': k, 'measured': True, 'inputs': inputs, 'formula': formula}
+
+
 def unbatched_factor(records_per_s, wakeups_per_s, records_per_event, wakeup_cost=WAKEUP_COST_RECORDS):
     """How much more CPU per record the consumer needs once unthrottled than it used throttled (pure):
     ``{value, formula, inputs}``.
@@ -158,10 +242,12 @@ def unbatched_factor(records_per_s, wakeups_per_s, records_per_event, wakeup_cos
     (kauditd hands it an event's records together): b = ``records_per_event`` (at least 1, at most the
     throttled batch). value = (1 + k / records_per_event) / (1 + k / b), at least 1. Without the wake-ups
     measured the throttled batch counts as endless (1 + k / records_per_event: the most it can be); without
-    records per event, one record per wake-up.
+    records per event, one record per wake-up. ``wakeup_cost``: k, a number or ``wakeup_cost``'s result
+    (its inputs and formula are added).
     """
     rate, wakeups, per_event = num(records_per_s), num(wakeups_per_s), num(records_per_event)
-    cost = max(0.0, num(wakeup_cost) or 0.0)
+    measure = wakeup_cost if isinstance(wakeup_cost, dict) else None
+    cost = max(0.0, num(measure.get('value') if measure else wakeup_cost) or 0.0)
     batch = rate / wakeups if (rate and wakeups is not None and wakeups > 0) else None
     unbatched = max(1.0, per_event or 1.0)
     if batch is not None:
@@ -176,7 +262,12 @@ def unbatched_factor(records_per_s, wakeups_per_s, records_per_event, wakeup_cos
                    % (_g(cost), _g(unbatched), _g(value),
                       'it never slept throttled' if wakeups == 0 else 'wake-ups not measured'))
     inputs = {'wakeups_per_s': wakeups, 'records_per_wakeup': round(batch, 3) if batch else None,
-              'records_per_event': per_event, 'wakeup_cost_records': cost, 'unbatched_factor': round(value, 4)}
+              'records_per_event': per_event, 'wakeup_cost_records': round(cost, 4),
+              'unbatched_factor': round(value, 4)}
+    if measure:
+        inputs.update(measure.get('inputs') or {})
+        if measure.get('formula'):
+            formula += '; %s' % measure['formula']
     return {'value': value, 'formula': formula, 'inputs': inputs}
 
 

@@ -207,3 +207,18 @@ def test_auditd_config_read_through_the_consumers_root(tmp_path):
     assert auditfacts.read_auditd_config({'pid': 42, 'comm': 'ids-agent'}, str(proc)) is None
     missing = auditfacts.read_auditd_config({'pid': 43, 'comm': 'auditd'}, str(proc))
     assert missing['path'] == '/etc/audit/auditd.conf' and 'error' in missing
+
+
+def test_summarize_activity_history_is_the_consumers_life_before_the_window():
+    first = {'stat': {'utime_ticks': 0, 'stime_ticks': 0, 'nice': 0, 'num_threads': 2}, 'io': {'wchar': 5000},
+             'tasks': {1: {'ticks': 0, 'run_delay_ns': 0, 'run_ns': 2_000_000, 'wakeups': 100},
+                       2: {'ticks': 0, 'run_delay_ns': 0, 'run_ns': 500_000, 'wakeups': 7}}}
+    last = {'stat': {'utime_ticks': 0, 'stime_ticks': 0, 'nice': 0, 'num_threads': 2}, 'io': {'wchar': 9000},
+            'tasks': {1: {'ticks': 0, 'run_delay_ns': 0, 'run_ns': 3_000_000, 'wakeups': 140},
+                      2: {'ticks': 0, 'run_delay_ns': 0, 'run_ns': 500_000, 'wakeups': 7}}}
+    out = procinfo.summarize_activity(7, first, last, [], 2.0, 100, False)
+    assert out['history'] == {'cpu_seconds': 0.0025, 'wakeups': 107, 'write_chars': 5000}
+    assert out['wchar_per_s'] == 2000.0
+    # a task whose switches were not read: unknown, not a smaller count
+    first['tasks'][2]['wakeups'] = None
+    assert procinfo.summarize_activity(7, first, last, [], 2.0, 100, False)['history']['wakeups'] is None

@@ -56,6 +56,67 @@ def test_unbatched_factor_is_the_cost_of_waking_once_per_event_over_the_batches_
     assert S.unbatched_factor(None, None, None, 6.0)['value'] == 7.0
 
 
+# the incident lab on this host (2026-12-01, 1000 connections/s): auditd ran 2 s unthrottled under the load,
+# then 2 s at 1 ms per 250 ms, then a 3.03 s window at that limit; the counters read from /proc at the
+# window's start (its history) and over the window (records from the multicast group)
+LAB_HISTORY = {'cpu_seconds': 0.514361, 'wakeups': 11960, 'write_chars': 11021045}
+LAB_WINDOW = {'cpu_seconds': 0.009438, 'wakeups': 98, 'records': 1768, 'write_chars': 334018}
+# the same consumer unthrottled right after: 0.1066 CPU s for 12048 records (4 records per event)
+LAB_UNTHROTTLED_CPU_PER_RECORD = 0.10659597 / 12048
+
+
+def test_wakeup_cost_measured_from_the_consumers_history_against_the_window():
+    out = S.wakeup_cost(LAB_HISTORY, LAB_WINDOW, 6.0)
+    assert out['measured'] and out['inputs']['wakeup_cost_source'] == 'measured'
+    # 188.9 bytes per record: 58344 records before the window at 4.88 per wake-up, 18.04 in the window
+    assert out['inputs']['write_chars_per_record'] == 188.924
+    assert out['inputs']['history_records_per_wakeup'] == 4.878
+    assert 5.5 < out['value'] < 6.0
+    assert out['formula'].startswith('k = w / a = 2.3')
+    # per second or in total: the same k
+    per_s = dict((name, value / 3.0347) for name, value in LAB_WINDOW.items())
+    assert abs(S.wakeup_cost(LAB_HISTORY, per_s)['value'] - out['value']) < 1e-6
+    # with it the CPU per record once unthrottled is within 1.2x of what the consumer then used
+    unbatched = S.unbatched_factor(1768, 98, 3.98, out)
+    estimate = 0.009438 / 1768 * unbatched['value']
+    assert 0.9 < estimate / LAB_UNTHROTTLED_CPU_PER_RECORD < 1.2
+    assert unbatched['inputs']['wakeup_cost_source'] == 'measured' and '; k = w / a = ' in unbatched['formula']
+
+
+def test_wakeup_cost_falls_back_to_the_threshold_when_the_measure_cannot_be_trusted():
+    def why(history, window=LAB_WINDOW):
+        out = S.wakeup_cost(history, window, 6.0)
+        assert (out['value'], out['measured'], out['inputs']['wakeup_cost_source']) == (
+            6.0, False, 'consumer_wakeup_cost_records')
+        return out['formula']
+    assert why(None) == 'k = 6 (consumer_wakeup_cost_records: no history before the window)'
+    assert 'bytes the consumer wrote were not read' in why(LAB_HISTORY, dict(LAB_WINDOW, write_chars=None))
+    assert 'the window has no bytes written' in why(LAB_HISTORY, dict(LAB_WINDOW, write_chars=0))
+    assert 'the window has no records' in why(LAB_HISTORY, dict(LAB_WINDOW, records=0))
+    assert '99 wake-ups before the window, fewer than 100' in why(dict(LAB_HISTORY, wakeups=99))
+    # a consumer throttled since it started (the lab's fresh auditd): history batched like the window
+    assert 'less than 2 x apart' in why({'cpu_seconds': 0.012, 'wakeups': 149, 'write_chars': 508000})
+    # noise that makes the wake-up cost negative
+    assert 'the two stretches give a = ' in why(dict(LAB_HISTORY, cpu_seconds=0.01))
+    for bad in ('x', float('nan'), -5, True):
+        assert not S.wakeup_cost(dict(LAB_HISTORY, wakeups=bad), LAB_WINDOW)['measured']
+    # the VM (molecule default, 2026-12-01): Debian 12's auditd.service throttled at 1 ms per 250 ms wrote 750
+    # bytes/s for 80.76 records/s (its log writes lag its reads), since boot 149 wake-ups for 1.64 CPU s
+    vm_history = {'cpu_seconds': 1.638898, 'wakeups': 149, 'write_chars': 55638}
+    vm_window = {'cpu_seconds': 0.015721 / 3.633, 'wakeups': 0.0, 'records': 80.76, 'write_chars': 749.795}
+    assert why(vm_history, vm_window) == ('k = 6 (consumer_wakeup_cost_records: 9.284 bytes written per record in '
+                                          'the window, fewer than a record\'s 40: its writes lag its reads)')
+
+
+def test_wakeup_cost_from_a_window_without_wakeups_is_the_record_cost_alone():
+    # throttled, it never emptied its socket: the window gives a, the history w
+    out = S.wakeup_cost({'cpu_seconds': 0.05, 'wakeups': 1000, 'write_chars': 800000},
+                        {'cpu_seconds': 0.004, 'wakeups': 0, 'records': 1000, 'write_chars': 200000})
+    # a = 4e-06 s; 4000 records before the window: w = (0.05 - 0.016) / 1000 = 3.4e-05 s, k = 8.5
+    assert out['measured'] and abs(out['value'] - 8.5) < 1e-9
+    assert out['inputs']['cpu_seconds_per_wakeup'] == 3.4e-05
+
+
 def test_cpu_limit_with_the_unbatched_cost():
     unbatched = S.unbatched_factor(40.0, 2.0, 4.0, 6.0)      # 20 per wake-up, 4 per event: 1.923
     out = S.cpu_limit(0.004, 40.0, 3000.0, 1.5, 0.004, fallback=0.5, unbatched=unbatched)
@@ -250,7 +311,8 @@ def test_a_stalled_window_is_sized_from_the_demand_it_hid():
     assert sizing['formula'] == (
         '5.501e-06 CPU s/record (0.0028 cores / 509 records/s) x 1.88 unbatched = 1.034e-05 CPU s/record '
         'unthrottled x 3516 records/s offered x 2 headroom = 0.07271 -> 0.08 cores; unbatched = (1 + 6 / 4 '
-        'records per event) / (1 + 6 / 18.18 records per wake-up throttled) = 1.88; offered = 509 made/s (509 '
+        'records per event) / (1 + 6 / 18.18 records per wake-up throttled) = 1.88; k = 6 '
+        '(consumer_wakeup_cost_records: the bytes the consumer wrote were not read); offered = 509 made/s (509 '
         'delivered + 0 backlog growth + 0 lost); tasks slept 2.262 s in audit_log_start over 3 s: the rate while '
         'records were made, 3516 records/s (over the 436 ms of clock ticks with stamps)')
     # without the stamps' active rate: made / (1 - asleep)
@@ -297,3 +359,21 @@ def test_the_remediation_plan_carries_the_sizing_of_the_finding_that_set_its_var
     assert [r['sizing'] for r in record['remediations'] if r['role'] == 'agent_cpu'] == [entry['sizing']]
     record = rem.auditgap_remediation_host([plain], rem.auditgap_remediation_plan([plain], 'h'), {}, None, 'h')
     assert record['remediations'][0]['sizing'] is None
+
+
+def test_the_diagnosis_sizes_with_the_wakeup_cost_measured_and_says_so():
+    facts = throttled_facts(records_per_s=1768 / 3.0, usage=0.009438 / 3.0, wakeups_per_s=98 / 3.0)
+    facts['audit_status']['consumer_activity'].update({'cpu_seconds': 0.009438, 'wchar_per_s': 334018 / 3.0,
+                                                       'history': LAB_HISTORY})
+    throttled = [f for f in F.evaluate(facts, 'h')[0] if f['id'] == 'audit_consumer_throttled'][0]
+    inputs = throttled['evidence']['sizing']['inputs']
+    assert inputs['wakeup_cost_source'] == 'measured' and 5.5 < inputs['wakeup_cost_records'] < 6.0
+    assert inputs['history_wakeups'] == 11960 and inputs['write_chars_per_record'] == 188.924
+    assert '; k = w / a = ' in throttled['evidence']['sizing']['formula']
+    # without its history: the threshold, and the formula says which
+    del facts['audit_status']['consumer_activity']['history']
+    throttled = [f for f in F.evaluate(facts, 'h', {'consumer_wakeup_cost_records': 9})[0]
+                 if f['id'] == 'audit_consumer_throttled'][0]
+    assert throttled['evidence']['sizing']['inputs']['wakeup_cost_source'] == 'consumer_wakeup_cost_records'
+    assert throttled['evidence']['sizing']['inputs']['wakeup_cost_records'] == 9
+    assert 'k = 9 (consumer_wakeup_cost_records: no history before the window)' in throttled['summary']
