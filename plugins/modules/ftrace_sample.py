@@ -504,20 +504,31 @@ def sample_events(guard, root, modes, targets, syscalls, params, facts):
     write_value(os.path.join(inst, 'tracing_on'), '1')
     _window(reader, params['duration_s'], feed, inst, params['buffer_size_kb'])
     write_value(os.path.join(inst, 'tracing_on'), '0')
-    buffered = sum(stats.get('entries', 0) for stats in tracefs.cpu_stats(inst))
-    if facts['reader'] == 'raw' and 'offcpu' in modes and not reader.bytes and buffered < RAW_MIN_EVENTS_WITH_STACKS:
-        # a small sample with stacks: naming them from /proc/kallsyms would cost more than
-        # the kernel's text of the whole buffer (nothing has been read from it yet)
+    why = text_for_small_sample(facts['reader'], modes, reader.bytes,
+                                sum(stats.get('entries', 0) for stats in tracefs.cpu_stats(inst)))
+    if why:
         reader.close()
         parser = traceparse.EventParser(pids=tids or None, syscalls=syscalls or None, top=params['top'])
         reader = tracefs.PipeReader(os.path.join(inst, 'trace_pipe'))
         guard.push(reader.close, description='close trace_pipe')
         feed = parser.feed_text
-        facts['reader'] = 'text'
-        facts['reader_fallback'] = ('%d events with stacks, fewer than %d: the text costs less than naming the '
-                                    'stacks from /proc/kallsyms' % (buffered, RAW_MIN_EVENTS_WITH_STACKS))
+        facts['reader'], facts['reader_fallback'] = 'text', why
     reader.drain(feed)
     return name, parser.flush(), tracefs.events_lost(inst)
+
+
+def text_for_small_sample(reader, modes, bytes_read, buffered, least=RAW_MIN_EVENTS_WITH_STACKS):
+    """Why an events sample set up to be read raw should be read as text after all, or None.
+
+    When tracing stops: an offcpu sample (its stacks are named from /proc/kallsyms, a cost
+    once per sample) whose buffer holds fewer than ``least`` events (``buffered``: the
+    per-CPU ``entries``) and from which nothing was read during the window (``bytes_read``)
+    costs less as the kernel's text.
+    """
+    if reader != 'raw' or 'offcpu' not in modes or bytes_read or buffered >= least:
+        return None
+    return ('%d events with stacks, fewer than %d: the text costs less than naming the stacks from '
+            '/proc/kallsyms' % (buffered, least))
 
 
 def events_reader(inst, modes, tids, syscalls, top, kallsyms='/proc/kallsyms'):

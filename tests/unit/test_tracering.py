@@ -365,3 +365,13 @@ def test_reader_in_small_reads_hands_out_the_same_records(tmp_path, plan, cpus, 
         reader.close()
     assert got == merged[0] and len(batches) > 3
     assert reader.stats().records == len(got) and reader.bytes == sum(len(d) for d in cpus)
+
+
+def test_small_offcpu_samples_are_read_as_text():
+    decide = ftrace_sample.text_for_small_sample
+    least = ftrace_sample.RAW_MIN_EVENTS_WITH_STACKS
+    assert 'fewer than %d' % least in decide('raw', ['syscalls', 'offcpu'], 0, least - 1)
+    assert decide('raw', ['syscalls', 'offcpu'], 0, least) is None            # big enough
+    assert decide('raw', ['syscalls', 'offcpu'], 4096, 10) is None            # pages already read
+    assert decide('raw', ['syscalls'], 0, 10) is None                         # no stacks to name
+    assert decide('text', ['offcpu'], 0, 10) is None                          # text already
