@@ -36,6 +36,11 @@ of the fan-out is missed.
     benchmarks/bench_fleet.py --sizes 10,50 --kinds fanout --bashrc /usr/share/base-files/dot.bashrc
     BENCH_FLEET_STRATEGY=mitogen_linear benchmarks/bench_fleet.py   (with mitogen installed)
 
+The fan-out runs with the product's concurrency (Ansible's forks) unless --fanout-concurrency says
+otherwise. With two sizes or more it also splits each run's machine CPU into a fixed cost per run
+and a cost per host (a least-squares line over the sizes) and prints from how many hosts on the
+fan-out's ratio to ping is within the goal: at small fleets the fixed cost decides (docs/scale.md).
+
 Where one fan-out session's CPU goes (ssh client, sshd, login shell, payload):
 benchmarks/bench_fanout_session.py.
 """
@@ -125,7 +130,7 @@ def _env(extra=None):
 STRATEGY = os.environ.get('BENCH_FLEET_STRATEGY')
 WARM_PERSIST = '30m'
 KINDS = ['ping', 'diagnose', 'fanout']
-FANOUT_CONCURRENCY = [100]
+FANOUT_CONCURRENCY = [0]
 
 
 def write_inventory(fleet, path, timeout, ssh_args=''):
@@ -277,7 +282,8 @@ def main():
                         help='every run (ping too) reuses ssh masters an earlier unmeasured run opened (ssh_args with '
                              'ControlPersist=%s): scheduled runs with a ControlPersist longer than their interval; '
                              "the masters' CPU during a run counts as its controller's" % WARM_PERSIST)
-    parser.add_argument('--fanout-concurrency', type=int, default=100, help='diagnose_fanout_concurrency (hosts at once)')
+    parser.add_argument('--fanout-concurrency', type=int, default=0,
+                        help="diagnose_fanout_concurrency (hosts at once; 0, the product's default: Ansible's forks)")
     args = parser.parse_args()
     FANOUT_CONCURRENCY[:] = [args.fanout_concurrency]
     KINDS[:] = ['ping'] + [k for k in args.kinds.split(',') if k in ('diagnose', 'fanout')]
@@ -302,7 +308,50 @@ def main():
     chart(results, os.path.join(args.out, 'bench_fleet.svg'))
     print('wrote %s/bench_fleet.json and bench_fleet.svg (load average %.1f: shared machine, noisy)'
           % (args.out, os.getloadavg()[0]))
+    fits = fixed_and_per_host(results)
+    with open(os.path.join(args.out, 'bench_fleet.json')) as f:
+        doc = json.load(f)
+    doc['fits'] = fits
+    with open(os.path.join(args.out, 'bench_fleet.json'), 'w') as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
     return 0 if goals(results, args.timeout) else 1
+
+
+def fit(points):
+    """(fixed, per_host) of the least-squares line total = fixed + per_host * n through
+    ``points`` [(n, total)], or None with fewer than two sizes."""
+    if len(set(n for n, _ in points)) < 2:
+        return None
+    mean_n = sum(n for n, _ in points) / float(len(points))
+    mean_t = sum(t for _, t in points) / float(len(points))
+    per_host = (sum((n - mean_n) * (t - mean_t) for n, t in points)
+                / sum((n - mean_n) ** 2 for n, _ in points))
+    return mean_t - per_host * mean_n, per_host
+
+
+def fixed_and_per_host(results):
+    """Each run's machine CPU of all its reachable hosts split into a fixed cost per run and a cost
+    per host (a line through the sizes measured): what decides the ratio at small fleets."""
+    fits = {}
+    for kind in ('ping', 'diagnose', 'fanout'):
+        points = [(n, results[n][kind]['machine_cpu_per_host_s'] * n) for n in sorted(results) if kind in results[n]]
+        line = fit(points)
+        if line:
+            fits[kind] = {'fixed_s': line[0], 'per_host_s': line[1], 'sizes': [n for n, _ in points]}
+            print('%s: machine CPU of a run = %.2f s + %.3f s per reachable host (least squares over %s hosts)'
+                  % (kind, line[0], line[1], ','.join(str(n) for n, _ in points)))
+    if 'ping' in fits and 'fanout' in fits:
+        ping, fan = fits['ping'], fits['fanout']
+        room = GOAL_CPU_RATIO * ping['per_host_s'] - fan['per_host_s']
+        if room > 0:
+            # ratio(n) = (F_f + n d_f) / (F_p + n d_p) <= 0.4  <=>  n >= (F_f - 0.4 F_p) / (0.4 d_p - d_f)
+            print('fanout/ping <= %.1f from %.0f hosts on (fixed costs %.2f s and %.2f s, per host %.3f s and %.3f s)'
+                  % (GOAL_CPU_RATIO, max(0.0, (fan['fixed_s'] - GOAL_CPU_RATIO * ping['fixed_s']) / room),
+                     fan['fixed_s'], ping['fixed_s'], fan['per_host_s'], ping['per_host_s']))
+        else:
+            print('fanout/ping stays above %.1f at any size: its per-host cost %.3f s > %.1f x ping\'s %.3f s'
+                  % (GOAL_CPU_RATIO, fan['per_host_s'], GOAL_CPU_RATIO, ping['per_host_s']))
+    return fits
 
 
 HEAD = '%6s %-14s %8s %8s %9s %9s %9s %8s %8s %8s %3s' % (
