@@ -106,3 +106,23 @@ def test_cli_diagnose_writes_the_report_and_latest(tmp_path):
     assert [h['host'] for h in doc['hosts']] == ['localhost']
     assert proc.stdout.startswith('auditgap ')
     assert 'report: %s' % os.path.realpath(str(latest)) in proc.stdout
+
+
+def test_fanout_without_a_trace_host_ends_every_host_at_once(tmp_path):
+    """diagnose_transport fanout, no host chosen for the trace: one meta end_batch ends the
+    play for every host (no end_host evaluated per host); every host is still in the report."""
+    inventory = tmp_path / 'inventory.ini'
+    inventory.write_text('[fleet]\n' + ''.join(
+        '%s ansible_connection=local ansible_python_interpreter="{{ ansible_playbook_python }}"\n' % name
+        for name in ('localhost', 'local-2', 'local-3'))
+        + 'bogus ansible_host=127.0.0.1 ansible_port=1 ansible_connection=ssh ansible_user=nobody\n')
+    doc, _report_dir, stdout = run_diagnose(
+        tmp_path, str(inventory), '-e', 'diagnose_transport=fanout', '-e', 'diagnose_trace=never',
+        '-e', 'diagnose_audit_sample_seconds=0', '-e', 'diagnose_cgroup_sample_seconds=0')
+    assert sorted(h['host'] for h in doc['hosts']) == ['bogus', 'local-2', 'local-3', 'localhost']
+    assert doc['summary']['reachable'] == 3 and doc['summary']['unreachable'] == 1
+    assert all(host(doc, name)['facts']['audit_status']['supported'] for name in ('localhost', 'local-2', 'local-3'))
+    assert 'Done with every host when the fan-out chose none for the trace' in stdout
+    assert 'Done with the hosts the fan-out gathered that need no trace' not in stdout
+    recap = stdout[stdout.rindex('PLAY RECAP'):]
+    assert 'local-2 ' not in recap and 'bogus ' not in recap, recap
