@@ -103,7 +103,7 @@ def fg_off():
 
 
 HIST = {
-    'synthetic': 'agov_lat u64 lat; s64 id; s32 pid',
+    'synthetic': 'agov_lat u64 lat; long id; int pid',  # the types of raw_syscalls' id and common_pid
     'enter': 'hist:keys=common_pid:ts0=common_timestamp.usecs if (id == %d) && (common_pid == %%d)' % ACCEPT4_NR,
     'exit': ('hist:keys=common_pid:lat=common_timestamp.usecs-$ts0:onmatch(raw_syscalls.sys_enter)'
              '.trace(agov_lat,$lat,id,common_pid) if (id == %d) && (common_pid == %%d)' % ACCEPT4_NR),
