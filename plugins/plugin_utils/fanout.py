@@ -264,10 +264,12 @@ def _read_blob(path, tag):
                 return None
             data = f.read()
         head, rest = data.split(b'\n', 1)
-        length = int(head)
+        length, digest = head.split(b' ')
+        length = int(length)
     except (IOError, OSError, ValueError):
         return None
-    if length > len(rest):
+    # a blob that is not what was written (truncated, damaged) is built again, never sent
+    if length > len(rest) or hashlib.sha256(rest).hexdigest().encode('ascii') != digest:
         return None
     blob = Blob.__new__(Blob)
     blob.tag, blob.code, blob.sources = tag, rest[:length], rest[length:]
@@ -281,7 +283,8 @@ def _write_blob(cache_dir, path, blob):
             return
         tmp = '%s.%d.tmp' % (path, os.getpid())
         with open(tmp, 'wb') as f:
-            f.write(b'%d\n' % len(blob.code) + blob.code + blob.sources)
+            body = blob.code + blob.sources
+            f.write(b'%d %s\n' % (len(blob.code), hashlib.sha256(body).hexdigest().encode('ascii')) + body)
         os.rename(tmp, path)
         old = sorted((os.path.join(cache_dir, n) for n in os.listdir(cache_dir) if n.startswith(BLOB_CACHE_PREFIX)),
                      key=os.path.getmtime, reverse=True)

@@ -77,6 +77,19 @@ def test_blob_cache_serves_the_same_blob_until_a_source_changes(tmp_path, monkey
     assert len(built) == 3
 
 
+def test_a_damaged_cached_blob_is_built_again(tmp_path):
+    """A kept blob whose bytes are not those written (truncated, one byte changed) is never sent."""
+    first = F.cached_blob(MODULE_UTILS, cache_dir=str(tmp_path))
+    [path] = [p for p in tmp_path.iterdir() if p.name.startswith(F.BLOB_CACHE_PREFIX)]
+    data = path.read_bytes()
+    for damaged in (data[:-1] + bytes([data[-1] ^ 1]), data[:len(data) // 2]):
+        path.write_bytes(damaged)
+        assert F._read_blob(str(path), first.tag) is None
+        again = F.cached_blob(MODULE_UTILS, cache_dir=str(tmp_path))
+        assert (again.code, again.sources) == (first.code, first.sources)
+        assert path.read_bytes() == data
+
+
 def test_cached_blob_of_the_gather_is_the_built_one(tmp_path):
     built = F.build_blob(F.collect_sources(MODULE_UTILS))
     for _ in range(2):
