@@ -521,6 +521,19 @@ def events_lost(base):
     return sum(stats.get('overrun', 0) + stats.get('dropped_events', 0) for stats in cpu_stats(base))
 
 
+def read_until(deadline, read_available, interval_s=0.25, drain_if=None):
+    """Call ``read_available()`` every ``interval_s`` until ``deadline`` (time.monotonic);
+    with ``drain_if``, only when ``drain_if()`` says the buffer is filling up. The
+    readers of a sample's window (trace_pipe text, trace_pipe_raw pages) share it."""
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        time.sleep(min(interval_s, deadline - now))
+        if drain_if is None or drain_if():
+            read_available()
+
+
 class PipeReader:
     """Non-blocking reader of a trace_pipe that hands out text of whole lines (each
     ending with a newline), one chunk per read, for the parsers' ``feed_text``: no
@@ -542,13 +555,7 @@ class PipeReader:
         by ``drain`` after tracing stops, so the window itself costs the traced
         tasks only the tracepoints.
         """
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            time.sleep(min(interval_s, deadline - now))
-            if drain_if is None or drain_if():
-                self.read_available(on_text)
+        read_until(deadline, lambda: self.read_available(on_text), interval_s, drain_if)
 
     def read_available(self, on_text, max_bytes=64 << 20):
         """Read what is in the pipe now (up to ``max_bytes``)."""

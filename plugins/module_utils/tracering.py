@@ -45,7 +45,7 @@ import struct
 import sys
 import time
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
+from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse, tracefs
 
 # The compressed event header this decoder understands (events/header_event must say so).
 TYPE_LEN_BITS = 5
@@ -740,13 +740,7 @@ class RawReader:
     def read_until(self, deadline, on_records, interval_s=0.25, drain_if=None):
         """As tracefs.PipeReader.read_until: wake every ``interval_s``; read only when
         ``drain_if()`` says the buffer is filling (the rest after tracing stops)."""
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            time.sleep(min(interval_s, deadline - now))
-            if drain_if is None or drain_if():
-                self.read_available(on_records)
+        tracefs.read_until(deadline, lambda: self.read_available(on_records), interval_s, drain_if)
 
     def _read_cpu(self, fd, max_bytes):
         size = self.plan.layout.page_size
