@@ -508,10 +508,8 @@ def sample_events(guard, root, modes, targets, syscalls, params, facts):
                                 sum(stats.get('entries', 0) for stats in tracefs.cpu_stats(inst)))
     if why:
         reader.close()
-        parser = traceparse.EventParser(pids=tids or None, syscalls=syscalls or None, top=params['top'])
-        reader = tracefs.PipeReader(os.path.join(inst, 'trace_pipe'))
+        parser, reader, feed = text_reader(inst, tids, syscalls, params['top'])
         guard.push(reader.close, description='close trace_pipe')
-        feed = parser.feed_text
         facts['reader'], facts['reader_fallback'] = 'text', why
     reader.drain(feed)
     return name, parser.flush(), tracefs.events_lost(inst)
@@ -531,6 +529,12 @@ def text_for_small_sample(reader, modes, bytes_read, buffered, least=RAW_MIN_EVE
             '/proc/kallsyms' % (buffered, least))
 
 
+def text_reader(inst, tids, syscalls, top):
+    """The text reader of an events sample (trace_pipe): (parser, reader, the reader's callback)."""
+    parser = traceparse.EventParser(pids=tids or None, syscalls=syscalls or None, top=top)
+    return parser, tracefs.PipeReader(os.path.join(inst, 'trace_pipe')), parser.feed_text
+
+
 def events_reader(inst, modes, tids, syscalls, top, kallsyms='/proc/kallsyms'):
     """The reader of an events sample: the binary ring buffer (per_cpu/cpuN/trace_pipe_raw,
     decoded with the instance's format files) when everything it needs is there, else the
@@ -548,9 +552,7 @@ def events_reader(inst, modes, tids, syscalls, top, kallsyms='/proc/kallsyms'):
     except (tracering.FormatError, OSError) as err:
         why = str(err) if isinstance(err, tracering.FormatError) else 'cannot open trace_pipe_raw (%s)' % (
             err.strerror or err)
-        parser = traceparse.EventParser(pids=tids or None, syscalls=syscalls or None, top=top)
-        reader = tracefs.PipeReader(os.path.join(inst, 'trace_pipe'))
-        return parser, reader, parser.feed_text, 'text', why
+        return text_reader(inst, tids, syscalls, top) + ('text', why)
     parser = tracering.RawEventParser(plan.names, plan.states, symbols, pids=tids or None,
                                       syscalls=syscalls or None, top=top)
     return parser, reader, parser.feed_records, 'raw', None
