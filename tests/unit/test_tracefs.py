@@ -296,9 +296,11 @@ _REAL_LOCK = tracefs.Lock
 
 def tracefs_lock(path):
     """The real host lock, in a private state directory of its own (mkdtemp: 0700) beside
-    nothing the test compares; its journals go there too."""
+    the test's fake tracefs (so in nothing the test compares), inside pytest's per-test base
+    directory, which pytest removes like tmp_path; its journals go there too."""
     import tempfile
-    return _REAL_LOCK(os.path.join(tempfile.mkdtemp(prefix='auditgap-state-'), 'host.lock'))
+    parent = os.path.dirname(os.path.dirname(path))
+    return _REAL_LOCK(os.path.join(tempfile.mkdtemp(prefix='auditgap-state-', dir=parent), 'host.lock'))
 
 
 def test_plan_graph_roots():
