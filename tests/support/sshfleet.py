@@ -17,6 +17,10 @@ tests fleet fan-out over SSH, not per-host OS changes.
 Everything is torn down on exit: sshd processes (killed by pid), the
 namespaces (which takes their veths and the bridge with them) and the
 temporary directory holding host keys, client key, configs and inventory.
+A run that cannot tear down (its owner SIGKILLed) is reaped by the next
+fleet's start: each fleet keeps a journal in ``JOURNAL_DIR`` (its owner's pid
+and start time, its namespaces, sshd pids and directory), and ``reap_stale()``
+ends what a journal whose owner is gone names (``reap_journal``).
 
 Usage::
 
@@ -26,6 +30,7 @@ Usage::
 or the pytest fixture ``sshfleet`` (session scope) defined below.
 """
 import glob
+import json
 import os
 import shutil
 import signal
@@ -36,6 +41,8 @@ import time
 SSHD = '/usr/sbin/sshd'
 PREFIX = 'agf-'
 DEFAULT_NET = '10.213.0'
+# one journal per live fleet (tmpfs: gone at reboot, with what it names)
+JOURNAL_DIR = '/run/auditgap-sshfleet'
 
 
 def _run(args, check=True):
@@ -53,8 +60,114 @@ def _pid_alive(pid):
     return True
 
 
+def _start_time(pid):
+    """The start time of ``pid`` (clock ticks since boot, /proc/PID/stat field 22), None when gone
+    or a zombie: a pid and its start time name one live process, also after the pid is reused."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(')') + 2:].split()
+    return None if fields[0] in ('Z', 'X') else int(fields[19])
+
+
+def _net_inode(path):
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _kill_in_namespaces(inodes):
+    """SIGKILL every process whose network namespace is one of ``inodes`` (the sshds and their
+    sessions, found also when the namespace's name is gone); returns the pids killed."""
+    inodes = {i for i in inodes if i}
+    killed = []
+    if not inodes:
+        return killed
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            link = os.readlink(f'/proc/{entry}/ns/net')
+        except OSError:
+            continue
+        if link.startswith('net:[') and int(link[5:-1]) in inodes:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+def journal_stale(doc):
+    """True when the fleet a journal describes has no owner any more (its pid gone or reused)."""
+    return _start_time(doc.get('owner', -1)) != doc.get('owner_start')
+
+
+def _cmdline(pid):
+    try:
+        with open(f'/proc/{pid}/cmdline', 'rb') as f:
+            return f.read().replace(b'\0', b' ').decode(errors='replace')
+    except OSError:
+        return ''
+
+
+def reap_journal(doc):
+    """End what one stale fleet's journal names: its sshds (by pid, when their command line
+    still names the fleet's directory), every process left in its namespaces (sessions, and in
+    the hub the dead run's controller and ssh masters), the namespaces, its directory. A
+    namespace is acted on only while its name still points at the journaled namespace (an inode
+    of a freed namespace can be reused by anyone's). Returns the pids killed."""
+    tmp = doc.get('tmp') or ''
+    ours = os.path.basename(tmp).startswith('agf-sshfleet-')
+    killed = []
+    for pid in doc.get('sshd_pids') or []:
+        if ours and isinstance(pid, int) and f' {tmp}/' in _cmdline(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+    live = [ns for ns in doc.get('namespaces') or []
+            if ns.get('inode') and _net_inode(f"/run/netns/{ns['name']}") == ns['inode']]
+    killed += _kill_in_namespaces(ns['inode'] for ns in live)
+    for ns in reversed(live):
+        _run(['ip', 'netns', 'del', ns['name']], check=False)
+    if ours and os.path.isdir(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+    return killed
+
+
+def reap_stale(journal_dir=None):
+    """Reap every fleet whose journal's owner is gone (a SIGKILLed test run or benchmark);
+    fleets of live owners are left alone. Returns the journals reaped."""
+    journal_dir = journal_dir or JOURNAL_DIR
+    reaped = []
+    for path in sorted(glob.glob(os.path.join(journal_dir, PREFIX + '*.json'))):
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except (FileNotFoundError, ValueError):
+            continue     # gone meanwhile (its owner stopped), or not a journal (written whole by rename)
+        if not isinstance(doc, dict) or not journal_stale(doc):
+            continue
+        reap_journal(doc)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        reaped.append(path)
+    return reaped
+
+
 def cleanup_stale(prefix=PREFIX + 'f'):
-    """Remove fleet namespaces (``agf-f<pid>-*``) left by a run whose process is gone."""
+    """Remove fleets a dead run left: those its journal names (``reap_stale``), then namespaces
+    (``agf-f<pid>-*``) of a run whose process is gone and that no journal named, with whatever
+    still runs in them."""
+    reap_stale()
     for path in glob.glob(f'/run/netns/{prefix}*'):
         name = os.path.basename(path)
         try:
@@ -62,6 +175,7 @@ def cleanup_stale(prefix=PREFIX + 'f'):
         except ValueError:
             continue
         if not _pid_alive(pid):
+            _kill_in_namespaces([_net_inode(path)])
             _run(['ip', 'netns', 'del', name], check=False)
 
 
@@ -103,6 +217,7 @@ class SSHFleet:
         self.namespaces = []
         self.inventory = None
         self.key = None
+        self.journal = os.path.join(JOURNAL_DIR, self.tag + '.json')
 
     # -- commands --------------------------------------------------------
     def cmd(self, args):
@@ -121,7 +236,20 @@ class SSHFleet:
     def _netns(self, name):
         _run(['ip', 'netns', 'add', name])
         self.namespaces.append(name)
+        self._write_journal()
         _run(['ip', '-n', name, 'link', 'set', 'lo', 'up'])
+
+    def _write_journal(self):
+        """What a later run needs to reap this fleet if this process dies without ``stop()``:
+        written (atomically) before each namespace or sshd can outlive it."""
+        os.makedirs(JOURNAL_DIR, mode=0o700, exist_ok=True)
+        doc = {'owner': os.getpid(), 'owner_start': _start_time(os.getpid()), 'tmp': self.tmp,
+               'namespaces': [{'name': ns, 'inode': _net_inode(f'/run/netns/{ns}')} for ns in self.namespaces],
+               'sshd_pids': [h['proc'].pid for h in self.hosts if h.get('proc')]}
+        part = self.journal + '.part'
+        with open(part, 'w') as f:
+            json.dump(doc, f)
+        os.replace(part, self.journal)
 
     def start(self):
         if os.geteuid() != 0:
@@ -139,6 +267,7 @@ class SSHFleet:
     def _start(self):
         self.tmp = tempfile.mkdtemp(prefix='agf-sshfleet-')
         os.chmod(self.tmp, 0o700)
+        self._write_journal()
         # sshd's privilege separation directory (Debian's init script makes it).
         os.makedirs('/run/sshd', mode=0o755, exist_ok=True)
         self.key = os.path.join(self.tmp, 'id_ed25519')
@@ -224,6 +353,7 @@ class SSHFleet:
             ['nsenter', f"--net=/run/netns/{host['ns']}"] + argv,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
+        self._write_journal()
         for cgroup in self.cgroups:
             # nsenter execs sshd (same pid); sshd forks sessions only once it listens
             with open(os.path.join(cgroup, 'cgroup.procs'), 'w') as f:
@@ -297,6 +427,10 @@ class SSHFleet:
         self.namespaces = []
         if self.tmp and os.path.isdir(self.tmp):
             shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            os.unlink(self.journal)
+        except FileNotFoundError:
+            pass
 
     def __enter__(self):
         return self.start()
