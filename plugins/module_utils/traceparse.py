@@ -643,6 +643,11 @@ def _line_ts(line):
     return ts if -TS_LIMIT < ts < TS_LIMIT else None  # NaN, infinity, overflow: no stamp
 
 
+# trace_pipe's line for events lost on a CPU (the ring buffer overwritten before it was read)
+_LOST_MARK = ' EVENTS]'
+_LOST_RE = re.compile(r'^CPU:\d+ \[LOST(?: \d+)? EVENTS\]$', re.M)
+
+
 def _first_ts(text):
     start = 0
     while start < len(text):
@@ -711,6 +716,7 @@ class EventParser:
         self.unpaired_exits = 0
         self.stacks_overflow = 0
         self._clean_cache = {}
+        self.gaps = 0          # losses seen (trace_pipe's LOST lines, the raw reader's GAP records)
 
     # -- input ---------------------------------------------------------------
     def feed(self, line):
@@ -747,6 +753,24 @@ class EventParser:
         return self
 
     def _parse_text(self, text):
+        if _LOST_MARK in text:
+            parts = _LOST_RE.split(text)
+            for index, part in enumerate(parts):
+                if index:
+                    self._lost()
+                self._parse_part(part)
+            return
+        self._parse_part(text)
+
+    def _lost(self):
+        """A ``CPU:N [LOST n EVENTS]`` line (trace_pipe prints it before the first event after
+        the loss): what was pending is not paired with what comes after it (the task's own exit
+        or switch-in may have been among the lost events)."""
+        self._enter.clear()
+        self._out.clear()
+        self.gaps += 1
+
+    def _parse_part(self, text):
         self.lines += text.count('\n')
         if self.first_ts is None:
             self.first_ts = _first_ts(text)

@@ -65,7 +65,7 @@ NS_CLOCKS = frozenset(('local', 'global', 'perf', 'mono', 'mono_raw', 'boot', 't
 ULONG_MAX = (1 << 64) - 1
 
 # tags of the records RawEventParser reads
-SWITCH, STACK = 0, 2
+SWITCH, GAP, STACK = 0, 1, 2
 SYSCALL_TAGS = 4  # syscall tags from here: enter 4 + 2 * index, its exit one above
 
 _NATIVE = '<' if sys.byteorder == 'little' else '>'
@@ -263,16 +263,19 @@ class Walker:
     ``handlers``: {event id: (tag, kind, a, b, c)}. kind 1 makes ``(ts_ns, tag, w[a], 0, 0)``,
     kind 3 ``(ts_ns, tag, w[a], w[b], w[c])`` (w: the record's data as unsigned 32-bit words,
     a/b/c word indexes from word_index), PAYLOAD ``(ts_ns, tag, byte offset, length, 0)``,
-    KSTACK ``(ts_ns, tag, pid, callers, 0)`` (a: the pid's word, b: the size's word, c: the
-    callers' word). Records of other ids are counted in ``other``. ``stats()``: pages,
+    KSTACK ``(ts_ns, tag, pid, callers, key)`` (a: the pid's word, b: the size's word, c: the
+    callers' word; key: the record's bytes from its size word, the same for the same stack). Records of other ids are counted in ``other``. ``stats()``: pages,
     pages flagged with lost events before them, the lost events they stored, paddings,
     time extends, absolute stamps, pages cut short (a record running past the commit),
     data records, records of other ids.
     """
 
-    def __init__(self, layout, handlers):
+    def __init__(self, layout, handlers, gaps=False, pairs=False):
         self.layout = layout
         self.handlers = handlers
+        self.gaps = gaps
+        self.pairs = pairs
+        self._gap = False
         self.pages = self.missed_pages = self.missed_events = 0
         self.paddings = self.extends = self.stamps = self.bad_pages = 0
         self.records = self.other = self._other_run = 0
@@ -280,6 +283,7 @@ class Walker:
         self.fast_word = 1
         self._long = struct.Struct(_NATIVE + ('Q' if layout.commit_size == 8 else 'I'))
         self._callers = {}
+        self._stacks = {}   # a kernel_stack record's bytes from its size word -> its callers
 
     def stats(self):
         return PageStats(self.pages, self.missed_pages, self.missed_events, self.paddings, self.extends,
@@ -287,7 +291,13 @@ class Walker:
 
     def walk(self, data, out):
         """Append the handled records of every whole page of ``data`` to ``out`` (time
-        order: one CPU's pages come in order). Returns the bytes used (whole pages)."""
+        order: one CPU's pages come in order). Returns the bytes used (whole pages).
+
+        With ``gaps``, a page flagged with lost events before it is preceded by ``(ts_ns,
+        GAP, 0, 0, 0)``, ``ts_ns`` its first record's stamp. With ``pairs``, a syscall's enter
+        followed by its exit (the next record handled here, same task, no lost events between)
+        is one record ``(exit ts_ns, -exit tag, pid, enter ts_ns, 0)``; never the first record
+        of a walk (so the first stamp handed out is a record's own)."""
         layout = self.layout
         size = layout.page_size
         used = len(data) - len(data) % size
@@ -303,8 +313,15 @@ class Walker:
         pid_word = self.fast_word
         three = [(ident, h) for ident, h in self.handlers.items() if h[1] == 3]
         three_id, (three_tag, _count, wa, wb, wc) = three[0] if len(three) == 1 else (-1, (0, 0, 0, 0, 0))
+        stack = [(ident, h) for ident, h in self.handlers.items() if h[1] == KSTACK]
+        stack_id, (stack_tag, _kind, sa, sb, sc) = stack[0] if len(stack) == 1 else (-1, (0, 0, 0, 0, 0))
+        stacks = self._stacks
+        stacks_get = stacks.get
         append = out.append
         before = len(out)
+        fold = self.pairs
+        pairs = markers = 0
+        gap_at = -1 if not self._gap else before  # where a GAP marker goes (the flagged page's first record)
         for base in range(0, used, size):
             ts, commit = header(data, base)
             length = commit & COMMIT_MASK
@@ -313,12 +330,15 @@ class Walker:
                 self.missed_pages += 1
                 if commit & MISSED_STORED and layout.data_offset + length + self._long.size <= size:
                     self.missed_events += self._long.unpack_from(data, base + layout.data_offset + length)[0]
+                if self.gaps and gap_at < 0:
+                    gap_at = len(out)
+            held = None  # the enter just appended (pairs), never one of a page after lost events
             i = base // 4 + first
             end = i + min(length, size - layout.data_offset) // 4
             while i < end:
                 head = words[i]
                 kind = head & 31
-                if kind and kind <= DATA_MAX:
+                if 0 < kind <= DATA_MAX:
                     j = i + 1
                     i = j + kind
                     if i > end:
@@ -328,11 +348,35 @@ class Walker:
                     ident = words[j] & 0xffff
                     tag = fast_get(ident)
                     if tag is not None:
-                        append((ts, tag, words[j + pid_word], 0, 0))
+                        pid = words[j + pid_word]
+                        if not tag & 1:
+                            if fold:
+                                held = (ts, tag, pid, 0, 0)
+                                append(held)
+                            else:
+                                append((ts, tag, pid, 0, 0))
+                        elif held is not None and held[2] == pid and held[1] + 1 == tag:
+                            out[-1] = (ts, -tag, pid, held[0], 0)
+                            pairs += 1
+                            held = None
+                        else:
+                            append((ts, tag, pid, 0, 0))
+                            held = None
                     elif ident == three_id:
                         append((ts, three_tag, words[j + wa], words[j + wb], words[j + wc]))
+                        held = None
+                    elif ident == stack_id:
+                        key = data[(j + sb) * 4:i * 4]
+                        callers = stacks_get(key)
+                        if callers is None:
+                            callers = self._stack(data, j, i, words[j + sb], sc)
+                            if len(stacks) < 4096:
+                                stacks[key] = callers
+                        append((ts, stack_tag, words[j + sa], callers, key))
+                        held = None
                     else:
                         self._record(words, data, j, i, ts, append)
+                        held = None
                 elif not kind:  # a data record longer than 112 bytes: its length is the next word
                     j = i + 2
                     i += 1 + (words[i + 1] + 3) // 4
@@ -341,6 +385,7 @@ class Walker:
                         break
                     ts += head >> 5
                     self._record(words, data, j, i, ts, append)
+                    held = None
                 elif kind == PADDING:
                     self.paddings += 1
                     if not head >> 5:
@@ -361,8 +406,18 @@ class Walker:
                             stamp += 1 << 59
                     ts = stamp
                     i += 2
+            if gap_at >= 0 and len(out) > gap_at:
+                rec = out[gap_at]
+                out.insert(gap_at, (rec[3] if rec[1] < 0 else rec[0], GAP, 0, 0, 0))
+                markers += 1
+                gap_at = -1
         words.release()
-        self.records += len(out) - before + self._other_run
+        self._gap = gap_at >= 0  # lost events before records still to come
+        if pairs and len(out) > before and out[before][1] < 0:  # the first record: enter and exit again
+            ts, tag, pid, start, _zero = out[before]
+            out[before:before + 1] = [(start, -tag - 1, pid, 0, 0), (ts, -tag, pid, 0, 0)]
+            pairs -= 1
+        self.records += len(out) - before - markers + pairs + self._other_run
         self.other += self._other_run
         self._other_run = 0
         return used
@@ -379,7 +434,7 @@ class Walker:
         elif count == 3:
             append((ts, tag, words[j + a], words[j + b], words[j + c]))
         elif count == KSTACK:
-            append((ts, tag, words[j + a], self._stack(data, j, i, words[j + b], c), 0))
+            append((ts, tag, words[j + a], self._stack(data, j, i, words[j + b], c), data[(j + b) * 4:i * 4]))
         else:
             append((ts, tag, j * 4, (i - j) * 4, 0))
 
@@ -510,6 +565,7 @@ class RawEventParser(traceparse.EventParser):
         self.resolution_ns = int(resolution_ns)
         self._state_text = {}
         self._stack_of = {}
+        self._gap = -1       # the stamp of the last lost-events gap (GAP record) fed
 
     def feed_text(self, text):
         raise TypeError('RawEventParser takes records (feed_records), not text')
@@ -522,10 +578,15 @@ class RawEventParser(traceparse.EventParser):
         return [(v + half) // step * step for v in values]
 
     def feed_records(self, records):
-        """Records in time order (all CPUs merged): (ts_ns, tag, ...) as Walker makes them."""
+        """Records in time order (all CPUs merged): (ts_ns, tag, ...) as Walker makes them
+        (with or without its pairs and GAP markers: the same result).
+
+        A GAP (events lost on a CPU before the stamp) ends every pending enter and switch-out
+        made before it: the task's exit or switch-in may have been among the lost events, and
+        a later one would be paired with it across the loss (a getppid of 250 ms, a 1 ms sleep
+        of 70 ms). Such exits count as unpaired; such switch-ins are not counted."""
         if not records:
             return self
-        self.lines += len(records)
         first, last = self._ns([records[0][0], records[-1][0]])
         if self.first_ts is None:
             self.first_ts = first / 1e9
@@ -536,14 +597,30 @@ class RawEventParser(traceparse.EventParser):
         out = self._out
         out_pop = out.pop
         state_text = self._state_text
+        stack_of = self._stack_of.get
         exits = {}
         switch_ins = {}
-        unpaired = 0
+        unpaired = pairs = markers = 0
         round_ts = self.resolution_ns > 1
+        gap = self._gap
         for ts, tag, a, b, c in records:
-            if tag & 1:  # a syscall's exit (a: pid)
+            if tag < 0:  # an enter and its exit (Walker pairs): a pid, b the enter's stamp
+                enter_pop(a, None)
+                pairs += 1
+                if b < gap:
+                    unpaired += 1
+                elif pids is None or a in pids:
+                    batch = exits.get(-tag)
+                    if batch is None:
+                        batch = exits[-tag] = []
+                    batch += (b, ts, a)
+            elif tag & 1:  # a syscall's exit (a: pid), or a GAP
+                if tag == GAP:
+                    gap = self._ns((ts,))[0] if round_ts else ts
+                    markers += 1
+                    continue
                 entered = enter_pop(a, None)
-                if entered is None or entered[0] != tag:
+                if entered is None or entered[0] != tag or entered[1] < gap:
                     unpaired += 1
                 elif pids is None or a in pids:
                     batch = exits.get(tag)
@@ -556,7 +633,7 @@ class RawEventParser(traceparse.EventParser):
                 if round_ts:
                     ts = self._ns((ts,))[0]
                 pending = out_pop(c, None)
-                if pending is not None:
+                if pending is not None and pending[0] >= gap:
                     stack = pending[2] or ()
                     batch = switch_ins.get(stack)
                     if batch is None:
@@ -567,11 +644,17 @@ class RawEventParser(traceparse.EventParser):
                     if text is None:
                         text = state_text[b] = state_text_of(b, self.states) if self.states else 'R'
                     out[a] = [ts, text, None]
-            else:  # STACK: a: pid, b: callers
+            else:  # STACK: a: pid, b: callers, c: their bytes (the cache's key)
                 pending = out.get(a)
                 if pending is not None and pending[2] is None:
-                    pending[2] = self._named_stack(b)
+                    stack = stack_of(c)
+                    if stack is None:
+                        stack = self._named_stack(b, c)
+                    pending[2] = stack
+        self._gap = gap
+        self.lines += len(records) + pairs - markers
         self.unpaired_exits += unpaired
+        self.gaps += markers
         for tag, batch in exits.items():
             name = self.names[tag]
             stats = self._sys.get(name)
@@ -586,13 +669,11 @@ class RawEventParser(traceparse.EventParser):
             self._account_batch(switch_ins)
         return self
 
-    def _named_stack(self, callers):
-        stack = self._stack_of.get(callers)
-        if stack is None:
-            names = [self.symbols.name(a) for a in callers] if self.symbols else ['0x%x' % a for a in callers]
-            stack = tuple(traceparse.clean_stack(names))
-            if len(self._stack_of) < 4096:
-                self._stack_of[callers] = stack
+    def _named_stack(self, callers, key):
+        names = [self.symbols.name(a) for a in callers] if self.symbols else ['0x%x' % a for a in callers]
+        stack = tuple(traceparse.clean_stack(names))
+        if len(self._stack_of) < 4096:
+            self._stack_of[key] = stack
         return stack
 
     def flush(self):
@@ -728,7 +809,7 @@ class RawReader:
         try:
             for cpu, path in cpu_dirs(base):
                 self.fds.append(os.open(os.path.join(path, 'trace_pipe_raw'), os.O_RDONLY | os.O_NONBLOCK))
-                self.walkers.append(Walker(plan.layout, plan.handlers))
+                self.walkers.append(Walker(plan.layout, plan.handlers, gaps=True, pairs=True))
         except OSError:
             self.close()
             raise

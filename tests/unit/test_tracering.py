@@ -215,6 +215,47 @@ def test_result_equals_event_parser_on_the_text(merged, plan, symbols):
         assert abs(g['p99_us'] - w['p99_us']) <= 1.0 + 0.01 * w['p99_us']
 
 
+def _unfold(records):
+    """Pair records back into their enter and exit."""
+    out = []
+    for rec in records:
+        if rec[1] < 0:
+            out += [(rec[3], -rec[1] - 1, rec[2], 0, 0), (rec[0], -rec[1], rec[2], 0, 0)]
+        else:
+            out.append(rec)
+    return out
+
+
+def _result(plan, symbols, records):
+    return tr.RawEventParser(plan.names, plan.states, symbols, syscalls=SYSCALLS).feed_records(records).result()
+
+
+def test_pairs_and_gaps_records_give_the_record_by_record_result(plan, symbols, cpus, merged):
+    """Walker's pair records (an enter and its exit, next to each other on a CPU: one record) give
+    the result of the records one by one, with and without lost-events gaps; the first record
+    of a walk stays a record of its own (its stamp starts the window)."""
+    records = merged[0]
+    plain = _result(plan, symbols, records)
+    for gaps in (False, True):
+        walkers = [tr.Walker(plan.layout, plan.handlers, gaps=gaps, pairs=True) for _ in cpus]
+        folded, _lasts = tr.merge_cpus(walkers, cpus)
+        singles, _lasts = tr.merge_cpus([tr.Walker(plan.layout, plan.handlers, gaps=gaps) for _ in cpus], cpus)
+        assert sum(1 for r in folded if r[1] < 0) > 1000 and len(folded) < 0.7 * len(records)
+        assert sum(w.stats().records for w in walkers) == len(records)
+        assert _result(plan, symbols, folded) == _result(plan, symbols, singles)
+        for data in cpus:
+            out = []
+            tr.Walker(plan.layout, plan.handlers, gaps=gaps, pairs=True).walk(data, out)
+            assert out[0][1] >= 0
+    # the fixture's lost events sit before each CPU's first page: a gap ends what was pending on
+    # the other CPU then (one sleep here), nothing else changes
+    gapped = tr.merge_cpus([tr.Walker(plan.layout, plan.handlers, gaps=True) for _ in cpus], cpus)[0]
+    assert sum(1 for r in gapped if r[1] == tr.GAP) == 2
+    got = _result(plan, symbols, gapped)
+    assert got['syscalls'] == plain['syscalls'] and got['events'] == plain['events'] - 1
+    assert got['lines'] == plain['lines'] == len(records)
+
+
 def test_merge_order_and_hold_back(plan):
     """Equal stamps: the lower CPU first, as the text; records newer than the mark wait."""
     recs, _ = tr.merge_cpus([], [], held=[(5, tr.SWITCH, 1, 0, 2)])
@@ -271,6 +312,90 @@ def test_built_pages_padding_extend_stamp_long_record():
     stats = walker.stats()
     assert (stats.missed_pages, stats.missed_events, stats.paddings, stats.extends, stats.stamps) == (1, 77, 2, 1, 1)
     assert stats.records == 4 and stats.bad_pages == 0
+
+
+def _switch(prev_pid, state, next_pid, delta):
+    """A 20-byte sched_switch-like record: common fields, prev_pid, prev_state, next_pid."""
+    return _head(5, delta) + struct.pack('<HBBiiIi', 103, 0, 0, prev_pid, prev_pid, state, next_pid)
+
+
+LOST_HANDLERS = {101: (4, 1, 1, 0, 0), 102: (5, 1, 1, 0, 0), 103: (tr.SWITCH, 3, 2, 3, 4)}
+
+
+def _lost_sample(cpu1_lost):
+    """CPU 0: an enter of task 42 and a switch-out of task 43 pending at the end of a page; then
+    (after lost events on CPU 0, or on CPU 1 when ``cpu1_lost``) the exit and the switch-in they
+    would be paired with across the loss, and a syscall and a sleep wholly after it."""
+    us = 1000
+    page_a = _page(1000 * us, _syscall(101, 42, 10 * us) + _syscall(102, 42, 2 * us)  # 1010-1012 us: a call
+                   + _syscall(101, 42, 8 * us) + _switch(43, 1, 0, 10 * us))         # 1020, 1030: pending
+    body_b = (_syscall(102, 42, 5 * us) + _switch(0, 0, 43, 5 * us)                  # 5005, 5010: across
+              + _syscall(101, 42, 10 * us) + _syscall(102, 42, 3 * us)               # 5020-5023: a call
+              + _switch(43, 1, 0, 7 * us) + _switch(0, 0, 43, 70 * us))              # 5030-5100: a sleep
+    cpus = [page_a + _page(5000 * us, body_b, 0 if cpu1_lost else tr.MISSED_EVENTS)]
+    if cpu1_lost:
+        cpus.append(_page(3000 * us, _syscall(101, 77, us) + _syscall(102, 77, us), tr.MISSED_EVENTS))
+    return cpus
+
+
+@pytest.mark.parametrize('cpu1_lost', [False, True])
+@pytest.mark.parametrize('pairs', [False, True])
+def test_lost_events_end_what_was_pending(cpu1_lost, pairs):
+    """An enter or a switch-out before events were lost (on any CPU) is not paired with an exit
+    or switch-in after the loss: the task's own exit or switch-in may have been lost (under
+    heavy loss such pairs made getppid calls of 250 ms and 1 ms sleeps of 70 ms). Without the
+    gaps, the pairs across the loss are made."""
+    cpus = _lost_sample(cpu1_lost)
+    results = {}
+    for gaps in (False, True):
+        records, _lasts = tr.merge_cpus([tr.Walker(LAYOUT, LOST_HANDLERS, gaps=gaps, pairs=pairs) for _ in cpus],
+                                        cpus)
+        parser = tr.RawEventParser({4: 'getppid', 5: 'getppid'}, syscalls=['getppid'])
+        results[gaps] = (parser.feed_records(records).result(), parser.gaps)
+    (across, no_gaps), (got, gaps) = results[False], results[True]
+    assert no_gaps == 0 and gaps == 1
+    assert across['syscalls']['getppid']['max_us'] == 3985.0 and across['unpaired_exits'] == 0
+    assert [(g['count'], g['max_us']) for g in across['offcpu']] == [(2, 3980.0)]
+    calls = got['syscalls']['getppid']
+    assert calls['count'] == 2 + (1 if cpu1_lost else 0) and calls['max_us'] == 3.0
+    assert got['unpaired_exits'] == 1
+    assert [(g['count'], g['max_us'], g['pids']) for g in got['offcpu']] == [(1, 70.0, [43])]
+    assert got['lines'] == across['lines'] == 10 + (2 if cpu1_lost else 0)
+
+
+LOST_TEXT = '''\
+ python3-42 [000] ..... 0.001010: sys_getppid()
+ python3-42 [000] ..... 0.001012: sys_getppid -> 0x1
+ python3-42 [000] ..... 0.001020: sys_getppid()
+ python3-43 [000] d..2. 0.001030: sched_switch: prev_comm=python3 prev_pid=43 prev_prio=120 prev_state=S ==> \
+next_comm=swapper/0 next_pid=0 next_prio=120
+CPU:0 [LOST 1000 EVENTS]
+ python3-42 [000] ..... 0.005005: sys_getppid -> 0x1
+ <idle>-0 [000] d..2. 0.005010: sched_switch: prev_comm=swapper/0 prev_pid=0 prev_prio=120 prev_state=R ==> \
+next_comm=python3 next_pid=43 next_prio=120
+ python3-42 [000] ..... 0.005020: sys_getppid()
+ python3-42 [000] ..... 0.005023: sys_getppid -> 0x1
+ python3-43 [000] d..2. 0.005030: sched_switch: prev_comm=python3 prev_pid=43 prev_prio=120 prev_state=S ==> \
+next_comm=swapper/0 next_pid=0 next_prio=120
+ <idle>-0 [000] d..2. 0.005100: sched_switch: prev_comm=swapper/0 prev_pid=0 prev_prio=120 prev_state=R ==> \
+next_comm=python3 next_pid=43 next_prio=120
+'''
+
+
+def test_lost_events_in_the_text_end_what_was_pending_too(plan):
+    """trace_pipe's ``CPU:N [LOST n EVENTS]`` line does for the text parser what a GAP record
+    does for the raw one: the same sample read both ways gives the same result."""
+    want = traceparse.EventParser(syscalls=['getppid'])
+    want = want.feed_text(LOST_TEXT).result()
+    assert want['unpaired_exits'] == 1 and want['syscalls']['getppid']['count'] == 2
+    records, _lasts = tr.merge_cpus([tr.Walker(LAYOUT, LOST_HANDLERS, gaps=True, pairs=True)], _lost_sample(False))
+    got = tr.RawEventParser({4: 'getppid', 5: 'getppid'}, plan.states, syscalls=['getppid'],
+                            resolution_ns=1000).feed_records(records).result()
+    assert got['lines'] == want['lines'] - 1  # the LOST line
+    got['lines'] = want['lines']
+    assert got == want
+    without = traceparse.EventParser(syscalls=['getppid']).feed_text(LOST_TEXT.replace('CPU:0 [LOST', 'x [')).result()
+    assert without['syscalls']['getppid']['max_us'] == 3985.0
 
 
 def test_built_page_running_past_its_commit_is_cut():
@@ -363,8 +488,11 @@ def test_reader_in_small_reads_hands_out_the_same_records(tmp_path, plan, cpus, 
         reader.drain(got.extend)
     finally:
         reader.close()
-    assert got == merged[0] and len(batches) > 3
-    assert reader.stats().records == len(got) and reader.bytes == sum(len(d) for d in cpus)
+    # the reader's walkers mark lost events and pair enters with their exits: the records of one
+    # merge of everything, but for the pairs of the first record of each read (left as two)
+    want, _lasts = tr.merge_cpus([tr.Walker(plan.layout, plan.handlers, gaps=True) for _ in cpus], cpus)
+    assert _unfold(got) == want and len(batches) > 3 and len(got) < 0.7 * len(want)
+    assert reader.stats().records == len(merged[0]) and reader.bytes == sum(len(d) for d in cpus)
 
 
 def test_small_offcpu_samples_are_read_as_text():
