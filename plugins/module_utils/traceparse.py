@@ -236,16 +236,38 @@ _FG_RE = re.compile(
     r'\n *(?:(\d{1,15}\.\d{1,9}) \| +|)0*(\d+)\) +(?:([^|\n]*-\d+) +\| +|)(?:[-+!#*@$] +|)'
     r'(?:(\d{1,15}\.\d{1,9}|\d{1,15}) us|) *\|( *[^\n]*[^\s])')
 
+# The fast path for the lines ftrace_sample reads (funcgraph-proc on, no abstime), which are
+# ``cpu) comm-pid | duration | text``: str methods over the whole chunk instead of the expression.
+# ``text.split('|')`` gives [head 1, duration 1, text 1 + newline + head 2, duration 2, ...]: a
+# tail (one line's text column, its newline and the next line's head) repeats as often as the
+# same call of the same task does, so each distinct tail is checked and split once (cached); the
+# durations are checked in bulk by their shapes (digits turned to 0: a handful of distinct ones)
+# and their numbers cut out with one translate and split. A chunk that is not all such lines is
+# cut into runs of lines with two '|' (the fast path again) and the others (the expression):
+# every token is the one _FG_RE finds, to the letter (tests/unit/test_traceparse.py compares
+# them on every fixture, odd lines and fuzzed ones). Each check below is what _FG_RE asks of that
+# column when the line has exactly two '|': the head alone (no abstime: it has a ')'), the
+# duration between the two '|' (at least one blank first, as the expression's ``\| +``), and a
+# text column with something else than blanks (``[^\s]``: str.rstrip strips the same characters).
+_FG_PROC_HEAD = re.compile(r' *0*(\d+)\) +([^|\n]*-\d+) +\Z')
+_FG_DURATION_SHAPE = re.compile(r' +(?:[-+!#*@$] +|)(?:0{1,15}\.0{1,9} us|0{1,15} us|) *\Z')
+_DIGITS_TO_0 = str.maketrans('123456789', '000000000')
+_DURATION_TO_NUMBER = str.maketrans('+!#*@$-us', ' ' * 9)
+_CACHE_SIZE = 16384
+_ODD_SCAN = 64
+
 _NO_CALL = (-1, None, 0, None, 0)
 _KINDS = ('entry', 'leaf', 'exit')  # _fg_text's kind 0, 1, 2
 
 
 def _fg_text(column):
-    """The text column of a call line -> ``(kind, function, depth, (depth, function), class)``;
-    ``_NO_CALL`` for a line that is no call (comments such as trace_printk or ``/* event */``).
+    """The text column of a call line -> ``(kind, function, depth, item, class)``; ``_NO_CALL``
+    for a line that is no call (comments such as trace_printk or ``/* event */``).
 
     kind 0: entry (``func() {``), 1: leaf (``func();``), 2: exit (``}``, the function from a
-    ``/* name */`` comment or None). class: ``_classify`` of the function (0 when None).
+    ``/* name */`` comment or None). class: ``_classify`` of the function (0 when None). item:
+    for an entry what its task's stack keeps, ``(depth, function, class)``; for a call with a
+    function its chain alone, ``(function, None)`` (built once per distinct text); else None.
     """
     body = column.lstrip(' ')
     indent = len(column) - len(body)
@@ -269,7 +291,12 @@ def _fg_text(column):
         if function[-2:] == '()':
             function = function[:-2]
     cls = _classify(function) if function else 0
-    return (kind, function, depth, (depth, function, cls), cls)
+    if kind == 0:
+        return (kind, function, depth, (depth, function, cls), cls)
+    return (kind, function, depth, (function, None) if function else None, cls)
+
+
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 
 
 def _classify(function):
@@ -390,6 +417,11 @@ class FunctionGraphParser:
         self._name_cache = {}
         self._texts = {}             # text column -> _fg_text(column)
         self._last_root_syscall = {}
+        self._heads = {}             # fast path: head column -> (cpu, proc, '') or None (not such a head)
+        self._tails = {}             # fast path: text column + newline + next head -> (column, next head)
+        self._shapes = set()         # fast path: duration shapes checked
+        self._interned = {}          # the expression's heads: one tuple for equal ones
+        self.fast = True             # False: every line through _FG_RE (what the fast path must equal)
 
     def feed(self, line):
         """Feed one line (``feed_text`` of it)."""
@@ -401,44 +433,175 @@ class FunctionGraphParser:
             self.feed_text(text)
         return self
 
+    def tokens(self, text):
+        """The call lines of a chunk of whole lines (ending with a newline) in runs, each
+        ``(heads, durations, columns)``: per line ``(cpu, proc, abstime)``, the duration's number
+        and the text column, as _FG_RE finds them (``''`` where a column is absent); lines that
+        are no call are left out. The fast path takes the lines ``cpu) comm-pid | duration |
+        text`` at the start of the chunk, usually all of it; from where it stops, the other lines
+        (up to the next such line, at most _ODD_SCAN) go through the expression and the fast path
+        takes the rest; after a second stop, the expression takes the rest of the chunk."""
+        runs = []
+        if text[-1:] != '\n':
+            text += '\n'
+        if self.fast:
+            for _attempt in range(2):
+                run, end = self._fast_tokens(text)
+                if end:
+                    runs.append(run)
+                    text = text[end:]
+                if not text:
+                    return runs
+                end = self._odd_lines(text)
+                runs.append(self._regex_tokens(text[:end]))
+                text = text[end:]
+                if not text:
+                    return runs
+        runs.append(self._regex_tokens(text))
+        return runs
+
+    def _regex_tokens(self, text):
+        """``(heads, durations, columns)`` of the call lines of ``text`` as _FG_RE finds them; equal
+        heads are one tuple (the loop compares them by identity)."""
+        found = _FG_RE.findall('\n' + text)
+        if not found:
+            return (), (), ()
+        abstimes, cpus, procs, durations, columns = zip(*found)
+        heads = list(zip(cpus, procs, abstimes))
+        interned = self._interned
+        if len(interned) > _CACHE_SIZE:
+            interned.clear()
+        return list(map(interned.setdefault, heads, heads)), durations, columns
+
+    def _odd_lines(self, text):
+        """Where the lines at the start of ``text`` that the fast path does not take end: the first
+        line, and each next one without two '|' or without a head ``cpu) comm-pid`` (at most
+        _ODD_SCAN lines)."""
+        end = text.index('\n') + 1
+        for _line in range(_ODD_SCAN):
+            if end == len(text):
+                break
+            newline = text.index('\n', end) + 1
+            if text.count('|', end, newline) == 2 and self._head(text[end:text.index('|', end)]) is not None:
+                break
+            end = newline
+        return end
+
+    def _fast_tokens(self, text):
+        """``((heads, durations, columns), end)`` of the longest run of lines ``cpu) comm-pid |
+        duration | text`` (see _FG_PROC_HEAD) at the start of ``text``, a chunk of whole lines
+        ending with a newline; ``end``: where that run ends in ``text`` (0: no such line first)."""
+        first = text.find('|')
+        head = self._head(text[:first]) if first > 0 and text.find('\n', 0, first) < 0 else None
+        if head is None:
+            return None, 0
+        fields = text.split('|')
+        if len(fields) < 3:
+            return None, 0
+        # tails[i]: line i + 1's text column, its newline and line i + 2's head; the last one ends
+        # with the newline of the chunk, or holds lines without two '|': never a good tail
+        tails = fields[2::2]
+        pairs = list(map(self._tails.get, tails))
+        good = 0
+        while True:
+            try:
+                good = pairs.index(None, good)
+            except ValueError:  # every tail good: the chunk's last line has no two '|'
+                good = len(pairs)
+                break
+            pair = self._tail(tails[good])
+            if pair is None:
+                break
+            pairs[good] = pair
+        # the lines before the first bad tail are good, and the line of that tail when its column is
+        column, newline, rest = tails[good].partition('\n') if good < len(tails) else ('', '', '')
+        column = column.rstrip()
+        whole = False
+        if newline and column:
+            pairs[good] = (column, None)
+            good += 1
+            whole = not rest and 2 * good == len(fields) - 1  # that line ends the chunk
+        durations = '|'.join(fields[1:2 * good:2])
+        shapes = self._shapes
+        line_shapes = durations.translate(_DIGITS_TO_0).split('|')
+        if not shapes.issuperset(line_shapes):
+            for index, shape in enumerate(line_shapes):
+                if shape not in shapes:
+                    if not _FG_DURATION_SHAPE.match(shape):
+                        good = index
+                        whole = False
+                        durations = '|'.join(fields[1:2 * good:2])
+                        break
+                    if len(shapes) < _CACHE_SIZE:
+                        shapes.add(shape)
+        if not good:
+            return None, 0
+        del pairs[good:]
+        heads = [head]
+        heads += map(_SECOND, pairs)
+        heads.pop()
+        end = len(text) if whole else sum(map(len, fields[:2 * good])) + 2 * good + tails[good - 1].index('\n') + 1
+        return (heads, list(map(str.strip, durations.translate(_DURATION_TO_NUMBER).split('|'))),
+                list(map(_FIRST, pairs))), end
+
+    def _head(self, text):
+        """``(cpu, proc, '')`` of a head column ``cpu) comm-pid``, or None."""
+        try:
+            return self._heads[text]
+        except KeyError:
+            match = _FG_PROC_HEAD.match(text)
+            head = (match.group(1), match.group(2), '') if match else None
+            if len(self._heads) < _CACHE_SIZE:
+                self._heads[text] = head
+            return head
+
+    def _tail(self, tail):
+        """``(column, next head)`` of ``text column + newline + next head``, or None."""
+        column, newline, head = tail.partition('\n')
+        column = column.rstrip()
+        head = self._head(head) if newline and column and '\n' not in head else None
+        if head is None:
+            return None
+        pair = (column, head)
+        if len(self._tails) < _CACHE_SIZE:
+            self._tails[tail] = pair
+        return pair
+
     def feed_text(self, text):
         """Feed a chunk of whole lines (the last newline may be missing).
 
-        The hot path: one regular expression splits every call line of the chunk into its
-        columns (C speed); the text column is parsed once per distinct text (cached); the
-        loop keeps the call stacks and the aggregate of each level inline (no call per
-        line), builds result items only for calls that get into a top list, and the
-        exit-work statistics take the chunk's values in bulk. Lines that are no call
-        (headers, CPU and context switch markers, irq markers, comments) do not match.
+        The hot path: ``tokens`` splits every call line of the chunk into its columns (str
+        methods over the whole chunk, C speed); the text column is parsed once per distinct
+        text (cached); the loop keeps the call stacks and the aggregate of each level inline
+        (no call per line), builds result items only for calls that get into a top list, and
+        the exit-work statistics take the chunk's values in bulk. Lines that are no call
+        (headers, CPU and context switch markers, irq markers, comments) give no token.
         """
         if not text:
             return self
         self.lines += text.count('\n') + (text[-1] != '\n')
+        if text[-1] != '\n':
+            text += '\n'
         states = self._states
-        texts = self._texts
-        text_info = texts.get
         min_duration = self.min_duration_us
         slow = self._slow
         last_root_syscall = self._last_root_syscall
         calls = 0
-        last_key = None
-        stack = pending = None
-        for abstime, cpu, proc, duration, column in _FG_RE.findall('\n' + text):
-            info = text_info(column)
-            if info is None:
-                info = _fg_text(column)
-                if len(texts) < 16384:
-                    texts[column] = info
+        last_head = None
+        key = cpu = proc = abstime = stack = pending = None
+        for head, duration, info in itertools.chain.from_iterable(
+                zip(heads, durations, self._infos(columns)) for heads, durations, columns in self.tokens(text)):
             kind, name, depth, entry, cls = info
-            key = proc or cpu
-            if key != last_key:
+            if head is not last_head:
                 if kind < 0:
                     continue
+                cpu, proc, abstime = head
+                key = proc or cpu
                 state = states.get(key)
                 if state is None:
                     state = states[key] = ([_STACK_BOTTOM], [_PENDING_BOTTOM])
                 stack, pending = state
-                last_key = key
+                last_head = head
             if kind <= 0:
                 if kind:
                     continue
@@ -456,6 +619,7 @@ class FunctionGraphParser:
                     else:
                         name = '?'
                         cls = 0
+                    entry = (name, None)
             if not duration:
                 continue
             # a finished call: its children are the finished calls at the nearest deeper level
@@ -470,7 +634,7 @@ class FunctionGraphParser:
                 chain = (name, child[2])
             else:
                 child = None
-                chain = (name, None)
+                chain = entry  # (name, None)
             if depth == 0:
                 if child is not None and child[3] and child[4]:
                     self._top_level(cpu, child[3], child[4])
@@ -513,6 +677,19 @@ class FunctionGraphParser:
         self.calls += calls
         self._add_exit_values()
         return self
+
+    def _infos(self, columns):
+        """``_fg_text`` of each text column (cached per distinct text)."""
+        texts = self._texts
+        infos = list(map(texts.get, columns))
+        if None in infos:
+            for index, info in enumerate(infos):
+                if info is None:
+                    column = columns[index]
+                    info = infos[index] = _fg_text(column)
+                    if len(texts) < _CACHE_SIZE:
+                        texts[column] = info
+        return infos
 
     def _top_level(self, cpu, syscall, exit_work):
         """A syscall (function, us) followed by its exit work (function, us) under one root."""

@@ -1,5 +1,6 @@
 """traceparse on the real captures in tests/fixtures/ftrace/ and on format variants."""
 import os
+import random
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs, traceparse
 
@@ -316,3 +317,131 @@ def test_live_text_through_the_trace_pipe_reader(tmp_path):
             reader.close()
         assert parser.flush().result() == whole, name
         assert whole['calls'] > 0
+
+
+# The fast path (FunctionGraphParser.tokens: str methods over the chunk for the lines
+# ``cpu) comm-pid | duration | text``) must give every token _FG_RE gives, to the letter, on
+# any text: the recorded traces, odd lines between such lines, and lines broken at random.
+ODD_LINES = [
+    ' 0)  python3-619   |               |  syscall_exit_to_user_mode_prepare() {',
+    ' ------------------------------------------',
+    ' 0)  python3-619   =>  kworker-12  ',
+    ' ------------------------------------------',
+    ' 0)  kworker-12    |   0.500 us    |  __x64_sys_read();',
+    ' 0)  kworker-12    |   ==========> |',
+    ' 0)  kworker-12    |               |  smp_apic_timer_interrupt() {',
+    ' 0)  kworker-12    |   2.000 us    |  }',
+    ' 0)  kworker-12    |   <========== |',
+    'CPU:0 [LOST 1234 EVENTS]',
+    ' 0)  python3-619   |   8.278 us    |    __audit_syscall_exit();',
+    ' 0)  python3-619   |               |  /* sched_switch: prev_comm=a | b */',
+    ' 1)  python3-619   | + 15.289 us   |  }',
+    ' 1)   0.355 us       |    syscall_trace_enter();',          # no proc
+    ' 1) $ 2238253.1 us   |  } /* do_syscall_64 */',
+    ' 100.700000 |   0)   node-42    | # 700000.0 us |    syscall_exit_work();',   # abstime
+    ' 100.700001 |   0)   0.300 us    |    syscall_trace_enter();',
+    ' 0)  python3-619   | + 25.2',                                # truncated
+    ' 0)  python3-619   | + 1234567890123456 us |  }',           # 16 digits: no duration
+    ' 0)  python3-619   | +25.250 us   |  }',                     # no blank after the mark
+    ' 0)  python3-619   |+ 25.250 us   |  }',                     # no blank after the '|'
+    ' 0)  python3-619   |   25.250 us  |     ',                   # no text
+    ' 0)  python3-619   |   1.5 us\t  |  foo();',                  # a tab
+    ' 00)  python3-619   | ! 136.702 us  |  auditsc_get_stamp();',  # leading zero
+    ' 0)  python3-٣   |   1.0 us    |  foo();',                  # a unicode digit
+    ' 0)  python3-619   |   1.0 us    |  foo();  \x0b',
+    ' 0)  python3-619   |   1.0 us    |  foo(); | bar',         # a third '|'
+    '| 0)  python3-619   |   1.0 us    |  foo();',
+    ' 0)  python3-619   | @ 100003.1 us |  } /* schedule */',
+]
+
+
+def _lines(text):
+    """Lines with their newline, cut at newlines only (as trace_pipe's reader and _FG_RE do)."""
+    return [line + '\n' for line in text.split('\n')[:-1]] + ([text.rsplit('\n', 1)[-1]] if text[-1:] != '\n' else [])
+
+
+def _fast_and_expression(text):
+    parser = traceparse.FunctionGraphParser()
+    fast = [token for heads, durations, columns in parser.tokens(text)
+            for (cpu, proc, abstime), duration, column in zip(heads, durations, columns)
+            for token in [(abstime, cpu, proc, duration, column)]]
+    return fast, traceparse._FG_RE.findall('\n' + text)
+
+
+def _function_graph_texts():
+    texts = {}
+    for name in sorted(os.listdir(FIX)):
+        if 'function-graph' in name:
+            with _open(name) as handle:
+                texts[name] = handle.read()
+    reference = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(FIX))), '..', 'shared', 'reference')
+    for name in sorted(os.listdir(reference)) if os.path.isdir(reference) else ():
+        if 'function-graph' in name:
+            with open(os.path.join(reference, name)) as handle:
+                texts['reference/' + name] = handle.read()
+    live = _lines(texts[LIVE % 'syscall-exits.bounded'])
+    odd = [line + '\n' for line in ODD_LINES]
+    texts['odd lines'] = ''.join(live[:40] + odd + live[40:80] + odd[::-1] + live[80:120])
+    texts['odd lines only'] = ''.join(odd)
+    return texts
+
+
+def test_function_graph_fast_path_tokens_equal_the_expression():
+    for name, text in _function_graph_texts().items():
+        fast, expression = _fast_and_expression(text)
+        assert fast == expression, name
+        assert expression or name == 'odd lines only'
+        for line in text.split('\n'):  # each line alone
+            fast, expression = _fast_and_expression(line + '\n')
+            assert fast == expression, (name, line)
+    live = _lines(_function_graph_texts()[LIVE % 'syscall-exits.bounded'])[:30]
+    for odd in ODD_LINES:  # each odd line between good ones
+        for position in (0, 1, 15, 29, 30):
+            text = ''.join(live[:position] + [odd + '\n'] + live[position:])
+            fast, expression = _fast_and_expression(text)
+            assert fast == expression, (odd, position)
+
+
+def test_function_graph_fast_path_tokens_equal_the_expression_on_broken_lines():
+    """Lines of the live traces with characters deleted, doubled or replaced at random
+    (deterministic): wherever a line stops being one the fast path takes, the tokens stay the
+    expression's."""
+    rnd = random.Random(15)
+    texts = _function_graph_texts()
+    live = _lines(texts[LIVE % 'syscall-exits.bounded'])[:60] + _lines(texts[LIVE % 'slow-calls'])[:60]
+    alphabet = ' |\n)-.0123456789us+!#*@$}{;/\t٣\x0b'
+    for _trace in range(300):
+        lines = list(live)
+        for _change in range(rnd.randint(1, 4)):
+            index = rnd.randrange(len(lines))
+            line = lines[index]
+            at = rnd.randrange(len(line))
+            how = rnd.randrange(3)
+            if how == 0:
+                line = line[:at] + line[at + 1:]
+            elif how == 1:
+                line = line[:at] + line[at] + line[at:]
+            else:
+                line = line[:at] + rnd.choice(alphabet) + line[at + 1:]
+            lines[index] = line
+        text = ''.join(lines)
+        if not text.endswith('\n'):
+            text += '\n'
+        fast, expression = _fast_and_expression(text)
+        assert fast == expression, text
+
+
+def test_function_graph_fast_path_same_result_as_the_expression_whatever_the_chunks():
+    """The parser's results with the fast path equal those with every line through _FG_RE, on
+    every fixture and the odd lines, fed whole and in chunks cut anywhere between lines."""
+    for name, text in _function_graph_texts().items():
+        lines = _lines(text)
+        for size in (1, 7, 64, len(lines) or 1):
+            results = []
+            for fast in (True, False):
+                parser = traceparse.FunctionGraphParser(top=5)
+                parser.fast = fast
+                for start in range(0, len(lines), size):
+                    parser.feed_text(''.join(lines[start:start + size]))
+                results.append(parser.flush().result())
+            assert results[0] == results[1], (name, size)
