@@ -1,9 +1,10 @@
 """Cost of an events-mode sample on a loopback accept loop (goal: at most 5% fewer accepts).
 
 The traced workload is a loopback accept loop: a server process (accept + close) and a
-client process (connect + close), both pinned to one CPU (--workload-cpu, default the
-last one); the sampler (the ftrace_sample module, run as Ansible runs it) and this script
-run on the other CPUs. Same run, interleaved windows:
+client process (connect + close, as fast as it can, or --rate connections a second), both
+pinned to one CPU (--workload-cpu, default the last one) at niceness --workload-nice (default
+-10: other tenants of the host take less of that CPU); the sampler (the ftrace_sample module,
+run as Ansible runs it) and this script run on the other CPUs. Same run, interleaved windows:
 
     U0, M1, U1, M2, U2, ...
 
@@ -21,6 +22,8 @@ Two ratios per round:
   the loop gets, not what an accept costs it.
 - accepts per wall second: printed beside it; on a shared host it moves with others' load.
 
+--rounds rounds at least (default 20), then more traced and sham pairs until the 90% CI of
+the traced median is at most --ci-width wide (default 0.04) or --max-rounds (default 80).
 Printed: every round, then per kind the median, the quartiles and a bootstrap 90%
 confidence interval of the median; the verdict says whether the goal (traced median >= 1 -
 --max-loss) is met, missed, or not resolved at this noise (the interval straddles the goal).
@@ -37,92 +40,26 @@ how often it sleeps and waits to be woken more than on its cost (traced windows 
 faster).
 
 Needs root. Takes the host-wide kernel test lock (other tests change tracefs too) for the
-whole run; the module restores tracefs itself.
+whole run; the module restores tracefs itself. The accept loop, the windows, the rounds and
+the statistics are benchlib's, shared with guest_trace_overhead.py.
 
-    .venv/bin/python benchmarks/bench_ftrace_sample.py [--mode events|syscalls|offcpu] [--window-s 2] [--rounds 16]
+    .venv/bin/python benchmarks/bench_ftrace_sample.py [--mode events|syscalls|offcpu] [--window-s 2] [--rounds 20]
+        [--max-rounds 80] [--ci-width 0.04] [--workload-nice -10] [--rate 0]
 """
 import argparse
+import functools
 import json
-import multiprocessing
 import os
-import random
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from benchlib import COLLECTIONS, ROOT
+from benchlib import COLLECTIONS, ROOT, accept_window, overhead_rounds, start_accept_loop, stop_accept_loop, summary
 from tests.support.kernel import kernel_lock
 
 MODULE = os.path.join(ROOT, 'plugins', 'modules', 'ftrace_sample.py')
 TRACEFS = '/sys/kernel/tracing'
-
-
-def server(counter, port_q, stop, cpus):
-    os.sched_setaffinity(0, cpus)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(('127.0.0.1', 0))
-    sock.listen(1024)
-    sock.settimeout(0.5)
-    port_q.put(sock.getsockname()[1])
-    while not stop.is_set():
-        try:
-            conn, _addr = sock.accept()
-        except socket.timeout:
-            continue
-        conn.close()
-        counter.value += 1
-
-
-def client(port, stop, cpus):
-    os.sched_setaffinity(0, cpus)
-    while not stop.is_set():
-        try:
-            conn = socket.create_connection(('127.0.0.1', port), timeout=1)
-            conn.close()
-        except OSError:
-            time.sleep(0.001)
-
-
-def cpu_ns(pids):
-    """CPU time of the tasks in ns (schedstat's sum_exec_runtime; utime + stime ticks without it)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open('/proc/%d/schedstat' % pid) as handle:
-                total += int(handle.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            with open('/proc/%d/stat' % pid) as handle:
-                fields = handle.read().rsplit(')', 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) * 1000000000 // os.sysconf('SC_CLK_TCK')
-    return total
-
-
-WORKERS = []
-
-
-def runs(pid):
-    """How often the task was switched in (schedstat's third field): blocking accepts switch it out."""
-    try:
-        with open('/proc/%d/schedstat' % pid) as handle:
-            return int(handle.read().split()[2])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def window(counter, seconds):
-    """(accepts per wall second, accepts per CPU-second of the server + client, server switch-ins per
-    accept) over one window. The last one is the loop's regime: near 1 when every accept blocks
-    (each then costs an off-CPU stack), near 0 when connections queue up while it waits for the CPU."""
-    start_n, start_t, start_c, start_r = counter.value, time.monotonic(), cpu_ns(WORKERS), runs(WORKERS[0])
-    time.sleep(seconds)
-    done = counter.value - start_n
-    cpu_s = (cpu_ns(WORKERS) - start_c) / 1e9
-    return (done / (time.monotonic() - start_t), (done / cpu_s if cpu_s else 0.0),
-            (runs(WORKERS[0]) - start_r) / float(done or 1))
 
 
 # --mode -> the module's mode, and the modes it must run
@@ -167,32 +104,9 @@ def wait_live(proc, mode, timeout_s=30.0):
     return False
 
 
-def quartiles(values):
-    if len(values) < 2:
-        return values[0], values[0]
-    q = statistics.quantiles(values, n=4, method='inclusive')
-    return q[0], q[2]
-
-
-def median_ci(values, level=0.90, resamples=2000, seed=15):
-    """Bootstrap confidence interval of the median (percentile method)."""
-    rnd = random.Random(seed)
-    medians = sorted(statistics.median(rnd.choices(values, k=len(values))) for _ in range(resamples))
-    low = medians[int(resamples * (1 - level) / 2)]
-    high = medians[min(resamples - 1, int(resamples * (1 + level) / 2))]
-    return low, high
-
-
-def summary(label, values):
-    low, high = quartiles(values)
-    ci_low, ci_high = median_ci(values)
-    print('  %-26s median %.3f  quartiles %.3f-%.3f  90%% CI of the median %.3f-%.3f  (n=%d, min %.3f, max %.3f)'
-          % (label, statistics.median(values), low, high, ci_low, ci_high, len(values), min(values), max(values)))
-    return statistics.median(values), ci_low, ci_high
-
-
-def sample_round(args, counter, srv_pid, workdir, other_cpus):
-    """One traced middle window: start the sample, measure while it traces, collect its facts."""
+def sample_round(args, measure, srv_pid, workdir, other_cpus, counts, restored):
+    """One traced middle window: start the sample, measure while it traces, collect its facts;
+    -> (window, note, valid: the sample recorded something)."""
     for _attempt in range(30):
         proc = start_sample(srv_pid, args.window_s + 1.5, workdir, args.mode, args.buffer_kb, other_cpus)
         if wait_live(proc, args.mode):
@@ -204,13 +118,23 @@ def sample_round(args, counter, srv_pid, workdir, other_cpus):
     else:
         raise RuntimeError('sample did not start: the auditgap host lock stayed busy for a minute')
     time.sleep(0.3)
-    mid = window(counter, args.window_s)
+    mid = measure()
     out, _err = proc.communicate(timeout=120)
     facts = json.loads(out.decode())['ftrace_sample']
     if facts.get('modes') != MODES[args.mode][1]:
         raise RuntimeError('the sample ran modes %s, not %s (mode auto runs function_graph where the kernel has it: '
                            'use --mode syscalls or offcpu there)' % (facts.get('modes'), MODES[args.mode][1]))
-    return mid, facts
+    acc = (facts.get('syscalls') or {}).get('accept4', {})
+    offcpu = sum(group['count'] for group in facts.get('offcpu') or ())
+    offcpu += (facts.get('offcpu_unstacked') or {}).get('count', 0)
+    counts.append(acc.get('count', 0) if 'syscalls' in facts['modes'] else offcpu)
+    restored.append(facts['restored'])
+    note = ' (sample %s: %d accept4, p99 %s us, %d off-CPU, events_lost %s, restored %s, reader %s)' % (
+        '+'.join(facts['modes']), acc.get('count', 0), acc.get('p99_us'), offcpu, facts.get('events_lost'),
+        facts['restored'], facts.get('reader'))
+    # a sample that recorded nothing in this window (seen on a host at load 20+): the window was not
+    # traced, so it is left out of the statistics (and fails the run at the end)
+    return mid, note, bool(counts[-1])
 
 
 def main():
@@ -218,11 +142,21 @@ def main():
     ap.add_argument('--mode', choices=sorted(MODES), default='events',
                     help='events: syscalls + offcpu in one instance (mode auto without function_graph)')
     ap.add_argument('--window-s', type=float, default=2.0)
-    ap.add_argument('--rounds', type=int, default=16, help='middle windows in all, traced and sham alternating')
+    ap.add_argument('--rounds', type=int, default=20,
+                    help='middle windows at least, traced and sham alternating')
+    ap.add_argument('--max-rounds', type=int, default=80,
+                    help='more traced and sham pairs, up to this many rounds, until the 90%% CI of the traced '
+                         'median is at most --ci-width wide (0: --rounds only)')
+    ap.add_argument('--ci-width', type=float, default=0.04)
     ap.add_argument('--max-loss', type=float, default=0.05)
     ap.add_argument('--buffer-kb', type=int, default=0, help="the sample's buffer_size_kb (0: the module's default)")
     ap.add_argument('--workload-cpu', type=int, default=-1,
                     help='the CPU the server and client are pinned to (default: the last one)')
+    ap.add_argument('--workload-nice', type=int, default=-10,
+                    help="the server's and client's niceness: other tenants of the host take less of their CPU")
+    ap.add_argument('--rate', type=float, default=0.0,
+                    help='connections a second the client offers (0: as fast as it can); with a rate below what '
+                         'the loop can do, the server waits for every connection in every window alike')
     args = ap.parse_args()
     if os.geteuid() != 0:
         print('needs root')
@@ -231,64 +165,28 @@ def main():
     workload_cpus = {cpus[args.workload_cpu]}
     other_cpus = set(cpus) - workload_cpus or workload_cpus
     os.sched_setaffinity(0, other_cpus)
-    ctx = multiprocessing.get_context('fork')
-    counter = ctx.RawValue('q', 0)
-    stop = ctx.Event()
-    port_q = ctx.Queue()
-    srv = ctx.Process(target=server, args=(counter, port_q, stop, workload_cpus), daemon=True)
-    srv.start()
-    port = port_q.get(timeout=10)
-    cli = ctx.Process(target=client, args=(port, stop, workload_cpus), daemon=True)
-    cli.start()
-    WORKERS[:] = [srv.pid, cli.pid]
-    print('workload (server %d + client %d) on CPU %s; sampler on CPU %s; %d rounds of %.1f s windows, mode %s'
-          % (srv.pid, cli.pid, ','.join(map(str, sorted(workload_cpus))), ','.join(map(str, sorted(other_cpus))),
-             args.rounds, args.window_s, args.mode))
-    ratios = {'traced': [], 'sham': []}
-    wall_ratios = {'traced': [], 'sham': []}
-    counts, ok = [], True
+    counter, stop, workers, procs = start_accept_loop(workload_cpus, args.workload_nice, args.rate)
+    print('workload (server %d + client %d, nice %d, %s) on CPU %s; sampler on CPU %s; %d-%d rounds of %.1f s '
+          'windows, mode %s'
+          % (workers[0], workers[1], args.workload_nice,
+             '%.0f connections/s offered' % args.rate if args.rate else 'as fast as it can',
+             ','.join(map(str, sorted(workload_cpus))), ','.join(map(str, sorted(other_cpus))),
+             args.rounds, max(args.rounds, args.max_rounds), args.window_s, args.mode))
+    measure = functools.partial(accept_window, counter, workers, args.window_s)
+    counts, restored = [], []
     with kernel_lock(), tempfile.TemporaryDirectory() as workdir:
         try:
             time.sleep(1.0)  # warm up
-            before = window(counter, args.window_s)
-            for rnd in range(args.rounds):
-                kind = 'traced' if rnd % 2 == 0 else 'sham'
-                note = ''
-                if kind == 'traced':
-                    mid, facts = sample_round(args, counter, srv.pid, workdir, other_cpus)
-                    acc = (facts.get('syscalls') or {}).get('accept4', {})
-                    offcpu = sum(group['count'] for group in facts.get('offcpu') or ())
-                    offcpu += (facts.get('offcpu_unstacked') or {}).get('count', 0)
-                    counts.append(acc.get('count', 0) if 'syscalls' in facts['modes'] else offcpu)
-                    ok = ok and facts['restored']
-                    note = ' (sample %s: %d accept4, p99 %s us, %d off-CPU, events_lost %s, restored %s)' % (
-                        '+'.join(facts['modes']), acc.get('count', 0), acc.get('p99_us'), offcpu,
-                        facts.get('events_lost'), facts['restored'])
-                else:
-                    time.sleep(0.3)
-                    mid = window(counter, args.window_s)
-                after = window(counter, args.window_s)
-                wall_ratio = mid[0] / ((before[0] + after[0]) / 2.0)
-                cpu_ratio = mid[1] / ((before[1] + after[1]) / 2.0)
-                if kind == 'traced' and not counts[-1]:
-                    # the sample recorded nothing in this window (seen on a host at load 20+): the window
-                    # was not traced, so it is left out of the statistics (and fails the run at the end)
-                    kind = 'invalid'
-                else:
-                    wall_ratios[kind].append(wall_ratio)
-                    ratios[kind].append(cpu_ratio)
-                print('round %2d %-6s accepts/s %.0f | %.0f | %.0f (ratio %.3f); accepts per CPU-s %.0f | %.0f | %.0f '
-                      '(ratio %.3f); server switch-ins per accept %.2f | %.2f | %.2f%s'
-                      % (rnd + 1, kind, before[0], mid[0], after[0], wall_ratio, before[1], mid[1],
-                         after[1], cpu_ratio, before[2], mid[2], after[2], note))
-                before = after
+            ratios, wall_ratios, _invalid = overhead_rounds(
+                measure, functools.partial(sample_round, args, measure, workers[0], workdir, other_cpus, counts,
+                                           restored),
+                args.rounds, args.max_rounds, args.ci_width)
         except RuntimeError as err:
             print(err)
             return 1
         finally:
-            stop.set()
-            cli.join(5)
-            srv.join(5)
+            stop_accept_loop(stop, procs)
+    ok = all(restored)
     goal = 1 - args.max_loss
     if not ratios['traced']:
         print('no traced round recorded anything')

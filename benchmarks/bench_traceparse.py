@@ -24,24 +24,18 @@ files are deleted afterwards.
 """
 import argparse
 import os
-import resource
 import statistics
 import sys
-import time
 
-from benchlib import ROOT
+from benchlib import ROOT, feed_pipe, iterate_lines, rss_mb, timed
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs, traceparse
+from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse
 
 FIX = os.path.join(ROOT, 'tests', 'fixtures', 'ftrace')
 GRAPH_SOURCES = ['seed-function-graph.depth2.trace', 'seed-function-graph.slow-calls.trace',
                  'live-6.1-function-graph.slow-calls.bounded.trace',
                  'live-6.1-function-graph.syscall-exits.bounded.trace',
                  'live-6.1-function-graph.slow-calls.trace']
-
-
-def rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def generate(path, source_files, size_mb, skip_headers=True):
@@ -62,34 +56,8 @@ def generate(path, source_files, size_mb, skip_headers=True):
     return written
 
 
-def timed(fn, path):
-    """-> (lines, cpu seconds, wall seconds). Rates use CPU time: the test hosts are shared."""
-    start, cpu = time.perf_counter(), time.process_time()
-    lines = fn(path)
-    return lines, time.process_time() - cpu, time.perf_counter() - start
-
-
-def iterate(path):
-    count = 0
-    with open(path, 'r', buffering=1 << 20) as handle:
-        for _line in handle:
-            count += 1
-    return count
-
-
-def feed(parser, path):
-    """The file through the reader ftrace_sample uses on trace_pipe, into ``feed_text``."""
-    reader = tracefs.PipeReader(path)
-    try:
-        reader.read_available(parser.feed_text, max_bytes=1 << 40)
-        reader.drain(parser.feed_text)
-    finally:
-        reader.close()
-
-
 def parse_events(path):
-    parser = traceparse.EventParser(top=10)
-    feed(parser, path)
+    parser = feed_pipe(traceparse.EventParser(top=10), path)
     result = parser.result()
     assert result['syscalls']['accept4']['count'] > 0
     assert any('audit_log_start' in g['stack'] for g in result['offcpu'])
@@ -97,8 +65,7 @@ def parse_events(path):
 
 
 def parse_graph(path):
-    parser = traceparse.FunctionGraphParser(top=10)
-    feed(parser, path)
+    parser = feed_pipe(traceparse.FunctionGraphParser(top=10), path)
     result = parser.flush().result()
     assert result['syscall_exits'][0]['syscall'] == 'accept4'
     return parser.lines
@@ -121,7 +88,7 @@ def main():
         size = generate(events_path, ['offcpu-and-accept4-events.during-stall.trace'], args.size_mb)
         generate(graph_path, GRAPH_SOURCES, args.fg_mb)
         print('generated %.0f MB events trace, %d MB function_graph trace' % (size / 1048576.0, args.fg_mb))
-        base_lines, base_s, base_wall = timed(iterate, events_path)
+        base_lines, base_s, base_wall = timed(iterate_lines, events_path)
         base_rate = base_lines / base_s
         print('floor, events file (plain iteration): %d lines in %.1f s CPU (%.1f s wall) = %.0f lines/s'
               % (base_lines, base_s, base_wall, base_rate))
@@ -136,7 +103,7 @@ def main():
         # the ratio of each round is measured under the same load; the goal is judged on the median
         fg_rates, fg_base_rates = [], []
         for rnd in range(args.fg_rounds):
-            fg_base_lines, fg_base_s, _wall = timed(iterate, graph_path)
+            fg_base_lines, fg_base_s, _wall = timed(iterate_lines, graph_path)
             fg_base_rates.append(fg_base_lines / fg_base_s)
             fg_lines, fg_s, fg_wall = timed(parse_graph, graph_path)
             fg_rates.append(fg_lines / fg_s)

@@ -26,24 +26,19 @@ reader.
 """
 import argparse
 import os
-import resource
 import shutil
 import struct
 import sys
 import tempfile
 import time
 
-from benchlib import ROOT
+from benchlib import ROOT, feed_pipe, iterate_lines, rss_mb, timed
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs, traceparse
 from ansible_collections.auditgap.fleet.plugins.module_utils import tracering as tr
 
 FIX = os.path.join(ROOT, 'tests', 'fixtures', 'ftrace', 'ring', 'accept4-offcpu')
 SYSCALLS = ['accept4', 'getppid']
-
-
-def rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def cpu_files():
@@ -67,12 +62,6 @@ def repeat_pages(data, layout, copies, shift_ns):
             struct.pack_into('<Q', block, base, stamp + copy * shift_ns)
         out += block
     return bytes(out)
-
-
-def timed(fn):
-    start, cpu = time.perf_counter(), time.process_time()
-    count = fn()
-    return count, time.process_time() - cpu, time.perf_counter() - start
 
 
 def raw_floor(paths, layout):
@@ -120,22 +109,8 @@ def raw_reader(base, plan, symbols):
     return reader.stats().records
 
 
-def text_floor(path):
-    count = 0
-    with open(path, 'r', buffering=1 << 20) as handle:
-        for _line in handle:
-            count += 1
-    return count
-
-
 def text_reader(path):
-    parser = traceparse.EventParser(syscalls=SYSCALLS, top=10)
-    reader = tracefs.PipeReader(path)
-    try:
-        reader.read_available(parser.feed_text, max_bytes=1 << 40)
-        reader.drain(parser.feed_text)
-    finally:
-        reader.close()
+    parser = feed_pipe(traceparse.EventParser(syscalls=SYSCALLS, top=10), path)
     result = parser.result()
     assert result['syscalls']['accept4']['count'] > 0
     assert any('audit_log_start' in g['stack'] for g in result['offcpu'])
@@ -199,13 +174,13 @@ def main():
         raw_mb = sum(os.path.getsize(p) for p in paths) / 1048576.0
         print('sample: %d copies of the recorded buffer: %.0f MB of pages on %d CPUs, %.0f MB of text'
               % (args.copies, raw_mb, len(paths), os.path.getsize(text_path) / 1048576.0))
-        floor_events, floor_s, _w = timed(lambda: raw_floor(paths, plan.layout))
+        floor_events, floor_s, _w = timed(raw_floor, paths, plan.layout)
         rss0 = rss_mb()
-        events, raw_s, raw_wall = timed(lambda: raw_reader(work, plan, symbols))
+        events, raw_s, raw_wall = timed(raw_reader, work, plan, symbols)
         rss1 = rss_mb()
         assert events == floor_events, (events, floor_events)
-        lines, tfloor_s, _w = timed(lambda: text_floor(text_path))
-        text_lines, text_s, text_wall = timed(lambda: text_reader(text_path))
+        lines, tfloor_s, _w = timed(iterate_lines, text_path)
+        text_lines, text_s, text_wall = timed(text_reader, text_path)
         rss2 = rss_mb()
         rate = events / raw_s
         text_rate = events / text_s

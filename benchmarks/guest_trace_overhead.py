@@ -24,18 +24,19 @@ each traced window and taken down after it:
 It writes the top-level tracefs files (and clears the top-level buffer) of the machine it
 runs on: a throwaway guest only, never a shared host; it refuses to run without --guest and
 on a kernel without function_graph or hist triggers. Not named bench_*.py, so `make bench`
-leaves it out. Everything it sets is undone after each window. Needs root.
+leaves it out. Everything it sets is undone after each window. Needs root. The accept loop, the
+windows, the rounds and the statistics are benchlib.py's (shared with bench_ftrace_sample.py,
+standard library only): copy it beside this file into the guest.
 
     python3 guest_trace_overhead.py --guest --modes fg-slow,fg-exits,hist --rounds 10 --window-s 2
 """
 import argparse
-import multiprocessing
+import functools
 import os
-import random
-import socket
-import statistics
 import sys
 import time
+
+from benchlib import accept_window, overhead_rounds, start_accept_loop, stop_accept_loop, summary
 
 T = '/sys/kernel/tracing'
 FUNCTION_FILTER = ['*audit*', 'schedule_timeout', 'syscall_exit_work', 'syscall_slow_exit_work',
@@ -150,96 +151,29 @@ def events_off(pid):
     write('trace', '')
 
 
-def server(counter, port_q, stop):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(('127.0.0.1', 0))
-    sock.listen(1024)
-    sock.settimeout(0.5)
-    port_q.put(sock.getsockname()[1])
-    while not stop.is_set():
-        try:
-            conn, _addr = sock.accept()
-        except socket.timeout:
-            continue
-        conn.close()
-        counter.value += 1
-
-
-def client(port, stop):
-    while not stop.is_set():
-        try:
-            conn = socket.create_connection(('127.0.0.1', port), timeout=1)
-            conn.close()
-        except OSError:
-            time.sleep(0.001)
-
-
-def cpu_ns(pids):
-    total = 0
-    for pid in pids:
-        with open('/proc/%d/schedstat' % pid) as handle:
-            total += int(handle.read().split()[0])
-    return total
-
-
-def window(counter, workers, seconds):
-    start_n, start_t, start_c = counter.value, time.monotonic(), cpu_ns(workers)
-    time.sleep(seconds)
-    done = counter.value - start_n
-    cpu_s = (cpu_ns(workers) - start_c) / 1e9
-    return done / (time.monotonic() - start_t), (done / cpu_s if cpu_s else 0.0)
-
-
-def median_ci(values, level=0.90, resamples=2000, seed=15):
-    rnd = random.Random(seed)
-    medians = sorted(statistics.median(rnd.choices(values, k=len(values))) for _ in range(resamples))
-    return medians[int(resamples * (1 - level) / 2)], medians[min(resamples - 1, int(resamples * (1 + level) / 2))]
-
-
-def summary(label, values):
-    q = statistics.quantiles(values, n=4, method='inclusive') if len(values) > 1 else [values[0]] * 3
-    low, high = median_ci(values)
-    print('  %-26s median %.3f  quartiles %.3f-%.3f  90%% CI of the median %.3f-%.3f  (n=%d, min %.3f, max %.3f)'
-          % (label, statistics.median(values), q[0], q[2], low, high, len(values), min(values), max(values)))
-    sys.stdout.flush()
-
-
 ON = {'fg-slow': lambda pid: fg_on(pid, False), 'fg-exits': lambda pid: fg_on(pid, True),
       'hist': hist_on, 'events': events_on}
 OFF = {'fg-slow': lambda pid: fg_off(), 'fg-exits': lambda pid: fg_off(), 'hist': hist_off, 'events': events_off}
 
 
-def run_mode(mode, args, counter, srv_pid, workers):
-    ratios = {'traced': [], 'sham': []}
-    wall = {'traced': [], 'sham': []}
-    before = window(counter, workers, args.window_s)
-    for rnd in range(args.rounds):
-        kind = 'traced' if rnd % 2 == 0 else 'sham'
-        note = ''
-        if kind == 'traced':
-            t0 = time.monotonic()
-            ON[mode](srv_pid)
-            setup = time.monotonic() - t0
-            try:
-                time.sleep(0.3)
-                mid = window(counter, workers, args.window_s)
-            finally:
-                t0 = time.monotonic()
-                hits = OFF[mode](srv_pid)
-                note = ' (on %.1f s, off %.1f s%s)' % (setup, time.monotonic() - t0,
-                                                       ', hist hits %d' % hits if hits is not None else '')
-        else:
-            time.sleep(0.3)
-            mid = window(counter, workers, args.window_s)
-        after = window(counter, workers, args.window_s)
-        wall[kind].append(mid[0] / ((before[0] + after[0]) / 2.0))
-        ratios[kind].append(mid[1] / ((before[1] + after[1]) / 2.0))
-        print('%s round %2d %-6s accepts/s %.0f | %.0f | %.0f (ratio %.3f); accepts per CPU-s %.0f | %.0f | %.0f '
-              '(ratio %.3f)%s' % (mode, rnd + 1, kind, before[0], mid[0], after[0], wall[kind][-1],
-                                  before[1], mid[1], after[1], ratios[kind][-1], note))
-        sys.stdout.flush()
-        before = after
+def traced_window(mode, srv_pid, measure):
+    """One traced middle window: the tracing set up, the window measured, the tracing taken down."""
+    t0 = time.monotonic()
+    ON[mode](srv_pid)
+    setup = time.monotonic() - t0
+    try:
+        time.sleep(0.3)
+        mid = measure()
+    finally:
+        t0 = time.monotonic()
+        hits = OFF[mode](srv_pid)
+    note = ' (on %.1f s, off %.1f s%s)' % (setup, time.monotonic() - t0, ', hist hits %d' % hits if hits is not None else '')
+    return mid, note, True
+
+
+def run_mode(mode, args, measure, srv_pid):
+    ratios, wall, _invalid = overhead_rounds(measure, functools.partial(traced_window, mode, srv_pid, measure),
+                                             args.rounds, label=mode + ' ')
     print('%s: accepts per CPU-second of the workload, middle window / mean of its neighbours:' % mode)
     summary('traced / untraced', ratios['traced'])
     summary('untraced / untraced (noise)', ratios['sham'])
@@ -264,26 +198,16 @@ def main():
     if read('current_tracer').strip() != 'nop':
         print('current_tracer is not nop: someone is tracing')
         return 2
-    ctx = multiprocessing.get_context('fork')
-    counter = ctx.RawValue('q', 0)
-    stop = ctx.Event()
-    port_q = ctx.Queue()
-    srv = ctx.Process(target=server, args=(counter, port_q, stop), daemon=True)
-    srv.start()
-    port = port_q.get(timeout=30)
-    cli = ctx.Process(target=client, args=(port, stop), daemon=True)
-    cli.start()
-    workers = [srv.pid, cli.pid]
+    counter, stop, workers, procs = start_accept_loop()
     print('kernel %s, %d CPU(s); workload server %d + client %d; %d rounds of %.1f s windows per mode'
-          % (os.uname().release, os.cpu_count(), srv.pid, cli.pid, args.rounds, args.window_s))
+          % (os.uname().release, os.cpu_count(), workers[0], workers[1], args.rounds, args.window_s))
+    measure = functools.partial(accept_window, counter, workers, args.window_s)
     try:
         time.sleep(2.0)
         for mode in args.modes.split(','):
-            run_mode(mode, args, counter, srv.pid, workers)
+            run_mode(mode, args, measure, workers[0])
     finally:
-        stop.set()
-        cli.join(5)
-        srv.join(5)
+        stop_accept_loop(stop, procs)
     return 0
 
 
