@@ -22,7 +22,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
-from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis, report
+from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis, report, usercache
 
 display = Display()
 _ARGS = frozenset(('report_dir', 'base_dir', 'hosts', 'thresholds', 'timeline_svg', 'html_template', 'latest_link', 'formats',
@@ -145,7 +145,7 @@ class ActionModule(ActionBase):
         html_template = os.path.expanduser(to_text(args['html_template'])) if args.get('html_template') else None
         if 'html' in formats:
             try:  # a user's template that does not load fails here, once, not every host
-                report.html_template(html_template)
+                report.html_template(html_template, cache_dir=usercache.cache_dir())
                 report.html_template(html_template, 'fleet_host.html.j2')
             except Exception as err:
                 raise AnsibleError('diagnose_report: html_template %s: %s; no report written'

@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import promtext, svgchart
+from ansible_collections.auditgap.fleet.plugins.module_utils import promtext, svgchart, usercache
 from ansible_collections.auditgap.fleet.plugins.module_utils.diagnosis import (DEFAULT_THRESHOLDS, STATUS_ORDER, STATUS_RANK, failed_entry, num,
                                                                                one_line, pct, plain)
 
@@ -572,16 +572,37 @@ def _host_line(entry):
                      if isinstance(f, dict) and f.get('severity') != 'info') or '-'
 
 
-def html_template(path=None, name=None):
+def _bytecode_cache(directory):
+    """Jinja's compiled templates kept in ``directory`` (``usercache.private_dir`` only): the report
+    step compiles fleet.html's two templates once, not on every run (docs/scale.md). Jinja names
+    each file by the template and reloads when the source's checksum differs; a cache that
+    cannot be written is left alone (the template was compiled all the same)."""
+    import jinja2
+
+    class Cache(jinja2.FileSystemBytecodeCache):
+        def dump_bytecode(self, bucket):
+            try:
+                super(Cache, self).dump_bytecode(bucket)
+            except (IOError, OSError):
+                pass
+
+    return Cache(directory, 'report-jinja-%s.cache')
+
+
+def html_template(path=None, name=None, cache_dir=None):
     """A template of fleet.html (Jinja2, autoescaped): ``path`` (a user's copy, which may extend
     ``fleet.html.j2``; templates beside it are found first), else the role report's own;
-    ``name``: another template of the same directories (``fleet_host.html.j2``)."""
+    ``name``: another template of the same directories (``fleet_host.html.j2``). ``cache_dir``
+    (the first call for a ``path`` decides): a directory for the compiled templates, used when
+    it is private to this user (the controller's usercache.cache_dir(); host mode keeps none)."""
     path = os.path.abspath(path or HTML_TEMPLATE)
     if path not in _TEMPLATES:
         import jinja2
         loader = jinja2.FileSystemLoader([os.path.dirname(path), os.path.dirname(HTML_TEMPLATE)])
+        cache = _bytecode_cache(cache_dir) if cache_dir and usercache.make_private_dir(cache_dir) else None
         _TEMPLATES[path] = jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+                                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
+                                              bytecode_cache=cache)
     return _TEMPLATES[path].get_template(name or os.path.basename(path))
 
 

@@ -32,11 +32,12 @@ import os
 import selectors
 import shlex
 import signal
-import stat
 import subprocess
 import sys
 import time
 import zlib
+
+from ansible_collections.auditgap.fleet.plugins.module_utils import usercache
 
 PACKAGE = 'ansible_collections.auditgap.fleet.plugins.module_utils'
 ENTRY = PACKAGE + '.diagnosegather'
@@ -201,17 +202,10 @@ def build_blob(sources):
 
 # A built blob is kept between runs (building it, reading the imports and compiling every
 # module_util, is 0.2 CPU s, a tenth of a diagnose run's fixed cost: docs/scale.md). Its name is
-# the hash of what it is built from: the Python's cache tag, every .py of the module_utils
+# the hash of what it is built from (kept in module_utils/usercache.py's directory): the Python's cache tag, every .py of the module_utils
 # directory and this file (the payload's format), so any change builds a new one.
 BLOB_CACHE_PREFIX = 'fanout-blob-'
 BLOB_CACHE_KEEP = 4
-
-
-def blob_cache_dir(environ=None):
-    """Where built blobs are kept: $XDG_CACHE_HOME/auditgap, else ~/.cache/auditgap."""
-    environ = os.environ if environ is None else environ
-    base = environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    return os.path.join(base, 'auditgap')
 
 
 def blob_key(directory, tag):
@@ -226,28 +220,18 @@ def blob_key(directory, tag):
     return digest.hexdigest()[:32]
 
 
-def _private_dir(path):
-    """True for a directory only this user can write (the blob runs as root on the hosts:
-    a cache others can write to is never read)."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
-
-
 def cached_blob(directory, entry='diagnosegather', cache_dir=None):
     """The blob of ``entry`` and the module_utils it imports, from the cache when one was built
     from the same files, else built (and kept, best effort: a cache that cannot be written or
     is not private to this user is left alone, the run goes on with the blob it built)."""
     tag = sys.implementation.cache_tag
-    cache_dir = blob_cache_dir() if cache_dir is None else cache_dir
+    cache_dir = usercache.cache_dir() if cache_dir is None else cache_dir
     try:
         key = blob_key(directory, tag)
     except (IOError, OSError):
         key = None
     path = os.path.join(cache_dir, '%s%s-%s' % (BLOB_CACHE_PREFIX, entry, key))
-    if key and _private_dir(cache_dir):
+    if key and usercache.private_dir(cache_dir):
         blob = _read_blob(path, tag)
         if blob is not None:
             return blob
@@ -278,8 +262,7 @@ def _read_blob(path, tag):
 
 def _write_blob(cache_dir, path, blob):
     try:
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        if not _private_dir(cache_dir):
+        if not usercache.make_private_dir(cache_dir):
             return
         tmp = '%s.%d.tmp' % (path, os.getpid())
         with open(tmp, 'wb') as f:

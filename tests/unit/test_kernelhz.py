@@ -62,6 +62,14 @@ def test_detect_corrupt_config_gz_falls_through(tmp_path):
     assert kernelhz.detect_hz(str(tmp_path), 'r')['value'] == 100
 
 
+def test_detect_truncated_config_gz_falls_through(tmp_path):
+    (tmp_path / 'proc').mkdir()
+    (tmp_path / 'proc' / 'config.gz').write_bytes(gzip.compress(CONFIG.encode() * 50)[:60])
+    (tmp_path / 'boot').mkdir()
+    (tmp_path / 'boot' / 'config-r').write_text('CONFIG_HZ=300\n')
+    assert kernelhz.detect_hz(str(tmp_path), 'r')['value'] == 300
+
+
 def test_detect_assumed_when_nothing(tmp_path):
     assert kernelhz.detect_hz(str(tmp_path), 'r') == {'value': 250, 'source': 'assumed'}
 

@@ -247,3 +247,24 @@ def test_bad_input_fleet_every_host_reported(tmp_path):
     by_host = {e['host']: e for e in fleet_doc['hosts']}
     assert by_host['not-a-dict']['status'] == 'failed'
     assert len(html) < 2 * 1024 * 1024  # the 1 MB result is not copied into the page
+
+
+def test_compiled_templates_are_kept_in_a_private_cache_only(tmp_path, monkeypatch):
+    """fleet.html's templates compiled once and kept (usercache), rendering the same page; a
+    cache directory others can write to is never used."""
+    doc = fleet()
+    plain = R.render_html(doc)
+    cache = tmp_path / 'cache'
+    for _ in range(2):      # compiled and kept, then loaded from the cache by a fresh environment
+        monkeypatch.setattr(R, '_TEMPLATES', {})
+        R.html_template(cache_dir=str(cache))
+        assert R.render_html(doc) == plain
+        assert os.stat(str(cache)).st_mode & 0o777 == 0o700
+        assert len([n for n in os.listdir(str(cache)) if n.startswith('report-jinja-')]) == 2
+    shared = tmp_path / 'shared'
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setattr(R, '_TEMPLATES', {})
+    R.html_template(cache_dir=str(shared))
+    assert R.render_html(doc) == plain
+    assert os.listdir(str(shared)) == []
