@@ -14,6 +14,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import datetime
+import json
 import os
 
 import jinja2
@@ -26,7 +27,7 @@ from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis, r
 
 display = Display()
 _ARGS = frozenset(('report_dir', 'base_dir', 'hosts', 'thresholds', 'timeline_svg', 'html_template', 'latest_link', 'formats',
-                   'print_summary'))
+                   'print_summary', 'stats', 'stats_findings'))
 FORMATS = ('json', 'md', 'html', 'prom')
 
 
@@ -107,6 +108,21 @@ def check_thresholds(thresholds):
         raise AnsibleError('diagnose_report: %s; no report written' % '; '.join(bad))
 
 
+def run_stats(result, report_dir, formats, findings):
+    """The custom stats of a diagnose run, returned as set_stats returns them (Ansible sets any
+    result's ansible_stats): auditgap_report, and with ``findings`` remediate_findings, every finding
+    of the fleet.json just written with its host (the remediation filter's reading of it). One task
+    for the reports and their stats: each task is a worker process (docs/scale.md)."""
+    data = {'auditgap_report': {'report_dir': result['report_dir'], 'summary': result['summary'],
+                                'summary_lines': result['summary_lines']}}
+    if findings and 'json' in formats:
+        # imported only when asked for: the collection loader compiles a plugin's source each run
+        from ansible_collections.auditgap.fleet.plugins.filter import remediation
+        with open(os.path.join(report_dir, 'fleet.json')) as f:
+            data['remediate_findings'] = remediation.auditgap_fleet_findings(json.load(f))
+    return {'data': data, 'per_host': False, 'aggregate': False}
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
@@ -182,4 +198,7 @@ class ActionModule(ActionBase):
             display.display('\n'.join(lines))
         result.update({'changed': False, 'report_dir': os.path.abspath(report_dir), 'files': files,
                        'summary': doc['summary'], 'summary_lines': lines})
+        if boolean(args.get('stats', False), strict=False):
+            result['ansible_stats'] = run_stats(result, report_dir, formats,
+                                                boolean(args.get('stats_findings', False), strict=False))
         return result

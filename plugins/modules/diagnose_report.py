@@ -77,6 +77,19 @@ options:
       - Print the short fleet summary (worst hosts first, each with its causal chain).
     type: bool
     default: true
+  stats:
+    description:
+      - Expose C(auditgap_report) (C(report_dir), C(summary), C(summary_lines)) as the run's custom
+        stats, as M(ansible.builtin.set_stats) does (not per host, not aggregated); AWX keeps them
+        as the job's artifacts. Done by this task itself, so a diagnose run needs no task of its own for it.
+    type: bool
+    default: false
+  stats_findings:
+    description:
+      - With O(stats), also expose C(remediate_findings) (every finding of C(fleet.json) with its host,
+        after checking C(fleet.json) against its schema), when C(json) is among O(formats).
+    type: bool
+    default: false
 author:
   - auditgap contributors (@auditgap)
 notes:
@@ -124,6 +137,10 @@ summary_lines:
   returned: always
   type: list
   elements: str
+ansible_stats:
+  description: The custom stats set (C(data), C(per_host), C(aggregate)), as M(ansible.builtin.set_stats) returns them.
+  returned: when O(stats) is true
+  type: dict
 latest:
   description: Path of the C(latest) symlink when it was updated.
   returned: when the latest link is updated
