@@ -275,7 +275,6 @@ class Walker:
         self.handlers = handlers
         self.gaps = gaps
         self.pairs = pairs
-        self._gap = False
         self.pages = self.missed_pages = self.missed_events = 0
         self.paddings = self.extends = self.stamps = self.bad_pages = 0
         self.records = self.other = self._other_run = 0
@@ -283,6 +282,7 @@ class Walker:
         self.fast_word = 1
         self._long = struct.Struct(_NATIVE + ('Q' if layout.commit_size == 8 else 'I'))
         self._callers = {}
+        self._fast_tags = None
         self._stacks = {}   # a kernel_stack record's bytes from its size word -> its callers
 
     def stats(self):
@@ -294,10 +294,10 @@ class Walker:
         order: one CPU's pages come in order). Returns the bytes used (whole pages).
 
         With ``gaps``, a page flagged with lost events before it is preceded by ``(ts_ns,
-        GAP, 0, 0, 0)``, ``ts_ns`` its first record's stamp. With ``pairs``, a syscall's enter
-        followed by its exit (the next record handled here, same task, no lost events between)
-        is one record ``(exit ts_ns, -exit tag, pid, enter ts_ns, 0)``; never the first record
-        of a walk (so the first stamp handed out is a record's own)."""
+        GAP, 0, 0, 0)``, ``ts_ns`` the page's stamp. With ``pairs``, a syscall's enter followed
+        by its exit (the next record handled here, same task, on the same page) is one record
+        ``(exit ts_ns, -exit tag, pid, enter ts_ns, 0)``; never the first record of a walk (so
+        the first stamp handed out is a record's own)."""
         layout = self.layout
         size = layout.page_size
         used = len(data) - len(data) % size
@@ -308,8 +308,12 @@ class Walker:
         first = layout.data_offset // 4
         # the hot path: handlers of kind 1 on the same word (every syscall event's common_pid),
         # and the one kind-3 handler (sched_switch)
-        fast = dict((ident, h[0]) for ident, h in self.handlers.items() if h[1] == 1 and h[2] == self.fast_word)
-        fast_get = fast.get
+        fast_tags = self._fast_tags
+        if fast_tags is None:  # event id -> tag (a list: indexing it costs less than dict.get)
+            fast_tags = self._fast_tags = [None] * 65536
+            for ident, h in self.handlers.items():
+                if h[1] == 1 and h[2] == self.fast_word and 0 <= ident < 65536:
+                    fast_tags[ident] = h[0]
         pid_word = self.fast_word
         three = [(ident, h) for ident, h in self.handlers.items() if h[1] == 3]
         three_id, (three_tag, _count, wa, wb, wc) = three[0] if len(three) == 1 else (-1, (0, 0, 0, 0, 0))
@@ -321,7 +325,8 @@ class Walker:
         before = len(out)
         fold = self.pairs
         pairs = markers = 0
-        gap_at = -1 if not self._gap else before  # where a GAP marker goes (the flagged page's first record)
+        data_max = DATA_MAX
+        held_ts = held_pid = 0
         for base in range(0, used, size):
             ts, commit = header(data, base)
             length = commit & COMMIT_MASK
@@ -330,15 +335,18 @@ class Walker:
                 self.missed_pages += 1
                 if commit & MISSED_STORED and layout.data_offset + length + self._long.size <= size:
                     self.missed_events += self._long.unpack_from(data, base + layout.data_offset + length)[0]
-                if self.gaps and gap_at < 0:
-                    gap_at = len(out)
-            held = None  # the enter just appended (pairs), never one of a page after lost events
+                if self.gaps:
+                    append((ts, GAP, 0, 0, 0))
+                    markers += 1
+            # an enter not yet appended (pairs): appended before any other record, or made one
+            # pair record with its exit; never held across a page
+            held_tag = -1
             i = base // 4 + first
             end = i + min(length, size - layout.data_offset) // 4
             while i < end:
                 head = words[i]
                 kind = head & 31
-                if 0 < kind <= DATA_MAX:
+                if 0 < kind <= data_max:
                     j = i + 1
                     i = j + kind
                     if i > end:
@@ -346,25 +354,33 @@ class Walker:
                         break
                     ts += head >> 5
                     ident = words[j] & 0xffff
-                    tag = fast_get(ident)
+                    tag = fast_tags[ident]
                     if tag is not None:
                         pid = words[j + pid_word]
-                        if not tag & 1:
+                        if tag & 1:
+                            if held_tag == tag - 1 and held_pid == pid:
+                                append((ts, -tag, pid, held_ts, 0))
+                                pairs += 1
+                                held_tag = -1
+                                continue
+                            if held_tag >= 0:
+                                append((held_ts, held_tag, held_pid, 0, 0))
+                                held_tag = -1
+                            append((ts, tag, pid, 0, 0))
+                        else:
+                            if held_tag >= 0:
+                                append((held_ts, held_tag, held_pid, 0, 0))
+                                held_tag = -1
                             if fold:
-                                held = (ts, tag, pid, 0, 0)
-                                append(held)
+                                held_ts, held_tag, held_pid = ts, tag, pid
                             else:
                                 append((ts, tag, pid, 0, 0))
-                        elif held is not None and held[2] == pid and held[1] + 1 == tag:
-                            out[-1] = (ts, -tag, pid, held[0], 0)
-                            pairs += 1
-                            held = None
-                        else:
-                            append((ts, tag, pid, 0, 0))
-                            held = None
-                    elif ident == three_id:
+                        continue
+                    if held_tag >= 0:
+                        append((held_ts, held_tag, held_pid, 0, 0))
+                        held_tag = -1
+                    if ident == three_id:
                         append((ts, three_tag, words[j + wa], words[j + wb], words[j + wc]))
-                        held = None
                     elif ident == stack_id:
                         key = data[(j + sb) * 4:i * 4]
                         callers = stacks_get(key)
@@ -373,10 +389,8 @@ class Walker:
                             if len(stacks) < 4096:
                                 stacks[key] = callers
                         append((ts, stack_tag, words[j + sa], callers, key))
-                        held = None
                     else:
                         self._record(words, data, j, i, ts, append)
-                        held = None
                 elif not kind:  # a data record longer than 112 bytes: its length is the next word
                     j = i + 2
                     i += 1 + (words[i + 1] + 3) // 4
@@ -384,8 +398,10 @@ class Walker:
                         self.bad_pages += 1
                         break
                     ts += head >> 5
+                    if held_tag >= 0:
+                        append((held_ts, held_tag, held_pid, 0, 0))
+                        held_tag = -1
                     self._record(words, data, j, i, ts, append)
-                    held = None
                 elif kind == PADDING:
                     self.paddings += 1
                     if not head >> 5:
@@ -406,14 +422,10 @@ class Walker:
                             stamp += 1 << 59
                     ts = stamp
                     i += 2
-            if gap_at >= 0 and len(out) > gap_at:
-                rec = out[gap_at]
-                out.insert(gap_at, (rec[3] if rec[1] < 0 else rec[0], GAP, 0, 0, 0))
-                markers += 1
-                gap_at = -1
+            if held_tag >= 0:
+                append((held_ts, held_tag, held_pid, 0, 0))
         words.release()
-        self._gap = gap_at >= 0  # lost events before records still to come
-        if pairs and len(out) > before and out[before][1] < 0:  # the first record: enter and exit again
+        if pairs and len(out) > before and out[before][1] < 0:  # the first record: enter and exit
             ts, tag, pid, start, _zero = out[before]
             out[before:before + 1] = [(start, -tag - 1, pid, 0, 0), (ts, -tag, pid, 0, 0)]
             pairs -= 1
@@ -598,7 +610,7 @@ class RawEventParser(traceparse.EventParser):
         out_pop = out.pop
         state_text = self._state_text
         stack_of = self._stack_of.get
-        exits = {}
+        exits = dict((tag, []) for tag in self.names if tag & 1)
         switch_ins = {}
         unpaired = pairs = markers = 0
         round_ts = self.resolution_ns > 1
@@ -610,10 +622,7 @@ class RawEventParser(traceparse.EventParser):
                 if b < gap:
                     unpaired += 1
                 elif pids is None or a in pids:
-                    batch = exits.get(-tag)
-                    if batch is None:
-                        batch = exits[-tag] = []
-                    batch += (b, ts, a)
+                    exits[-tag] += (b, ts, a)
             elif tag & 1:  # a syscall's exit (a: pid), or a GAP
                 if tag == GAP:
                     gap = self._ns((ts,))[0] if round_ts else ts
@@ -623,10 +632,7 @@ class RawEventParser(traceparse.EventParser):
                 if entered is None or entered[0] != tag or entered[1] < gap:
                     unpaired += 1
                 elif pids is None or a in pids:
-                    batch = exits.get(tag)
-                    if batch is None:
-                        batch = exits[tag] = []
-                    batch += (entered[1], ts, a)
+                    exits[tag] += (entered[1], ts, a)
             elif tag >= SYSCALL_TAGS:  # its enter: wait for the exit tag
                 enter[a] = (tag + 1, ts)
             elif tag == SWITCH:  # a: prev_pid, b: prev_state, c: next_pid
@@ -656,6 +662,8 @@ class RawEventParser(traceparse.EventParser):
         self.unpaired_exits += unpaired
         self.gaps += markers
         for tag, batch in exits.items():
+            if not batch:
+                continue
             name = self.names[tag]
             stats = self._sys.get(name)
             if stats is None:

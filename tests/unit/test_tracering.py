@@ -242,7 +242,8 @@ def test_pairs_and_gaps_records_give_the_record_by_record_result(plan, symbols, 
         singles, _lasts = tr.merge_cpus([tr.Walker(plan.layout, plan.handlers, gaps=gaps) for _ in cpus], cpus)
         assert sum(1 for r in folded if r[1] < 0) > 1000 and len(folded) < 0.7 * len(records)
         assert sum(w.stats().records for w in walkers) == len(records)
-        assert _result(plan, symbols, folded) == _result(plan, symbols, singles)
+        want = _result(plan, symbols, singles)
+        assert _result(plan, symbols, folded) == want
         for data in cpus:
             out = []
             tr.Walker(plan.layout, plan.handlers, gaps=gaps, pairs=True).walk(data, out)
@@ -471,28 +472,33 @@ def test_module_falls_back_to_text_and_says_why(tmp_path):
     assert how == 'text' and 'sys_exit_getppid' in why
 
 
-def test_reader_in_small_reads_hands_out_the_same_records(tmp_path, plan, cpus, merged):
+def test_reader_in_small_reads_hands_out_the_same_records(tmp_path, plan, cpus, merged, symbols):
     """RawReader over per_cpu/cpuN/trace_pipe_raw (here files holding the recorded pages), three
-    pages a CPU per read: records held back across reads, then the drain: the same records in
-    the same order as one merge of everything."""
+    pages a CPU per read: records held back across reads, then the drain: the records of one
+    merge of everything (a syscall's enter and exit next to each other on a page as one pair
+    record, but for the first record of each read), and the result of the records one by one."""
     for cpu, data in enumerate(cpus):
         path = tmp_path / 'per_cpu' / ('cpu%d' % cpu)
         path.mkdir(parents=True)
         (path / 'trace_pipe_raw').write_bytes(data)
     reader = tr.RawReader(str(tmp_path), plan)
     got, batches = [], []
+    parser = tr.RawEventParser(plan.names, plan.states, symbols, syscalls=SYSCALLS)
+
+    def take(records):
+        got.extend(records)
+        batches.append(len(records))
+        parser.feed_records(records)
     try:
-        while reader.read_available(lambda recs: (got.extend(recs), batches.append(len(recs))),
-                                    max_bytes=3 * plan.layout.page_size):
+        while reader.read_available(take, max_bytes=3 * plan.layout.page_size):
             pass
-        reader.drain(got.extend)
+        reader.drain(take)
     finally:
         reader.close()
-    # the reader's walkers mark lost events and pair enters with their exits: the records of one
-    # merge of everything, but for the pairs of the first record of each read (left as two)
     want, _lasts = tr.merge_cpus([tr.Walker(plan.layout, plan.handlers, gaps=True) for _ in cpus], cpus)
     assert _unfold(got) == want and len(batches) > 3 and len(got) < 0.7 * len(want)
     assert reader.stats().records == len(merged[0]) and reader.bytes == sum(len(d) for d in cpus)
+    assert parser.result() == _result(plan, symbols, want)
 
 
 def test_small_offcpu_samples_are_read_as_text():
