@@ -257,3 +257,20 @@ def test_lock_in_a_directory_we_cannot_create_is_a_clear_error(tmp_path):
     with pytest.raises(guard_mod.UnsafePath, match='cannot use the host lock'):
         with guard_mod.HostLock('t', state_dir=str(blocker / 'state')):
             pass
+
+
+def test_timeout_paused_stops_the_clock_for_one_call_then_runs_on():
+    """A tracefs instance's mkdir (minutes under emulation, no signal cuts it short) is not
+    the sample's time: the hard timeout is paused around it and re-armed with what was left."""
+    import time
+    undone = []
+    with pytest.raises(guard_mod.GuardInterrupted):
+        with guard_mod.RestoreGuard(timeout_s=0.3) as g:
+            g.push(lambda: undone.append('x'), description='x')
+            with g.timeout_paused():
+                time.sleep(0.5)  # longer than the whole timeout: not interrupted
+            assert g.interrupted is None
+            time.sleep(1)  # the rest of the 0.3 s runs out here
+    assert g.interrupted == 'timeout' and undone == ['x']
+    with guard_mod.RestoreGuard() as untimed, untimed.timeout_paused():  # no timeout: nothing to pause
+        pass
