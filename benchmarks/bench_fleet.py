@@ -13,7 +13,10 @@ these runs on it, interleaved per size (``--kinds`` picks besides ping):
   windows, no trace, every report format), the Ansible path (one task per host);
 - ``diagnose+down``: the same on the N reachable and the black-holed hosts;
 - ``fanout``, ``fanout+down``: the same two with ``diagnose_transport=fanout``
-  (one controller task gathers every host, plugins/action/diagnose_fanout.py).
+  (one controller task gathers every host, plugins/action/diagnose_fanout.py);
+- ``fanout-base`` (``--baseline-tree DIR``): the fan-out of another checkout (e.g. ``git worktree
+  add DIR main`` with this venv linked as DIR/.venv), so a change is measured before and after
+  in one run, interleaved per size.
 
 For each it prints the wall time, the wall time minus the sample window,
 controller CPU seconds per reachable host (every process of the run: ansible,
@@ -34,6 +37,7 @@ of the fan-out is missed.
     benchmarks/bench_fleet.py --sizes 1,10,50,100,200      (minutes)
     benchmarks/bench_fleet.py --sizes 50,200 --kinds fanout  (ping and the fan-out only)
     benchmarks/bench_fleet.py --sizes 10,50 --kinds fanout --bashrc /usr/share/base-files/dot.bashrc
+    benchmarks/bench_fleet.py --sizes 10,50 --kinds fanout --baseline-tree /tmp/auditgap-before
     BENCH_FLEET_STRATEGY=mitogen_linear benchmarks/bench_fleet.py   (with mitogen installed)
 
 The fan-out runs with the product's concurrency (Ansible's forks) unless --fanout-concurrency says
@@ -114,9 +118,9 @@ class Cgroup:
                     time.sleep(0.1)
 
 
-def _env(extra=None):
+def _env(extra=None, root=ROOT):
     env = dict(os.environ)
-    env.update({'ANSIBLE_CONFIG': os.path.join(ROOT, 'ansible.cfg'), 'ANSIBLE_NOCOLOR': '1',
+    env.update({'ANSIBLE_CONFIG': os.path.join(root, 'ansible.cfg'), 'ANSIBLE_NOCOLOR': '1',
                 'ANSIBLE_FORCE_COLOR': '0'})
     env.update(extra or {})
     if STRATEGY:
@@ -131,6 +135,9 @@ STRATEGY = os.environ.get('BENCH_FLEET_STRATEGY')
 WARM_PERSIST = '30m'
 KINDS = ['ping', 'diagnose', 'fanout']
 FANOUT_CONCURRENCY = [0]
+# --baseline-tree: another checkout whose fan-out runs beside this tree's, interleaved (before/after
+# a change in one run)
+BASELINE = [None]
 
 
 def write_inventory(fleet, path, timeout, ssh_args=''):
@@ -154,11 +161,14 @@ def run_one(fleet, kind, inventory, limit, tmp, targets, tag, n_reachable, warm=
     (diagnose.yml with diagnose_transport=fanout). ``warm``: (env, cgroup of the open ssh masters):
     the run reuses them, their CPU during the run is the run's."""
     env, masters = warm or ({}, None)
+    root = ROOT
+    if kind == 'fanout-base':
+        root, kind = BASELINE[0], 'fanout'
     if kind == 'ping':
         args = [os.path.join(BIN, 'ansible'), '-i', inventory, limit, '-m', 'ansible.builtin.ping', '-o']
     else:
         report_dir = os.path.join(tmp, 'reports-%s' % tag)
-        args = [os.path.join(BIN, 'ansible-playbook'), '-i', inventory, os.path.join(ROOT, 'playbooks', 'diagnose.yml'),
+        args = [os.path.join(BIN, 'ansible-playbook'), '-i', inventory, os.path.join(root, 'playbooks', 'diagnose.yml'),
                 '-e', 'diagnose_hosts=%s' % limit, '-e', 'report_dir=%s' % report_dir,
                 '-e', 'diagnose_audit_sample_seconds=%g' % WINDOW_S, '-e', 'diagnose_cgroup_sample_seconds=%g' % WINDOW_S,
                 '-e', 'diagnose_trace=never', '-e', 'report_print_summary=false',
@@ -169,7 +179,7 @@ def run_one(fleet, kind, inventory, limit, tmp, targets, tag, n_reachable, warm=
         target0 = targets.cpu_s()
         masters0 = masters.cpu_s() if masters else 0.0
         t0 = time.monotonic()
-        proc = subprocess.run(fleet.cmd(args), cwd=ROOT, env=_env(env), capture_output=True, text=True,
+        proc = subprocess.run(fleet.cmd(args), cwd=root, env=_env(env, root), capture_output=True, text=True,
                               check=False, preexec_fn=ctl.join, timeout=1800)
         wall = time.monotonic() - t0
         target_cpu = targets.cpu_s() - target0
@@ -218,7 +228,8 @@ def measure_size(n, rounds, timeout, tmp, ssh_args='', bashrc=None, warm=False):
                 warm = (env, masters)
             plan = [('ping', 'up'), ('diagnose', 'up')] + ([('diagnose+down', 'fleet')] if down else [])
             plan += [('fanout', 'up')] + ([('fanout+down', 'fleet')] if down else [])
-            plan = [(kind, limit) for kind, limit in plan if kind.split('+')[0] in KINDS]
+            plan += [('fanout-base', 'up')] if BASELINE[0] else []
+            plan = [(kind, limit) for kind, limit in plan if kind.split('+')[0].split('-')[0] in KINDS]
             for rnd in range(rounds):
                 for kind, limit in plan:
                     row = run_one(fleet, kind.split('+')[0], inventory, limit, tmp, targets,
@@ -242,7 +253,7 @@ def measure_size(n, rounds, timeout, tmp, ssh_args='', bashrc=None, warm=False):
 
 
 RUNS = (('ping', '#2ca02c'), ('diagnose', '#1f77b4'), ('diagnose+down', '#d62728'),
-        ('fanout', '#9467bd'), ('fanout+down', '#ff7f0e'))
+        ('fanout', '#9467bd'), ('fanout+down', '#ff7f0e'), ('fanout-base', '#8c564b'))
 
 
 def chart(results, path):
@@ -284,8 +295,11 @@ def main():
                              "the masters' CPU during a run counts as its controller's" % WARM_PERSIST)
     parser.add_argument('--fanout-concurrency', type=int, default=0,
                         help="diagnose_fanout_concurrency (hosts at once; 0, the product's default: Ansible's forks)")
+    parser.add_argument('--baseline-tree', help='another checkout of auditgap (same venv) whose fan-out runs too, as '
+                                                '"fanout-base", interleaved with this tree\'s: a change before/after in one run')
     args = parser.parse_args()
     FANOUT_CONCURRENCY[:] = [args.fanout_concurrency]
+    BASELINE[:] = [os.path.abspath(args.baseline_tree) if args.baseline_tree else None]
     KINDS[:] = ['ping'] + [k for k in args.kinds.split(',') if k in ('diagnose', 'fanout')]
     if os.geteuid() != 0:
         sys.exit('bench_fleet needs root (network namespaces, cgroups)')
@@ -333,7 +347,7 @@ def fixed_and_per_host(results):
     """Each run's machine CPU of all its reachable hosts split into a fixed cost per run and a cost
     per host (a line through the sizes measured): what decides the ratio at small fleets."""
     fits = {}
-    for kind in ('ping', 'diagnose', 'fanout'):
+    for kind in ('ping', 'diagnose', 'fanout', 'fanout-base'):
         points = [(n, results[n][kind]['machine_cpu_per_host_s'] * n) for n in sorted(results) if kind in results[n]]
         line = fit(points)
         if line:
