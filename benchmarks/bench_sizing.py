@@ -26,7 +26,7 @@ a loopback accept load at a fixed ``--rate`` of connections per second):
 Takes the kernel-tests lock; the lab is removed at the end, also on SIGTERM.
 
     benchmarks/bench_sizing.py [--rate 1000] [--seconds 4] [--steps 7] [--diagnose-seconds 3] [--headroom 2]
-                               [--history-seconds 3]
+                               [--history-seconds 5]
 """
 import argparse
 import os
@@ -73,7 +73,7 @@ def main():
     parser.add_argument('--high', type=float, default=1.0, help='upper end of the bisection (cores)')
     parser.add_argument('--headroom', type=float, default=F.DEFAULT_THRESHOLDS['consumer_cpu_headroom'],
                         help='consumer_cpu_headroom of the sizing (default: the diagnosis default)')
-    parser.add_argument('--history-seconds', type=float, default=3.0,
+    parser.add_argument('--history-seconds', type=float, default=5.0,
                         help='seconds the consumer runs unthrottled under the load before the stall (0: none)')
     args = parser.parse_args()
     return run_lab_locked('bench_sizing', run, args)

@@ -22,7 +22,10 @@ What the window measures (docs/audit_status.md, "Record rates"):
   the stamps, not from when the consumer got around to them; and the rate records were made at
   while they were being made (``active_records_per_s``: over the clock ticks that have stamps,
   so the time the audited tasks slept in audit_log_start does not dilute it);
-- when delivery stopped while records waited (the consumer's drain gaps).
+- when delivery stopped while records waited (the consumer's drain gaps);
+- how long a record is as a consumer logs it (``log_chars_per_record``: the kernel's text of each
+  record framed as auditd's raw log line, ``type=NAME msg=...`` and a newline): what counts the
+  records a consumer wrote before the window from its bytes written (sizing.wakeup_cost).
 
 Pure parts (``RecordCounter``, ``decode_value``, ``max_in_span``, ``active_time``) are
 unit-tested on captured records; ``ReadlogSocket`` is the socket (root).
@@ -148,6 +151,7 @@ class RecordCounter:
         self.records = 0
         self.events = 0
         self.unparsed = 0
+        self.text_bytes = 0        # the records' text as the kernel made it (netlink payloads)
         self.last_received_ms = None
         self.max_gap_ms = 0.0      # longest wait of a record while nothing was delivered
         self.gaps = 0              # such waits of GAP_MIN_MS or more
@@ -160,13 +164,16 @@ class RecordCounter:
         """Fast path for a whole datagram (netlink header included) holding the next record of
         the event seen last: True when counted, False when ``feed`` must take it."""
         prefix = self._prefix
-        if prefix is None or not data.startswith(prefix, 16) or received_ms - self.last_received_ms >= GAP_MIN_MS \
-                or int.from_bytes(data[:4], 'little') + 3 < len(data):
+        if prefix is None or not data.startswith(prefix, 16) or received_ms - self.last_received_ms >= GAP_MIN_MS:
+            return False
+        length = int.from_bytes(data[:4], 'little')
+        if length + 3 < len(data):
             return False
         msg_type = data[4] | data[5] << 8
         if msg_type == AUDIT_SYSCALL:
             return False
         self.records += 1
+        self.text_bytes += length - 16
         by_type = self.by_type
         by_type[msg_type] = by_type.get(msg_type, 0) + 1
         self._entry[1] += 1
@@ -179,6 +186,7 @@ class RecordCounter:
 
     def feed(self, msg_type, payload, received_ms):
         self.records += 1
+        self.text_bytes += len(payload)
         by_type = self.by_type
         by_type[msg_type] = by_type.get(msg_type, 0) + 1
         colon = payload.find(b':', 6)
@@ -289,6 +297,15 @@ class RecordCounter:
             out[ms] = out.get(ms, 0) + count
         return out
 
+    def log_chars_per_record(self):
+        """The bytes of a record as auditd's raw log line (``type=NAME msg=`` + the kernel's text + a newline),
+        averaged over the window's records; None without records. An ENRICHED log adds interpreted fields."""
+        if not self.records:
+            return None
+        framing = sum(count * (len(TYPE_NAMES.get(t, 'UNKNOWN[%d]' % t)) + len('type= msg=\n'))
+                      for t, count in self.by_type.items())
+        return round((self.text_bytes + framing) / float(self.records), 1)
+
     def summary(self, seconds, top=TOP, machine=None, user_names=None):
         """The contract's ``record_rates`` for a window of ``seconds`` (pure).
 
@@ -339,6 +356,7 @@ class RecordCounter:
             'records_per_s': per_s(self.records),
             'events_per_s': per_s(self.events),
             'records_per_event': round(self.records / float(self.events), 3) if self.events else None,
+            'log_chars_per_record': self.log_chars_per_record(),
             'peak_records_per_s': peak,
             'drain_gap_max_ms': gap_ms,
             'drain_gaps': self.gaps,

@@ -384,7 +384,8 @@ def cpu_sizing(view, target, thresholds):
     cost = sizing.wakeup_cost(view.activity.get('history'), {
         'cpu_seconds': act_cpu / act_s if (act_cpu is not None and act_s) else None,
         'wakeups': view.activity.get('wakeups_per_s'), 'records': rates.get('records_per_s'),
-        'write_chars': view.activity.get('wchar_per_s')}, thresholds['consumer_wakeup_cost_records'])
+        'write_chars': view.activity.get('wchar_per_s'), 'log_chars_per_record': rates.get('log_chars_per_record')},
+        thresholds['consumer_wakeup_cost_records'])
     unbatched = sizing.unbatched_factor(rates.get('records_per_s'), view.activity.get('wakeups_per_s'),
                                         rates.get('records_per_event'), cost)
     return sizing.cpu_limit(usage, num(rates.get('records_per_s')), offered['value'] if offered else None,

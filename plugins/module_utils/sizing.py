@@ -38,12 +38,15 @@ WAKEUP_COST_RECORDS = 6.0
 # wakeup_cost's conditions for trusting the measure: the consumer's history before the window holds at
 # least this many wake-ups, its records per wake-up differ from the window's by at least this factor (the
 # two equations are far from parallel), and k comes out within [0, WAKEUP_COST_MAX]
-WAKEUP_HISTORY_MIN = 100
+WAKEUP_HISTORY_MIN = 1000
 # ... and the consumer wrote at least this many bytes per record in the window (an audit record's shortest
 # line, `type=EOE msg=audit(1764547200.123:4567): `, is about 40): fewer, its writes lag its reads (queued or
 # buffered inside it) and its bytes written do not count its records
 WRITE_CHARS_PER_RECORD_MIN = 40.0
 WAKEUP_BATCH_CONTRAST_MIN = 2.0
+# when the history's records are counted by their text (the window's writes lag its reads), they may weigh at
+# most this share of the history's CPU (a x records / CPU): beyond it their count, not the wake-ups, decides k
+WAKEUP_TEXT_WEIGHT_MAX = 0.5
 WAKEUP_COST_MAX = 1000.0
 
 
@@ -166,28 +169,34 @@ def wakeup_cost(history, window, fallback=WAKEUP_COST_RECORDS):
 
     The consumer's CPU = a x records + w x wake-ups holds over any stretch of its life, throttled or not.
     Two stretches give two equations: the sample window (``window``: ``cpu_seconds``, ``wakeups``,
-    ``records``, ``write_chars``: per second or in total, the same scale for each) and its history before
-    the window (``history``: ``cpu_seconds``, ``wakeups``, ``write_chars`` since it started, read from /proc
-    at the window's start: schedstat run time and voluntary switches of its tasks, /proc/PID/io wchar).
+    ``records``, ``write_chars``: per second or in total, the same scale for each; ``log_chars_per_record``:
+    a record's length as auditd logs it, from the multicast records' text) and its history before the window
+    (``history``: ``cpu_seconds``, ``wakeups``, ``write_chars`` since it started, read from /proc at the
+    window's start: schedstat run time and voluntary switches of its tasks, /proc/PID/io wchar).
     The history's records are not counted anywhere; the consumer writes every record it reads (its log,
-    its plugins), so they are its bytes written over the bytes it wrote per record in the window.
-    k = w / a. Measured when: both stretches have CPU and bytes written, the history wake-ups (the window
-    may have none: it never emptied its socket); the window's bytes per record are at least
-    WRITE_CHARS_PER_RECORD_MIN (else its writes lag its reads); the history holds at least
-    WAKEUP_HISTORY_MIN wake-ups; the records per wake-up of the two differ by at least
-    WAKEUP_BATCH_CONTRAST_MIN x (a throttled window reads in batches, a history that kept up woke once per
-    event: without that difference the two equations say the same); a > 0 and 0 <= k <= WAKEUP_COST_MAX.
-    The history includes the consumer's start-up, which counts as wake-ups: k reads high, never low, for a
-    consumer that started recently.
+    its plugins), so they are its bytes written over the bytes it wrote per record in the window. When the
+    window's writes lag its reads (fewer than WRITE_CHARS_PER_RECORD_MIN bytes per record: a throttled
+    consumer queues what it read), over the records' own length (``log_chars_per_record``): at least what a
+    consumer logging each record writes for it, so the history's records are at most that count and k at
+    least; trusted only while those records weigh at most WAKEUP_TEXT_WEIGHT_MAX of the history's CPU (a
+    history that woke once per event: its wake-ups decide k, the count of its records barely moves it).
+    k = w / a. Measured when: both stretches have CPU and the history bytes written, the history wake-ups
+    (the window may have none: it never emptied its socket); the history holds at least WAKEUP_HISTORY_MIN
+    wake-ups (its start-up counts as wake-ups: fewer, the start-up decides k); the records per wake-up of
+    the two differ by at least WAKEUP_BATCH_CONTRAST_MIN x (a throttled window reads in batches, a history
+    that kept up woke once per event: without that difference the two equations say the same); a > 0 and
+    0 <= k <= WAKEUP_COST_MAX. The history includes the consumer's start-up, which counts as wake-ups: k
+    reads high, never low, for a consumer that started recently.
     """
     history = history if isinstance(history, dict) else {}
     window = window if isinstance(window, dict) else {}
     fallback = max(0.0, num(fallback) or 0.0)
     cpu_h, wake_h, chars_h = (num(history.get(n)) for n in ('cpu_seconds', 'wakeups', 'write_chars'))
-    cpu_w, wake_w, rec_w, chars_w = (num(window.get(n))
-                                     for n in ('cpu_seconds', 'wakeups', 'records', 'write_chars'))
+    cpu_w, wake_w, rec_w, chars_w, log_chars = (num(window.get(n)) for n in (
+        'cpu_seconds', 'wakeups', 'records', 'write_chars', 'log_chars_per_record'))
     inputs = {'history_cpu_seconds': cpu_h, 'history_wakeups': wake_h, 'history_write_chars': chars_h,
-              'write_chars_per_record': None, 'history_records': None, 'history_records_per_wakeup': None,
+              'write_chars_per_record': None, 'log_chars_per_record': log_chars, 'history_records': None,
+              'history_records_counted_by': None, 'history_records_per_wakeup': None,
               'wakeup_cost_source': 'consumer_wakeup_cost_records'}
 
     def fell_back(why):
@@ -195,22 +204,30 @@ def wakeup_cost(history, window, fallback=WAKEUP_COST_RECORDS):
                 'formula': 'k = %s (consumer_wakeup_cost_records: %s)' % (_g(fallback), why)}
     if chars_w is None:
         return fell_back('the bytes the consumer wrote were not read')
-    if not (cpu_w and rec_w and chars_w) or min(cpu_w, rec_w, chars_w) <= 0 or wake_w is None or wake_w < 0:
-        what = 'bytes written' if rec_w and cpu_w and wake_w is not None else 'records, wake-ups or CPU'
-        return fell_back('the window has no %s' % what)
+    if not (cpu_w and rec_w) or min(cpu_w, rec_w) <= 0 or wake_w is None or wake_w < 0:
+        return fell_back('the window has no records, wake-ups or CPU')
+    lagging = chars_w < 0 or chars_w / rec_w < WRITE_CHARS_PER_RECORD_MIN
+    if lagging and not (log_chars and log_chars >= WRITE_CHARS_PER_RECORD_MIN):
+        if chars_w <= 0:
+            return fell_back('the window has no bytes written')
+        return fell_back('%s bytes written per record in the window, fewer than a record\'s %d: its writes lag '
+                         'its reads' % (_g(chars_w / rec_w), WRITE_CHARS_PER_RECORD_MIN))
     if not (cpu_h and wake_h and chars_h) or min(cpu_h, wake_h, chars_h) <= 0:
         return fell_back('no history before the window')
-    per_record = chars_w / rec_w
+    written = max(chars_w, 0.0) / rec_w
+    per_record = log_chars if lagging else written
     rec_h = chars_h / per_record
     # a window without a wake-up (it never emptied its socket) is an endless batch: a alone
     batch_h, batch_w = rec_h / wake_h, (rec_w / wake_w if wake_w else float('inf'))
-    inputs.update({'write_chars_per_record': round(per_record, 3), 'history_records': round(rec_h, 1),
+    inputs.update({'write_chars_per_record': round(written, 3), 'history_records': round(rec_h, 1),
+                   'history_records_counted_by': 'log_chars_per_record' if lagging else 'write_chars_per_record',
                    'history_records_per_wakeup': round(batch_h, 3)})
-    if per_record < WRITE_CHARS_PER_RECORD_MIN:
-        return fell_back('%s bytes written per record in the window, fewer than a record\'s %d: its writes lag '
-                         'its reads' % (_g(per_record), WRITE_CHARS_PER_RECORD_MIN))
+    counted = ('%s bytes written / %s per record' % (_g(chars_h), _g(per_record)) if not lagging else
+               '%s bytes written / %s per record logged (the records\' text; the window\'s writes lag its reads: '
+               '%s bytes written per record)' % (_g(chars_h), _g(per_record), _g(written)))
     if wake_h < WAKEUP_HISTORY_MIN:
-        return fell_back('%s wake-ups before the window, fewer than %d' % (_g(wake_h), WAKEUP_HISTORY_MIN))
+        return fell_back('%s wake-ups before the window, fewer than %d: its start-up would decide k'
+                         % (_g(wake_h), WAKEUP_HISTORY_MIN))
     contrast = max(batch_h, batch_w) / min(batch_h, batch_w)
     if contrast < WAKEUP_BATCH_CONTRAST_MIN:
         return fell_back('%s records per wake-up before the window and %s in it, less than %s x apart'
@@ -221,12 +238,17 @@ def wakeup_cost(history, window, fallback=WAKEUP_COST_RECORDS):
     k = w / a if a > 0 else None
     if k is None or not 0 <= k <= WAKEUP_COST_MAX:
         return fell_back('the two stretches give a = %s, w = %s' % (_g(a), _g(w)))
+    weight = a * rec_h / cpu_h
+    if lagging and weight > WAKEUP_TEXT_WEIGHT_MAX:
+        why = ('the history\'s %s records, counted by their text (%s), would be %s of its CPU, more than %s: their '
+               'count would decide k' % (_g(rec_h), counted, _g(round(weight, 3)), _g(WAKEUP_TEXT_WEIGHT_MAX)))
+        return fell_back(why)
     inputs.update({'wakeup_cost_source': 'measured', 'cpu_seconds_per_record_alone': round(a, 12),
-                   'cpu_seconds_per_wakeup': round(w, 12)})
+                   'cpu_seconds_per_wakeup': round(w, 12), 'history_records_cpu_ratio': round(weight, 4)})
     formula = ('k = w / a = %s s / %s s = %s measured: CPU = a x records + w x wake-ups over the history '
-               '(%s CPU s, %s records: %s bytes written / %s per record, %s wake-ups) and the window (per second: '
+               '(%s CPU s, %s records: %s, %s wake-ups) and the window (per second: '
                '%s CPU s, %s records, %s wake-ups)'
-               % (_g(w), _g(a), _g(k), _g(cpu_h), _g(rec_h), _g(chars_h), _g(per_record), _g(wake_h),
+               % (_g(w), _g(a), _g(k), _g(cpu_h), _g(rec_h), counted, _g(wake_h),
                   _g(cpu_w), _g(rec_w), _g(wake_w)))
     return {'value': k, 'measured': True, 'inputs': inputs, 'formula': formula}
 

@@ -118,3 +118,22 @@ def test_short_window_peak_is_scaled_to_per_second():
         event(counter, i)
     assert counter.summary(0.5)['peak_records_per_s'] == 60.0
     assert counter.summary(0)['records_per_s'] is None
+
+
+def test_log_chars_per_record_frames_the_kernels_text_as_auditds_raw_line():
+    import struct
+    counter = R.RecordCounter()
+    assert counter.summary(1.0)['log_chars_per_record'] is None
+    event(counter, 1)
+    made = (SYSCALL % (1, 110, 0, b'"/usr/bin/python3.11"', b'key="web"'), PROCTITLE % 1, EOE % 1)
+    lines = [b'type=SYSCALL msg=' + made[0] + b'\n', b'type=PROCTITLE msg=' + made[1] + b'\n',
+             b'type=EOE msg=' + made[2] + b'\n']
+    assert counter.summary(1.0)['log_chars_per_record'] == round(sum(map(len, lines)) / 3.0, 1)
+    # the fast path (a whole datagram of the next record of the event seen last) counts the same text
+    fast = R.RecordCounter()
+    fast.feed(1300, made[0], 0.0)
+    for msg_type, payload in ((1327, made[1]), (1320, made[2])):
+        data = struct.pack('<IHHII', 16 + len(payload), msg_type, 0, 0, 0) + payload
+        data += b'\0' * (-len(data) % 4)
+        assert fast.feed_next(data, 0.0)
+    assert fast.summary(1.0)['log_chars_per_record'] == counter.summary(1.0)['log_chars_per_record']

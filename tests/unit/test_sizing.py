@@ -93,9 +93,10 @@ def test_wakeup_cost_falls_back_to_the_threshold_when_the_measure_cannot_be_trus
     assert 'bytes the consumer wrote were not read' in why(LAB_HISTORY, dict(LAB_WINDOW, write_chars=None))
     assert 'the window has no bytes written' in why(LAB_HISTORY, dict(LAB_WINDOW, write_chars=0))
     assert 'the window has no records' in why(LAB_HISTORY, dict(LAB_WINDOW, records=0))
-    assert '99 wake-ups before the window, fewer than 100' in why(dict(LAB_HISTORY, wakeups=99))
+    assert ('999 wake-ups before the window, fewer than 1000: its start-up would decide k'
+            in why(dict(LAB_HISTORY, wakeups=999)))
     # a consumer throttled since it started (the lab's fresh auditd): history batched like the window
-    assert 'less than 2 x apart' in why({'cpu_seconds': 0.012, 'wakeups': 149, 'write_chars': 508000})
+    assert 'less than 2 x apart' in why({'cpu_seconds': 0.12, 'wakeups': 1490, 'write_chars': 5080000})
     # noise that makes the wake-up cost negative
     assert 'the two stretches give a = ' in why(dict(LAB_HISTORY, cpu_seconds=0.01))
     for bad in ('x', float('nan'), -5, True):
@@ -106,6 +107,44 @@ def test_wakeup_cost_falls_back_to_the_threshold_when_the_measure_cannot_be_trus
     vm_window = {'cpu_seconds': 0.015721 / 3.633, 'wakeups': 0.0, 'records': 80.76, 'write_chars': 749.795}
     assert why(vm_history, vm_window) == ('k = 6 (consumer_wakeup_cost_records: 9.284 bytes written per record in '
                                           'the window, fewer than a record\'s 40: its writes lag its reads)')
+    # with the records' own length from the multicast group the writes' lag no longer matters, but 149 wake-ups
+    # since boot are its start-up under emulation (11 ms of CPU per wake-up, k would read about 200)
+    assert why(vm_history, dict(vm_window, log_chars_per_record=150.0)) == (
+        'k = 6 (consumer_wakeup_cost_records: 149 wake-ups before the window, fewer than 1000: its start-up would '
+        'decide k)')
+
+
+# the VM's auditd with a history: the lab's load ran unthrottled before the throttle (its wake-ups dominate its
+# CPU), then a throttled window whose writes lag its reads and that never woke (numbers of that shape: the
+# start-up's 1.6 CPU s, 2650 wake-ups, 11000 records of 150 bytes; the window as recorded)
+VM_HISTORY = {'cpu_seconds': 6.6, 'wakeups': 2650, 'write_chars': 1650000}
+VM_WINDOW = {'cpu_seconds': 0.015721 / 3.633, 'wakeups': 0.0, 'records': 80.76, 'write_chars': 749.795,
+             'log_chars_per_record': 150.0}
+
+
+def test_wakeup_cost_counts_the_history_by_the_records_text_when_the_windows_writes_lag():
+    out = S.wakeup_cost(VM_HISTORY, VM_WINDOW, 6.0)
+    assert out['measured'], out['formula']
+    inputs = out['inputs']
+    assert inputs['history_records_counted_by'] == 'log_chars_per_record' and inputs['history_records'] == 11000
+    # a = 4.327e-03 / 80.76 = 5.358e-05 s (the window never woke); w = (6.6 - a x 11000) / 2650 = 2.268e-03 s
+    a = 0.015721 / 3.633 / 80.76
+    w = (6.6 - a * 11000) / 2650
+    assert abs(out['value'] - w / a) < 1e-6 and 42 < out['value'] < 43
+    assert inputs['history_records_cpu_ratio'] == round(a * 11000 / 6.6, 4)
+    assert ('11000 records: 1650000 bytes written / 150 per record logged (the records\' text; the window\'s '
+            'writes lag its reads: 9.284 bytes written per record)') in out['formula']
+    # the same window with bytes that keep up counts by what it wrote
+    kept = S.wakeup_cost(VM_HISTORY, dict(VM_WINDOW, write_chars=80.76 * 150.0), 6.0)
+    assert kept['inputs']['history_records_counted_by'] == 'write_chars_per_record'
+    assert abs(kept['value'] - out['value']) < 1e-6
+    # a window that wrote nothing at all: counted by the text too
+    assert S.wakeup_cost(VM_HISTORY, dict(VM_WINDOW, write_chars=0), 6.0)['measured']
+    # counted by the text, the records may not decide k: here 40 bytes each would be 60% of the history's CPU
+    heavy = S.wakeup_cost(dict(VM_HISTORY, write_chars=2956000), dict(VM_WINDOW, log_chars_per_record=40.0), 6.0)
+    assert not heavy['measured'] and 'counted by their text' in heavy['formula'] and 'more than 0.5' in heavy['formula']
+    # text shorter than any record: not a count
+    assert not S.wakeup_cost(VM_HISTORY, dict(VM_WINDOW, log_chars_per_record=12.0), 6.0)['measured']
 
 
 def test_wakeup_cost_from_a_window_without_wakeups_is_the_record_cost_alone():
