@@ -268,3 +268,19 @@ def test_compiled_templates_are_kept_in_a_private_cache_only(tmp_path, monkeypat
     R.html_template(cache_dir=str(shared))
     assert R.render_html(doc) == plain
     assert os.listdir(str(shared)) == []
+
+
+def test_run_stats_as_set_stats_sets_them(tmp_path):
+    """The report task's custom stats: auditgap_report always, remediate_findings (every finding of
+    the fleet.json just written, with its host) only when asked for and written."""
+    doc = fleet()
+    out = str(tmp_path / 'r')
+    action.write_reports(doc, out, ['json'])
+    result = {'report_dir': out, 'summary': doc['summary'], 'summary_lines': R.summary_lines(doc)}
+    stats = action.run_stats(result, out, ['json'], findings=False)
+    assert stats['per_host'] is False and stats['aggregate'] is False
+    assert stats['data'] == {'auditgap_report': result}
+    findings = action.run_stats(result, out, ['json'], findings=True)['data']['remediate_findings']
+    every = [(h['host'], f['id']) for h in doc['hosts'] for f in h['findings']]
+    assert [(f['host'], f['id']) for f in findings] == every and every
+    assert 'remediate_findings' not in action.run_stats(result, out, ['md'], findings=True)['data']
