@@ -312,6 +312,11 @@ def _op_remove_instance(root, name):
     tracefs.remove_instance(root, name)
 
 
+def _op_remove_synthetic(root, name):
+    from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs
+    tracefs.remove_synthetic(root, name)
+
+
 def _op_umount(path):
     proc = subprocess.run(['umount', path], check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if proc.returncode != 0:
@@ -609,6 +614,7 @@ OPS = {
     'write_if_exists': _op_write_if_exists,
     'append': _op_append,
     'remove_instance': _op_remove_instance,
+    'remove_synthetic': _op_remove_synthetic,
     'umount': _op_umount,
     'audit_rule_delete': _op_audit_rule_delete,
     'audit_rule_add': _op_audit_rule_add,

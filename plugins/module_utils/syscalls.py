@@ -92,3 +92,11 @@ def named(syscalls, arch, machine=None):
     """A rule's syscalls with numbers (text) turned into names of its arch's table."""
     table = TABLES.get(table_for(arch, machine), {})
     return [table.get(int(s), s) if s.isdigit() else s for s in syscalls]
+
+
+def syscall_number(table, name):
+    """Number of syscall ``name`` in ``table`` (as table_for gives it), or None when unknown."""
+    for nr, known in TABLES.get(table, {}).items():
+        if known == name:
+            return nr
+    return None

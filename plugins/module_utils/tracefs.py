@@ -26,6 +26,7 @@ import subprocess
 import time
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
+from ansible_collections.auditgap.fleet.plugins.module_utils import tracehist
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import write_value
 
 
@@ -46,7 +47,11 @@ SNAPSHOT_FILES = TOP_LEVEL_FILES + ('set_event', 'set_event_pid', 'trace_options
                                     'set_ftrace_filter', 'set_ftrace_notrace', 'trace_clock',
                                     'events/sched/sched_switch/enable',
                                     'events/sched/sched_switch/filter',
-                                    'events/sched/sched_switch/trigger')
+                                    'events/sched/sched_switch/trigger',
+                                    # syscall latency in the kernel (hist triggers, where the kernel has them)
+                                    'synthetic_events',
+                                    'events/raw_syscalls/sys_enter/trigger',
+                                    'events/raw_syscalls/sys_exit/trigger')
 
 
 class TracefsError(Exception):
@@ -384,11 +389,14 @@ def instance_name(pid=None):
 
 
 def remove_instance(root, name):
-    """Quiesce and remove one instance (only ``auditgap-<pid>`` names)."""
-    if instance_pid(name) is None:
+    """Quiesce and remove one instance (only ``auditgap-<pid>`` names), with the hist
+    triggers and the synthetic event of a syscalls sample of that pid."""
+    pid = instance_pid(name)
+    if pid is None:
         raise TracefsError('refusing to remove instance %r (not ours)' % name)
     path = os.path.join(root, 'instances', name)
     if not os.path.isdir(path):
+        remove_synthetic(root, tracehist.synth_name(pid))
         return
     for rel, value in (('tracing_on', '0'), ('set_event', '')):
         try:
@@ -401,6 +409,8 @@ def remove_instance(root, name):
             _append(trigger, trigger_removal(line))
     except (IOError, OSError):
         pass
+    # hist triggers of a killed sample (syscall latency in the kernel), then its synthetic event
+    synthetic = tracehist.stale_cleanup(path, pid, _append, read)
     last = None
     for _attempt in range(20):
         try:
@@ -415,12 +425,41 @@ def remove_instance(root, name):
             time.sleep(0.1)
     if last is not None:
         raise last
+    remove_synthetic(root, synthetic)
+
+
+def remove_synthetic(root, name):
+    """Delete the synthetic event ``name`` (``auditgap_lat_<pid>`` only) when it exists
+    (``!name`` appended to ``synthetic_events``)."""
+    if tracehist.synth_pid(name) is None:
+        raise TracefsError('refusing to remove synthetic event %r (not ours)' % (name,))
+    path = os.path.join(root, 'synthetic_events')
+    try:
+        defined = tracehist.synthetic_names(read(path))
+    except (IOError, OSError):
+        return
+    if name in defined:
+        _append(path, '!' + name)
+
+
+def stale_synthetics(root, alive=pid_alive):
+    """``auditgap_lat_<pid>`` synthetic events whose pid is dead (never our own)."""
+    try:
+        names = tracehist.synthetic_names(read(os.path.join(root, 'synthetic_events')))
+    except (IOError, OSError):
+        return []
+    return sorted(name for name in names if tracehist.synth_pid(name) not in (None, os.getpid())
+                  and not alive(tracehist.synth_pid(name)))
 
 
 def remove_stale_instances(root, alive=pid_alive):
+    """Remove instances (and synthetic events) of dead samples; returns their names."""
     removed = []
     for name in stale_instances(list_instances(root), alive, own_pid=os.getpid()):
         remove_instance(root, name)
+        removed.append(name)
+    for name in stale_synthetics(root, alive):  # one whose instance is already gone
+        remove_synthetic(root, name)
         removed.append(name)
     return removed
 

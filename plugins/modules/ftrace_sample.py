@@ -117,6 +117,22 @@ options:
     description: How many slowest calls to return per syscall (and slow chains), 1..100.
     type: int
     default: 10
+  aggregation:
+    description:
+      - How C(syscalls) mode measures latency.
+      - C(hist) - in the kernel, where it has hist triggers (C(CONFIG_HIST_TRIGGERS), for example Debian 12's
+        6.1) - a synthetic event C(auditgap_lat_<pid>) (C(raw_syscalls) sys_enter to sys_exit, onmatch
+        latency) and a C(hist) trigger keyed by syscall, task and latency in the private instance; no
+        per-call event is written or read, only the histogram, once at the end (C(slowest[].ts_s) is then
+        null). The synthetic event and the triggers are removed after, like the instance. Fails, with
+        nothing changed, where the kernel lacks hist triggers or the machine has no syscall table.
+      - C(events) - the C(sys_enter_X)/C(sys_exit_X) events, paired in user space.
+      - C(auto) - C(hist) where the kernel allows it, else C(events); the one used is returned in
+        C(syscalls_aggregation), why not C(hist) in C(syscalls_aggregation_note).
+      - C(offcpu) always reads events (its stacks come from the C(stacktrace) trigger).
+    type: str
+    choices: [auto, hist, events]
+    default: events
   force:
     description: Run even when the top-level tracer is not C(nop) (another user's tracing is then disturbed).
     type: bool
@@ -157,6 +173,14 @@ EXAMPLES = r'''
     process_names: [nginx]
     tracing_thresh_us: 10000
     function_filter: ['*audit*', schedule_timeout, '__x64_sys_accept4', 'syscall_exit*']
+
+- name: Accept latency counted in the kernel where it has hist triggers, else from the events
+  auditgap.fleet.ftrace_sample:
+    mode: syscalls
+    pids: [4242]
+    syscalls: [accept4]
+    aggregation: auto
+  register: accept_latency   # accept_latency.ftrace_sample.syscalls_aggregation - hist or events
 
 - name: Where does it sleep
   auditgap.fleet.ftrace_sample:
@@ -228,6 +252,21 @@ ftrace_sample:
       description: Syscalls named by audit rules that have no tracepoint on this kernel.
       type: list
       elements: str
+    syscalls_aggregation:
+      description: >-
+        How C(syscalls) was measured - C(hist) (in the kernel, hist triggers and a synthetic event) or
+        C(events) (the syscall events read and paired); null when C(syscalls) did not run.
+      type: str
+    syscalls_aggregation_note:
+      description: Why C(aggregation=auto) used C(events) (for example no hist triggers on this kernel), else null.
+      type: str
+    syscalls_hist:
+      description: >-
+        With C(hist) - C(synthetic_event) (its name), C(hits), C(entries) and C(dropped) (calls the
+        kernel's histogram had no room for; more than 0 means the counts are short), C(buffered_events)
+        (events in the instance's ring buffer at the end - 0 with C(syscalls) alone - no per-call event
+        written); null otherwise.
+      type: dict
     offcpu:
       description: >-
         Sleeps grouped by kernel stack, total_us descending - C(stack) (innermost first, tracing and
@@ -309,10 +348,12 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.auditgap.fleet.plugins.module_utils import audit, tracefs
-from ansible_collections.auditgap.fleet.plugins.module_utils import traceparse, tracering
+from ansible_collections.auditgap.fleet.plugins.module_utils import tracehist, traceparse, tracering
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import (
-    GuardInterrupted, Journal, RestoreGuard, UnsafePath, write_value)
+    GuardInterrupted, Journal, RestoreGuard, UnsafePath, append_value, write_value)
 from ansible_collections.auditgap.fleet.plugins.module_utils.procinfo import find_pids_by_name
+from ansible_collections.auditgap.fleet.plugins.module_utils.syscall_tables import TABLES
+from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls import syscall_number, table_for
 
 MAX_DURATION_S = 60.0
 # function_graph fallback roots when neither the option nor the audit rules name a syscall
@@ -323,6 +364,7 @@ BUFFER_KB_RANGE = (64, 65536)
 # Below this many buffered events, with nothing read during the window, the text is read.
 RAW_MIN_EVENTS_WITH_STACKS = 100000
 MODES = ('auto', 'function_graph', 'syscalls', 'offcpu')
+AGGREGATIONS = ('auto', 'hist', 'events')
 ARGUMENT_SPEC = dict(
     mode=dict(type='str', default='auto', choices=list(MODES)),
     pids=dict(type='list', elements='int', default=[]),
@@ -336,6 +378,7 @@ ARGUMENT_SPEC = dict(
     max_graph_depth=dict(type='int', default=2),
     function_filter=dict(type='list', elements='str', default=[]),
     top=dict(type='int', default=10),
+    aggregation=dict(type='str', default='events', choices=list(AGGREGATIONS)),
     force=dict(type='bool', default=False),
 )
 # what a top-level file is set back to when its old value cannot be read
@@ -471,15 +514,81 @@ def _window(reader, seconds, on_text, base, buffer_size_kb):
                       drain_if=lambda: tracefs.buffer_filling(base, buffer_size_kb))
 
 
+# ---------------------------------------------------------------------------
+# syscall latency aggregated in the kernel (hist triggers)
+
+def choose_aggregation(requested, root, syscalls, machine=None):
+    """-> (aggregation, note): 'hist' where the kernel can aggregate the syscall latency
+    itself, else 'events' with the reason; SampleError when 'hist' was asked and cannot be."""
+    if requested == 'events' or not syscalls:
+        return 'events', None
+    table = table_for(None, machine)
+    reason = None
+    if not tracehist.available(root):
+        reason = 'the kernel has no hist triggers (CONFIG_HIST_TRIGGERS: no synthetic_events or hist files)'
+    elif table is None:
+        reason = 'no syscall table for this machine (%s)' % (machine or os.uname()[4])
+    else:
+        unknown = [name for name in syscalls if syscall_number(table, name) is None]
+        if unknown:
+            reason = 'no %s syscall number for %s' % (table, ', '.join(unknown))
+    if reason is None:
+        return 'hist', None
+    if requested == 'hist':
+        raise SampleError('aggregation hist: %s; nothing changed' % reason)
+    return 'events', reason
+
+
+def start_syscall_hist(guard, root, inst, syscalls, tids, exclude):
+    """The synthetic latency event and its three hist triggers; the guard removes them in
+    the reverse order (exit trigger, enter trigger, histogram, synthetic event).
+    Returns (synthetic event name, the path of the histogram to read at the end)."""
+    name = tracehist.synth_name()
+    table = table_for(None)
+    commands = tracehist.latency_commands(name, [syscall_number(table, n) for n in syscalls],
+                                          tids, exclude)
+    tracefs.remove_synthetic(root, name)  # left by a killed sample with our pid (pid reuse)
+    guard.push_op('remove_synthetic', 'remove synthetic event %s' % name, root=root, name=name)
+    tracehist.write_command(root, os.path.join(root, 'synthetic_events'), commands['synthetic'], append_value)
+    synth_dir = os.path.join(inst, 'events', 'synthetic', name)
+    for path, trigger in ((os.path.join(synth_dir, 'trigger'), commands['hist']),
+                          (os.path.join(inst, 'events', 'raw_syscalls', 'sys_enter', 'trigger'), commands['enter']),
+                          (os.path.join(inst, 'events', 'raw_syscalls', 'sys_exit', 'trigger'), commands['exit'])):
+        guard.push_op('append', 'remove hist trigger %s' % path, path=path,
+                      value=tracehist.trigger_removal(trigger))
+        tracehist.write_command(root, path, trigger, append_value)
+    return name, os.path.join(synth_dir, 'hist')
+
+
+def read_syscall_hist(inst, hist, syscalls, top):
+    """(syscalls result, {synthetic_event, hits, entries, dropped, buffered_events}) from the
+    histogram file; ``buffered_events``: what the instance's ring buffer holds (0 when only
+    the kernel's histogram counted: no per-call event written)."""
+    name, path = hist
+    parsed = tracehist.parse_hist(tracefs.read(path))
+    result = tracehist.syscalls_from_hist(parsed, syscalls, TABLES.get(table_for(None), {}), top)
+    buffered = sum(stats.get('entries', 0) for stats in tracefs.cpu_stats(inst))
+    return result, {'synthetic_event': name, 'hits': parsed['hits'], 'entries': parsed['entries_count'],
+                    'dropped': parsed['dropped'], 'buffered_events': buffered}
+
+
 def sample_events(guard, root, modes, targets, syscalls, params, facts):
     """syscalls and/or offcpu in a private instance. Returns (instance name, parser,
-    events lost); ``facts`` gets ``reader`` and ``reader_fallback``."""
+    events lost); ``facts`` gets ``reader`` and ``reader_fallback``, and with
+    ``facts['syscalls_aggregation'] == 'hist'`` ``syscalls`` and ``syscalls_hist`` from the
+    kernel's histogram (read before the guard removes its triggers)."""
     name = tracefs.instance_name()
     inst = tracefs.create_instance(guard, root, name)
     write_value(os.path.join(inst, 'tracing_on'), '0')
     write_value(os.path.join(inst, 'buffer_size_kb'), str(params['buffer_size_kb']))
     tids = targets['tids']
     exclude = [] if tids else targets['excluded']
+    hist = None
+    if 'syscalls' in modes and facts.get('syscalls_aggregation') == 'hist':
+        hist = start_syscall_hist(guard, root, inst, syscalls, tids, exclude)
+        # the events read are offcpu's only (when asked); the syscalls come from the histogram
+        modes = [mode for mode in modes if mode != 'syscalls']
+        syscalls = []
     if 'syscalls' in modes:
         flt = tracefs.pid_filter(['common_pid'], tids, exclude)
         for sys_name in syscalls:
@@ -498,12 +607,22 @@ def sample_events(guard, root, modes, targets, syscalls, params, facts):
             guard.write_file(os.path.join(event, 'filter'), flt, restore_value='0')
         tracefs.guarded_trigger(guard, os.path.join(event, 'trigger'), tracefs.offcpu_trigger(tids, exclude))
         guard.write_file(os.path.join(event, 'enable'), '1', restore_value='0')
+    if not modes:  # syscalls in the kernel only: nothing to read until the end
+        write_value(os.path.join(inst, 'tracing_on'), '1')
+        tracefs.read_until(time.monotonic() + params['duration_s'], lambda: None)
+        write_value(os.path.join(inst, 'tracing_on'), '0')
+        facts['syscalls'], facts['syscalls_hist'] = read_syscall_hist(inst, hist, facts['syscalls_traced'],
+                                                                      params['top'])
+        return name, None, tracefs.events_lost(inst)
     parser, reader, feed, facts['reader'], facts['reader_fallback'] = events_reader(
         inst, modes, tids, syscalls, params['top'])
     guard.push(reader.close, description='close the trace reader')
     write_value(os.path.join(inst, 'tracing_on'), '1')
     _window(reader, params['duration_s'], feed, inst, params['buffer_size_kb'])
     write_value(os.path.join(inst, 'tracing_on'), '0')
+    if hist:
+        facts['syscalls'], facts['syscalls_hist'] = read_syscall_hist(inst, hist, facts['syscalls_traced'],
+                                                                      params['top'])
     why = text_for_small_sample(facts['reader'], modes, reader.bytes,
                                 sum(stats.get('entries', 0) for stats in tracefs.cpu_stats(inst)))
     if why:
@@ -693,6 +812,7 @@ def empty_facts(params):
         'function_graph': None, 'audit_wait_observed': False, 'events': 0, 'events_lost': 0, 'lines': 0,
         'stale_instances_removed': [], 'interrupted': None, 'restored': True, 'restore_errors': [],
         'reader': None, 'reader_fallback': None,
+        'syscalls_aggregation': None, 'syscalls_aggregation_note': None, 'syscalls_hist': None,
         'recovered_from_crash': [], 'signals_during_restore': [],
     }
 
@@ -810,17 +930,25 @@ def _sample(guard, params, facts):
         facts['lines'] = graph['lines']
         facts['reader'] = 'text'
     else:
+        if 'syscalls' in modes:
+            facts['syscalls_aggregation'], facts['syscalls_aggregation_note'] = choose_aggregation(
+                params.get('aggregation') or 'events', root, syscalls)
         name, parser, lost = sample_events(guard, root, modes, targets, syscalls, params, facts)
         facts['instance'] = name
         facts['events_lost'] = lost
-        result = parser.result()
-        if 'syscalls' in modes:
+        result = parser.result() if parser else {'syscalls': {}, 'offcpu': [], 'events': 0, 'lines': 0,
+                                                 'window_s': 0.0}
+        if facts['syscalls_aggregation'] == 'hist':
+            result['events'] += sum(stats['count'] for stats in facts['syscalls'].values())
+            if not parser:
+                facts['window_s'] = float(params['duration_s'])
+        elif 'syscalls' in modes:
             facts['syscalls'] = result['syscalls']
         if 'offcpu' in modes:
             facts['offcpu'], facts['offcpu_unstacked'] = split_offcpu(result['offcpu'])
         facts['events'] = result['events']
         facts['lines'] = result['lines']
-        facts['window_s'] = result['window_s']
+        facts['window_s'] = result['window_s'] or facts['window_s']
     graph = facts['function_graph'] or {}
     facts['audit_wait_observed'] = traceparse.audit_wait_in(facts['offcpu'], graph.get('slow_calls'))
 

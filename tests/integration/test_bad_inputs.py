@@ -58,6 +58,7 @@ CASES = [
     # ftrace_sample
     ('ftrace_sample', {'duration_s': NAN}, 'duration_s must be more than 0'),
     ('ftrace_sample', {'duration_s': INF}, 'duration_s must be more than 0'),
+    ('ftrace_sample', {'mode': 'syscalls', 'aggregation': 'kernel'}, 'aggregation must be one of'),
     # audit_tune
     ('audit_tune', {'backlog_limit': 0}, 'out of range'),
     ('audit_tune', {'backlog_wait_time_jiffies': -1}, 'out of range'),

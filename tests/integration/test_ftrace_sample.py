@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ansible_collections.auditgap.fleet.plugins.module_utils import guard, tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils import guard, tracefs, tracehist
 from ansible_collections.auditgap.fleet.plugins.module_utils.guard import write_value
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,7 +64,8 @@ def test_stall_syscalls_and_offcpu_name_audit_log_start(tmp_path, tracefs_root):
     try:
         with stall_mod.audit_stall(backlog_limit=64, backlog_wait_time=250, quota_us=1000, key=KEY) as stall:
             stall.wait_for(seconds=1, min_count=1, timeout_s=20)
-            rc, res = _ansible({'mode': 'auto', 'pids': [stall.server_pid], 'duration_s': 5})
+            rc, res = _ansible({'mode': 'auto', 'pids': [stall.server_pid], 'duration_s': 5,
+                                 'aggregation': 'auto'})
     except stall_mod.StallRefused as err:
         pytest.skip('cannot create a stall here: %s' % err)
     facts = res['ftrace_sample']
@@ -76,6 +77,11 @@ def test_stall_syscalls_and_offcpu_name_audit_log_start(tmp_path, tracefs_root):
     # a stall makes few events: the text is read unless the ring buffer's records pay for naming the stacks
     assert facts['reader'] == 'raw' or 'fewer than' in facts['reader_fallback'], facts['reader_fallback']
     assert 'accept4' in facts['syscalls_traced'] and facts['syscalls_source'].startswith('audit_rules')
+    if tracehist.available(root):  # in the kernel (the ftrace VM scenario checks that way live)
+        assert facts['syscalls_aggregation'] == 'hist', facts['syscalls_aggregation_note']
+    else:  # this host's kernel: no hist triggers, auto falls back to the events, and says why
+        assert facts['syscalls_aggregation'] == 'events' and facts['syscalls_hist'] is None
+        assert 'no hist triggers' in facts['syscalls_aggregation_note'], facts['syscalls_aggregation_note']
     acc = facts['syscalls']['accept4']
     assert acc['count'] > 10, acc
     # the stall range: an idle loopback accept has p99 ~1 ms; backlog_wait_time 250 jiffies
@@ -199,6 +205,27 @@ def test_bad_input_fails_and_changes_nothing(tmp_path, args, needle, tracefs_roo
     before = _snapshot(root)
     rc, res = _run_module(dict({'duration_s': 1}, **args), tmp_path)
     assert rc != 0 and res['failed'] and needle in res['msg'], res
+    assert _snapshot(root) == before
+
+
+def test_hist_aggregation_where_the_kernel_has_it_else_refused(tmp_path, tracefs_root):
+    """aggregation=hist: in the kernel where it can (the ftrace VM scenario checks the numbers),
+    else the task fails before tracefs changes; the default (events) reports its mode."""
+    root = tracefs_root
+    before = _snapshot(root)
+    rc, res = _run_module({'mode': 'syscalls', 'syscalls': ['read'], 'pids': [os.getpid()],
+                           'duration_s': 0.5, 'aggregation': 'hist'}, tmp_path)
+    if tracehist.available(root):
+        assert rc == 0 and res['ftrace_sample']['syscalls_aggregation'] == 'hist', res
+        assert res['ftrace_sample']['syscalls']['read']['count'] > 0
+    else:
+        assert rc != 0 and 'aggregation hist: the kernel has no hist triggers' in res['msg'], res
+        assert res['msg'].endswith('nothing changed') and res['ftrace_sample']['restored'], res
+    assert _snapshot(root) == before
+    rc, res = _run_module({'mode': 'syscalls', 'syscalls': ['read'], 'pids': [os.getpid()],
+                           'duration_s': 0.2}, tmp_path)
+    facts = res['ftrace_sample']
+    assert rc == 0 and facts['syscalls_aggregation'] == 'events' and facts['syscalls_aggregation_note'] is None, res
     assert _snapshot(root) == before
 
 

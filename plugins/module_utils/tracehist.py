@@ -1,0 +1,264 @@
+# -*- coding: utf-8 -*-
+# Copyright: auditgap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Syscall latency aggregated in the kernel: hist triggers and a synthetic event (pure parts).
+
+On kernels with ``CONFIG_HIST_TRIGGERS`` the latency of each chosen syscall is
+computed by the kernel itself, in a private tracefs instance:
+
+- a synthetic event ``auditgap_lat_<pid>`` (``u64 lat; long id; int pid``: the types of
+  ``raw_syscalls``' ``id`` and ``common_pid``; kernel 6.1 refuses others, ``error_log``:
+  "Param type doesn't match synthetic event field type");
+- ``raw_syscalls:sys_enter``: ``hist:keys=common_pid:ts0=common_timestamp.usecs``
+  (the entry time per task), filtered to the syscall numbers and tasks;
+- ``raw_syscalls:sys_exit``: ``onmatch(raw_syscalls.sys_enter)`` traces the synthetic
+  event with ``lat = now - $ts0``;
+- the synthetic event: ``hist:keys=id.syscall,pid,lat`` (one entry per syscall, task
+  and latency in microseconds), read once at the end.
+
+No per-call text line is written or parsed. Off-CPU time stays event text: the time a
+task slept is known at its switch-in, its stack at its switch-out, and carrying a stack
+from one event to another (hist ``stacktrace`` variables, synthetic ``unsigned long[]``
+fields) needs kernel 6.3 or later. ``latency_commands`` builds the
+trigger texts from validated integers only; ``parse_hist`` reads a ``hist``
+file; ``syscalls_from_hist`` turns it into the ``syscalls`` result of the event
+parser (same shape: count, p50/p99 exact to the microsecond, max, total and the
+slowest calls, which carry no timestamp: ``ts_s`` is null).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import math
+import os
+import re
+
+SYNTH_PREFIX = 'auditgap_lat_'
+# raw_syscalls' own types: sys_exit's ``long id``, ``int common_pid`` (6.1 refuses s64/s32)
+SYNTH_FIELDS = 'u64 lat; long id; int pid'
+_SYNTH_RE = re.compile(r'auditgap_lat_(\d+)')
+HIST_SIZE = 16384      # tracing_map entries (2^14); Dropped counts what did not fit
+_KEY_RE = re.compile(r'(\w+): +(.*?)(?:, (?=\w+: )|$)')
+_SYSCALL_KEY_RE = re.compile(r'^(\S+)\s*\[\s*(\d+)\]$')
+_VALUE_RE = re.compile(r'(\w+): +(\d+)')
+
+
+class HistError(Exception):
+    """The kernel refused a hist command (the message has its error_log)."""
+
+
+def error_log_tail(root, lines=3):
+    """The last lines of tracefs ``error_log`` (where 5.x+ kernels say why a command failed)."""
+    try:
+        with open(os.path.join(root, 'error_log')) as handle:
+            text = handle.read()
+    except (IOError, OSError):
+        return ''
+    return ' / '.join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+
+
+def write_command(root, path, command, append):
+    """``append(path, command)``; a refusal raises HistError naming the file, the command and
+    the kernel's error_log."""
+    try:
+        append(path, command)
+    except (IOError, OSError) as err:
+        log = error_log_tail(root)
+        raise HistError('the kernel refused %r in %s: %s%s' % (
+            command, path, err.strerror or err, ' (error_log: %s)' % log if log else '')) from None
+
+
+def synth_name(pid=None):
+    return SYNTH_PREFIX + str(os.getpid() if pid is None else int(pid))
+
+
+def synth_pid(name):
+    """``auditgap_lat_<pid>`` -> pid, else None (not ours)."""
+    match = _SYNTH_RE.fullmatch(name or '')
+    return int(match.group(1)) if match else None
+
+
+def synthetic_names(text):
+    """The event names a ``synthetic_events`` file lists (one definition a line)."""
+    return [line.split(None, 1)[0] for line in text.splitlines() if line.strip() and not line.startswith('#')]
+
+
+def available(root):
+    """True when the kernel has hist triggers and synthetic events (CONFIG_HIST_TRIGGERS)."""
+    return (os.path.isfile(os.path.join(root, 'synthetic_events'))
+            and os.path.isfile(os.path.join(root, 'events', 'raw_syscalls', 'sys_enter', 'hist')))
+
+
+def _condition(field, values, op='==', join=' || '):
+    return join.join('%s %s %d' % (field, op, int(value)) for value in values)
+
+
+def latency_commands(name, syscall_ids, pids=(), exclude=()):
+    """The synthetic event definition and the three triggers, as written to tracefs.
+
+    ``syscall_ids``: syscall numbers (ints); ``pids``: tasks to time (all but
+    ``exclude`` when empty). Returns ``{synthetic, enter, exit, hist}``.
+    """
+    if not syscall_ids:
+        raise ValueError('no syscall to time')
+    if not re.match(r'^[a-z_][a-z0-9_]*$', name):
+        raise ValueError('bad synthetic event name %r' % (name,))
+    conds = ['(%s)' % _condition('id', sorted(set(int(i) for i in syscall_ids)))]
+    if pids:
+        conds.append('(%s)' % _condition('common_pid', pids))
+    elif exclude:
+        conds.append('(%s)' % _condition('common_pid', exclude, '!=', ' && '))
+    where = ' if ' + ' && '.join(conds)
+    return {
+        'synthetic': '%s %s' % (name, SYNTH_FIELDS),
+        'enter': 'hist:keys=common_pid:ts0=common_timestamp.usecs' + where,
+        'exit': ('hist:keys=common_pid:lat=common_timestamp.usecs-$ts0:'
+                 'onmatch(raw_syscalls.sys_enter).trace(%s,$lat,id,common_pid)' % name) + where,
+        'hist': 'hist:keys=id.syscall,pid,lat:vals=hitcount:sort=id,lat:size=%d' % HIST_SIZE,
+    }
+
+
+def trigger_removal(trigger):
+    """``hist:...`` (as written, or as the trigger file shows it) -> ``!hist:...``, what removes it."""
+    trigger = trigger.strip()
+    if trigger.endswith('[active]') or trigger.endswith('[paused]'):
+        trigger = trigger[:trigger.rfind('[')].rstrip()
+    return '!' + trigger
+
+
+# where a sample's triggers live in its instance, in the order they must go
+# (the onmatch trigger reads the enter trigger's variable and traces the synthetic event)
+TRIGGER_FILES = (('raw_syscalls', 'sys_exit'), ('raw_syscalls', 'sys_enter'))
+
+
+def stale_cleanup(instance_path, pid, append, read):
+    """Remove what a killed sample ``pid`` left in its instance: its hist triggers (exit,
+    enter, then the synthetic event's), best effort. ``append(path, text)``/``read(path)``
+    do the file access. Returns the synthetic event name to delete after the instance."""
+    name = synth_name(pid)
+    paths = [os.path.join(instance_path, 'events', system, event, 'trigger') for system, event in TRIGGER_FILES]
+    paths.append(os.path.join(instance_path, 'events', 'synthetic', name, 'trigger'))
+    for path in paths:
+        try:
+            lines = [line for line in read(path).splitlines() if line.startswith('hist:')]
+        except (IOError, OSError):
+            continue
+        for line in lines:
+            try:
+                append(path, trigger_removal(line))
+            except (IOError, OSError):
+                pass
+    return name
+
+
+def parse_hist(text):
+    """A ``hist`` file -> ``{entries: [{keys: {}, values: {}}], hits, entries_count, dropped}``.
+
+    A key printed with ``.syscall`` (``id: sys_read [  0]``) gives
+    ``{'name': 'read', 'nr': 0}``; numeric keys and values give ints; other keys
+    stay text. Lines that are no entry (comments, Totals) are skipped.
+    """
+    entries = []
+    totals = {'hits': None, 'entries_count': None, 'dropped': None}
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith('{'):
+            close = stripped.rfind('}')
+            if close < 0:
+                continue
+            keys = {}
+            for key, raw in _KEY_RE.findall(stripped[1:close].strip()):
+                keys[key] = _key_value(raw.strip())
+            values = dict((key, int(value)) for key, value in _VALUE_RE.findall(stripped[close + 1:]))
+            entries.append({'keys': keys, 'values': values})
+            continue
+        for label, key in (('Hits:', 'hits'), ('Entries:', 'entries_count'), ('Dropped:', 'dropped')):
+            if stripped.startswith(label):
+                try:
+                    totals[key] = int(stripped[len(label):].strip())
+                except ValueError:
+                    pass
+    result = {'entries': entries}
+    result.update(totals)
+    return result
+
+
+def _key_value(raw):
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    match = _SYSCALL_KEY_RE.match(raw)
+    if match:
+        name = match.group(1)
+        for prefix in ('sys_', '__x64_sys_', '__ia32_sys_'):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        return {'name': name, 'nr': int(match.group(2))}
+    return raw
+
+
+def _percentile(counts, total, fraction):
+    """The value at ``fraction`` of a sorted [(value, count)] list (nearest rank)."""
+    rank = max(1, int(math.ceil(fraction * total)))
+    seen = 0
+    for value, count in counts:
+        seen += count
+        if seen >= rank:
+            return value
+    return counts[-1][0] if counts else None
+
+
+def syscalls_from_hist(parsed, syscalls, names_by_nr=None, top=10):
+    """The latency hist (keys id.syscall, pid, lat) -> the ``syscalls`` result of the event parser.
+
+    ``syscalls``: the names traced (each appears, count 0 when unseen);
+    ``names_by_nr``: syscall number -> name, for kernels that print the number
+    only. ``slowest`` carries ``ts_s: None`` (the kernel keeps no timestamp per call).
+    """
+    names_by_nr = names_by_nr or {}
+    per_name = {}
+    for entry in parsed.get('entries', ()):
+        keys = entry['keys']
+        sid = keys.get('id')
+        if isinstance(sid, dict):
+            name = sid['name'] if sid['name'] not in ('unknown_syscall', '') else names_by_nr.get(sid['nr'])
+            name = name or names_by_nr.get(sid['nr'], str(sid['nr']))
+        elif isinstance(sid, int):
+            name = names_by_nr.get(sid, str(sid))
+        else:
+            continue
+        lat = keys.get('lat')
+        hits = entry['values'].get('hitcount', 0)
+        if not isinstance(lat, int) or not hits:
+            continue
+        per_name.setdefault(name, []).append((lat, keys.get('pid'), hits))
+    out = {}
+    for name in sorted(set(syscalls or ()) | set(per_name)):
+        rows = per_name.get(name)
+        if not rows:
+            out[name] = {'count': 0, 'p50_us': None, 'p99_us': None, 'max_us': None,
+                         'total_us': 0.0, 'slowest': []}
+            continue
+        by_lat = {}
+        for lat, _pid, hits in rows:
+            by_lat[lat] = by_lat.get(lat, 0) + hits
+        counts = sorted(by_lat.items())
+        count = sum(hits for _lat, _pid, hits in rows)
+        slowest = []
+        for lat, pid, hits in sorted(rows, key=lambda row: (-row[0], row[1] if row[1] is not None else 0)):
+            slowest.extend({'pid': pid, 'ts_s': None, 'duration_us': float(lat)}
+                           for _call in range(min(hits, top - len(slowest))))
+            if len(slowest) >= top:
+                break
+        out[name] = {
+            'count': count,
+            'p50_us': float(_percentile(counts, count, 0.5)),
+            'p99_us': float(_percentile(counts, count, 0.99)),
+            'max_us': float(counts[-1][0]),
+            'total_us': float(sum(lat * hits for lat, _pid, hits in rows)),
+            'slowest': slowest,
+        }
+    return out
