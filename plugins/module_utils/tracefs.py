@@ -107,6 +107,42 @@ def parse_buffer_size_kb(text):
     return int(match.group(1)) if match else None
 
 
+def unexpanded_buffer_kb(text):
+    """The size (KiB per CPU) a top-level ``buffer_size_kb`` that was never expanded grows to on
+    the kernel's first use of tracing (``7 (expanded: 1408)`` -> 1408); None once expanded
+    (``1408``) or for other text."""
+    match = re.match(r'^\s*\d+\s*\(expanded:\s*(\d+)\)', text or '')
+    return int(match.group(1)) if match else None
+
+
+def size_instance_buffer(guard, root, inst, size_kb):
+    """Write an instance's ``buffer_size_kb`` without leaving the top-level buffer at its boot size.
+
+    On kernels with one global "buffers expanded" flag (6.1: ``__tracing_resize_ring_buffer``
+    sets it for a write to any instance's ``buffer_size_kb``), the first such write after boot
+    marks the never-expanded top-level buffer (``7 (expanded: 1408)``) expanded without growing
+    it: every later user of the top level would get 7 KiB per CPU, for good. The flag cannot be
+    cleared, so when this write flipped it the top level is set to the size it would have grown
+    to (1408), as the kernel itself does the first time anyone enables an event; the guard's
+    restore writes that size again. Kernels that keep the flag per instance (6.7+) leave the top
+    level as it was and nothing more is written. Returns the KiB per CPU the top level was set
+    to, or None."""
+    top = os.path.join(root, 'buffer_size_kb')
+
+    def top_unexpanded():
+        try:
+            return unexpanded_buffer_kb(read(top))
+        except (IOError, OSError):
+            return None
+
+    first_use = top_unexpanded()
+    write_value(os.path.join(inst, 'buffer_size_kb'), str(size_kb))
+    if first_use is None or top_unexpanded() is not None:
+        return None
+    guard.write_file(top, str(first_use), restore_value=str(first_use))
+    return first_use
+
+
 def parse_pid_file(text):
     """set_ftrace_pid / set_event_pid text -> [int] (``no pid`` -> [])."""
     return [int(tok) for tok in text.split() if tok.isdigit()]

@@ -303,6 +303,15 @@ ftrace_sample:
     lines:
       description: Trace lines read (text reader), or ring buffer records decoded (raw reader).
       type: int
+    top_buffer_expanded_kb:
+      description: >-
+        Set when this sample was the kernel's first use of tracing since boot, on a kernel with one
+        global "buffers expanded" flag (6.1) - sizing the private instance's buffer set that flag, and
+        the top-level buffer, which would otherwise stay at its boot size (7 KiB per CPU) for every
+        later user, was set to the size it grows to on first use (KiB per CPU, 1408 by default), as
+        the kernel does itself the first time anyone enables an event. That flag cannot be cleared
+        by anyone; null when nothing was needed.
+      type: int
     reader:
       description: >-
         How the trace was read - C(raw) (events modes - the binary ring buffer of the instance,
@@ -580,7 +589,7 @@ def sample_events(guard, root, modes, targets, syscalls, params, facts):
     name = tracefs.instance_name()
     inst = tracefs.create_instance(guard, root, name)
     write_value(os.path.join(inst, 'tracing_on'), '0')
-    write_value(os.path.join(inst, 'buffer_size_kb'), str(params['buffer_size_kb']))
+    facts['top_buffer_expanded_kb'] = tracefs.size_instance_buffer(guard, root, inst, params['buffer_size_kb'])
     tids = targets['tids']
     exclude = [] if tids else targets['excluded']
     hist = None
@@ -811,7 +820,7 @@ def empty_facts(params):
         'offcpu': [], 'offcpu_unstacked': {'count': 0, 'total_us': 0.0, 'max_us': 0.0},
         'function_graph': None, 'audit_wait_observed': False, 'events': 0, 'events_lost': 0, 'lines': 0,
         'stale_instances_removed': [], 'interrupted': None, 'restored': True, 'restore_errors': [],
-        'reader': None, 'reader_fallback': None,
+        'reader': None, 'reader_fallback': None, 'top_buffer_expanded_kb': None,
         'syscalls_aggregation': None, 'syscalls_aggregation_note': None, 'syscalls_hist': None,
         'recovered_from_crash': [], 'signals_during_restore': [],
     }

@@ -508,3 +508,37 @@ def test_any_error_reports_the_real_restore_result(tmp_path, monkeypatch):
     assert facts['restored'] is False
     assert [e for e in facts['restore_errors'] if 'tracing_thresh' in e]
     assert (tmp_path / 'current_tracer').read_text() == 'nop'  # every other step still ran
+
+
+def test_unexpanded_buffer_kb():
+    assert tracefs.unexpanded_buffer_kb('7 (expanded: 1408)\n') == 1408
+    assert tracefs.unexpanded_buffer_kb('1408\n') is None
+    assert tracefs.unexpanded_buffer_kb('X') is None and tracefs.unexpanded_buffer_kb(None) is None
+
+
+@pytest.mark.parametrize('global_flag,top_after,expanded', [
+    (True, '1408', 1408),                   # 6.1: the instance's write set the one global flag
+    (False, '7 (expanded: 1408)', None),    # 6.7+: the flag is per instance, the top level untouched
+])
+def test_sizing_an_instance_buffer_never_leaves_the_top_level_at_its_boot_size(tmp_path, monkeypatch, global_flag,
+                                                                                top_after, expanded):
+    """A kernel's first use of tracing since boot: tmp_path plays tracefs, the patched write plays the kernel."""
+    from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
+    top = tmp_path / 'buffer_size_kb'
+    top.write_text('7 (expanded: 1408)\n')
+    inst = tmp_path / 'instances' / 'auditgap-1'
+    inst.mkdir(parents=True)
+    (inst / 'buffer_size_kb').write_text('7\n')
+    real = tracefs.write_value
+
+    def kernel_write(path, value):
+        real(path, value)
+        if global_flag and path == str(inst / 'buffer_size_kb'):
+            top.write_text('7\n')           # __tracing_resize_ring_buffer: flag set, top level not grown
+
+    monkeypatch.setattr(tracefs, 'write_value', kernel_write)
+    monkeypatch.setattr(guard_mod, 'write_value', kernel_write)
+    with guard_mod.RestoreGuard(signals=False) as guard:
+        assert tracefs.size_instance_buffer(guard, str(tmp_path), str(inst), 4096) == expanded
+        assert (inst / 'buffer_size_kb').read_text() == '4096'
+    assert top.read_text().strip() == top_after
