@@ -601,6 +601,11 @@ def events_lost(base):
     return sum(stats.get('overrun', 0) + stats.get('dropped_events', 0) for stats in cpu_stats(base))
 
 
+def events_buffered(base):
+    """Events the buffer holds now, not yet read (all CPUs)."""
+    return sum(stats.get('entries', 0) for stats in cpu_stats(base))
+
+
 def read_until(deadline, read_available, interval_s=0.25, drain_if=None):
     """Call ``read_available()`` every ``interval_s`` until ``deadline`` (time.monotonic);
     with ``drain_if``, only when ``drain_if()`` says the buffer is filling up. The

@@ -576,7 +576,7 @@ def read_syscall_hist(inst, hist, syscalls, top):
     name, path = hist
     parsed = tracehist.parse_hist(tracefs.read(path))
     result = tracehist.syscalls_from_hist(parsed, syscalls, TABLES.get(table_for(None), {}), top)
-    buffered = sum(stats.get('entries', 0) for stats in tracefs.cpu_stats(inst))
+    buffered = tracefs.events_buffered(inst)
     return result, {'synthetic_event': name, 'hits': parsed['hits'], 'entries': parsed['entries_count'],
                     'dropped': parsed['dropped'], 'buffered_events': buffered}
 
@@ -633,7 +633,7 @@ def sample_events(guard, root, modes, targets, syscalls, params, facts):
         facts['syscalls'], facts['syscalls_hist'] = read_syscall_hist(inst, hist, facts['syscalls_traced'],
                                                                       params['top'])
     why = text_for_small_sample(facts['reader'], modes, reader.bytes,
-                                sum(stats.get('entries', 0) for stats in tracefs.cpu_stats(inst)))
+                                tracefs.events_buffered(inst))
     if why:
         reader.close()
         parser, reader, feed = text_reader(inst, tids, syscalls, params['top'])
