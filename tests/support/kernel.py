@@ -27,6 +27,21 @@ def kernel_lock():
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def replay_dead_runs():
+    """Replay the undo journals of auditgap runs that died with SIGKILL (a killed test run among
+    them), as the next auditgap run on a host does, holding the host lock. Returns what was replayed
+    as ``(journal, undone steps, errors)``.
+
+    A test that compares the kernel's state before and after its run must not take a dead run's
+    leftovers (an experiment's backlog_limit 64, a test audit rule) for the state to come back to:
+    the first product run inside it would replay them and the comparison would fail for a change the
+    test never made.
+    """
+    from ansible_collections.auditgap.fleet.plugins.module_utils import guard
+    with guard.locked('tests', wait_s=60) as lock:
+        return [(entry['journal'], entry['undone'], entry['errors']) for entry in lock.recovered]
+
+
 @contextlib.contextmanager
 def tracefs_mounted(path='/sys/kernel/tracing'):
     """Yield the tracefs root; mount it first when the machine has none mounted.
