@@ -317,6 +317,11 @@ def _op_remove_synthetic(root, name):
     tracefs.remove_synthetic(root, name)
 
 
+def _op_grow_top_buffer(path, boot_kb, size_kb):
+    from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs
+    tracefs.grow_if_flag_flipped(path, boot_kb, size_kb)
+
+
 def _op_umount(path):
     proc = subprocess.run(['umount', path], check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if proc.returncode != 0:
@@ -615,6 +620,7 @@ OPS = {
     'append': _op_append,
     'remove_instance': _op_remove_instance,
     'remove_synthetic': _op_remove_synthetic,
+    'grow_top_buffer': _op_grow_top_buffer,
     'umount': _op_umount,
     'audit_rule_delete': _op_audit_rule_delete,
     'audit_rule_add': _op_audit_rule_add,

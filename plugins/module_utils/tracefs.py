@@ -115,6 +115,28 @@ def unexpanded_buffer_kb(text):
     return int(match.group(1)) if match else None
 
 
+def boot_buffer_kb(text):
+    """The size (KiB per CPU) a never-expanded top-level ``buffer_size_kb`` has now, its boot size
+    (``7 (expanded: 1408)`` -> 7); None for other text."""
+    match = re.match(r'^\s*(\d+)\s*\(expanded:', text or '')
+    return int(match.group(1)) if match else None
+
+
+def grow_if_flag_flipped(path, boot_kb, size_kb):
+    """The undo step of :func:`size_instance_buffer`: if the top-level ``buffer_size_kb`` reads its
+    bare boot size (``7``: the global "expanded" flag set, the buffer not grown), write the size it
+    grows to on first use. Anything else (``7 (expanded: 1408)``: nothing flipped, as on 6.7+;
+    ``1408``: already grown; a size someone chose) is left alone. Returns whether it wrote."""
+    try:
+        text = read(path)
+    except (IOError, OSError):
+        return False
+    if text.strip() != str(boot_kb):
+        return False
+    write_value(path, str(size_kb))
+    return True
+
+
 def size_instance_buffer(guard, root, inst, size_kb):
     """Write an instance's ``buffer_size_kb`` without leaving the top-level buffer at its boot size.
 
@@ -123,23 +145,24 @@ def size_instance_buffer(guard, root, inst, size_kb):
     marks the never-expanded top-level buffer (``7 (expanded: 1408)``) expanded without growing
     it: every later user of the top level would get 7 KiB per CPU, for good. The flag cannot be
     cleared, so when this write flipped it the top level is set to the size it would have grown
-    to (1408), as the kernel itself does the first time anyone enables an event; the guard's
-    restore writes that size again. Kernels that keep the flag per instance (6.7+) leave the top
-    level as it was and nothing more is written. Returns the KiB per CPU the top level was set
-    to, or None."""
+    to (1408), as the kernel itself does the first time anyone enables an event. The undo step
+    (:func:`grow_if_flag_flipped`, journaled before the instance's write) does the same if the
+    run dies between the two writes, and nothing where the flag did not flip. Kernels that keep
+    the flag per instance (6.7+) leave the top level as it was and nothing more is written.
+    Returns the KiB per CPU the top level was set to, or None."""
     top = os.path.join(root, 'buffer_size_kb')
 
-    def top_unexpanded():
-        try:
-            return unexpanded_buffer_kb(read(top))
-        except (IOError, OSError):
-            return None
-
-    first_use = top_unexpanded()
+    try:
+        before = read(top)
+    except (IOError, OSError):
+        before = None
+    first_use, boot = unexpanded_buffer_kb(before), boot_buffer_kb(before)
+    if first_use is not None:
+        guard.push_op('grow_top_buffer', 'grow %s to %d KiB if sizing an instance set the expanded flag'
+                      % (top, first_use), path=top, boot_kb=boot, size_kb=first_use)
     write_value(os.path.join(inst, 'buffer_size_kb'), str(size_kb))
-    if first_use is None or top_unexpanded() is not None:
+    if first_use is None or not grow_if_flag_flipped(top, boot, first_use):
         return None
-    guard.write_file(top, str(first_use), restore_value=str(first_use))
     return first_use
 
 

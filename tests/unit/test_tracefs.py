@@ -542,3 +542,41 @@ def test_sizing_an_instance_buffer_never_leaves_the_top_level_at_its_boot_size(t
         assert tracefs.size_instance_buffer(guard, str(tmp_path), str(inst), 4096) == expanded
         assert (inst / 'buffer_size_kb').read_text() == '4096'
     assert top.read_text().strip() == top_after
+
+
+@pytest.mark.parametrize('text,after', [
+    ('7\n', '1408'),                             # the flag set, the top level not grown: grow it
+    ('7 (expanded: 1408)\n', '7 (expanded: 1408)'),  # nothing flipped (6.7+): left alone
+    ('1408\n', '1408'),                          # already grown
+    ('2048\n', '2048'),                          # a size someone chose
+])
+def test_the_top_buffer_undo_step_grows_only_a_flipped_boot_size(tmp_path, text, after):
+    from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
+    top = tmp_path / 'buffer_size_kb'
+    top.write_text(text)
+    guard_mod.run_op('grow_top_buffer', {'path': str(top), 'boot_kb': 7, 'size_kb': 1408})
+    assert top.read_text().strip() == after
+
+
+def test_a_run_dying_between_the_instance_write_and_the_top_level_write_still_grows_it(tmp_path, monkeypatch):
+    """The undo step is journaled before the instance's write: a run that dies right after that write
+    (here: the write raises once the 6.1 kernel has set its flag) leaves the top level grown, by its
+    restore or, after a SIGKILL, by the next run's replay of the same journaled step."""
+    from ansible_collections.auditgap.fleet.plugins.module_utils import guard as guard_mod
+    top = tmp_path / 'buffer_size_kb'
+    top.write_text('7 (expanded: 1408)\n')
+    inst = tmp_path / 'instances' / 'auditgap-1'
+    inst.mkdir(parents=True)
+    (inst / 'buffer_size_kb').write_text('7\n')
+
+    def kernel_write_then_die(path, value):
+        if path == str(inst / 'buffer_size_kb'):
+            top.write_text('7\n')
+            raise KeyboardInterrupt('killed after the instance write')
+        guard_mod.write_value(path, value)
+
+    monkeypatch.setattr(tracefs, 'write_value', kernel_write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        with guard_mod.RestoreGuard(signals=False) as guard:
+            tracefs.size_instance_buffer(guard, str(tmp_path), str(inst), 4096)
+    assert top.read_text().strip() == '1408'
