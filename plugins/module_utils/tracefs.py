@@ -469,7 +469,13 @@ def remove_instance(root, name):
     except (IOError, OSError):
         pass
     # hist triggers of a killed sample (syscall latency in the kernel), then its synthetic event
+    # (the journal's order: what still references it goes first), then the instance
     synthetic = tracehist.stale_cleanup(path, pid, _append, read)
+    try:
+        remove_synthetic(root, synthetic)
+        synthetic = None
+    except (IOError, OSError):
+        pass  # once more after the rmdir, which raises if it still fails
     last = None
     for _attempt in range(20):
         try:
@@ -484,7 +490,8 @@ def remove_instance(root, name):
             time.sleep(0.1)
     if last is not None:
         raise last
-    remove_synthetic(root, synthetic)
+    if synthetic is not None:
+        remove_synthetic(root, synthetic)
 
 
 def remove_synthetic(root, name):
@@ -511,15 +518,28 @@ def stale_synthetics(root, alive=pid_alive):
                   and not alive(tracehist.synth_pid(name)))
 
 
-def remove_stale_instances(root, alive=pid_alive):
-    """Remove instances (and synthetic events) of dead samples; returns their names."""
+def remove_stale_instances(root, alive=pid_alive, errors=None):
+    """Remove instances (and synthetic events) of dead samples; returns their names.
+
+    With ``errors`` (a list), what cannot be removed is added there as text and the rest goes
+    on (a sample must not fail for a dead one's leftover the kernel keeps busy); without, the
+    first failure raises."""
     removed = []
+
+    def remove(fn, name):
+        try:
+            fn(root, name)
+        except (IOError, OSError, TracefsError) as err:
+            if errors is None:
+                raise
+            errors.append('%s: %s' % (name, err))
+            return
+        removed.append(name)
+
     for name in stale_instances(list_instances(root), alive, own_pid=os.getpid()):
-        remove_instance(root, name)
-        removed.append(name)
+        remove(remove_instance, name)
     for name in stale_synthetics(root, alive):  # one whose instance is already gone
-        remove_synthetic(root, name)
-        removed.append(name)
+        remove(remove_synthetic, name)
     return removed
 
 

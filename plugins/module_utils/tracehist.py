@@ -110,21 +110,43 @@ def latency_commands(name, syscall_ids, pids=(), exclude=()):
     elif exclude:
         conds.append('(%s)' % _condition('common_pid', exclude, '!=', ' && '))
     where = ' if ' + ' && '.join(conds)
+    base = _trigger_bases(name)
     return {
         'synthetic': '%s %s' % (name, SYNTH_FIELDS),
-        'enter': 'hist:keys=common_pid:ts0=common_timestamp.usecs' + where,
+        'enter': base['enter'] + where,
+        'exit': base['exit'] + where,
+        'hist': base['hist'],
+    }
+
+
+def _trigger_bases(name):
+    """The three triggers of synthetic event ``name`` as written, without their filters."""
+    return {
+        'enter': 'hist:keys=common_pid:ts0=common_timestamp.usecs',
         'exit': ('hist:keys=common_pid:lat=common_timestamp.usecs-$ts0:'
-                 'onmatch(raw_syscalls.sys_enter).trace(%s,$lat,id,common_pid)' % name) + where,
+                 'onmatch(raw_syscalls.sys_enter).trace(%s,$lat,id,common_pid)' % name),
         'hist': 'hist:keys=id.syscall,pid,lat:vals=hitcount:sort=id,lat:size=%d' % HIST_SIZE,
     }
 
 
-def trigger_removal(trigger):
-    """``hist:...`` (as written, or as the trigger file shows it) -> ``!hist:...``, what removes it."""
+def _strip_state(trigger):
     trigger = trigger.strip()
     if trigger.endswith('[active]') or trigger.endswith('[paused]'):
         trigger = trigger[:trigger.rfind('[')].rstrip()
-    return '!' + trigger
+    return trigger
+
+
+def printed_filter(trigger):
+    """`` if <filter>`` of a trigger as the trigger file shows it (the filter text as written),
+    or ''."""
+    trigger = _strip_state(trigger)
+    at = trigger.find(' if ')
+    return trigger[at:] if at >= 0 else ''
+
+
+def trigger_removal(trigger):
+    """``hist:...`` (as written, or as the trigger file shows it) -> ``!hist:...``, what removes it."""
+    return '!' + _strip_state(trigger)
 
 
 # where a sample's triggers live in its instance, in the order they must go
@@ -132,23 +154,40 @@ def trigger_removal(trigger):
 TRIGGER_FILES = (('raw_syscalls', 'sys_exit'), ('raw_syscalls', 'sys_enter'))
 
 
+def stale_removals(name, kind, printed):
+    """What may remove a trigger a killed sample left (``kind``: enter, exit or hist), best
+    first: the trigger as this module writes it with the filter the file shows (what the
+    journal would have appended), then the printed form. The printed form alone is not
+    enough: 6.1 prints the histogram's sort keys with their modifier (``sort=id.syscall,lat``)
+    and refuses that back ("Invalid sort modifier"), and a synthetic event whose histogram
+    trigger goes with the instance's rmdir instead of a ``!hist`` keeps a reference the kernel
+    never drops: deleting it fails with EBUSY until reboot."""
+    written = '!' + _trigger_bases(name)[kind] + printed_filter(printed)
+    printed_form = trigger_removal(printed)
+    return [written] if printed_form == written else [written, printed_form]
+
+
 def stale_cleanup(instance_path, pid, append, read):
     """Remove what a killed sample ``pid`` left in its instance: its hist triggers (exit,
     enter, then the synthetic event's), best effort. ``append(path, text)``/``read(path)``
-    do the file access. Returns the synthetic event name to delete after the instance."""
+    do the file access. Returns the synthetic event name, to delete next (before the
+    instance goes)."""
     name = synth_name(pid)
-    paths = [os.path.join(instance_path, 'events', system, event, 'trigger') for system, event in TRIGGER_FILES]
-    paths.append(os.path.join(instance_path, 'events', 'synthetic', name, 'trigger'))
-    for path in paths:
+    files = [(os.path.join(instance_path, 'events', system, event, 'trigger'), event[len('sys_'):])
+             for system, event in TRIGGER_FILES]
+    files.append((os.path.join(instance_path, 'events', 'synthetic', name, 'trigger'), 'hist'))
+    for path, kind in files:
         try:
             lines = [line for line in read(path).splitlines() if line.startswith('hist:')]
         except (IOError, OSError):
             continue
         for line in lines:
-            try:
-                append(path, trigger_removal(line))
-            except (IOError, OSError):
-                pass
+            for removal in stale_removals(name, kind, line):
+                try:
+                    append(path, removal)
+                    break
+                except (IOError, OSError):
+                    continue
     return name
 
 

@@ -327,7 +327,15 @@ ftrace_sample:
         pay off); null otherwise.
       type: str
     stale_instances_removed:
-      description: C(auditgap-<pid>) instances of dead samples that were removed first.
+      description: >-
+        C(auditgap-<pid>) instances (and C(auditgap_lat_<pid>) synthetic events) of dead samples
+        that were removed first.
+      type: list
+      elements: str
+    stale_cleanup_errors:
+      description: >-
+        What of a dead sample could not be removed, and why (the sample went on). A synthetic event
+        the kernel reports busy stays until reboot.
       type: list
       elements: str
     interrupted:
@@ -819,7 +827,7 @@ def empty_facts(params):
         'syscalls': {}, 'syscalls_traced': [], 'syscalls_source': 'none', 'syscalls_skipped': [],
         'offcpu': [], 'offcpu_unstacked': {'count': 0, 'total_us': 0.0, 'max_us': 0.0},
         'function_graph': None, 'audit_wait_observed': False, 'events': 0, 'events_lost': 0, 'lines': 0,
-        'stale_instances_removed': [], 'interrupted': None, 'restored': True, 'restore_errors': [],
+        'stale_instances_removed': [], 'stale_cleanup_errors': [], 'interrupted': None, 'restored': True, 'restore_errors': [],
         'reader': None, 'reader_fallback': None, 'top_buffer_expanded_kb': None,
         'syscalls_aggregation': None, 'syscalls_aggregation_note': None, 'syscalls_hist': None,
         'recovered_from_crash': [], 'signals_during_restore': [],
@@ -896,7 +904,7 @@ def _sample(guard, params, facts):
     if root is None:
         raise Unsupported('tracefs not found (/sys/kernel/tracing, /sys/kernel/debug/tracing) and cannot be mounted')
     facts['tracefs'] = root
-    facts['stale_instances_removed'] = tracefs.remove_stale_instances(root)
+    facts['stale_instances_removed'] = tracefs.remove_stale_instances(root, errors=facts['stale_cleanup_errors'])
     tracers = tracefs.available_tracers(root)
     facts['available_tracers'] = tracers
     facts['function_graph_available'] = 'function_graph' in tracers

@@ -1,4 +1,5 @@
 """tracehist: the hist trigger commands and the hist parser, on a recorded histogram."""
+import errno
 import os
 
 import pytest
@@ -113,26 +114,57 @@ def test_refused_command_names_the_kernel_error_log(tmp_path):
     assert written == [('/t/trigger', 'hist:keys=x')]
 
 
-def test_stale_cleanup_removes_exit_enter_then_histogram_triggers(tmp_path):
+def _stale_instance(tmp_path):
+    """A killed sample's instance with its three triggers as 6.1's trigger files print them."""
     inst = tmp_path / 'instances' / 'auditgap-42'
-    files = {}
-    for rel in ('events/raw_syscalls/sys_exit/trigger', 'events/raw_syscalls/sys_enter/trigger',
-                'events/synthetic/auditgap_lat_42/trigger'):
+    texts = {
+        'events/raw_syscalls/sys_exit/trigger':
+            '# Available triggers:\nhist:keys=common_pid:vals=hitcount:lat=common_timestamp.usecs-$ts0:sort=hitcount'
+            ':size=2048:clock=global:onmatch(raw_syscalls.sys_enter).trace(auditgap_lat_42,$lat,id,common_pid)'
+            ' if (id == 288) && (common_pid == 7) [active]\n',
+        'events/raw_syscalls/sys_enter/trigger':
+            'hist:keys=common_pid:vals=hitcount:ts0=common_timestamp.usecs:sort=hitcount:size=2048:clock=global'
+            ' if (id == 288) && (common_pid == 7) [active]\n',
+        # the sort keys printed with their modifier: 6.1 refuses that back ("Invalid sort modifier")
+        'events/synthetic/auditgap_lat_42/trigger':
+            'hist:keys=id.syscall,pid,lat:vals=hitcount:sort=id.syscall,lat:size=16384 [active]\n',
+    }
+    for rel, text in texts.items():
         path = inst / rel
         path.parent.mkdir(parents=True)
-        files[rel] = path
-    files['events/raw_syscalls/sys_exit/trigger'].write_text(
-        '# Available triggers:\nhist:keys=common_pid:vals=hitcount:lat=common_timestamp.usecs-$ts0:sort=hitcount'
-        ':size=2048:clock=global:onmatch(raw_syscalls.sys_enter).trace(auditgap_lat_42,$lat,id,common_pid)'
-        ' if id == 288 [active]\n')
-    files['events/raw_syscalls/sys_enter/trigger'].write_text(
-        'hist:keys=common_pid:vals=hitcount:ts0=common_timestamp.usecs:sort=hitcount:size=2048:clock=global'
-        ' if id == 288 [active]\n')
+        path.write_text(text)
+    return inst
+
+
+def test_stale_cleanup_removes_exit_enter_then_histogram_triggers_as_written(tmp_path):
+    """Each trigger is removed with the text this module writes plus the filter the file shows
+    (what the journal would have appended): exit, enter, then the synthetic event's histogram."""
+    inst = _stale_instance(tmp_path)
     appended = []
     name = tracehist.stale_cleanup(str(inst), 42, lambda p, t: appended.append((os.path.relpath(p, str(inst)), t)),
                                    lambda p: open(p).read())
     assert name == 'auditgap_lat_42'
-    assert [p for p, _t in appended] == ['events/raw_syscalls/sys_exit/trigger',
-                                         'events/raw_syscalls/sys_enter/trigger']
-    assert appended[0][1].startswith('!hist:keys=common_pid:vals=hitcount:lat=') and \
-        appended[0][1].endswith('if id == 288')
+    written = tracehist.latency_commands('auditgap_lat_42', [288], pids=[7])
+    assert appended == [
+        ('events/raw_syscalls/sys_exit/trigger', '!' + written['exit']),
+        ('events/raw_syscalls/sys_enter/trigger', '!' + written['enter']),
+        ('events/synthetic/auditgap_lat_42/trigger', '!' + written['hist']),
+    ]
+
+
+def test_stale_cleanup_falls_back_to_the_printed_form(tmp_path):
+    """A trigger the kernel does not match with the written text (another version of this
+    module wrote it) is tried again as its file prints it."""
+    inst = _stale_instance(tmp_path)
+    tried = []
+
+    def append(path, text):
+        tried.append(text)
+        if len(tried) == 1:
+            raise OSError(errno.ENOENT, 'no such trigger')
+
+    tracehist.stale_cleanup(str(inst), 42, append, lambda p: open(p).read())
+    assert tried[0].startswith('!hist:keys=common_pid:lat=') and tried[1].startswith('!hist:keys=common_pid:vals=')
+    assert tried[1].endswith(' if (id == 288) && (common_pid == 7)')
+    assert len(tried) == 4
+
