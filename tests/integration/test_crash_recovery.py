@@ -28,6 +28,7 @@ import time
 import pytest
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import audit, dockerctl, dropins, guard, labkit, tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils import tracehist
 from ansible_collections.auditgap.fleet.plugins.modules import cpu_limit
 from tests.support.forkrun import ModuleForks
 from tests.support.kernel import rmdir_cgroup
@@ -180,6 +181,137 @@ def test_vm_function_graph_sample_killed_at_each_step_is_recovered(tmp_path, tra
     assert rc == 0 and facts['modes'] == ['function_graph'] and facts['restored'], res
     # every change of both recipes, and before each recipe's restore
     assert kills >= 16, kills
+
+
+# what a hist sample changes: instance, synthetic event, histogram, enter and exit triggers
+HIST_CHANGES = 5
+
+
+def _accept_and_getppid(rounds):
+    """Loopback accept4 calls and getppid calls of this process (what the hist counts)."""
+    import socket
+    srv = socket.socket()
+    srv.bind(('127.0.0.1', 0))
+    srv.listen(8)
+    try:
+        for _ in range(rounds):
+            cli = socket.create_connection(srv.getsockname())
+            conn, _addr = srv.accept()
+            conn.close()
+            cli.close()
+            os.getppid()
+    finally:
+        srv.close()
+
+
+def _getppid_cpu_us(calls=4000, rounds=5):
+    """Median CPU microseconds per getppid() of this process and of a forked child (another
+    pid: what a task outside the sample's filter pays), ``rounds`` alternations."""
+    import statistics
+
+    def loop():
+        start = time.process_time()
+        for _ in range(calls):
+            os.getppid()
+        return (time.process_time() - start) / calls * 1e6
+    own, other = [], []
+    for _ in range(rounds):
+        own.append(loop())
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(write_fd, repr(loop()).encode())
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        other.append(float(os.read(read_fd, 64).decode()))
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+    return {'traced_us': round(statistics.median(own), 2), 'other_pid_us': round(statistics.median(other), 2)}
+
+
+def _events_getppid_cpu_us(root):
+    """The same with events mode's set-up instead (sys_enter/sys_exit_getppid filtered to this
+    process, top level: a throwaway VM), undone after."""
+    paths = ['events/syscalls/%s_getppid/%s' % (kind, rel) for kind in ('sys_enter', 'sys_exit')
+             for rel in ('filter', 'enable')]
+    try:
+        for rel in paths:
+            guard.write_value(os.path.join(root, rel), 'common_pid == %d' % os.getpid() if rel.endswith('filter') else '1')
+        return _getppid_cpu_us()
+    finally:
+        for rel in reversed(paths):
+            guard.write_value(os.path.join(root, rel), '0')
+        guard.write_value(os.path.join(root, 'trace'), '')
+
+
+@pytest.mark.vm('hist triggers: this machine\'s kernel has no CONFIG_HIST_TRIGGERS')
+def test_vm_hist_sample_killed_is_recovered_by_journal_and_by_stale_cleanup(tmp_path, tracefs_root):
+    """A live syscalls sample with aggregation=hist SIGKILLed once everything is in place
+    (instance, synthetic event, the three hist triggers) leaves the kernel counting: its
+    histogram is read here (and recorded for the unit tests' fixture when
+    AUDITGAP_HIST_RECORD names a file). The next auditgap run (audit_tune) replays the
+    journal: no instance, no synthetic event, no trigger. Killed again with its journal
+    deleted, the next sample's stale cleanup (tracefs.remove_stale_instances) removes the
+    same. Forks of this process (a module start costs 20-40 s of imports under emulation).
+    With AUDITGAP_HIST_COST naming a file, the CPU a getppid() costs with the hist triggers in
+    place, with events mode's set-up and with neither is written there (JSON; printed, never
+    asserted: the evidence for aggregation's default, docs/ftrace_sample.md)."""
+    root = tracefs_root
+    before = tracefs_state(root)
+    args = {'mode': 'syscalls', 'syscalls': ['accept4', 'getppid'], 'pids': [os.getpid()], 'duration_s': 0.5,
+            'aggregation': 'hist'}
+    forks = ModuleForks('ftrace_sample', 'audit_tune')
+    for journal_lost in (False, True):
+        proc = forks.start('ftrace_sample', args, tmp_path, env={guard.KILL_AT_ENV: str(HIST_CHANGES)})
+        rc, _res = finish(proc, timeout=600)
+        assert rc == -signal.SIGKILL, (rc, _res)
+        inst = os.path.join(root, 'instances', 'auditgap-%d' % proc.pid)
+        synth = tracehist.synth_name(proc.pid)
+        assert synth in tracehist.synthetic_names(tracefs.read(os.path.join(root, 'synthetic_events')))
+        exit_trigger = tracefs.read(os.path.join(inst, 'events/raw_syscalls/sys_exit/trigger'))
+        assert 'onmatch(raw_syscalls.sys_enter).trace(%s' % synth in exit_trigger, exit_trigger
+        # the sample stopped its instance's ring buffer before it was killed; the triggers read
+        # common_timestamp, so the kernel reserves each event there: on again to count
+        guard.write_value(os.path.join(inst, 'tracing_on'), '1')
+        _accept_and_getppid(50)
+        text = tracefs.read(os.path.join(inst, 'events/synthetic', synth, 'hist'))
+        parsed = tracehist.parse_hist(text)
+        result = tracehist.syscalls_from_hist(parsed, ['accept4', 'getppid'])
+        assert result['accept4']['count'] >= 50 and result['getppid']['count'] >= 50, text
+        record = os.environ.get('AUDITGAP_HIST_RECORD')
+        if record and not journal_lost:
+            with open(record, 'w') as handle:
+                handle.write(text)
+        cost_file = os.environ.get('AUDITGAP_HIST_COST')
+        if cost_file and not journal_lost:
+            cost = {'hist': _getppid_cpu_us()}
+        if journal_lost:
+            journal = [p for p in guard.list_journals() if p.endswith('-%d.json' % proc.pid)]
+            assert len(journal) == 1, journal
+            os.unlink(journal[0])
+            removed = tracefs.remove_stale_instances(root)
+            assert removed == ['auditgap-%d' % proc.pid], removed
+        else:
+            # audit_tune asked for the backlog limit already set (changes nothing); its replay
+            # removes the instance (rmdir: tens of seconds under emulation)
+            rc, res = finish(forks.start('audit_tune', {'backlog_limit': audit_settings()['backlog_limit'],
+                                                        'persistent': False}, tmp_path), timeout=600)
+            assert rc == 0 and res['changed'] is False, res
+            recovered = res['audit_tune']['recovered_from_crash']
+            mine = [r for r in recovered if r['owner_pid'] == proc.pid]
+            assert len(mine) == 1 and mine[0]['errors'] == [], recovered
+            assert any(synth in step for step in mine[0]['undone']), mine
+        after = tracefs_state(root)
+        assert after == before, 'journal lost %s: %s' % (journal_lost, differences(before, after))
+        if cost_file and not journal_lost:
+            cost['none'] = _getppid_cpu_us()
+            cost['events'] = _events_getppid_cpu_us(root)
+            assert tracefs_state(root) == before
+            with open(cost_file, 'w') as handle:
+                json.dump(cost, handle)
+            print('getppid CPU us: %s' % json.dumps(cost))
 
 
 FUNCTION_GRAPH_FILES = '''

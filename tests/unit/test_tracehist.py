@@ -168,3 +168,27 @@ def test_stale_cleanup_falls_back_to_the_printed_form(tmp_path):
     assert tried[1].endswith(' if (id == 288) && (common_pid == 7)')
     assert len(tried) == 4
 
+
+RECORDED = os.path.join(FIX, 'hist', 'accept4-getppid.6.1.hist')
+
+
+def test_recorded_hist_of_the_6_1_kernel():
+    """A histogram of the module's own triggers recorded live in the ftrace VM (Debian 12,
+    kernel 6.1; test_vm_hist_sample_killed_is_recovered_by_journal_and_by_stale_cleanup with
+    AUDITGAP_HIST_RECORD, the scenario run with AUDITGAP_VM_RECORD_DIR): the kernel's own
+    print format, keys id.syscall, pid and lat."""
+    with open(RECORDED) as handle:
+        text = handle.read()
+    parsed = tracehist.parse_hist(text)
+    entries = parsed['entries']
+    assert entries and parsed['dropped'] == 0
+    assert parsed['entries_count'] == len(entries)
+    assert parsed['hits'] == sum(entry['values']['hitcount'] for entry in entries)
+    names = {entry['keys']['id']['name'] for entry in entries}
+    assert names == {'accept4', 'getppid'}, names
+    assert all(isinstance(entry['keys']['pid'], int) and isinstance(entry['keys']['lat'], int) for entry in entries)
+    res = tracehist.syscalls_from_hist(parsed, ['accept4', 'getppid'], X86_64)
+    assert res['accept4']['count'] >= 50 and res['getppid']['count'] >= 50
+    assert res['accept4']['count'] + res['getppid']['count'] == parsed['hits']
+    for stats in res.values():
+        assert stats['p50_us'] <= stats['p99_us'] <= stats['max_us'] == stats['slowest'][0]['duration_us']
