@@ -187,8 +187,9 @@ def parse_triggers(text):
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith('#')]
 
 
-def trigger_removal(line):
-    """``stacktrace:unlimited if X`` -> ``!stacktrace if X`` (what removes it)."""
+def command_trigger_removal(line):
+    """A command trigger (``stacktrace:unlimited if X``) -> ``!stacktrace if X``, what removes it
+    (hist triggers: ``tracehist.hist_trigger_removal``)."""
     command, _sep, rest = line.partition(' ')
     command = command.split(':', 1)[0]
     return ('!%s %s' % (command, rest)).strip()
@@ -465,7 +466,7 @@ def remove_instance(root, name):
     trigger = os.path.join(path, 'events', 'sched', 'sched_switch', 'trigger')
     try:
         for line in parse_triggers(read(trigger)):
-            _append(trigger, trigger_removal(line))
+            _append(trigger, command_trigger_removal(line))
     except (IOError, OSError):
         pass
     # hist triggers of a killed sample (syscall latency in the kernel), then its synthetic event
@@ -525,21 +526,26 @@ def remove_stale_instances(root, alive=pid_alive, errors=None):
     on (a sample must not fail for a dead one's leftover the kernel keeps busy); without, the
     first failure raises."""
     removed = []
+    failed_pids = set()
 
-    def remove(fn, name):
+    def remove(fn, name, pid):
         try:
             fn(root, name)
         except (IOError, OSError, TracefsError) as err:
             if errors is None:
                 raise
             errors.append('%s: %s' % (name, err))
+            failed_pids.add(pid)
             return
         removed.append(name)
 
     for name in stale_instances(list_instances(root), alive, own_pid=os.getpid()):
-        remove(remove_instance, name)
-    for name in stale_synthetics(root, alive):  # one whose instance is already gone
-        remove(remove_synthetic, name)
+        remove(remove_instance, name, instance_pid(name))
+    # one whose instance was already gone; not one whose instance's removal just failed on it
+    # (that failure is reported once, under the instance's name)
+    for name in stale_synthetics(root, alive):
+        if tracehist.synth_pid(name) not in failed_pids:
+            remove(remove_synthetic, name, tracehist.synth_pid(name))
     return removed
 
 
@@ -565,7 +571,7 @@ _append = guard_mod.append_value
 
 def guarded_trigger(guard, path, trigger):
     """Add a trigger; the guard removes exactly that trigger (``!`` form)."""
-    guard.push_op('append', 'remove trigger %s' % path, path=path, value=trigger_removal(trigger))
+    guard.push_op('append', 'remove trigger %s' % path, path=path, value=command_trigger_removal(trigger))
     _append(path, trigger)
 
 

@@ -144,7 +144,7 @@ def printed_filter(trigger):
     return trigger[at:] if at >= 0 else ''
 
 
-def trigger_removal(trigger):
+def hist_trigger_removal(trigger):
     """``hist:...`` (as written, or as the trigger file shows it) -> ``!hist:...``, what removes it."""
     return '!' + _strip_state(trigger)
 
@@ -163,7 +163,7 @@ def stale_removals(name, kind, printed):
     trigger goes with the instance's rmdir instead of a ``!hist`` keeps a reference the kernel
     never drops: deleting it fails with EBUSY until reboot."""
     written = '!' + _trigger_bases(name)[kind] + printed_filter(printed)
-    printed_form = trigger_removal(printed)
+    printed_form = hist_trigger_removal(printed)
     return [written] if printed_form == written else [written, printed_form]
 
 

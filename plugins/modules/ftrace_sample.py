@@ -572,7 +572,7 @@ def start_syscall_hist(guard, root, inst, syscalls, tids, exclude):
                           (os.path.join(inst, 'events', 'raw_syscalls', 'sys_enter', 'trigger'), commands['enter']),
                           (os.path.join(inst, 'events', 'raw_syscalls', 'sys_exit', 'trigger'), commands['exit'])):
         guard.push_op('append', 'remove hist trigger %s' % path, path=path,
-                      value=tracehist.trigger_removal(trigger))
+                      value=tracehist.hist_trigger_removal(trigger))
         tracehist.write_command(root, path, trigger, append_value)
     return name, os.path.join(synth_dir, 'hist')
 

@@ -35,8 +35,8 @@ def test_parsers():
     assert tracefs.parse_function_list('do_syscall_64\nfoo [mod]\n') == ['do_syscall_64', 'foo']
     text = '# Available triggers:\n# traceon traceoff\nstacktrace:unlimited if prev_pid == 1\n'
     assert tracefs.parse_triggers(text) == ['stacktrace:unlimited if prev_pid == 1']
-    assert tracefs.trigger_removal('stacktrace:unlimited if prev_pid == 1') == '!stacktrace if prev_pid == 1'
-    assert tracefs.trigger_removal('stacktrace if prev_pid == 1') == '!stacktrace if prev_pid == 1'
+    assert tracefs.command_trigger_removal('stacktrace:unlimited if prev_pid == 1') == '!stacktrace if prev_pid == 1'
+    assert tracefs.command_trigger_removal('stacktrace if prev_pid == 1') == '!stacktrace if prev_pid == 1'
 
 
 def test_filters_are_built_from_ints_only():

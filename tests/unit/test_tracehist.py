@@ -30,10 +30,10 @@ def test_latency_commands_from_integers_only():
         tracehist.latency_commands('auditgap_lat_42', ['1 || 1'])
 
 
-def test_trigger_removal_of_written_and_listed_forms():
-    assert tracehist.trigger_removal('hist:keys=common_pid:ts0=common_timestamp.usecs') == \
+def test_hist_trigger_removal_of_written_and_listed_forms():
+    assert tracehist.hist_trigger_removal('hist:keys=common_pid:ts0=common_timestamp.usecs') == \
         '!hist:keys=common_pid:ts0=common_timestamp.usecs'
-    assert tracehist.trigger_removal('hist:keys=pid:vals=hitcount:sort=hitcount:size=2048 [active]\n') == \
+    assert tracehist.hist_trigger_removal('hist:keys=pid:vals=hitcount:sort=hitcount:size=2048 [active]\n') == \
         '!hist:keys=pid:vals=hitcount:sort=hitcount:size=2048'
 
 
