@@ -84,9 +84,13 @@ def test_stall_syscalls_and_offcpu_name_audit_log_start(tmp_path, tracefs_root):
         assert 'no hist triggers' in facts['syscalls_aggregation_note'], facts['syscalls_aggregation_note']
     acc = facts['syscalls']['accept4']
     assert acc['count'] > 10, acc
-    # the stall range: an idle loopback accept has p99 ~1 ms; backlog_wait_time 250 jiffies
-    # (1 s at HZ=250) bounds one wait
-    assert 10000 <= acc['p99_us'] <= 1500000, acc
+    # the stall: an idle loopback accept takes well under 1 ms, a wait on the full backlog up to
+    # backlog_wait_time (250 jiffies: 1 s at HZ=250). How many fast accepts the consumer's quota
+    # lets through between two waits varies with its cost per record, so over the same stall the
+    # p99 read 0.3 to 100 ms while the slowest calls were 3-4 waits of 1 s and 4-5 of 100 ms:
+    # the test counts the slow calls, not a quantile the fast ones dilute
+    slow = [call['duration_us'] for call in acc['slowest'] if call['duration_us'] >= 50000]
+    assert len(slow) >= 4, acc
     assert 50000 <= acc['max_us'] <= 1500000, acc
     assert acc['slowest'][0]['pid'] in facts['targets']['tids']
     stacks = [g['stack'] for g in facts['offcpu']]
