@@ -218,11 +218,23 @@ def pid_filter(fields, pids, exclude=()):
     return ''
 
 
-def offcpu_trigger(pids, exclude=()):
-    """The sched_switch stacktrace trigger: targets' switch-outs, or every
-    uninterruptible (D) switch-out except the excluded tasks when no targets."""
+# OFFCPU_STACKS: which switch-outs of the targets get a kernel stack (offcpu mode)
+OFFCPU_STACKS = ('blocked', 'all')
+
+
+def offcpu_trigger(pids, exclude=(), stacks='blocked'):
+    """The sched_switch stacktrace trigger. With targets: their uninterruptible switch-outs
+    (``stacks='blocked'``: D, killable and idle sleeps, ``prev_state & 2``: the audit backlog
+    wait is one) or every switch-out (``'all'``: their ordinary sleeps in accept, poll or
+    nanosleep too, a stack each). Without targets: every uninterruptible switch-out except the
+    excluded tasks (a stack for every sleep of every task would cost the host too much)."""
+    if stacks not in OFFCPU_STACKS:
+        raise TracefsError('offcpu stacks must be one of %s, not %r' % (', '.join(OFFCPU_STACKS), stacks))
     if pids:
-        return 'stacktrace if ' + pid_filter(['prev_pid'], pids)
+        targets = pid_filter(['prev_pid'], pids)
+        if stacks == 'all':
+            return 'stacktrace if ' + targets
+        return 'stacktrace if (%s) && prev_state & 2' % targets
     cond = 'prev_state & 2'
     rest = pid_filter(['prev_pid'], [], exclude)
     return 'stacktrace if ' + cond + (' && ' + rest if rest else '')

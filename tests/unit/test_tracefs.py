@@ -46,8 +46,16 @@ def test_filters_are_built_from_ints_only():
     assert tracefs.pid_filter(['common_pid'], []) == ''
     with pytest.raises(ValueError):
         tracefs.pid_filter(['common_pid'], ['1 || 1'])
-    assert tracefs.offcpu_trigger([3]) == 'stacktrace if prev_pid == 3'
+    assert tracefs.offcpu_trigger([3]) == 'stacktrace if (prev_pid == 3) && prev_state & 2'
+    assert tracefs.offcpu_trigger([3, 4]) == 'stacktrace if (prev_pid == 3 || prev_pid == 4) && prev_state & 2'
+    assert tracefs.offcpu_trigger([3], stacks='all') == 'stacktrace if prev_pid == 3'
     assert tracefs.offcpu_trigger([], [9]) == 'stacktrace if prev_state & 2 && prev_pid != 9'
+    assert tracefs.offcpu_trigger([], [9], stacks='all') == 'stacktrace if prev_state & 2 && prev_pid != 9'
+    with pytest.raises(tracefs.TracefsError):
+        tracefs.offcpu_trigger([3], stacks='some')
+    # the journal removes what it added by the command; the filter does not matter to the kernel
+    assert tracefs.command_trigger_removal('stacktrace:unlimited if (prev_pid == 3) && prev_state & 2') == \
+        '!stacktrace if (prev_pid == 3) && prev_state & 2'
     assert len(tracefs.pid_filter(['common_pid'], range(1, 500)).split('||')) == tracefs.MAX_FILTER_PIDS
 
 
