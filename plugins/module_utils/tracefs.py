@@ -218,21 +218,21 @@ def pid_filter(fields, pids, exclude=()):
     return ''
 
 
-# OFFCPU_STACKS: which switch-outs of the targets get a kernel stack (offcpu mode)
-OFFCPU_STACKS = ('blocked', 'all')
+# OFFCPU_STACKED_SLEEPS: which switch-outs of the targets get a kernel stack (offcpu mode)
+OFFCPU_STACKED_SLEEPS = ('blocked', 'all')
 
 
-def offcpu_trigger(pids, exclude=(), stacks='blocked'):
+def offcpu_trigger(pids, exclude=(), stacked_sleeps='blocked'):
     """The sched_switch stacktrace trigger. With targets: their uninterruptible switch-outs
-    (``stacks='blocked'``: D, killable and idle sleeps, ``prev_state & 2``: the audit backlog
+    (``stacked_sleeps='blocked'``: D, killable and idle sleeps, ``prev_state & 2``: the audit backlog
     wait is one) or every switch-out (``'all'``: their ordinary sleeps in accept, poll or
     nanosleep too, a stack each). Without targets: every uninterruptible switch-out except the
     excluded tasks (a stack for every sleep of every task would cost the host too much)."""
-    if stacks not in OFFCPU_STACKS:
-        raise TracefsError('offcpu stacks must be one of %s, not %r' % (', '.join(OFFCPU_STACKS), stacks))
+    if stacked_sleeps not in OFFCPU_STACKED_SLEEPS:
+        raise TracefsError('offcpu_stacked_sleeps must be one of %s, not %r' % (', '.join(OFFCPU_STACKED_SLEEPS), stacked_sleeps))
     if pids:
         targets = pid_filter(['prev_pid'], pids)
-        if stacks == 'all':
+        if stacked_sleeps == 'all':
             return 'stacktrace if ' + targets
         return 'stacktrace if (%s) && prev_state & 2' % targets
     cond = 'prev_state & 2'

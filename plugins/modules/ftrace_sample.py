@@ -24,7 +24,7 @@ description:
   - C(offcpu) mode enables C(sched:sched_switch) with a C(stacktrace) trigger for the target tasks
     in the private instance and returns the sleeps grouped by kernel stack (count, total and max
     off-CPU time, paired with the task's next switch-in); by default only their uninterruptible
-    sleeps carry a stack (I(offcpu_stacks)).
+    sleeps carry a stack (I(offcpu_stacked_sleeps)).
   - C(auto) runs C(function_graph) where available, else C(syscalls) and C(offcpu) together.
   - C(syscalls) and C(offcpu) read the instance's binary ring buffer (C(per_cpu/cpuN/trace_pipe_raw))
     and decode it with the events' C(format) files where they parse (C(reader=raw)), else the text
@@ -134,7 +134,7 @@ options:
     type: str
     choices: [auto, hist, events]
     default: events
-  offcpu_stacks:
+  offcpu_stacked_sleeps:
     description:
       - C(offcpu) mode - which sleeps of the target tasks get a kernel stack.
       - C(blocked) - uninterruptible sleeps only (C(D), killable and idle sleeps - the kernel-side waits,
@@ -292,10 +292,10 @@ ftrace_sample:
     offcpu_unstacked:
       description: >-
         Off-CPU time of switch-outs that had no stack (count, total_us, max_us) - with
-        C(offcpu_stacks=blocked) the targets' ordinary sleeps and preemptions.
+        C(offcpu_stacked_sleeps=blocked) the targets' ordinary sleeps and preemptions.
       type: dict
-    offcpu_stacks:
-      description: Which sleeps got a stack (I(offcpu_stacks) - C(blocked) or C(all)); null when C(offcpu) did not run.
+    offcpu_stacked_sleeps:
+      description: Which sleeps got a stack (I(offcpu_stacked_sleeps) - C(blocked) or C(all)); null when C(offcpu) did not run.
       type: str
     function_graph:
       description: >-
@@ -416,7 +416,7 @@ ARGUMENT_SPEC = dict(
     function_filter=dict(type='list', elements='str', default=[]),
     top=dict(type='int', default=10),
     aggregation=dict(type='str', default='events', choices=list(AGGREGATIONS)),
-    offcpu_stacks=dict(type='str', default='blocked', choices=list(tracefs.OFFCPU_STACKS)),
+    offcpu_stacked_sleeps=dict(type='str', default='blocked', choices=list(tracefs.OFFCPU_STACKED_SLEEPS)),
     force=dict(type='bool', default=False),
 )
 # what a top-level file is set back to when its old value cannot be read
@@ -644,7 +644,7 @@ def sample_events(guard, root, modes, targets, syscalls, params, facts):
         if flt:
             guard.write_file(os.path.join(event, 'filter'), flt, restore_value='0')
         tracefs.guarded_trigger(guard, os.path.join(event, 'trigger'),
-                                tracefs.offcpu_trigger(tids, exclude, params.get('offcpu_stacks') or 'blocked'))
+                                tracefs.offcpu_trigger(tids, exclude, params.get('offcpu_stacked_sleeps') or 'blocked'))
         guard.write_file(os.path.join(event, 'enable'), '1', restore_value='0')
     if not modes:  # syscalls in the kernel only: nothing to read until the end
         write_value(os.path.join(inst, 'tracing_on'), '1')
@@ -847,7 +847,7 @@ def empty_facts(params):
         'instance': None, 'available_tracers': [], 'function_graph_available': False,
         'targets': {'pids': list(params['pids'] or []), 'process_names': list(params['process_names'] or [])},
         'syscalls': {}, 'syscalls_traced': [], 'syscalls_source': 'none', 'syscalls_skipped': [],
-        'offcpu': [], 'offcpu_unstacked': {'count': 0, 'total_us': 0.0, 'max_us': 0.0}, 'offcpu_stacks': None,
+        'offcpu': [], 'offcpu_unstacked': {'count': 0, 'total_us': 0.0, 'max_us': 0.0}, 'offcpu_stacked_sleeps': None,
         'function_graph': None, 'audit_wait_observed': False, 'events': 0, 'events_lost': 0, 'lines': 0,
         'stale_instances_removed': [], 'stale_cleanup_errors': [], 'interrupted': None, 'restored': True, 'restore_errors': [],
         'reader': None, 'reader_fallback': None, 'top_buffer_expanded_kb': None,
@@ -985,7 +985,7 @@ def _sample(guard, params, facts):
             facts['syscalls'] = result['syscalls']
         if 'offcpu' in modes:
             facts['offcpu'], facts['offcpu_unstacked'] = split_offcpu(result['offcpu'])
-            facts['offcpu_stacks'] = params.get('offcpu_stacks') or 'blocked'
+            facts['offcpu_stacked_sleeps'] = params.get('offcpu_stacked_sleeps') or 'blocked'
         facts['events'] = result['events']
         facts['lines'] = result['lines']
         facts['window_s'] = result['window_s'] or facts['window_s']

@@ -96,9 +96,9 @@ def test_stall_syscalls_and_offcpu_name_audit_log_start(tmp_path, tracefs_root):
     stacks = [g['stack'] for g in facts['offcpu']]
     assert any('audit_log_start' in s for s in stacks), [g['stack_text'] for g in facts['offcpu'][:5]]
     assert facts['audit_wait_observed'] is True
-    # offcpu_stacks blocked (the default): only uninterruptible sleeps carry a stack; the server's
+    # offcpu_stacked_sleeps blocked (the default): only uninterruptible sleeps carry a stack; the server's
     # waits for the next connection (S) and preemptions are timed without one
-    assert facts['offcpu_stacks'] == 'blocked'
+    assert facts['offcpu_stacked_sleeps'] == 'blocked'
     assert not [g for g in facts['offcpu'] if set(g['states']) & {'S', 'R', 'R+'}], \
         [(g['stack_text'], g['states']) for g in facts['offcpu']]
     audit = [g for g in facts['offcpu'] if 'audit_log_start' in g['stack']][0]
@@ -120,9 +120,9 @@ def test_busy_events_sample_reads_the_ring_buffer(tmp_path, tracefs_root):
     try:
         time.sleep(0.5)
         # a small buffer fills within the window, so pages are read during it: raw whatever the load
-        # offcpu_stacks all: the nanosleeps (state S) carry a stack too
+        # offcpu_stacked_sleeps all: the nanosleeps (state S) carry a stack too
         rc, res = _run_module({'mode': 'auto', 'pids': [busy.pid], 'syscalls': ['getppid'], 'duration_s': 2,
-                               'buffer_size_kb': 256, 'offcpu_stacks': 'all'}, tmp_path)
+                               'buffer_size_kb': 256, 'offcpu_stacked_sleeps': 'all'}, tmp_path)
     finally:
         busy.kill()
         busy.wait()
@@ -130,7 +130,7 @@ def test_busy_events_sample_reads_the_ring_buffer(tmp_path, tracefs_root):
     assert rc == 0, res
     print({k: facts[k] for k in ('reader', 'reader_fallback', 'events', 'lines', 'events_lost', 'window_s')})
     assert facts['reader'] == 'raw' and facts['reader_fallback'] is None
-    assert facts['offcpu_stacks'] == 'all'
+    assert facts['offcpu_stacked_sleeps'] == 'all'
     calls = facts['syscalls']['getppid']
     assert calls['count'] > 5000 and calls['slowest'][0]['pid'] == busy.pid, calls
     assert facts['lines'] >= 2 * calls['count'] and 1.0 <= facts['window_s'] <= 4.0

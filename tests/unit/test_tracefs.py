@@ -48,11 +48,11 @@ def test_filters_are_built_from_ints_only():
         tracefs.pid_filter(['common_pid'], ['1 || 1'])
     assert tracefs.offcpu_trigger([3]) == 'stacktrace if (prev_pid == 3) && prev_state & 2'
     assert tracefs.offcpu_trigger([3, 4]) == 'stacktrace if (prev_pid == 3 || prev_pid == 4) && prev_state & 2'
-    assert tracefs.offcpu_trigger([3], stacks='all') == 'stacktrace if prev_pid == 3'
+    assert tracefs.offcpu_trigger([3], stacked_sleeps='all') == 'stacktrace if prev_pid == 3'
     assert tracefs.offcpu_trigger([], [9]) == 'stacktrace if prev_state & 2 && prev_pid != 9'
-    assert tracefs.offcpu_trigger([], [9], stacks='all') == 'stacktrace if prev_state & 2 && prev_pid != 9'
+    assert tracefs.offcpu_trigger([], [9], stacked_sleeps='all') == 'stacktrace if prev_state & 2 && prev_pid != 9'
     with pytest.raises(tracefs.TracefsError):
-        tracefs.offcpu_trigger([3], stacks='some')
+        tracefs.offcpu_trigger([3], stacked_sleeps='some')
     # the journal removes what it added by the command; the filter does not matter to the kernel
     assert tracefs.command_trigger_removal('stacktrace:unlimited if (prev_pid == 3) && prev_state & 2') == \
         '!stacktrace if (prev_pid == 3) && prev_state & 2'
