@@ -636,6 +636,7 @@ def sample_events(guard, root, modes, targets, syscalls, params, facts):
                     guard.write_file(os.path.join(event, 'filter'), flt, restore_value='0')
                 guard.write_file(os.path.join(event, 'enable'), '1', restore_value='0')
     if 'offcpu' in modes:
+        stacked = facts['offcpu_stacked_sleeps'] = params.get('offcpu_stacked_sleeps') or 'blocked'
         event = os.path.join(inst, 'events', 'sched', 'sched_switch')
         if tids:
             flt = tracefs.pid_filter(['prev_pid', 'next_pid'], tids)
@@ -643,8 +644,7 @@ def sample_events(guard, root, modes, targets, syscalls, params, facts):
             flt = tracefs.pid_filter(['prev_pid'], [], exclude)
         if flt:
             guard.write_file(os.path.join(event, 'filter'), flt, restore_value='0')
-        tracefs.guarded_trigger(guard, os.path.join(event, 'trigger'),
-                                tracefs.offcpu_trigger(tids, exclude, params.get('offcpu_stacked_sleeps') or 'blocked'))
+        tracefs.guarded_trigger(guard, os.path.join(event, 'trigger'), tracefs.offcpu_trigger(tids, exclude, stacked))
         guard.write_file(os.path.join(event, 'enable'), '1', restore_value='0')
     if not modes:  # syscalls in the kernel only: nothing to read until the end
         write_value(os.path.join(inst, 'tracing_on'), '1')
@@ -985,7 +985,6 @@ def _sample(guard, params, facts):
             facts['syscalls'] = result['syscalls']
         if 'offcpu' in modes:
             facts['offcpu'], facts['offcpu_unstacked'] = split_offcpu(result['offcpu'])
-            facts['offcpu_stacked_sleeps'] = params.get('offcpu_stacked_sleeps') or 'blocked'
         facts['events'] = result['events']
         facts['lines'] = result['lines']
         facts['window_s'] = result['window_s'] or facts['window_s']
