@@ -30,7 +30,10 @@ confidence interval of the median; the verdict says whether the goal (traced med
 --mode events (the default) is what ``mode: auto`` runs where the kernel has no
 function_graph, as on this project's hosts: ``syscalls`` (sys_enter/sys_exit of accept4)
 and ``offcpu`` (sched_switch with a stacktrace trigger) together in one instance;
---mode syscalls or offcpu runs one of them. Each round also prints the server's switch-ins
+--mode syscalls or offcpu runs one of them; --mode syscalls --syscall getppid traces a syscall
+the loop never makes: a sample that records nothing, whose cost is the slow path every syscall
+of every task takes once any syscall event is enabled (the rest of a syscalls sample's cost is
+its events). Each round also prints the server's switch-ins
 per accept (the loop's regime: an accept that blocks costs an off-CPU stack) and the sample's
 events_lost. A traced round whose sample recorded no accept4 (syscalls) or no off-CPU event
 (offcpu) is left out of the statistics. Exit 1 when the traced median is below
@@ -43,7 +46,8 @@ Needs root. Takes the host-wide kernel test lock (other tests change tracefs too
 whole run; the module restores tracefs itself. The accept loop, the windows, the rounds and
 the statistics are benchlib's, shared with guest_trace_overhead.py.
 
-    .venv/bin/python benchmarks/bench_ftrace_sample.py [--mode events|syscalls|offcpu] [--window-s 2] [--rounds 20]
+    .venv/bin/python benchmarks/bench_ftrace_sample.py [--mode events|syscalls|offcpu] [--syscall accept4]
+        [--window-s 2] [--rounds 20]
         [--max-rounds 80] [--ci-width 0.04] [--workload-nice -10] [--rate 0]
 """
 import argparse
@@ -67,9 +71,9 @@ MODES = {'events': ('auto', ['syscalls', 'offcpu']), 'syscalls': ('syscalls', ['
          'offcpu': ('offcpu', ['offcpu'])}
 
 
-def start_sample(server_pid, seconds, workdir, mode, buffer_kb, cpus):
+def start_sample(server_pid, seconds, workdir, mode, buffer_kb, cpus, syscall='accept4'):
     args = os.path.join(workdir, 'args.json')
-    module_args = {'mode': MODES[mode][0], 'pids': [server_pid], 'syscalls': ['accept4'], 'duration_s': seconds}
+    module_args = {'mode': MODES[mode][0], 'pids': [server_pid], 'syscalls': [syscall], 'duration_s': seconds}
     if buffer_kb:
         module_args['buffer_size_kb'] = buffer_kb
     with open(args, 'w') as handle:
@@ -79,13 +83,13 @@ def start_sample(server_pid, seconds, workdir, mode, buffer_kb, cpus):
                             env=env, cwd=ROOT, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
 
 
-def wait_live(proc, mode, timeout_s=30.0):
+def wait_live(proc, mode, syscall='accept4', timeout_s=30.0):
     """True once the sample traces: its events enabled and then its instance's tracing_on 1 (a new
     instance starts with tracing_on 1; the module turns it off, enables the events, turns it on)."""
     inst = os.path.join(TRACEFS, 'instances', 'auditgap-%d' % proc.pid)
     files = []  # the enable files first: once one reads 1, the module has turned tracing_on off
     if 'syscalls' in MODES[mode][1]:
-        files.append('events/syscalls/sys_exit_accept4/enable')
+        files.append('events/syscalls/sys_exit_%s/enable' % syscall)
     if 'offcpu' in MODES[mode][1]:
         files.append('events/sched/sched_switch/enable')
     files.append('tracing_on')
@@ -108,8 +112,9 @@ def sample_round(args, measure, srv_pid, workdir, other_cpus, counts, restored):
     """One traced middle window: start the sample, measure while it traces, collect its facts;
     -> (window, note, valid: the sample recorded something)."""
     for _attempt in range(30):
-        proc = start_sample(srv_pid, args.window_s + 1.5, workdir, args.mode, args.buffer_kb, other_cpus)
-        if wait_live(proc, args.mode):
+        proc = start_sample(srv_pid, args.window_s + 1.5, workdir, args.mode, args.buffer_kb, other_cpus,
+                            args.syscall)
+        if wait_live(proc, args.mode, args.syscall):
             break
         out, err = proc.communicate(timeout=2 * args.window_s + 120)  # the module's own limit: 2 x duration + 60 s
         if b'"restored": true' in out:
@@ -132,7 +137,10 @@ def sample_round(args, measure, srv_pid, workdir, other_cpus, counts, restored):
     acc = (facts.get('syscalls') or {}).get('accept4', {})
     offcpu = sum(group['count'] for group in facts.get('offcpu') or ())
     offcpu += (facts.get('offcpu_unstacked') or {}).get('count', 0)
-    counts.append(acc.get('count', 0) if 'syscalls' in facts['modes'] else offcpu)
+    if args.syscall != 'accept4' and args.mode == 'syscalls':
+        counts.append(1)  # the null sample: nothing to record, traced once it was live (above)
+    else:
+        counts.append(acc.get('count', 0) if 'syscalls' in facts['modes'] else offcpu)
     restored.append(facts['restored'])
     note = ' (sample %s: %d accept4, p99 %s us, %d off-CPU, events_lost %s, restored %s, reader %s)' % (
         '+'.join(facts['modes']), acc.get('count', 0), acc.get('p99_us'), offcpu, facts.get('events_lost'),
@@ -146,6 +154,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--mode', choices=sorted(MODES), default='events',
                     help='events: syscalls + offcpu in one instance (mode auto without function_graph)')
+    ap.add_argument('--syscall', default='accept4',
+                    help='the syscall the sample traces (default accept4, what the loop makes); with --mode '
+                         'syscalls, one the loop never makes (getppid) measures a sample that records nothing: '
+                         'what enabling a syscall event costs every other syscall (the slow path)')
     ap.add_argument('--window-s', type=float, default=2.0)
     ap.add_argument('--rounds', type=int, default=20,
                     help='middle windows at least, traced and sham alternating')
@@ -163,6 +175,8 @@ def main():
                     help='connections a second the client offers (0: as fast as it can); with a rate below what '
                          'the loop can do, the server waits for every connection in every window alike')
     args = ap.parse_args()
+    if args.syscall != 'accept4' and args.mode != 'syscalls':
+        ap.error('--syscall other than accept4 needs --mode syscalls (the rounds are judged on accept4 otherwise)')
     if os.geteuid() != 0:
         print('needs root')
         return 2
@@ -176,7 +190,8 @@ def main():
           % (workers[0], workers[1], args.workload_nice,
              '%.0f connections/s offered' % args.rate if args.rate else 'as fast as it can',
              ','.join(map(str, sorted(workload_cpus))), ','.join(map(str, sorted(other_cpus))),
-             args.rounds, max(args.rounds, args.max_rounds), args.window_s, args.mode))
+             args.rounds, max(args.rounds, args.max_rounds), args.window_s,
+             args.mode + ('' if args.syscall == 'accept4' else ' (tracing %s)' % args.syscall)))
     measure = functools.partial(accept_window, counter, workers, args.window_s)
     counts, restored = [], []
     with kernel_lock(), tempfile.TemporaryDirectory() as workdir:

@@ -141,7 +141,7 @@ options:
         the audit backlog wait in C(audit_log_start) among them). The targets' other switch-outs
         (waiting in C(accept4), C(poll) or C(nanosleep) for work, preempted) are still timed, without a
         stack, in C(offcpu_unstacked). A stack costs the traced task more than the event; on a loopback
-        accept loop the sample cost 4.7% of accepts per CPU-second with C(blocked) and 7.5% with C(all)
+        accept loop an off-CPU sample cost 3.5% of accepts per CPU-second with C(blocked) and 7.5% with C(all)
         (docs/ftrace_sample.md).
       - C(all) - every switch-out of the targets, grouped by stack with their C(states).
       - Without targets (no I(pids) or I(process_names)) only uninterruptible sleeps get a stack, either way.
