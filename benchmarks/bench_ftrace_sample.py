@@ -32,8 +32,8 @@ function_graph, as on this project's hosts: ``syscalls`` (sys_enter/sys_exit of 
 and ``offcpu`` (sched_switch with a stacktrace trigger) together in one instance;
 --mode syscalls or offcpu runs one of them; --mode syscalls --syscall getppid traces a syscall
 the loop never makes: a sample that records nothing, whose cost is the slow path every syscall
-of every task takes once any syscall event is enabled (the rest of a syscalls sample's cost is
-its events). Each round also prints the server's switch-ins
+of every task takes once any syscall event is enabled and the sampler's own activity beside the
+loop (on a 2-vCPU VM most of it: docs/ftrace_sample.md). Each round also prints the server's switch-ins
 per accept (the loop's regime: an accept that blocks costs an off-CPU stack) and the sample's
 events_lost. A traced round whose sample recorded no accept4 (syscalls) or no off-CPU event
 (offcpu) is left out of the statistics. Exit 1 when the traced median is below
@@ -157,7 +157,7 @@ def main():
     ap.add_argument('--syscall', default='accept4',
                     help='the syscall the sample traces (default accept4, what the loop makes); with --mode '
                          'syscalls, one the loop never makes (getppid) measures a sample that records nothing: '
-                         'what enabling a syscall event costs every other syscall (the slow path)')
+                         'the slow path every syscall takes then, and the sampler beside the loop')
     ap.add_argument('--window-s', type=float, default=2.0)
     ap.add_argument('--rounds', type=int, default=20,
                     help='middle windows at least, traced and sham alternating')

@@ -803,21 +803,33 @@ class RawReader:
     """Reads an instance's ``per_cpu/cpuN/trace_pipe_raw`` files (non-blocking, whole pages)
     and hands the decoded records of all CPUs, merged in time order, to ``on_records``.
 
-    Between reads during the window, records newer than the oldest "last record" of the
-    CPUs that had data are held back until the next read (another CPU may still hand out
-    older ones); ``drain`` (after tracing stopped) hands out everything.
+    Between reads, records newer than the oldest "last record" of the CPUs that had data
+    are held back until the next read (another CPU may still hand out older ones); ``drain``
+    (after tracing stopped) hands out everything.
+
+    During the window (``read_until``) the pages read are kept as they are, up to
+    ``spool_bytes`` (all CPUs), and decoded by ``drain`` after tracing stops: decoding takes
+    CPU time while the traced tasks run, which on this project's 2-CPU VMs slowed a traced
+    loop on the other CPU too (docs/ftrace_sample.md). Above ``spool_bytes`` they are decoded
+    at once, so memory stays bounded whatever the sample's length.
     """
 
-    def __init__(self, base, plan):
+    SPOOL_BYTES = 16 << 20
+
+    def __init__(self, base, plan, spool_bytes=SPOOL_BYTES):
         self.plan = plan
         self.walkers = []
         self.fds = []
         self.bytes = 0
         self._held = []
+        self.spool_bytes = spool_bytes
+        self._spooled = []  # per CPU: the pages read during the window, not decoded yet
+        self._spooled_bytes = 0
         try:
             for cpu, path in cpu_dirs(base):
                 self.fds.append(os.open(os.path.join(path, 'trace_pipe_raw'), os.O_RDONLY | os.O_NONBLOCK))
                 self.walkers.append(Walker(plan.layout, plan.handlers, gaps=True, pairs=True))
+                self._spooled.append([])
         except OSError:
             self.close()
             raise
@@ -828,8 +840,30 @@ class RawReader:
 
     def read_until(self, deadline, on_records, interval_s=0.25, drain_if=None):
         """As tracefs.PipeReader.read_until: wake every ``interval_s``; read only when
-        ``drain_if()`` says the buffer is filling (the rest after tracing stops)."""
-        tracefs.read_until(deadline, lambda: self.read_available(on_records), interval_s, drain_if)
+        ``drain_if()`` says the buffer is filling (the rest after tracing stops), and keep
+        the pages undecoded up to ``spool_bytes``."""
+        tracefs.read_until(deadline, lambda: self.spool(on_records), interval_s, drain_if)
+
+    def spool(self, on_records, max_bytes=4 << 20):
+        """Read up to ``max_bytes`` of each CPU and keep the pages; decode what is kept once it
+        is over ``spool_bytes``. Returns the bytes read."""
+        got = 0
+        for pages, fd in zip(self._spooled, self.fds):
+            data = self._read_cpu(fd, max_bytes)
+            if data:
+                pages.append(data)
+                got += len(data)
+        self._spooled_bytes += got
+        if self._spooled_bytes > self.spool_bytes:
+            self._decode_spooled(on_records)
+        return got
+
+    def _decode_spooled(self, on_records):
+        """The kept pages, in the rounds they were read in (one read of each CPU a round)."""
+        while self._spooled_bytes:
+            datas = [pages.pop(0) if pages else b'' for pages in self._spooled]
+            self._spooled_bytes -= sum(len(data) for data in datas)
+            self._decode(datas, on_records)
 
     def _read_cpu(self, fd, max_bytes):
         size = self.plan.layout.page_size
@@ -855,17 +889,22 @@ class RawReader:
         """Read up to ``max_bytes`` of each CPU; hand out the records (held back ones of the
         last read first). Returns the bytes read."""
         before = self.bytes
-        records, lasts = merge_cpus(self.walkers, [self._read_cpu(fd, max_bytes) for fd in self.fds], self._held)
+        self._decode([self._read_cpu(fd, max_bytes) for fd in self.fds], on_records, final)
+        return self.bytes - before
+
+    def _decode(self, datas, on_records, final=False):
+        records, lasts = merge_cpus(self.walkers, datas, self._held)
         self._held = []
         if not final and lasts:
             self._held, records = hold_back(records, min(lasts))
         if records:
             on_records(records)
-        return self.bytes - before
 
     def drain(self, on_records, max_s=5.0):
-        """What is left (after tracing_on=0), in rounds of at most 4 MiB a CPU (memory stays
-        bounded whatever the buffer size), for at most ``max_s``; then the held-back records."""
+        """The pages kept during the window, then what is left (after tracing_on=0), in rounds
+        of at most 4 MiB a CPU (memory stays bounded whatever the buffer size), for at most
+        ``max_s``; then the held-back records."""
+        self._decode_spooled(on_records)
         end = time.monotonic() + max_s
         while time.monotonic() < end and self.read_available(on_records):
             pass

@@ -501,6 +501,38 @@ def test_reader_in_small_reads_hands_out_the_same_records(tmp_path, plan, cpus, 
     assert parser.result() == _result(plan, symbols, want)
 
 
+@pytest.mark.parametrize('spool_pages', [0, 4, 10 ** 6])
+def test_pages_spooled_in_the_window_are_decoded_the_same(tmp_path, plan, cpus, merged, symbols, spool_pages):
+    """read_until keeps the pages it reads undecoded up to spool_bytes and drain decodes them
+    after tracing stops (everything under the cap: nothing handed out in the window; a small cap:
+    decoded as it comes; none: every read decoded): the same records and result each way."""
+    for cpu, data in enumerate(cpus):
+        path = tmp_path / 'per_cpu' / ('cpu%d' % cpu)
+        path.mkdir(parents=True)
+        (path / 'trace_pipe_raw').write_bytes(data)
+    page = plan.layout.page_size
+    reader = tr.RawReader(str(tmp_path), plan, spool_bytes=spool_pages * page)
+    got, in_window = [], []
+    parser = tr.RawEventParser(plan.names, plan.states, symbols, syscalls=SYSCALLS)
+
+    def take(records):
+        got.extend(records)
+        parser.feed_records(records)
+    try:
+        while reader.spool(take, max_bytes=3 * page):
+            in_window.append(len(got))
+        reader.drain(take)
+    finally:
+        reader.close()
+    want, _lasts = tr.merge_cpus([tr.Walker(plan.layout, plan.handlers, gaps=True) for _ in cpus], cpus)
+    assert _unfold(got) == want and reader.bytes == sum(len(d) for d in cpus)
+    assert parser.result() == _result(plan, symbols, want)
+    if spool_pages > len(cpus) * max(len(d) for d in cpus) // page:
+        assert in_window[-1] == 0          # all kept for the drain
+    else:
+        assert 0 < in_window[-1] < len(got)  # decoded as the spool filled
+
+
 def test_small_offcpu_samples_are_read_as_text():
     decide = ftrace_sample.text_for_small_sample
     least = ftrace_sample.RAW_MIN_EVENTS_WITH_STACKS
