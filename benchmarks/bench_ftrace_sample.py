@@ -137,7 +137,7 @@ def sample_round(args, measure, srv_pid, workdir, other_cpus, counts, restored):
     acc = (facts.get('syscalls') or {}).get('accept4', {})
     offcpu = sum(group['count'] for group in facts.get('offcpu') or ())
     offcpu += (facts.get('offcpu_unstacked') or {}).get('count', 0)
-    if args.syscall != 'accept4' and args.mode == 'syscalls':
+    if args.syscall != 'accept4':  # --mode syscalls (main refuses any other)
         counts.append(1)  # the null sample: nothing to record, traced once it was live (above)
     else:
         counts.append(acc.get('count', 0) if 'syscalls' in facts['modes'] else offcpu)

@@ -226,6 +226,14 @@ def _unfold(records):
     return out
 
 
+def _write_pipe_raw(base, cpus):
+    """An instance's per_cpu/cpuN/trace_pipe_raw as files holding the recorded pages."""
+    for cpu, data in enumerate(cpus):
+        path = base / 'per_cpu' / ('cpu%d' % cpu)
+        path.mkdir(parents=True)
+        (path / 'trace_pipe_raw').write_bytes(data)
+
+
 def _result(plan, symbols, records):
     return tr.RawEventParser(plan.names, plan.states, symbols, syscalls=SYSCALLS).feed_records(records).result()
 
@@ -477,10 +485,7 @@ def test_reader_in_small_reads_hands_out_the_same_records(tmp_path, plan, cpus, 
     pages a CPU per read: records held back across reads, then the drain: the records of one
     merge of everything (a syscall's enter and exit next to each other on a page as one pair
     record, but for the first record of each read), and the result of the records one by one."""
-    for cpu, data in enumerate(cpus):
-        path = tmp_path / 'per_cpu' / ('cpu%d' % cpu)
-        path.mkdir(parents=True)
-        (path / 'trace_pipe_raw').write_bytes(data)
+    _write_pipe_raw(tmp_path, cpus)
     reader = tr.RawReader(str(tmp_path), plan)
     got, batches = [], []
     parser = tr.RawEventParser(plan.names, plan.states, symbols, syscalls=SYSCALLS)
@@ -506,10 +511,7 @@ def test_pages_spooled_in_the_window_are_decoded_the_same(tmp_path, plan, cpus, 
     """read_until keeps the pages it reads undecoded up to spool_bytes and drain decodes them
     after tracing stops (everything under the cap: nothing handed out in the window; a small cap:
     decoded as it comes; none: every read decoded): the same records and result each way."""
-    for cpu, data in enumerate(cpus):
-        path = tmp_path / 'per_cpu' / ('cpu%d' % cpu)
-        path.mkdir(parents=True)
-        (path / 'trace_pipe_raw').write_bytes(data)
+    _write_pipe_raw(tmp_path, cpus)
     page = plan.layout.page_size
     reader = tr.RawReader(str(tmp_path), plan, spool_bytes=spool_pages * page)
     got, in_window = [], []
