@@ -6,7 +6,8 @@ consumer has before its stall), then is throttled to 1 ms per 500 ms; audit_stat
 as diagnose reads it, and the findings filter sizes the fix. The history and the window are read from the
 real consumer; the wake-up cost k is measured where the two stretches allow, in a sane range
 (benchmarks/bench_consumer_cost.py fitted 5-6 on one host across limits, docs/findings.md, the history
-measure 1.0-9.9 on others), else the threshold is used and the formula says why.
+measure 1.0-9.9 on others, 0.12-0.23 on a quiet one where a wake-up costs the consumer almost nothing),
+else the threshold is used and the formula says why.
 """
 import time
 
@@ -45,10 +46,13 @@ def test_wakeup_cost_is_measured_from_the_consumers_history():
     # k measured where the two stretches tell a record's cost from a wake-up's, else the threshold
     # with the reason in the formula: how far apart the batches are depends on the host (on one
     # quiet host the window read 7-9 records per wake-up against the history's 4.1-4.2, and a wake-up
-    # cost what a record did: k 1.0), and tests/unit/test_sizing.py holds both paths on recorded facts
+    # cost what a record did: k 1.0), and tests/unit/test_sizing.py holds both paths on recorded facts.
+    # What a wake-up costs depends on the host's load too: on a quiet one a few tenths of a record (0.23 in
+    # CI, a = 5.6 us, w = 1.3 us), so k has no lower bound but 0; a record's own CPU is what a consumer spends
     if inputs['wakeup_cost_source'] == 'measured':
         assert 'measured: CPU = a x records + w x wake-ups' in sizing['formula']
-        assert 0.25 <= inputs['wakeup_cost_records'] <= 20.0, sizing['formula']
+        assert 0 < inputs['wakeup_cost_records'] <= 20.0, sizing['formula']
+        assert 1e-7 < inputs['cpu_seconds_per_record_alone'] < 1e-3, sizing['formula']
     else:
         assert inputs['wakeup_cost_records'] == 6 and 'consumer_wakeup_cost_records:' in sizing['formula'], sizing['formula']
     # the records' text as auditd logs it is what this auditd wrote per record (201.6 and 201.3 bytes here):
