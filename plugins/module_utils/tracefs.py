@@ -667,15 +667,34 @@ def events_buffered(base):
     return sum(stats.get('entries', 0) for stats in cpu_stats(base))
 
 
-def read_until(deadline, read_available, interval_s=0.25, drain_if=None):
+WATERMARK_WAIT_MAX_S = 1.0
+
+
+def read_until(deadline, read_available, interval_s=0.25, drain_if=None, wait=None, woken_least=0,
+               wait_max_s=WATERMARK_WAIT_MAX_S):
     """Call ``read_available()`` every ``interval_s`` until ``deadline`` (time.monotonic);
     with ``drain_if``, only when ``drain_if()`` says the buffer is filling up. The
-    readers of a sample's window (trace_pipe text, trace_pipe_raw pages) share it."""
+    readers of a sample's window (trace_pipe text, trace_pipe_raw pages) share it.
+
+    With ``wait`` (``wait(timeout_s)`` -> True when the kernel woke it: some CPU's buffer
+    reached the instance's ``buffer_percent`` watermark) it sleeps in the kernel instead and
+    reads when woken: a window whose buffer stays under the watermark costs one check of
+    ``drain_if`` every ``wait_max_s`` (should a wake-up be missed), not one every
+    ``interval_s``. A wake-up whose read gets fewer than ``woken_least`` bytes comes from a
+    kernel whose poll does not hold to the watermark (before 6.1 any data wakes it): the
+    timed loop from then on.
+    """
     while True:
         now = time.monotonic()
         if now >= deadline:
             break
-        time.sleep(min(interval_s, deadline - now))
+        if wait is not None:
+            if wait(min(wait_max_s, deadline - now)):
+                if (read_available() or 0) < woken_least:
+                    wait = None
+                continue
+        else:
+            time.sleep(min(interval_s, deadline - now))
         if drain_if is None or drain_if():
             read_available()
 
@@ -691,7 +710,7 @@ class PipeReader:
         self._tail = b''
         self.bytes = 0
 
-    def read_until(self, deadline, on_text, interval_s=0.25, drain_if=None):
+    def read_until(self, deadline, on_text, interval_s=0.25, drain_if=None, buffer_bytes=None):
         """Feed text until ``deadline`` (time.monotonic).
 
         Wakes every ``interval_s`` instead of on every event: a sampled task
@@ -699,7 +718,8 @@ class PipeReader:
         wakes as often. With ``drain_if`` the pipe is read only when
         ``drain_if()`` says so (the ring buffer is filling up); the rest is read
         by ``drain`` after tracing stops, so the window itself costs the traced
-        tasks only the tracepoints.
+        tasks only the tracepoints. ``buffer_bytes`` is unused: trace_pipe reads all
+        CPUs, whose poll the kernel never holds to the buffer_percent watermark.
         """
         read_until(deadline, lambda: self.read_available(on_text), interval_s, drain_if)
 

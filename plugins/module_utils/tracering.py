@@ -41,6 +41,7 @@ import itertools
 import operator
 import os
 import re
+import select
 import struct
 import sys
 import time
@@ -815,9 +816,12 @@ class RawReader:
     """
 
     SPOOL_BYTES = 16 << 20
+    READ_BYTES = 4 << 20  # of each CPU, a read during the window
 
     def __init__(self, base, plan, spool_bytes=SPOOL_BYTES):
+        self.base = base
         self.plan = plan
+        self._poller = None
         self.walkers = []
         self.fds = []
         self.bytes = 0
@@ -838,13 +842,42 @@ class RawReader:
         """PageStats summed over the CPUs."""
         return PageStats(*map(sum, zip(*(w.stats() for w in self.walkers)))) if self.walkers else None
 
-    def read_until(self, deadline, on_records, interval_s=0.25, drain_if=None):
-        """As tracefs.PipeReader.read_until: wake every ``interval_s``; read only when
-        ``drain_if()`` says the buffer is filling (the rest after tracing stops), and keep
-        the pages undecoded up to ``spool_bytes``."""
-        tracefs.read_until(deadline, lambda: self.spool(on_records), interval_s, drain_if)
+    def read_until(self, deadline, on_records, interval_s=0.25, drain_if=None, buffer_bytes=None):
+        """As tracefs.PipeReader.read_until, but asleep in the kernel until some CPU's buffer
+        (``buffer_bytes`` each) reaches the instance's ``buffer_percent`` watermark, where the
+        kernel has one (``watermark_percent``); read then or when ``drain_if()`` says the
+        buffer is filling (the rest after tracing stops), and keep the pages undecoded up to
+        ``spool_bytes``. A quiet window wakes the sampler once every
+        tracefs.WATERMARK_WAIT_MAX_S instead of every ``interval_s``: on a 2-CPU VM each
+        wake-up slows the traced tasks on the other CPU (docs/ftrace_sample.md)."""
+        percent = self.watermark_percent() if buffer_bytes else None
+        wait = self.wait if percent else None
+        # a wake-up at the watermark reads at least half of it (or of one read's cap): less is a kernel
+        # that wakes its pollers on any data
+        least = min(buffer_bytes * percent // 200, self.READ_BYTES // 2) if percent else 0
+        tracefs.read_until(deadline, lambda: self.spool(on_records, self.READ_BYTES), interval_s, drain_if,
+                           wait=wait, woken_least=least)
 
-    def spool(self, on_records, max_bytes=4 << 20):
+    def watermark_percent(self):
+        """The instance's ``buffer_percent`` (how full a CPU's buffer gets before the kernel wakes a
+        poller of its trace_pipe_raw) when it is one a reader can wait for (1-99), else None (0: any
+        data wakes it; no such file before Linux 5.0)."""
+        try:
+            percent = int(tracefs.read(os.path.join(self.base, 'buffer_percent')))
+        except (OSError, ValueError):
+            return None
+        return percent if 0 < percent < 100 else None
+
+    def wait(self, timeout_s):
+        """Sleep until some CPU's trace_pipe_raw is readable (its buffer at the watermark) or
+        ``timeout_s``; True when woken by the kernel."""
+        if self._poller is None:
+            self._poller = select.poll()
+            for fd in self.fds:
+                self._poller.register(fd, select.POLLIN)
+        return bool(self._poller.poll(max(0.0, timeout_s) * 1000.0))
+
+    def spool(self, on_records, max_bytes=READ_BYTES):
         """Read up to ``max_bytes`` of each CPU and keep the pages; decode what is kept once it
         is over ``spool_bytes``. Returns the bytes read."""
         got = 0
@@ -911,6 +944,7 @@ class RawReader:
         self.read_available(on_records, max_bytes=0, final=True)
 
     def close(self):
+        self._poller = None
         for fd in self.fds:
             try:
                 os.close(fd)

@@ -547,9 +547,10 @@ def resolve_syscalls(params, root, modes):
 # the sampling itself
 
 def _window(reader, seconds, on_text, base, buffer_size_kb):
-    # read during the window only when the buffer fills up; the rest after tracing stops
+    # read during the window only when the buffer fills up (the raw reader asleep in the kernel until its
+    # watermark); the rest after tracing stops
     reader.read_until(time.monotonic() + seconds, on_text,
-                      drain_if=lambda: tracefs.buffer_filling(base, buffer_size_kb))
+                      drain_if=lambda: tracefs.buffer_filling(base, buffer_size_kb), buffer_bytes=buffer_size_kb * 1024)
 
 
 # ---------------------------------------------------------------------------

@@ -588,3 +588,69 @@ def test_a_run_dying_between_the_instance_write_and_the_top_level_write_still_gr
         with guard_mod.RestoreGuard(signals=False) as guard:
             tracefs.size_instance_buffer(guard, str(tmp_path), str(inst), 4096)
     assert top.read_text().strip() == '1408'
+
+
+class FakeClock:
+    """time.monotonic and time.sleep for read_until: sleeping advances the clock."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps = 0
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps += 1
+        self.now += seconds
+
+
+def _window(monkeypatch, wakes, got, seconds=5.0):
+    """read_until over a ``seconds`` window with a kernel wait that wakes at the times in ``wakes``;
+    each read gets ``got`` bytes. -> (reads, filling checks, waits, timed sleeps)."""
+    clock = FakeClock()
+    monkeypatch.setattr(tracefs, 'time', clock)
+    calls = {'read': 0, 'check': 0, 'wait': 0}
+    pending = list(wakes)
+
+    def wait(timeout_s):
+        calls['wait'] += 1
+        if pending and pending[0] <= clock.now + timeout_s:
+            clock.now = max(clock.now, pending.pop(0))
+            return True
+        clock.now += timeout_s
+        return False
+
+    def read():
+        calls['read'] += 1
+        return got
+
+    def filling():
+        calls['check'] += 1
+        return False
+
+    tracefs.read_until(seconds, read, 0.25, filling, wait=wait, woken_least=1000)
+    return calls['read'], calls['check'], calls['wait'], clock.sleeps
+
+
+def test_a_quiet_window_sleeps_in_the_kernel_and_checks_once_a_second(monkeypatch):
+    # nothing reaches the watermark: one check a WATERMARK_WAIT_MAX_S, no timed wake-ups (20 at 0.25 s)
+    assert _window(monkeypatch, [], 0) == (0, 5, 5, 0)
+
+
+def test_a_wake_up_at_the_watermark_reads_and_waits_again(monkeypatch):
+    assert _window(monkeypatch, [0.5, 2.2], 4096) == (2, 4, 6, 0)
+
+
+def test_a_kernel_that_wakes_below_the_watermark_gets_the_timed_loop(monkeypatch):
+    # woken with less than woken_least to read (poll ignores buffer_percent): every 0.25 s from then on
+    reads, checks, waits, sleeps = _window(monkeypatch, [0.5], 10)
+    assert (reads, waits) == (1, 1) and sleeps == checks == 18
+
+
+def test_without_a_kernel_wait_the_timed_loop(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(tracefs, 'time', clock)
+    reads = []
+    tracefs.read_until(1.0, lambda: reads.append(clock.now), 0.25)
+    assert reads == [0.25, 0.5, 0.75, 1.0] and clock.sleeps == 4
