@@ -46,9 +46,19 @@ Needs root. Takes the host-wide kernel test lock (other tests change tracefs too
 whole run; the module restores tracefs itself. The accept loop, the windows, the rounds and
 the statistics are benchlib's, shared with guest_trace_overhead.py.
 
+--settle-s (default 0.3): seconds between the sample going live and its measured window; 1.5
+leaves out what the sample's set-up leaves behind in its first second (docs/ftrace_sample.md: a
+sample that records nothing cost 2-3% at 0.3, 0.6% at 1.5).
+
+--baseline DIR (another checkout of this project, e.g. ``git worktree add /tmp/base main``): the
+traced rounds alternate between this checkout's module and DIR's, each judged against its own
+untraced neighbours, so a change's effect is measured in one run, under the same host (run to run
+the cost moved by 2 points on a quiet host, more than one run's CI). Printed: both medians, their
+difference, and the verdict for this checkout's rounds.
+
     .venv/bin/python benchmarks/bench_ftrace_sample.py [--mode events|syscalls|offcpu] [--syscall accept4]
         [--window-s 2] [--rounds 20]
-        [--max-rounds 80] [--ci-width 0.04] [--workload-nice -10] [--rate 0]
+        [--max-rounds 80] [--ci-width 0.04] [--workload-nice -10] [--rate 0] [--settle-s 0.3] [--baseline DIR]
 """
 import argparse
 import functools
@@ -71,15 +81,29 @@ MODES = {'events': ('auto', ['syscalls', 'offcpu']), 'syscalls': ('syscalls', ['
          'offcpu': ('offcpu', ['offcpu'])}
 
 
-def start_sample(server_pid, seconds, workdir, mode, buffer_kb, cpus, syscall='accept4'):
+def collections_of(root, workdir):
+    """The collections path that imports the checkout at ``root`` as auditgap.fleet (a link tree in
+    ``workdir``, as make setup makes collections/ for this checkout)."""
+    path = os.path.join(workdir, 'baseline-collections')
+    os.makedirs(os.path.join(path, 'ansible_collections', 'auditgap'))
+    os.symlink(os.path.abspath(root), os.path.join(path, 'ansible_collections', 'auditgap', 'fleet'))
+    return path
+
+
+def start_sample(server_pid, seconds, workdir, mode, buffer_kb, cpus, syscall='accept4', root=None):
+    """The module of this checkout (or of the checkout at ``root``: --baseline) run as Ansible runs it."""
+    module, collections = MODULE, COLLECTIONS
+    if root:
+        module = os.path.join(root, 'plugins', 'modules', 'ftrace_sample.py')
+        collections = os.path.join(workdir, 'baseline-collections')
     args = os.path.join(workdir, 'args.json')
     module_args = {'mode': MODES[mode][0], 'pids': [server_pid], 'syscalls': [syscall], 'duration_s': seconds}
     if buffer_kb:
         module_args['buffer_size_kb'] = buffer_kb
     with open(args, 'w') as handle:
         json.dump({'ANSIBLE_MODULE_ARGS': module_args}, handle)
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-    return subprocess.Popen([sys.executable, MODULE, args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    env = dict(os.environ, PYTHONPATH=collections)
+    return subprocess.Popen([sys.executable, module, args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, cwd=ROOT, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
 
 
@@ -108,12 +132,14 @@ def wait_live(proc, mode, syscall='accept4', timeout_s=30.0):
     return False
 
 
-def sample_round(args, measure, srv_pid, workdir, other_cpus, counts, restored):
+def sample_round(args, measure, srv_pid, workdir, other_cpus, counts, restored, sources):
     """One traced middle window: start the sample, measure while it traces, collect its facts;
-    -> (window, note, valid: the sample recorded something)."""
+    -> (window, note, valid: the sample recorded something). With --baseline every other one runs
+    the baseline's module; ``sources`` gets which module each valid round ran."""
+    root = args.baseline if args.baseline and len(counts) % 2 else None
     for _attempt in range(30):
-        proc = start_sample(srv_pid, args.window_s + 1.5, workdir, args.mode, args.buffer_kb, other_cpus,
-                            args.syscall)
+        proc = start_sample(srv_pid, args.window_s + args.settle_s + 1.2, workdir, args.mode, args.buffer_kb, other_cpus,
+                            args.syscall, root)
         if wait_live(proc, args.mode, args.syscall):
             break
         out, err = proc.communicate(timeout=2 * args.window_s + 120)  # the module's own limit: 2 x duration + 60 s
@@ -127,7 +153,7 @@ def sample_round(args, measure, srv_pid, workdir, other_cpus, counts, restored):
         time.sleep(2.0)  # another auditgap run holds the host lock: wait for it
     else:
         raise RuntimeError('sample did not start: the auditgap host lock stayed busy for a minute')
-    time.sleep(0.3)
+    time.sleep(args.settle_s)
     mid = measure()
     out, _err = proc.communicate(timeout=2 * args.window_s + 120)
     facts = json.loads(out.decode())['ftrace_sample']
@@ -142,9 +168,11 @@ def sample_round(args, measure, srv_pid, workdir, other_cpus, counts, restored):
     else:
         counts.append(acc.get('count', 0) if 'syscalls' in facts['modes'] else offcpu)
     restored.append(facts['restored'])
-    note = ' (sample %s: %d accept4, p99 %s us, %d off-CPU, events_lost %s, restored %s, reader %s)' % (
-        '+'.join(facts['modes']), acc.get('count', 0), acc.get('p99_us'), offcpu, facts.get('events_lost'),
-        facts['restored'], facts.get('reader'))
+    note = ' (%ssample %s: %d accept4, p99 %s us, %d off-CPU, events_lost %s, restored %s, reader %s)' % (
+        'baseline ' if root else '', '+'.join(facts['modes']), acc.get('count', 0), acc.get('p99_us'), offcpu,
+        facts.get('events_lost'), facts['restored'], facts.get('reader'))
+    if counts[-1]:
+        sources.append('baseline' if root else 'this')
     # a sample that recorded nothing in this window (seen on a host at load 20+): the window was not
     # traced, so it is left out of the statistics (and fails the run at the end)
     return mid, note, bool(counts[-1])
@@ -174,7 +202,16 @@ def main():
     ap.add_argument('--rate', type=float, default=0.0,
                     help='connections a second the client offers (0: as fast as it can); with a rate below what '
                          'the loop can do, the server waits for every connection in every window alike')
+    ap.add_argument('--settle-s', type=float, default=0.3,
+                    help='seconds between the sample going live and its measured window (1.5: what its set-up '
+                         'leaves behind in the first second settles first)')
+    ap.add_argument('--baseline', metavar='DIR',
+                    help="another checkout of this project: traced rounds alternate between this checkout's "
+                         "module and DIR's (a change's effect in one run)")
     args = ap.parse_args()
+    if args.baseline and not os.path.isfile(os.path.join(args.baseline, 'plugins', 'modules', 'ftrace_sample.py')):
+        ap.error('--baseline %s: no plugins/modules/ftrace_sample.py there (a checkout of this project)'
+                 % args.baseline)
     if args.syscall != 'accept4' and args.mode != 'syscalls':
         ap.error('--syscall other than accept4 needs --mode syscalls (the rounds are judged on accept4 otherwise)')
     if os.geteuid() != 0:
@@ -193,13 +230,15 @@ def main():
              args.rounds, max(args.rounds, args.max_rounds), args.window_s,
              args.mode + ('' if args.syscall == 'accept4' else ' (tracing %s)' % args.syscall)))
     measure = functools.partial(accept_window, counter, workers, args.window_s)
-    counts, restored = [], []
+    counts, restored, sources = [], [], []
     with kernel_lock(), tempfile.TemporaryDirectory() as workdir:
+        if args.baseline:
+            collections_of(args.baseline, workdir)
         try:
             time.sleep(1.0)  # warm up
             ratios, wall_ratios, _invalid = overhead_rounds(
                 measure, functools.partial(sample_round, args, measure, workers[0], workdir, other_cpus, counts,
-                                           restored),
+                                           restored, sources),
                 args.rounds, args.max_rounds, args.ci_width)
         except RuntimeError as err:
             print(err)
@@ -212,7 +251,20 @@ def main():
         print('no traced round recorded anything')
         return 1
     print('mode %s, accepts per CPU-second of the workload, middle window / mean of its neighbours:' % args.mode)
-    traced, t_low, t_high = summary('traced / untraced', ratios['traced'])
+    if args.baseline:
+        this = [r for r, src in zip(ratios['traced'], sources) if src == 'this']
+        base = [r for r, src in zip(ratios['traced'], sources) if src == 'baseline']
+        if len(base) < 3 or len(this) < 3:
+            print('NOT RESOLVED: %d rounds of this checkout, %d of the baseline; a comparison needs 3 of each'
+                  % (len(this), len(base)))
+            return 1
+        base_median = summary('baseline / untraced', base)[0]
+        ratios['traced'] = this
+    traced, t_low, t_high = summary('this checkout / untraced' if args.baseline else 'traced / untraced',
+                                    ratios['traced'])
+    if args.baseline:
+        print('this checkout against the baseline (%s): %+.1f points of accepts per CPU-second'
+              % (args.baseline, (traced - base_median) * 100))
     if ratios['sham']:
         sham, s_low, s_high = summary('untraced / untraced (noise)', ratios['sham'])
     print('accepts per wall second (moves with other load on the host):')
