@@ -83,10 +83,12 @@ MODES = {'events': ('auto', ['syscalls', 'offcpu']), 'syscalls': ('syscalls', ['
 
 def collections_of(root, workdir):
     """The collections path that imports the checkout at ``root`` as auditgap.fleet (a link tree in
-    ``workdir``, as make setup makes collections/ for this checkout)."""
+    ``workdir``, made the first time, as make setup makes collections/ for this checkout)."""
     path = os.path.join(workdir, 'baseline-collections')
-    os.makedirs(os.path.join(path, 'ansible_collections', 'auditgap'))
-    os.symlink(os.path.abspath(root), os.path.join(path, 'ansible_collections', 'auditgap', 'fleet'))
+    link = os.path.join(path, 'ansible_collections', 'auditgap', 'fleet')
+    if not os.path.islink(link):
+        os.makedirs(os.path.dirname(link))
+        os.symlink(os.path.abspath(root), link)
     return path
 
 
@@ -95,7 +97,7 @@ def start_sample(server_pid, seconds, workdir, mode, buffer_kb, cpus, syscall='a
     module, collections = MODULE, COLLECTIONS
     if root:
         module = os.path.join(root, 'plugins', 'modules', 'ftrace_sample.py')
-        collections = os.path.join(workdir, 'baseline-collections')
+        collections = collections_of(root, workdir)
     args = os.path.join(workdir, 'args.json')
     module_args = {'mode': MODES[mode][0], 'pids': [server_pid], 'syscalls': [syscall], 'duration_s': seconds}
     if buffer_kb:
@@ -232,8 +234,6 @@ def main():
     measure = functools.partial(accept_window, counter, workers, args.window_s)
     counts, restored, sources = [], [], []
     with kernel_lock(), tempfile.TemporaryDirectory() as workdir:
-        if args.baseline:
-            collections_of(args.baseline, workdir)
         try:
             time.sleep(1.0)  # warm up
             ratios, wall_ratios, _invalid = overhead_rounds(

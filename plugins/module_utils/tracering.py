@@ -816,7 +816,7 @@ class RawReader:
     """
 
     SPOOL_BYTES = 16 << 20
-    READ_BYTES = 4 << 20  # of each CPU, a read during the window
+    READ_BYTES = 4 << 20  # of each CPU, one read
 
     def __init__(self, base, plan, spool_bytes=SPOOL_BYTES):
         self.base = base
@@ -848,14 +848,14 @@ class RawReader:
         kernel has one (``watermark_percent``); read then or when ``drain_if()`` says the
         buffer is filling (the rest after tracing stops), and keep the pages undecoded up to
         ``spool_bytes``. A quiet window wakes the sampler once every
-        tracefs.WATERMARK_WAIT_MAX_S instead of every ``interval_s``: on a 2-CPU VM each
-        wake-up slows the traced tasks on the other CPU (docs/ftrace_sample.md)."""
+        tracefs.WATERMARK_WAIT_MAX_S instead of every ``interval_s``, and a filling buffer is
+        read when it reaches the watermark, not at the next timed check."""
         percent = self.watermark_percent() if buffer_bytes else None
         wait = self.wait if percent else None
         # a wake-up at the watermark reads at least half of it (or of one read's cap): less is a kernel
         # that wakes its pollers on any data
         least = min(buffer_bytes * percent // 200, self.READ_BYTES // 2) if percent else 0
-        tracefs.read_until(deadline, lambda: self.spool(on_records, self.READ_BYTES), interval_s, drain_if,
+        tracefs.read_until(deadline, lambda: self.spool(on_records), interval_s, drain_if,
                            wait=wait, woken_least=least)
 
     def watermark_percent(self):
@@ -918,7 +918,7 @@ class RawReader:
         self.bytes += got
         return b''.join(chunks)
 
-    def read_available(self, on_records, max_bytes=4 << 20, final=False):
+    def read_available(self, on_records, max_bytes=READ_BYTES, final=False):
         """Read up to ``max_bytes`` of each CPU; hand out the records (held back ones of the
         last read first). Returns the bytes read."""
         before = self.bytes

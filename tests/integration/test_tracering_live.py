@@ -108,8 +108,8 @@ def test_the_window_sleeps_in_the_kernel_until_a_buffer_reaches_the_watermark(tr
         reads, checks = [], []
         spool = reader.spool
 
-        def spied(on_records, max_bytes):
-            reads.append(spool(on_records, max_bytes))
+        def spied(on_records):
+            reads.append(spool(on_records))
             return reads[-1]
         reader.spool = spied
         tracefs.write_value(os.path.join(inst, 'tracing_on'), '1')
