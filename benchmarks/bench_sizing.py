@@ -25,7 +25,7 @@ a loopback accept load at a fixed ``--rate`` of connections per second):
 
 Takes the kernel-tests lock; the lab is removed at the end, also on SIGTERM.
 
-    benchmarks/bench_sizing.py [--rate 1000] [--seconds 4] [--steps 7] [--diagnose-seconds 3] [--headroom 2]
+    benchmarks/bench_sizing.py [--rate 1000] [--seconds 4] [--steps 7] [--diagnose-seconds 3] [--headroom 1.5]
                                [--history-seconds 5]
 """
 import argparse
@@ -149,17 +149,18 @@ def run(args):
           'unthrottled under the load)' % (inputs.get('headroom'), '' if args.headroom == F.DEFAULT_THRESHOLDS[
               'consumer_cpu_headroom'] else ', not the default %s' % F.DEFAULT_THRESHOLDS['consumer_cpu_headroom'],
               inputs.get('wakeup_cost_records'), inputs.get('wakeup_cost_source'), args.history_seconds))
-    print('CPU per record measured throttled %s s, x %s unbatched (%s records per wake-up throttled, %s per event) '
-          '= %s s unthrottled' % (inputs.get('cpu_seconds_per_record'), inputs.get('unbatched_factor'),
-                                  inputs.get('records_per_wakeup'), inputs.get('records_per_event'),
-                                  inputs.get('cpu_seconds_per_record_unbatched')))
+    print('CPU per record measured throttled %s s, x %s unbatched (%s records per wake-up throttled, %s per event, '
+          '%s before the window; from the %s) = %s s unthrottled'
+          % (inputs.get('cpu_seconds_per_record'), inputs.get('unbatched_factor'), inputs.get('records_per_wakeup'),
+             inputs.get('records_per_event'), inputs.get('history_records_per_wakeup'), inputs.get('unbatched_from'),
+             inputs.get('cpu_seconds_per_record_unbatched')))
     for cores, was, wait, lost, throttled_ratio in judged:
         print('  limit %.4f cores: %s (slept %d jiffies, lost %d, throttled in %d%% of periods)'
               % (cores, 'stalled' if was else 'no stall', wait, lost, round(100 * throttled_ratio)))
     print('smallest limit that ends the stall: %.4f cores (bisected between %.4f and %.4f)' % (high, low, high))
     print('smallest limit that ends the stall and leaves the consumer unthrottled (throttled in < %d%% of periods): '
           '%.4f cores (bisected between %.4f and %.4f)' % (round(100 * warn), held, held_low, held))
-    print('suggested limit %.2f cores: %s there (slept %d jiffies, lost %d), throttled in %d%% of periods (%s)'
+    print('suggested limit %.3f cores: %s there (slept %d jiffies, lost %d), throttled in %d%% of periods (%s)'
           % (suggested, 'stalled' if check_stalled else 'no stall', check_wait, check_lost, round(100 * check_ratio),
              'still throttled: at least throttled_ratio_warn' if check_ratio >= warn else 'no longer throttled'))
     ratio = suggested / high

@@ -63,7 +63,7 @@ DEFAULT_THRESHOLDS = {
     'harm_crit_lost_per_s': 0.0,
     # Fixes sized from measurement (docs/findings.md): the CPU limit for a throttled consumer is its
     # CPU seconds per record unthrottled x the record rate offered x this headroom ...
-    'consumer_cpu_headroom': 2.0,
+    'consumer_cpu_headroom': 1.5,
     # ... the CPU per record unthrottled: the one measured throttled (in batches) x the cost of
     # waking once per event, one wake-up costing this many records' worth of CPU ...
     'consumer_wakeup_cost_records': sizing.WAKEUP_COST_RECORDS,

@@ -29,7 +29,9 @@ import math
 
 MAX_LIMIT_CORES = 1024.0
 MAX_BACKLOG_LIMIT = 1048576
-CORES_STEP = 0.01
+# the sizing's limits are rounded up to this (a thousandth of a core: 100 us per 100 ms period; at the limits a
+# throttled auditd needs, 0.015-0.05 cores, a hundredth alone added up to 1.3x)
+CORES_STEP = 0.001
 # the hidden demand is at most this many times what the stalled window made (consumer_hidden_demand_max)
 HIDDEN_DEMAND_MAX = 10.0
 # what one wake-up of the consumer costs, in records' worth of CPU (consumer_wakeup_cost_records): the
@@ -51,8 +53,8 @@ WAKEUP_COST_MAX = 1000.0
 
 
 def round_up(value, step=CORES_STEP):
-    """``value`` rounded up to a multiple of ``step`` (0.01 cores, the smallest limit agent_cpu takes)."""
-    return round(math.ceil(value / step - 1e-9) * step, 2)
+    """``value`` rounded up to a multiple of ``step`` (CORES_STEP: a thousandth of a core)."""
+    return round(math.ceil(value / step - 1e-6) * step, 6)
 
 
 def num(value):
@@ -228,6 +230,10 @@ def wakeup_cost(history, window, fallback=WAKEUP_COST_RECORDS):
     if wake_h < WAKEUP_HISTORY_MIN:
         return fell_back('%s wake-ups before the window, fewer than %d: its start-up would decide k'
                          % (_g(wake_h), WAKEUP_HISTORY_MIN))
+    if not lagging:
+        # each stretch's own CPU per record: unbatched_factor extrapolates from the one nearer once per event
+        inputs.update({'history_cpu_seconds_per_record': round(cpu_h / rec_h, 12),
+                       'window_cpu_seconds_per_record': round(cpu_w / rec_w, 12)})
     contrast = max(batch_h, batch_w) / min(batch_h, batch_w)
     if contrast < WAKEUP_BATCH_CONTRAST_MIN:
         return fell_back('%s records per wake-up before the window and %s in it, less than %s x apart'
@@ -266,6 +272,13 @@ def unbatched_factor(records_per_s, wakeups_per_s, records_per_event, wakeup_cos
     measured the throttled batch counts as endless (1 + k / records_per_event: the most it can be); without
     records per event, one record per wake-up. ``wakeup_cost``: k, a number or ``wakeup_cost``'s result
     (its inputs and formula are added).
+
+    When k was not measured but ``wakeup_cost`` counted the history's records by the window's own bytes per
+    record, and the history woke nearer once per event than the window (a consumer that kept up before the
+    stall), the unthrottled cost is extrapolated from the history instead: value = its CPU per record x
+    (1 + k / records_per_event) / (1 + k / its records per wake-up) / the window's CPU per record, at least 1.
+    The threshold k then only bridges the history's batches to one event's (about 1x): a wrong k barely moves
+    it. With k measured the two ways give the same (k fits both stretches).
     """
     rate, wakeups, per_event = num(records_per_s), num(wakeups_per_s), num(records_per_event)
     measure = wakeup_cost if isinstance(wakeup_cost, dict) else None
@@ -283,11 +296,25 @@ def unbatched_factor(records_per_s, wakeups_per_s, records_per_event, wakeup_cos
         formula = ('1 + %s / %s records per event = %s (%s)'
                    % (_g(cost), _g(unbatched), _g(value),
                       'it never slept throttled' if wakeups == 0 else 'wake-ups not measured'))
+    source = 'window'
+    seen = (measure.get('inputs') or {}) if measure else {}
+    per_h, per_w, batch_h = (num(seen.get(n)) for n in (
+        'history_cpu_seconds_per_record', 'window_cpu_seconds_per_record', 'history_records_per_wakeup'))
+    if (measure and not measure.get('measured') and per_h and per_w and batch_h and min(per_h, per_w, batch_h) > 0
+            and wakeups is not None
+            and abs(1.0 / batch_h - 1.0 / unbatched) < abs((1.0 / batch if batch else 0.0) - 1.0 / unbatched)):
+        source = 'history'
+        bridge = (1.0 + cost / unbatched) / (1.0 + cost / batch_h)
+        value = max(1.0, per_h * bridge / per_w)
+        formula = ('%s CPU s/record before the window x (1 + %s / %s records per event) / (1 + %s / %s records per '
+                   'wake-up before it) / %s CPU s/record in it = %s (from the history: it woke nearer once per event '
+                   'than the window%s)' % (_g(per_h), _g(cost), _g(unbatched), _g(cost), _g(batch_h), _g(per_w),
+                                           _g(value), ', %s records per wake-up' % _g(batch) if batch else ''))
     inputs = {'wakeups_per_s': wakeups, 'records_per_wakeup': round(batch, 3) if batch else None,
               'records_per_event': per_event, 'wakeup_cost_records': round(cost, 4),
-              'unbatched_factor': round(value, 4)}
+              'unbatched_factor': round(value, 4), 'unbatched_from': source}
     if measure:
-        inputs.update(measure.get('inputs') or {})
+        inputs.update(seen)
         if measure.get('formula'):
             formula += '; %s' % measure['formula']
     return {'value': value, 'formula': formula, 'inputs': inputs}
@@ -306,7 +333,7 @@ def cpu_limit(cpu_cores_used, records_per_s, peak_records_per_s, headroom, limit
     record once unthrottled over the CPU per record measured throttled; 1 without it).
 
     cores = max(cpu_cores_used / records_per_s x unbatched x peak_records_per_s x headroom, floor),
-    rounded up to 0.01.
+    rounded up to CORES_STEP (a thousandth of a core).
     A throttled consumer needs more than it has: a need (before rounding) at or below the current limit means the
     throttle capped the rate it saw (the demand was hidden), so the fallback is used instead.
     """

@@ -14,10 +14,11 @@ def test_cpu_limit_is_cpu_per_record_times_peak_rate_times_headroom():
                               ' = 0.6 -> 0.6 cores')
 
 
-def test_cpu_limit_rounds_up_to_a_hundredth_of_a_core():
-    assert S.cpu_limit(0.001, 100.0, 1001.0, 1.0, 0.001, 0.5)['value'] == 0.02    # 0.01001 -> 0.02
+def test_cpu_limit_rounds_up_to_a_thousandth_of_a_core():
+    assert S.cpu_limit(0.001, 100.0, 1001.0, 1.0, 0.001, 0.5)['value'] == 0.011   # 0.01001 -> 0.011
     assert S.cpu_limit(0.01, 100.0, 1000.0, 1.0, 0.01, 0.5)['value'] == 0.1       # exactly 0.1 stays
-    assert S.round_up(0.10000000001) == 0.1 and S.round_up(0.1001) == 0.11
+    assert S.round_up(0.10000000001) == 0.1 and S.round_up(0.1001) == 0.101
+    assert S.round_up(0.0326) == 0.033 and S.round_up(1.2341) == 1.235
     assert S.round_up(0.1001, 0.05) == 0.15
 
 
@@ -38,7 +39,7 @@ def test_unbatched_factor_is_the_cost_of_waking_once_per_event_over_the_batches_
     assert abs(out['value'] - 2.5 / 1.3) < 1e-12
     assert out['formula'] == '(1 + 6 / 4 records per event) / (1 + 6 / 20 records per wake-up throttled) = 1.923'
     assert out['inputs'] == {'wakeups_per_s': 30.0, 'records_per_wakeup': 20.0, 'records_per_event': 4.0,
-                             'wakeup_cost_records': 6.0, 'unbatched_factor': 1.9231}
+                             'wakeup_cost_records': 6.0, 'unbatched_factor': 1.9231, 'unbatched_from': 'window'}
     # no cost per wake-up: the CPU per record measured throttled (the sizing of before)
     assert S.unbatched_factor(600.0, 30.0, 4.0, 0)['value'] == 1.0
     # already waking more often than once per event (batches of 2 < 4 records per event): nothing to add
@@ -156,17 +157,65 @@ def test_wakeup_cost_from_a_window_without_wakeups_is_the_record_cost_alone():
     assert out['inputs']['cpu_seconds_per_wakeup'] == 3.4e-05
 
 
+# a quiet host (2026-12-02): auditd kept up before the stall (4 records per wake-up, one per event), and the
+# throttle barely batched it (7.2 per wake-up): under 2x apart, k cannot be measured
+QUIET_HISTORY = {'cpu_seconds': 0.5, 'wakeups': 25000, 'write_chars': 20000000}           # 100000 records
+QUIET_WINDOW = {'cpu_seconds': 0.0036, 'wakeups': 100, 'records': 720, 'write_chars': 144000}
+
+
+def test_without_k_measured_the_unthrottled_cost_comes_from_the_history_that_kept_up():
+    cost = S.wakeup_cost(QUIET_HISTORY, QUIET_WINDOW, 6.0)
+    assert not cost['measured'] and 'less than 2 x apart' in cost['formula']
+    assert cost['inputs']['history_cpu_seconds_per_record'] == 5e-06
+    assert cost['inputs']['window_cpu_seconds_per_record'] == 5e-06
+    out = S.unbatched_factor(720.0, 100.0, 4.0, cost)
+    # the history woke once per event at 5e-06 s a record: that is the unthrottled cost, whatever k is; the
+    # window's batches with the threshold's k would have said (1 + 6/4) / (1 + 6/7.2) = 1.364
+    assert out['value'] == 1.0 and out['inputs']['unbatched_from'] == 'history'
+    assert out['formula'].startswith(
+        '5e-06 CPU s/record before the window x (1 + 6 / 4 records per event) / (1 + 6 / 4 records per wake-up '
+        'before it) / 5e-06 CPU s/record in it = 1 (from the history: it woke nearer once per event than the '
+        'window, 7.2 records per wake-up); k = 6 (consumer_wakeup_cost_records: 4 records per wake-up before')
+    # a record cost 1.2x more before the window: 1.2x once unthrottled
+    dearer = dict(QUIET_HISTORY, cpu_seconds=0.6)
+    assert abs(S.unbatched_factor(720.0, 100.0, 4.0, S.wakeup_cost(dearer, QUIET_WINDOW, 6.0))['value'] - 1.2) < 1e-9
+    # never below 1: a record costs at least what it cost throttled
+    cheaper = dict(QUIET_HISTORY, cpu_seconds=0.3)
+    assert S.unbatched_factor(720.0, 100.0, 4.0, S.wakeup_cost(cheaper, QUIET_WINDOW, 6.0))['value'] == 1.0
+    # the history batched more than the window (throttled since it started): the window is nearer once per event
+    batched = dict(QUIET_HISTORY, wakeups=10000)                                       # 10 per wake-up
+    out = S.unbatched_factor(720.0, 100.0, 4.0, S.wakeup_cost(batched, QUIET_WINDOW, 6.0))
+    assert out['inputs']['unbatched_from'] == 'window' and abs(out['value'] - 2.5 / (1 + 6 / 7.2)) < 1e-9
+    # the history's records counted by their text (the window's writes lag): not trusted for a cost per record
+    lagging = dict(QUIET_WINDOW, write_chars=7200, log_chars_per_record=200.0)
+    cost = S.wakeup_cost(QUIET_HISTORY, lagging, 6.0)
+    assert 'history_cpu_seconds_per_record' not in cost['inputs']
+    assert S.unbatched_factor(720.0, 100.0, 4.0, cost)['inputs']['unbatched_from'] == 'window'
+    # too short a history (its start-up would decide): the window and the threshold
+    short = {'cpu_seconds': 0.005, 'wakeups': 250, 'write_chars': 200000}
+    assert S.unbatched_factor(720.0, 100.0, 4.0, S.wakeup_cost(short, QUIET_WINDOW, 6.0))['inputs'][
+        'unbatched_from'] == 'window'
+    # k measured: the line through both stretches, the window's arithmetic (the history's gives the same)
+    out = S.unbatched_factor(LAB_WINDOW['records'], LAB_WINDOW['wakeups'], 4.0, S.wakeup_cost(LAB_HISTORY, LAB_WINDOW))
+    assert out['inputs']['unbatched_from'] == 'window'
+    inputs = out['inputs']
+    via_history = (inputs['history_cpu_seconds_per_record'] * (1 + out['inputs']['wakeup_cost_records'] / 4.0)
+                   / (1 + inputs['wakeup_cost_records'] / inputs['history_records_per_wakeup'])
+                   / inputs['window_cpu_seconds_per_record'])
+    assert abs(via_history - out['value']) < 1e-3
+
+
 def test_cpu_limit_with_the_unbatched_cost():
     unbatched = S.unbatched_factor(40.0, 2.0, 4.0, 6.0)      # 20 per wake-up, 4 per event: 1.923
     out = S.cpu_limit(0.004, 40.0, 3000.0, 1.5, 0.004, fallback=0.5, unbatched=unbatched)
-    # 0.0001 s/record x 1.923 x 3000 x 1.5 = 0.8654 -> 0.87
-    assert out['measured'] and out['value'] == 0.87
+    # 0.0001 s/record x 1.923 x 3000 x 1.5 = 0.8654 -> 0.866
+    assert out['measured'] and out['value'] == 0.866
     assert out['inputs']['cpu_seconds_per_record'] == 0.0001
     assert out['inputs']['cpu_seconds_per_record_unbatched'] == 0.000192308
     assert out['inputs']['records_per_wakeup'] == 20.0 and out['inputs']['unbatched_factor'] == 1.9231
     assert out['formula'] == (
         '0.0001 CPU s/record (0.004 cores / 40 records/s) x 1.923 unbatched = 0.0001923 CPU s/record unthrottled'
-        ' x 3000 records/s offered x 1.5 headroom = 0.8654 -> 0.87 cores; unbatched = (1 + 6 / 4 records per event)'
+        ' x 3000 records/s offered x 1.5 headroom = 0.8654 -> 0.866 cores; unbatched = (1 + 6 / 4 records per event)'
         ' / (1 + 6 / 20 records per wake-up throttled) = 1.923')
     # the floor, then the unbatched arithmetic
     out = S.cpu_limit(0.004, 40.0, 3000.0, 1.5, 0.004, fallback=0.5, floor=1.0, unbatched=unbatched)
@@ -293,15 +342,15 @@ def test_throttled_consumer_gets_the_measured_limit_and_the_arithmetic():
     findings, chain = F.evaluate(throttled_facts(), 'h')
     throttled = [f for f in findings if f['id'] == 'audit_consumer_throttled'][0]
     sizing = throttled['evidence']['sizing']
-    # 0.0001 s/record x (1 + 6/4) / (1 + 6/20) unbatched x max(3000, 40 + 0 + 1) records/s x 2 = 1.154
-    assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 1.16 and sizing['measured']
+    # 0.0001 s/record x (1 + 6/4) / (1 + 6/20) unbatched x max(3000, 40 + 0 + 1) records/s x 1.5 = 0.8654
+    assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 0.866 and sizing['measured']
     assert sizing['inputs']['peak_records_per_s'] == 3000.0 and sizing['inputs']['wakeups_per_s'] == 2.0
     assert 'limit sized: 0.0001 CPU s/record' in throttled['summary']
-    assert 'agent_cpu_limit_cores=1.16' in chain
+    assert 'agent_cpu_limit_cores=0.866' in chain
     # consumer_wakeup_cost_records 0: the sizing of before (the CPU per record measured throttled)
-    before = [f for f in F.evaluate(throttled_facts(), 'h', {'consumer_wakeup_cost_records': 0})[0]
+    before = [f for f in F.evaluate(throttled_facts(), 'h', dict(NO_FLOOR, consumer_wakeup_cost_records=0))[0]
               if f['id'] == 'audit_consumer_throttled'][0]
-    assert before['remediation']['vars']['agent_cpu_limit_cores'] == 0.6
+    assert before['remediation']['vars']['agent_cpu_limit_cores'] == 0.45       # 0.0001 x 3000 x 1.5
 
 
 def test_throttled_consumer_without_record_rates_keeps_the_old_rule():
@@ -327,7 +376,7 @@ def test_backlog_fix_sized_from_the_burst_when_the_consumer_is_not_the_cause():
 
 
 def test_the_cpu_floor_applies_to_the_measured_limit():
-    # 0.0001 s/record x 1.923 x 3000 x 2 = 1.154, under a floor of 2 cores
+    # 0.0001 s/record x 1.923 x 3000 x 1.5 = 0.8654, under a floor of 2 cores
     throttled = [f for f in findings.auditgap_findings(throttled_facts(), 'h', {'consumer_min_cores': 2})
                  if f['id'] == 'audit_consumer_throttled'][0]
     assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 2.0
@@ -342,14 +391,14 @@ def test_a_stalled_window_is_sized_from_the_demand_it_hid():
     facts = stalled_lab_facts()
     throttled = [f for f in findings.auditgap_findings(facts, 'h', NO_FLOOR) if f['id'] == 'audit_consumer_throttled'][0]
     sizing = throttled['evidence']['sizing']
-    # 5.501e-06 s/record x (1 + 6/4) / (1 + 6/18.18) = 1.88 x 3516 records/s x 2 = 0.07271 -> 0.08
-    assert sizing['measured'] and throttled['remediation']['vars']['agent_cpu_limit_cores'] == 0.08
+    # 5.501e-06 s/record x (1 + 6/4) / (1 + 6/18.18) = 1.88 x 3516 records/s x 1.5 = 0.05453 -> 0.055
+    assert sizing['measured'] and throttled['remediation']['vars']['agent_cpu_limit_cores'] == 0.055
     assert sizing['inputs']['offered_records_per_s'] == 3516.0 and sizing['inputs']['asleep_ratio'] == 0.754
     assert sizing['inputs']['slept_s'] == 2.262 and sizing['inputs']['window_s'] == 3.0
     assert sizing['inputs']['floor_cores'] == 0.01 and sizing['inputs']['records_per_wakeup'] == 18.179
     assert sizing['formula'] == (
         '5.501e-06 CPU s/record (0.0028 cores / 509 records/s) x 1.88 unbatched = 1.034e-05 CPU s/record '
-        'unthrottled x 3516 records/s offered x 2 headroom = 0.07271 -> 0.08 cores; unbatched = (1 + 6 / 4 '
+        'unthrottled x 3516 records/s offered x 1.5 headroom = 0.05453 -> 0.055 cores; unbatched = (1 + 6 / 4 '
         'records per event) / (1 + 6 / 18.18 records per wake-up throttled) = 1.88; k = 6 '
         '(consumer_wakeup_cost_records: the bytes the consumer wrote were not read); offered = 509 made/s (509 '
         'delivered + 0 backlog growth + 0 lost); tasks slept 2.262 s in audit_log_start over 3 s: the rate while '
@@ -357,11 +406,11 @@ def test_a_stalled_window_is_sized_from_the_demand_it_hid():
     # without the stamps' active rate: made / (1 - asleep)
     del facts['audit_status']['sample']['record_rates']['active_records_per_s']
     throttled = [f for f in findings.auditgap_findings(facts, 'h', NO_FLOOR) if f['id'] == 'audit_consumer_throttled'][0]
-    assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 0.05    # 5.501e-06 x 1.88 x 2069 x 2 = 0.0428
+    assert throttled['remediation']['vars']['agent_cpu_limit_cores'] == 0.033   # 5.501e-06 x 1.88 x 2069 x 1.5 = 0.0321
     # consumer_hidden_demand_max 1: the window's own rates, the stamps' peak
     bare = [f for f in findings.auditgap_findings(stalled_lab_facts(), 'h', dict(NO_FLOOR, consumer_hidden_demand_max=1))
             if f['id'] == 'audit_consumer_throttled'][0]
-    assert bare['remediation']['vars']['agent_cpu_limit_cores'] == 0.02        # 5.501e-06 x 1.88 x 640 x 2 = 0.01324
+    assert bare['remediation']['vars']['agent_cpu_limit_cores'] == 0.01        # 5.501e-06 x 1.88 x 640 x 1.5 = 0.00993: the floor
 
 
 # the sizing alone, under the default floor (consumer_min_cores 0.5)
