@@ -14,10 +14,13 @@ each traced window and taken down after it:
 - fg-exits: the bounded "syscall, then exit work" recipe: tracing_thresh 0,
   set_graph_function and set_ftrace_filter += __x64_sys_accept4 and the exit work,
   max_graph_depth 2, set_ftrace_pid = the server;
-- hist: syscall latency in the kernel: a synthetic event (raw_syscalls sys_enter ->
-  sys_exit, onmatch latency) and hist triggers for accept4 of the server, read once at
-  the end of the window (the triggers of the removed tracehist, 1abc987), on the top-level
-  buffer (creating a tracefs instance takes 20 s to minutes under QEMU emulation).
+- hist: syscall latency in the kernel, tracehist's recipe: a synthetic event
+  (syscalls sys_enter_accept4 -> sys_exit_accept4, onmatch latency) and hist triggers for
+  accept4 of the server, read once at the end of the window, on the top-level buffer
+  (creating a tracefs instance takes 20 s to minutes under QEMU emulation);
+- hist-raw: the same on raw_syscalls sys_enter -> sys_exit, filtered to accept4's number
+  (tracehist's recipe before: every syscall of every task reserves a record and runs the
+  triggers' filter).
 - events: sys_enter/sys_exit_accept4 filtered to the server + sched_switch with a
   stacktrace trigger, top-level buffer (for comparison with this host's events mode).
 
@@ -28,7 +31,7 @@ leaves it out. Everything it sets is undone after each window. Needs root. The a
 windows, the rounds and the statistics are benchlib.py's (shared with bench_ftrace_sample.py,
 standard library only): copy it beside this file into the guest.
 
-    python3 guest_trace_overhead.py --guest --modes fg-slow,fg-exits,hist --rounds 10 --window-s 2
+    python3 guest_trace_overhead.py --guest --modes hist,hist-raw,events --rounds 10 --window-s 2
 """
 import argparse
 import functools
@@ -104,30 +107,43 @@ def fg_off():
 
 
 HIST = {
-    'synthetic': 'agov_lat u64 lat; long id; int pid',  # the types of raw_syscalls' id and common_pid
-    'enter': 'hist:keys=common_pid:ts0=common_timestamp.usecs if (id == %d) && (common_pid == %%d)' % ACCEPT4_NR,
-    'exit': ('hist:keys=common_pid:lat=common_timestamp.usecs-$ts0:onmatch(raw_syscalls.sys_enter)'
-             '.trace(agov_lat,$lat,id,common_pid) if (id == %d) && (common_pid == %%d)' % ACCEPT4_NR),
-    'hist': 'hist:keys=id.syscall,pid,lat:vals=hitcount:sort=id,lat:size=2048',
+    # the syscall events' own types (int __syscall_nr, int common_pid), as tracehist writes them
+    'hist': {
+        'synthetic': 'agov_lat u64 lat; int id; int pid',
+        'files': ('events/syscalls/sys_enter_accept4/trigger', 'events/syscalls/sys_exit_accept4/trigger'),
+        'enter': 'hist:keys=common_pid:ts0_accept4=common_timestamp.usecs if (common_pid == %d)',
+        'exit': ('hist:keys=common_pid:lat_accept4=common_timestamp.usecs-$ts0_accept4:'
+                 'onmatch(syscalls.sys_enter_accept4).trace(agov_lat,$lat_accept4,__syscall_nr,common_pid)'
+                 ' if (common_pid == %d)'),
+    },
+    # raw_syscalls' own types (long id, int common_pid)
+    'hist-raw': {
+        'synthetic': 'agov_lat u64 lat; long id; int pid',
+        'files': ('events/raw_syscalls/sys_enter/trigger', 'events/raw_syscalls/sys_exit/trigger'),
+        'enter': 'hist:keys=common_pid:ts0=common_timestamp.usecs if (id == %d) && (common_pid == %%d)' % ACCEPT4_NR,
+        'exit': ('hist:keys=common_pid:lat=common_timestamp.usecs-$ts0:onmatch(raw_syscalls.sys_enter)'
+                 '.trace(agov_lat,$lat,id,common_pid) if (id == %d) && (common_pid == %%d)' % ACCEPT4_NR),
+    },
 }
+HIST_TRIGGER = 'hist:keys=id.syscall,pid,lat:vals=hitcount:sort=id,lat:size=2048'
 
 
-def hist_on(pid):
-    write('synthetic_events', HIST['synthetic'] + '\n', append=True)
-    write('events/synthetic/agov_lat/trigger', HIST['hist'])
-    write('events/raw_syscalls/sys_enter/trigger', HIST['enter'] % pid)
-    write('events/raw_syscalls/sys_exit/trigger', HIST['exit'] % pid)
+def hist_on(recipe, pid):
+    write('synthetic_events', recipe['synthetic'] + '\n', append=True)
+    write('events/synthetic/agov_lat/trigger', HIST_TRIGGER)
+    write(recipe['files'][0], recipe['enter'] % pid)
+    write(recipe['files'][1], recipe['exit'] % pid)
     write('tracing_on', '1')
 
 
-def hist_off(pid):
+def hist_off(recipe, pid):
     """-> hits in the hist (what the sample would read once at the end)."""
     text = read('events/synthetic/agov_lat/hist')
     hits = next((int(line.split(':')[1]) for line in text.splitlines() if line.strip().startswith('Hits:')), 0)
-    write('events/raw_syscalls/sys_exit/trigger', '!' + HIST['exit'] % pid, append=True)
-    write('events/raw_syscalls/sys_enter/trigger', '!' + HIST['enter'] % pid, append=True)
-    write('events/synthetic/agov_lat/trigger', '!' + HIST['hist'], append=True)
-    write('synthetic_events', '!' + HIST['synthetic'].split()[0] + '\n', append=True)
+    write(recipe['files'][1], '!' + recipe['exit'] % pid, append=True)
+    write(recipe['files'][0], '!' + recipe['enter'] % pid, append=True)
+    write('events/synthetic/agov_lat/trigger', '!' + HIST_TRIGGER, append=True)
+    write('synthetic_events', '!' + recipe['synthetic'].split()[0] + '\n', append=True)
     return hits
 
 
@@ -152,8 +168,11 @@ def events_off(pid):
 
 
 ON = {'fg-slow': lambda pid: fg_on(pid, False), 'fg-exits': lambda pid: fg_on(pid, True),
-      'hist': hist_on, 'events': events_on}
-OFF = {'fg-slow': lambda pid: fg_off(), 'fg-exits': lambda pid: fg_off(), 'hist': hist_off, 'events': events_off}
+      'hist': functools.partial(hist_on, HIST['hist']), 'hist-raw': functools.partial(hist_on, HIST['hist-raw']),
+      'events': events_on}
+OFF = {'fg-slow': lambda pid: fg_off(), 'fg-exits': lambda pid: fg_off(),
+       'hist': functools.partial(hist_off, HIST['hist']), 'hist-raw': functools.partial(hist_off, HIST['hist-raw']),
+       'events': events_off}
 
 
 def traced_window(mode, srv_pid, measure):

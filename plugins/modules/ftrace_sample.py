@@ -122,8 +122,8 @@ options:
     description:
       - How C(syscalls) mode measures latency.
       - C(hist) - in the kernel, where it has hist triggers (C(CONFIG_HIST_TRIGGERS), for example Debian 12's
-        6.1) - a synthetic event C(auditgap_lat_<pid>) (C(raw_syscalls) sys_enter to sys_exit, onmatch
-        latency) and a C(hist) trigger keyed by syscall, task and latency in the private instance; no
+        6.1) - a synthetic event C(auditgap_lat_<pid>) (each syscall's C(sys_enter_X) to C(sys_exit_X),
+        onmatch latency) and a C(hist) trigger keyed by syscall, task and latency in the private instance; no
         per-call event is written or read, only the histogram, once at the end (C(slowest[].ts_s) is then
         null). The synthetic event and the triggers are removed after, like the instance. Fails, with
         nothing changed, where the kernel lacks hist triggers or the machine has no syscall table.
@@ -579,20 +579,20 @@ def choose_aggregation(requested, root, syscalls, machine=None):
 
 
 def start_syscall_hist(guard, root, inst, syscalls, tids, exclude):
-    """The synthetic latency event and its three hist triggers; the guard removes them in
-    the reverse order (exit trigger, enter trigger, histogram, synthetic event).
+    """The synthetic latency event, its histogram and each syscall's enter and exit triggers;
+    the guard removes them in the reverse order (each exit trigger before its enter trigger,
+    then the histogram, then the synthetic event).
     Returns (synthetic event name, the path of the histogram to read at the end)."""
     name = tracehist.synth_name()
-    table = table_for(None)
-    commands = tracehist.latency_commands(name, [syscall_number(table, n) for n in syscalls],
-                                          tids, exclude)
+    commands = tracehist.latency_commands(name, syscalls, tids, exclude)
     tracefs.remove_synthetic(root, name)  # left by a killed sample with our pid (pid reuse)
     guard.push_op('remove_synthetic', 'remove synthetic event %s' % name, root=root, name=name)
     tracehist.write_command(root, os.path.join(root, 'synthetic_events'), commands['synthetic'], append_value)
     synth_dir = os.path.join(inst, 'events', 'synthetic', name)
-    for path, trigger in ((os.path.join(synth_dir, 'trigger'), commands['hist']),
-                          (os.path.join(inst, 'events', 'raw_syscalls', 'sys_enter', 'trigger'), commands['enter']),
-                          (os.path.join(inst, 'events', 'raw_syscalls', 'sys_exit', 'trigger'), commands['exit'])):
+    writes = [(os.path.join(synth_dir, 'trigger'), commands['hist'])]
+    writes.extend((os.path.join(inst, 'events', 'syscalls', event, 'trigger'), trigger)
+                  for event, trigger in commands['triggers'])
+    for path, trigger in writes:
         guard.push_op('append', 'remove hist trigger %s' % path, path=path,
                       value=tracehist.hist_trigger_removal(trigger))
         tracehist.write_command(root, path, trigger, append_value)

@@ -142,7 +142,7 @@ def kill_at_each_step(module, args, tmp_path, snapshot, recover=None, max_steps=
 
 def tracefs_state(root, syscalls=('getppid',)):
     extra = ['events/syscalls/%s%s/%s' % (prefix, name, rel)
-             for name in syscalls for prefix in ('sys_enter_', 'sys_exit_') for rel in ('enable', 'filter')]
+             for name in syscalls for prefix in ('sys_enter_', 'sys_exit_') for rel in ('enable', 'filter', 'trigger')]
     return tracefs.snapshot(root, extra)
 
 
@@ -183,8 +183,9 @@ def test_vm_function_graph_sample_killed_at_each_step_is_recovered(tmp_path, tra
     assert kills >= 16, kills
 
 
-# what a hist sample changes: instance, synthetic event, histogram, enter and exit triggers
-HIST_CHANGES = 5
+# what a hist sample of two syscalls changes: instance, synthetic event, histogram, and each
+# syscall's enter and exit triggers
+HIST_CHANGES = 7
 
 
 def _accept_and_getppid(rounds):
@@ -249,7 +250,7 @@ def _events_getppid_cpu_us(root):
 @pytest.mark.vm('hist triggers: this machine\'s kernel has no CONFIG_HIST_TRIGGERS')
 def test_vm_hist_sample_killed_is_recovered_by_journal_and_by_stale_cleanup(tmp_path, tracefs_root):
     """A live syscalls sample with aggregation=hist SIGKILLed once everything is in place
-    (instance, synthetic event, the three hist triggers) leaves the kernel counting: its
+    (instance, synthetic event, the histogram, each syscall's enter and exit triggers) leaves the kernel counting: its
     histogram is read here (and recorded for the unit tests' fixture when
     AUDITGAP_HIST_RECORD names a file). The next auditgap run (audit_tune) replays the
     journal: no instance, no synthetic event, no trigger. Killed again with its journal
@@ -259,7 +260,7 @@ def test_vm_hist_sample_killed_is_recovered_by_journal_and_by_stale_cleanup(tmp_
     place, with events mode's set-up and with neither is written there (JSON; printed, never
     asserted: the evidence for aggregation's default, docs/ftrace_sample.md)."""
     root = tracefs_root
-    before = tracefs_state(root)
+    before = tracefs_state(root, ('accept4', 'getppid'))
     args = {'mode': 'syscalls', 'syscalls': ['accept4', 'getppid'], 'pids': [os.getpid()], 'duration_s': 0.5,
             'aggregation': 'hist'}
     forks = ModuleForks('ftrace_sample', 'audit_tune')
@@ -270,8 +271,9 @@ def test_vm_hist_sample_killed_is_recovered_by_journal_and_by_stale_cleanup(tmp_
         inst = os.path.join(root, 'instances', 'auditgap-%d' % proc.pid)
         synth = tracehist.synth_name(proc.pid)
         assert synth in tracehist.synthetic_names(tracefs.read(os.path.join(root, 'synthetic_events')))
-        exit_trigger = tracefs.read(os.path.join(inst, 'events/raw_syscalls/sys_exit/trigger'))
-        assert 'onmatch(raw_syscalls.sys_enter).trace(%s' % synth in exit_trigger, exit_trigger
+        for name in ('accept4', 'getppid'):
+            exit_trigger = tracefs.read(os.path.join(inst, 'events/syscalls/sys_exit_%s/trigger' % name))
+            assert 'onmatch(syscalls.sys_enter_%s).trace(%s' % (name, synth) in exit_trigger, exit_trigger
         # the sample stopped its instance's ring buffer before it was killed; the triggers read
         # common_timestamp, so the kernel reserves each event there: on again to count
         guard.write_value(os.path.join(inst, 'tracing_on'), '1')
@@ -303,12 +305,12 @@ def test_vm_hist_sample_killed_is_recovered_by_journal_and_by_stale_cleanup(tmp_
             mine = [r for r in recovered if r['owner_pid'] == proc.pid]
             assert len(mine) == 1 and mine[0]['errors'] == [], recovered
             assert any(synth in step for step in mine[0]['undone']), mine
-        after = tracefs_state(root)
+        after = tracefs_state(root, ('accept4', 'getppid'))
         assert after == before, 'journal lost %s: %s' % (journal_lost, differences(before, after))
         if cost_file and not journal_lost:
             cost['none'] = _getppid_cpu_us()
             cost['events'] = _events_getppid_cpu_us(root)
-            assert tracefs_state(root) == before
+            assert tracefs_state(root, ('accept4', 'getppid')) == before
             with open(cost_file, 'w') as handle:
                 json.dump(cost, handle)
             print('getppid CPU us: %s' % json.dumps(cost))

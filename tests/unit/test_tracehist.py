@@ -11,23 +11,33 @@ from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls import sys
 FIX = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'ftrace')
 
 
-def test_latency_commands_from_integers_only():
-    cmds = tracehist.latency_commands('auditgap_lat_42', [288, 43, 288], pids=[7, 8])
-    assert cmds['synthetic'] == 'auditgap_lat_42 u64 lat; long id; int pid'
-    assert cmds['enter'] == ('hist:keys=common_pid:ts0=common_timestamp.usecs'
-                             ' if (id == 43 || id == 288) && (common_pid == 7 || common_pid == 8)')
-    assert cmds['exit'].startswith('hist:keys=common_pid:lat=common_timestamp.usecs-$ts0:'
-                                   'onmatch(raw_syscalls.sys_enter).trace(auditgap_lat_42,$lat,id,common_pid)')
-    assert cmds['exit'].endswith(' if (id == 43 || id == 288) && (common_pid == 7 || common_pid == 8)')
+def test_latency_commands_one_trigger_pair_per_syscall_on_its_own_events():
+    cmds = tracehist.latency_commands('auditgap_lat_42', ['accept4', 'getppid', 'accept4'], pids=[7, 8])
+    assert cmds['synthetic'] == 'auditgap_lat_42 u64 lat; int id; int pid'
+    where = ' if (common_pid == 7 || common_pid == 8)'
+    assert cmds['triggers'] == [
+        ('sys_enter_accept4', 'hist:keys=common_pid:ts0_accept4=common_timestamp.usecs' + where),
+        ('sys_exit_accept4', 'hist:keys=common_pid:lat_accept4=common_timestamp.usecs-$ts0_accept4:'
+                             'onmatch(syscalls.sys_enter_accept4).trace(auditgap_lat_42,$lat_accept4,'
+                             '__syscall_nr,common_pid)' + where),
+        ('sys_enter_getppid', 'hist:keys=common_pid:ts0_getppid=common_timestamp.usecs' + where),
+        ('sys_exit_getppid', 'hist:keys=common_pid:lat_getppid=common_timestamp.usecs-$ts0_getppid:'
+                             'onmatch(syscalls.sys_enter_getppid).trace(auditgap_lat_42,$lat_getppid,'
+                             '__syscall_nr,common_pid)' + where),
+    ]
     assert cmds['hist'].startswith('hist:keys=id.syscall,pid,lat:vals=hitcount')
-    every = tracehist.latency_commands('auditgap_lat_42', [288], exclude=[1, 2])
-    assert every['enter'].endswith(' if (id == 288) && (common_pid != 1 && common_pid != 2)')
+    every = tracehist.latency_commands('auditgap_lat_42', ['accept4'], exclude=[1, 2])
+    assert every['triggers'][0][1].endswith(':ts0_accept4=common_timestamp.usecs if (common_pid != 1 && common_pid != 2)')
+    assert all(' if ' not in trigger for _event, trigger in tracehist.latency_commands('auditgap_lat_42', ['read'])['triggers'])
     with pytest.raises(ValueError):
         tracehist.latency_commands('auditgap_lat_42', [])
     with pytest.raises(ValueError):
-        tracehist.latency_commands('bad name; rm', [1])
+        tracehist.latency_commands('bad name; rm', ['read'])
+    for bad in ('read || 1', 'Read', '', 288, 'x' * 65):
+        with pytest.raises(ValueError):
+            tracehist.latency_commands('auditgap_lat_42', [bad])
     with pytest.raises(ValueError):
-        tracehist.latency_commands('auditgap_lat_42', ['1 || 1'])
+        tracehist.latency_commands('auditgap_lat_42', ['read'], pids=['1 || 1'])
 
 
 def test_hist_trigger_removal_of_written_and_listed_forms():
@@ -82,12 +92,13 @@ def test_syscall_numbers_round_trip():
     assert syscall_number('x86_64', 'no_such_call') is None
 
 
-def test_synthetic_event_uses_raw_syscalls_own_types():
-    """6.1 refuses s64/s32 for raw_syscalls' long id and int common_pid (error_log: "Param
-    type doesn't match synthetic event field type")."""
-    cmds = tracehist.latency_commands('auditgap_lat_7', [288])
-    assert cmds['synthetic'] == 'auditgap_lat_7 u64 lat; long id; int pid'
-    assert 's64' not in cmds['synthetic'] and 's32' not in cmds['synthetic']
+def test_synthetic_event_uses_the_syscall_events_own_types():
+    """6.1 refuses a synthetic field whose type is not the traced field's (error_log: "Param
+    type doesn't match synthetic event field type"): the syscall events' ``int __syscall_nr``
+    and ``int common_pid``."""
+    cmds = tracehist.latency_commands('auditgap_lat_7', ['accept4'])
+    assert cmds['synthetic'] == 'auditgap_lat_7 u64 lat; int id; int pid'
+    assert 's64' not in cmds['synthetic'] and 'long' not in cmds['synthetic']
 
 
 def test_synthetic_names_and_pids():
@@ -114,42 +125,76 @@ def test_refused_command_names_the_kernel_error_log(tmp_path):
     assert written == [('/t/trigger', 'hist:keys=x')]
 
 
-def _stale_instance(tmp_path):
-    """A killed sample's instance with its three triggers as 6.1's trigger files print them."""
+def _stale_instance(tmp_path, earlier=False):
+    """A killed sample's instance with its triggers as 6.1's trigger files print them (two
+    syscalls, and other syscall events without a trigger); ``earlier``: the raw_syscalls
+    triggers an earlier version of the module hung (no per-syscall ones)."""
     inst = tmp_path / 'instances' / 'auditgap-42'
-    texts = {
-        'events/raw_syscalls/sys_exit/trigger':
-            '# Available triggers:\nhist:keys=common_pid:vals=hitcount:lat=common_timestamp.usecs-$ts0:sort=hitcount'
-            ':size=2048:clock=global:onmatch(raw_syscalls.sys_enter).trace(auditgap_lat_42,$lat,id,common_pid)'
-            ' if (id == 288) && (common_pid == 7) [active]\n',
-        'events/raw_syscalls/sys_enter/trigger':
-            'hist:keys=common_pid:vals=hitcount:ts0=common_timestamp.usecs:sort=hitcount:size=2048:clock=global'
-            ' if (id == 288) && (common_pid == 7) [active]\n',
-        # the sort keys printed with their modifier: 6.1 refuses that back ("Invalid sort modifier")
-        'events/synthetic/auditgap_lat_42/trigger':
-            'hist:keys=id.syscall,pid,lat:vals=hitcount:sort=id.syscall,lat:size=16384 [active]\n',
-    }
+    where = ' if (common_pid == 7) [active]\n'
+    if earlier:
+        texts = {
+            'events/raw_syscalls/sys_exit/trigger':
+                '# Available triggers:\nhist:keys=common_pid:vals=hitcount:lat=common_timestamp.usecs-$ts0'
+                ':sort=hitcount:size=2048:clock=global:onmatch(raw_syscalls.sys_enter)'
+                '.trace(auditgap_lat_42,$lat,id,common_pid) if (id == 288) && (common_pid == 7) [active]\n',
+            'events/raw_syscalls/sys_enter/trigger':
+                'hist:keys=common_pid:vals=hitcount:ts0=common_timestamp.usecs:sort=hitcount:size=2048:clock=global'
+                ' if (id == 288) && (common_pid == 7) [active]\n',
+        }
+    else:
+        texts = {'events/syscalls/sys_%s_%s/trigger' % (kind, sc): '# Available triggers:\n'
+                 for kind in ('enter', 'exit') for sc in ('read', 'write')}
+        for sc in ('accept4', 'getppid'):
+            texts['events/syscalls/sys_exit_%s/trigger' % sc] = (
+                '# Available triggers:\nhist:keys=common_pid:vals=hitcount:lat_{sc}=common_timestamp.usecs-$ts0_{sc}'
+                ':sort=hitcount:size=2048:clock=global:onmatch(syscalls.sys_enter_{sc})'
+                '.trace(auditgap_lat_42,$lat_{sc},__syscall_nr,common_pid)'.format(sc=sc) + where)
+            texts['events/syscalls/sys_enter_%s/trigger' % sc] = (
+                'hist:keys=common_pid:vals=hitcount:ts0_%s=common_timestamp.usecs:sort=hitcount:size=2048'
+                ':clock=global' % sc + where)
+    # the sort keys printed with their modifier: 6.1 refuses that back ("Invalid sort modifier")
+    texts['events/synthetic/auditgap_lat_42/trigger'] = \
+        'hist:keys=id.syscall,pid,lat:vals=hitcount:sort=id.syscall,lat:size=16384 [active]\n'
     for rel, text in texts.items():
         path = inst / rel
-        path.parent.mkdir(parents=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return inst
 
 
 def test_stale_cleanup_removes_exit_enter_then_histogram_triggers_as_written(tmp_path):
     """Each trigger is removed with the text this module writes plus the filter the file shows
-    (what the journal would have appended): exit, enter, then the synthetic event's histogram."""
+    (what the journal would have appended): every exit trigger, every enter trigger, then the
+    synthetic event's histogram."""
     inst = _stale_instance(tmp_path)
     appended = []
     name = tracehist.stale_cleanup(str(inst), 42, lambda p, t: appended.append((os.path.relpath(p, str(inst)), t)),
                                    lambda p: open(p).read())
     assert name == 'auditgap_lat_42'
-    written = tracehist.latency_commands('auditgap_lat_42', [288], pids=[7])
+    written = tracehist.latency_commands('auditgap_lat_42', ['accept4', 'getppid'], pids=[7])
+    trigger = dict(written['triggers'])
     assert appended == [
-        ('events/raw_syscalls/sys_exit/trigger', '!' + written['exit']),
-        ('events/raw_syscalls/sys_enter/trigger', '!' + written['enter']),
+        ('events/syscalls/sys_exit_accept4/trigger', '!' + trigger['sys_exit_accept4']),
+        ('events/syscalls/sys_exit_getppid/trigger', '!' + trigger['sys_exit_getppid']),
+        ('events/syscalls/sys_enter_accept4/trigger', '!' + trigger['sys_enter_accept4']),
+        ('events/syscalls/sys_enter_getppid/trigger', '!' + trigger['sys_enter_getppid']),
         ('events/synthetic/auditgap_lat_42/trigger', '!' + written['hist']),
     ]
+
+
+def test_stale_cleanup_of_an_earlier_versions_raw_syscalls_triggers(tmp_path):
+    """A sample of an earlier version hung its triggers on raw_syscalls: they go by their
+    printed form, exit before enter, then the histogram."""
+    inst = _stale_instance(tmp_path, earlier=True)
+    appended = []
+    tracehist.stale_cleanup(str(inst), 42, lambda p, t: appended.append((os.path.relpath(p, str(inst)), t)),
+                            lambda p: open(p).read())
+    assert [(path, text[:22]) for path, text in appended] == [
+        ('events/raw_syscalls/sys_exit/trigger', '!hist:keys=common_pid:'),
+        ('events/raw_syscalls/sys_enter/trigger', '!hist:keys=common_pid:'),
+        ('events/synthetic/auditgap_lat_42/trigger', '!hist:keys=id.syscall,'),
+    ]
+    assert appended[0][1].endswith('.trace(auditgap_lat_42,$lat,id,common_pid) if (id == 288) && (common_pid == 7)')
 
 
 def test_stale_cleanup_falls_back_to_the_printed_form(tmp_path):
@@ -164,9 +209,9 @@ def test_stale_cleanup_falls_back_to_the_printed_form(tmp_path):
             raise OSError(errno.ENOENT, 'no such trigger')
 
     tracehist.stale_cleanup(str(inst), 42, append, lambda p: open(p).read())
-    assert tried[0].startswith('!hist:keys=common_pid:lat=') and tried[1].startswith('!hist:keys=common_pid:vals=')
-    assert tried[1].endswith(' if (id == 288) && (common_pid == 7)')
-    assert len(tried) == 4
+    assert tried[0].startswith('!hist:keys=common_pid:lat_accept4=') and tried[1].startswith('!hist:keys=common_pid:vals=')
+    assert tried[1].endswith(' if (common_pid == 7)')
+    assert len(tried) == 6
 
 
 RECORDED = os.path.join(FIX, 'hist', 'accept4-getppid.6.1.hist')
