@@ -18,14 +18,17 @@ EXIT_LATE = 7
 OUTCOME_ORDER = ('ok', 'findings', 'partial', 'regressions', 'failed')
 
 # Compared with the host's baseline: the median of its last BASELINE_RUNS diagnosed runs.
-# A value is worse when it exceeds the baseline by more than the margin AND by the factor.
+# A value is worse when it exceeds the baseline by more than the margin AND by the factor,
+# and reaches the floor: the level from which the metric says something about harm. A backlog
+# peak of a fifth of a small backlog_limit (13 of 64 records) is load, not a regression; half the
+# limit is on the way to audit_backlog_saturated (80%).
 BASELINE_RUNS = 5
 METRIC_RULES = {
-    # metric: (absolute margin, factor)
-    'backlog_peak_ratio': (0.2, 1.5),
-    'throttled_ratio': (0.2, 1.5),
-    'lost_per_s': (1.0, 2.0),
-    'wait_accrued_s': (0.05, 2.0),
+    # metric: (absolute margin, factor, floor)
+    'backlog_peak_ratio': (0.2, 1.5, 0.5),
+    'throttled_ratio': (0.2, 1.5, 0.0),
+    'lost_per_s': (1.0, 2.0, 0.0),
+    'wait_accrued_s': (0.05, 2.0, 0.0),
 }
 BAD_SEVERITIES = ('warning', 'critical')
 UNKNOWN_STATUSES = ('unreachable', 'failed')
@@ -97,12 +100,12 @@ def worse_metrics(current, previous, rules=None):
     """[{metric, value, baseline}] for metrics worse than the host's recent baseline."""
     rules = rules or METRIC_RULES
     out = []
-    for metric, (margin, factor) in rules.items():
+    for metric, (margin, factor, floor) in rules.items():
         value = num(current.get(metric))
         base = baseline(previous, metric)
         if value is None or base is None:
             continue
-        if value > base + margin and value > base * factor:
+        if value > base + margin and value > base * factor and value >= floor:
             out.append({'metric': metric, 'value': value, 'baseline': base})
     return out
 

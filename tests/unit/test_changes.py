@@ -115,6 +115,15 @@ def test_metric_worse_than_baseline():
     assert changes.worse_metrics(stored('healthy', 'now', backlog_peak_ratio=0.25), previous) == []
 
 
+@pytest.mark.parametrize('value, worse', [(0.203, False), (0.49, False), (0.5, True), (1.0, True)])
+def test_backlog_peak_below_half_the_limit_is_not_a_regression(value, worse):
+    # a quiet host (peak 0) under load: 13 of 64 records is beyond margin and factor, below the floor
+    previous = [stored('healthy', 'r%d' % i, backlog_peak_ratio=0.0) for i in range(3)]
+    now = stored('healthy', 'now', backlog_peak_ratio=value)
+    assert bool(changes.worse_metrics(now, previous)) is worse
+    assert changes.compare(now, previous)['regressed'] is worse
+
+
 @pytest.mark.parametrize('good, bad, expected', [
     ({'backlog_limit': 8192}, {'backlog_limit': 64}, 'backlog_limit lowered 8192 -> 64'),
     ({'rules_hash': 'a', 'rules_count': 2}, {'rules_hash': 'b', 'rules_count': 5}, 'audit rules added: 2 -> 5 rules'),
