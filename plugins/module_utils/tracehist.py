@@ -48,6 +48,12 @@ SYNTH_FIELDS = 'u64 lat; int id; int pid'
 _SYNTH_RE = re.compile(r'auditgap_lat_(\d+)')
 _SYSCALL_NAME_RE = re.compile(r'[a-z0-9_]{1,64}')
 HIST_SIZE = 16384      # tracing_map entries (2^14); Dropped counts what did not fit
+# The enter and exit histograms hold one entry per task (keyed by common_pid), and the kernel
+# allocates every entry when the trigger is added: 2048 by default, a pair per syscall. With
+# the tasks named (at most 64 threads) the smallest map the kernel makes holds them all.
+PER_TASK_SIZE_MIN = 128
+KERNEL_DEFAULT_SIZE = 2048
+_SIZE_RE = re.compile(r':size=(\d+)')
 _KEY_RE = re.compile(r'(\w+): +(.*?)(?:, (?=\w+: )|$)')
 _SYSCALL_KEY_RE = re.compile(r'^(\S+)\s*\[\s*(\d+)\]$')
 _VALUE_RE = re.compile(r'(\w+): +(\d+)')
@@ -119,8 +125,10 @@ def latency_commands(name, syscalls, pids=(), exclude=()):
             raise ValueError('bad syscall name %r' % (syscall,))
     if not re.match(r'^[a-z_][a-z0-9_]*$', name):
         raise ValueError('bad synthetic event name %r' % (name,))
+    size = ''
     if pids:
         where = ' if (%s)' % _condition('common_pid', pids)
+        size = ':size=%d' % per_task_size(len(set(pids)))
     elif exclude:
         where = ' if (%s)' % _condition('common_pid', exclude, '!=', ' && ')
     else:
@@ -128,13 +136,23 @@ def latency_commands(name, syscalls, pids=(), exclude=()):
     triggers = []
     for syscall in names:
         base = _trigger_bases(name, syscall)
-        triggers.append(('sys_enter_' + syscall, base['enter'] + where))
-        triggers.append(('sys_exit_' + syscall, base['exit'] + where))
+        triggers.append(('sys_enter_' + syscall, base['enter'] + size + where))
+        triggers.append(('sys_exit_' + syscall, base['exit'] + size + where))
     return {
         'synthetic': '%s %s' % (name, SYNTH_FIELDS),
         'hist': _hist_base(),
         'triggers': triggers,
     }
+
+
+def per_task_size(tasks):
+    """The entries of an enter or exit histogram for ``tasks`` named tasks: a power of two with
+    room for twice as many (a tracing_map keeps its lookups short under half full), at least
+    the kernel's smallest map."""
+    size = PER_TASK_SIZE_MIN
+    while size < 2 * tasks:
+        size *= 2
+    return size
 
 
 def _hist_base():
@@ -190,7 +208,13 @@ def stale_removals(name, kind, printed, syscall=None):
     modifier"), and a synthetic event whose histogram trigger goes with the instance's rmdir
     instead of a ``!hist`` keeps a reference the kernel never drops: deleting it fails with
     EBUSY until reboot."""
-    base = _hist_base() if kind == 'hist' else _trigger_bases(name, syscall)[kind]
+    if kind == 'hist':
+        base = _hist_base()
+    else:
+        base = _trigger_bases(name, syscall)[kind]
+        size = _SIZE_RE.search(printed)
+        if size and int(size.group(1)) != KERNEL_DEFAULT_SIZE:  # written only when not the default
+            base += ':size=%d' % int(size.group(1))
     written = '!' + base + printed_filter(printed)
     printed_form = hist_trigger_removal(printed)
     return [written] if printed_form == written else [written, printed_form]

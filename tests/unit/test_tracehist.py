@@ -14,7 +14,8 @@ FIX = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'ftra
 def test_latency_commands_one_trigger_pair_per_syscall_on_its_own_events():
     cmds = tracehist.latency_commands('auditgap_lat_42', ['accept4', 'getppid', 'accept4'], pids=[7, 8])
     assert cmds['synthetic'] == 'auditgap_lat_42 u64 lat; int id; int pid'
-    where = ' if (common_pid == 7 || common_pid == 8)'
+    # the per-task maps sized for the named tasks (the kernel's smallest), not its default 2048
+    where = ':size=128 if (common_pid == 7 || common_pid == 8)'
     assert cmds['triggers'] == [
         ('sys_enter_accept4', 'hist:keys=common_pid:ts0_accept4=common_timestamp.usecs' + where),
         ('sys_exit_accept4', 'hist:keys=common_pid:lat_accept4=common_timestamp.usecs-$ts0_accept4:'
@@ -27,6 +28,7 @@ def test_latency_commands_one_trigger_pair_per_syscall_on_its_own_events():
     ]
     assert cmds['hist'].startswith('hist:keys=id.syscall,pid,lat:vals=hitcount')
     every = tracehist.latency_commands('auditgap_lat_42', ['accept4'], exclude=[1, 2])
+    # every task but those: the kernel's default map size
     assert every['triggers'][0][1].endswith(':ts0_accept4=common_timestamp.usecs if (common_pid != 1 && common_pid != 2)')
     assert all(' if ' not in trigger for _event, trigger in tracehist.latency_commands('auditgap_lat_42', ['read'])['triggers'])
     with pytest.raises(ValueError):
@@ -38,6 +40,10 @@ def test_latency_commands_one_trigger_pair_per_syscall_on_its_own_events():
             tracehist.latency_commands('auditgap_lat_42', [bad])
     with pytest.raises(ValueError):
         tracehist.latency_commands('auditgap_lat_42', ['read'], pids=['1 || 1'])
+
+
+def test_per_task_maps_hold_twice_the_named_tasks():
+    assert [tracehist.per_task_size(n) for n in (1, 64, 65, 200)] == [128, 128, 256, 512]
 
 
 def test_hist_trigger_removal_of_written_and_listed_forms():
@@ -145,12 +151,13 @@ def _stale_instance(tmp_path, earlier=False):
         texts = {'events/syscalls/sys_%s_%s/trigger' % (kind, sc): '# Available triggers:\n'
                  for kind in ('enter', 'exit') for sc in ('read', 'write')}
         for sc in ('accept4', 'getppid'):
+            # the per-task maps sized for the named task (size=128), as the kernel prints them
             texts['events/syscalls/sys_exit_%s/trigger' % sc] = (
                 '# Available triggers:\nhist:keys=common_pid:vals=hitcount:lat_{sc}=common_timestamp.usecs-$ts0_{sc}'
-                ':sort=hitcount:size=2048:clock=global:onmatch(syscalls.sys_enter_{sc})'
+                ':sort=hitcount:size=128:clock=global:onmatch(syscalls.sys_enter_{sc})'
                 '.trace(auditgap_lat_42,$lat_{sc},__syscall_nr,common_pid)'.format(sc=sc) + where)
             texts['events/syscalls/sys_enter_%s/trigger' % sc] = (
-                'hist:keys=common_pid:vals=hitcount:ts0_%s=common_timestamp.usecs:sort=hitcount:size=2048'
+                'hist:keys=common_pid:vals=hitcount:ts0_%s=common_timestamp.usecs:sort=hitcount:size=128'
                 ':clock=global' % sc + where)
     # the sort keys printed with their modifier: 6.1 refuses that back ("Invalid sort modifier")
     texts['events/synthetic/auditgap_lat_42/trigger'] = \
@@ -237,3 +244,12 @@ def test_recorded_hist_of_the_6_1_kernel():
     assert res['accept4']['count'] + res['getppid']['count'] == parsed['hits']
     for stats in res.values():
         assert stats['p50_us'] <= stats['p99_us'] <= stats['max_us'] == stats['slowest'][0]['duration_us']
+
+
+def test_stale_removal_of_a_sample_of_every_task_has_no_size():
+    """Without named tasks the per-task maps keep the kernel's default size (printed as 2048):
+    the text written back is the one the sample wrote."""
+    written = dict(tracehist.latency_commands('auditgap_lat_42', ['read'], exclude=[1])['triggers'])
+    printed = ('hist:keys=common_pid:vals=hitcount:ts0_read=common_timestamp.usecs:sort=hitcount:size=2048'
+               ':clock=global if (common_pid != 1) [active]')
+    assert tracehist.stale_removals('auditgap_lat_42', 'enter', printed, 'read')[0] == '!' + written['sys_enter_read']
