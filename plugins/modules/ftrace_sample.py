@@ -126,7 +126,7 @@ options:
         onmatch latency) and a C(hist) trigger keyed by syscall, task and latency in the private instance; no
         per-call event is written or read, only the histogram, once at the end (C(slowest[].ts_s) is then
         null). The synthetic event and the triggers are removed after, like the instance. Fails, with
-        nothing changed, where the kernel lacks hist triggers or the machine has no syscall table.
+        nothing changed, where the kernel lacks hist triggers.
       - C(events) - the C(sys_enter_X)/C(sys_exit_X) events, paired in user space.
       - C(auto) - C(hist) where the kernel allows it, else C(events); the one used is returned in
         C(syscalls_aggregation), why not C(hist) in C(syscalls_aggregation_note).
@@ -390,7 +390,7 @@ from ansible_collections.auditgap.fleet.plugins.module_utils.guard import (
     GuardInterrupted, Journal, RestoreGuard, UnsafePath, append_value, write_value)
 from ansible_collections.auditgap.fleet.plugins.module_utils.procinfo import find_pids_by_name
 from ansible_collections.auditgap.fleet.plugins.module_utils.syscall_tables import TABLES
-from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls import syscall_number, table_for
+from ansible_collections.auditgap.fleet.plugins.module_utils.syscalls import table_for
 
 MAX_DURATION_S = 60.0
 # function_graph fallback roots when neither the option nor the audit rules name a syscall
@@ -556,23 +556,16 @@ def _window(reader, seconds, on_text, base, buffer_size_kb):
 # ---------------------------------------------------------------------------
 # syscall latency aggregated in the kernel (hist triggers)
 
-def choose_aggregation(requested, root, syscalls, machine=None):
+def choose_aggregation(requested, root, syscalls):
     """-> (aggregation, note): 'hist' where the kernel can aggregate the syscall latency
-    itself, else 'events' with the reason; SampleError when 'hist' was asked and cannot be."""
+    itself, else 'events' with the reason; SampleError when 'hist' was asked and cannot be.
+    ``syscalls`` have their events (resolve_syscalls): the kernel names them in the histogram
+    from the same metadata, so no syscall table is needed (one names a number where it is not)."""
     if requested == 'events' or not syscalls:
         return 'events', None
-    table = table_for(None, machine)
-    reason = None
-    if not tracehist.available(root):
-        reason = 'the kernel has no hist triggers (CONFIG_HIST_TRIGGERS: no synthetic_events or hist files)'
-    elif table is None:
-        reason = 'no syscall table for this machine (%s)' % (machine or os.uname()[4])
-    else:
-        unknown = [name for name in syscalls if syscall_number(table, name) is None]
-        if unknown:
-            reason = 'no %s syscall number for %s' % (table, ', '.join(unknown))
-    if reason is None:
+    if tracehist.available(root):
         return 'hist', None
+    reason = 'the kernel has no hist triggers (CONFIG_HIST_TRIGGERS: no synthetic_events or hist files)'
     if requested == 'hist':
         raise SampleError('aggregation hist: %s; nothing changed' % reason)
     return 'events', reason
