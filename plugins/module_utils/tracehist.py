@@ -50,7 +50,7 @@ _SYSCALL_NAME_RE = re.compile(r'[a-z0-9_]{1,64}')
 HIST_SIZE = 16384      # tracing_map entries (2^14); Dropped counts what did not fit
 # The enter and exit histograms hold one entry per task (keyed by common_pid), and the kernel
 # allocates every entry when the trigger is added: 2048 by default, a pair per syscall. With
-# the tasks named (at most 64 threads) the smallest map the kernel makes holds them all.
+# the tasks named they are sized for them (per_task_size: 128, the kernel's smallest, up to 64).
 PER_TASK_SIZE_MIN = 128
 KERNEL_DEFAULT_SIZE = 2048
 _SIZE_RE = re.compile(r':size=(\d+)')
@@ -214,7 +214,7 @@ def stale_removals(name, kind, printed, syscall=None):
         base = _trigger_bases(name, syscall)[kind]
         size = _SIZE_RE.search(printed)
         if size and int(size.group(1)) != KERNEL_DEFAULT_SIZE:  # written only when not the default
-            base += ':size=%d' % int(size.group(1))
+            base += size.group(0)
     written = '!' + base + printed_filter(printed)
     printed_form = hist_trigger_removal(printed)
     return [written] if printed_form == written else [written, printed_form]
