@@ -82,8 +82,12 @@ DEFAULT_THRESHOLDS = {
     # consumer was stopped (T, or its cgroup frozen) / blocked in disk I/O (D) ...
     'consumer_stopped_ratio': 0.5,
     'consumer_io_blocked_ratio': 0.3,
-    # ... ms per second of wall it waited for a CPU (schedstat run_delay), without a CPU limit ...
+    # ... ms per second of wall it waited for a CPU (schedstat run_delay), without a CPU limit, or
+    # from this many ms/s when the waiting was at least this share of its runnable time (a starved
+    # consumer runs little, and sleeps while the producers it stalled sleep) ...
     'consumer_run_delay_ms_per_s': 200.0,
+    'consumer_starved_run_delay_ms_per_s': 50.0,
+    'consumer_starved_wait_share': 0.9,
     # ... CPU its busiest thread used (cores): a consumer saturating its own core
     'consumer_core_saturated_cores': 0.9,
 }
@@ -729,6 +733,20 @@ def _narrow_remediation(view):
     return {'role': 'audit_rules', 'vars': {'audit_rules_narrow': items}} if items else None
 
 
+def cpu_wait_share(activity):
+    """Share of the consumer's runnable time it waited for a CPU: run delay / (run delay + run time)
+    over the window (run time from schedstat, else clock ticks); None when not measured."""
+    act = _d(activity)
+    delay, seconds = num(act.get('run_delay_ms_per_s')), num(act.get('seconds'))
+    run = num(act.get('cpu_seconds'))
+    if run is None and num(act.get('cpu_cores')) is not None and seconds is not None:
+        run = num(act.get('cpu_cores')) * seconds
+    if delay is None or seconds is None or run is None:
+        return None
+    waited = delay * seconds / 1000.0
+    return round(waited / (waited + run), 3) if waited + run > 0 else None
+
+
 def consumer_stall_cause(view, thr, stall_signs):
     """Why a registered, unthrottled consumer does not drain, from ``consumer_activity``.
 
@@ -752,8 +770,10 @@ def consumer_stall_cause(view, thr, stall_signs):
     delay = num(act.get('run_delay_ms_per_s'))
     busiest = num(act.get('busiest_thread_cores'))
     cpu = num(act.get('cpu_cores'))
+    share = cpu_wait_share(act)
     evidence = {'pid': pid, 'state_ratios': states, 'frozen': act.get('frozen'), 'cpu_cores': cpu,
-                'busiest_thread_cores': busiest, 'run_delay_ms_per_s': delay, 'nice': act.get('nice'),
+                'busiest_thread_cores': busiest, 'run_delay_ms_per_s': delay, 'cpu_wait_share': share,
+                'nice': act.get('nice'),
                 'write_bytes_per_s': act.get('write_bytes_per_s'), 'wchan': act.get('wchan'),
                 'd_state_stack': act.get('d_state_stack'), 'samples': samples, 'seconds': act.get('seconds'),
                 'auditd_config': conf or None, 'container': _d(view.consumer).get('container'),
@@ -790,9 +810,11 @@ def consumer_stall_cause(view, thr, stall_signs):
             fix = 'give its log writes a faster device than %s (log_file %s)' % (
                 device or 'the current one', conf.get('log_file') or '?')
         return {'cause': 'io_blocked', 'line': line, 'fix': fix, 'remediation': None, 'evidence': evidence}
-    if delay is not None and delay >= thr['consumer_run_delay_ms_per_s']:
-        line = '%s waits for a CPU (run delay %s ms/s, uses %s CPU, no CPU limit throttles it)' % (
-            label, fmt(delay, 0), fmt(cpu, 3))
+    if delay is not None and (delay >= thr['consumer_run_delay_ms_per_s'] or (
+            delay >= thr['consumer_starved_run_delay_ms_per_s'] and share is not None
+            and share >= thr['consumer_starved_wait_share'])):
+        line = '%s waits for a CPU (run delay %s ms/s, %s of its runnable time, uses %s CPU, ' \
+            'no CPU limit throttles it)' % (label, fmt(delay, 0), pct(share), fmt(cpu, 3))
         knobs = []
         if conf:
             knobs.append('priority_boost in %s (now %s)' % (conf.get('path'), conf.get('priority_boost')))

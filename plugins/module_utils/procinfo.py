@@ -321,10 +321,12 @@ class ActivitySampler:
         self.cgroup_root = cgroup_root
         self.clock = clock
         self.ticks = []
+        self.started = self.clock()
         self.first = self.counters()
         self.last = self.first
-        self.started = self.clock()
         self.ended = self.started
+        # tasks seen runnable and not run since: {tid: {since, run_ns, timeslices}}
+        self.queued = track_queued({}, (self.first or {}).get('tasks') or {}, self.started)
 
     def tids(self):
         try:
@@ -344,21 +346,27 @@ class ActivitySampler:
             sched = parse_schedstat(read_text(os.path.join(tbase, 'schedstat')) or '')
             if tstat is None:
                 continue
-            tasks[tid] = {'ticks': tstat['utime_ticks'] + tstat['stime_ticks'],
+            tasks[tid] = {'ticks': tstat['utime_ticks'] + tstat['stime_ticks'], 'state': tstat['state'],
                           'run_delay_ns': sched['run_delay_ns'] if sched else None,
                           'run_ns': sched['run_ns'] if sched else None,
+                          'timeslices': sched['timeslices'] if sched else None,
                           'wakeups': parse_voluntary_switches(read_text(os.path.join(tbase, 'status')) or '')}
         return {'stat': stat, 'io': parse_io(read_text(os.path.join(self.base, 'io')) or ''),
                 'tasks': tasks}
 
     def tick(self):
-        states, wchans, stacks = [], [], []
+        states, wchans, stacks, runnable = [], [], [], {}
+        now = self.clock()
         for tid in self.tids():
             tbase = os.path.join(self.base, 'task', str(tid))
             tstat = parse_stat(read_text(os.path.join(tbase, 'stat')) or '')
             if tstat is None:
                 continue
             states.append(tstat['state'])
+            if tstat['state'] == 'R':
+                sched = parse_schedstat(read_text(os.path.join(tbase, 'schedstat')) or '')
+                if sched:
+                    runnable[tid] = {'state': 'R', 'run_ns': sched['run_ns'], 'timeslices': sched['timeslices']}
             if tstat['state'] in ('D', 'S'):
                 wchan = (read_text(os.path.join(tbase, 'wchan')) or '').strip()
                 if wchan and wchan != '0':
@@ -368,21 +376,61 @@ class ActivitySampler:
                 if frames:
                     stacks.append(frames)
         self.ticks.append({'state': process_state(states), 'wchans': wchans, 'stacks': stacks})
+        self.queued = track_queued(self.queued, runnable, now)
 
     def summary(self, clk_tck=None, frozen=None):
-        self.last = self.counters() or self.last
+        last = self.counters()
         self.ended = self.clock()
+        self.last = last or self.last
         if clk_tck is None:
             clk_tck = os.sysconf('SC_CLK_TCK')
         if frozen is None:
             info = read_process(self.pid, os.path.dirname(self.base))
             frozen = freezer_state(info['cgroups'], self.cgroup_root) if info else None
+        pending = queued_waits_ns(self.queued, (last or {}).get('tasks') or {}, self.ended)
         return summarize_activity(self.pid, self.first, self.last, self.ticks, self.ended - self.started,
-                                  clk_tck, frozen)
+                                  clk_tck, frozen, pending_ns=pending)
 
 
-def summarize_activity(pid, first, last, ticks, seconds, clk_tck, frozen):
-    """The contract ``consumer_activity`` from two counter readings and the ticks (pure)."""
+# schedstat's run_delay grows when a waiting task gets a CPU, not while it waits:
+# a consumer starved for the whole window would show none. The sampler keeps the
+# tasks it saw runnable (R) that have not run since (same run time and timeslice
+# count); the wait still under way at the window's end is added, from when it was
+# first seen (a lower bound: it was queued before that).
+
+def track_queued(queued, tasks, now):
+    """{tid: {since, run_ns, timeslices}} of the tasks runnable in ``tasks`` that have not run
+    since ``since`` (pure: a task that ran, slept or has no schedstat starts over or is dropped)."""
+    out = {}
+    for tid, task in tasks.items():
+        if task.get('state') != 'R' or task.get('run_ns') is None or task.get('timeslices') is None:
+            continue
+        seen = queued.get(tid)
+        if seen and seen['run_ns'] == task['run_ns'] and seen['timeslices'] == task['timeslices']:
+            out[tid] = seen
+        else:
+            out[tid] = {'since': now, 'run_ns': task['run_ns'], 'timeslices': task['timeslices']}
+    return out
+
+
+def queued_waits_ns(queued, last_tasks, ended):
+    """{tid: ns} the tasks of ``queued`` still runnable and unrun in ``last_tasks`` have waited by ``ended``."""
+    out = {}
+    for tid, task in last_tasks.items():
+        seen = queued.get(tid)
+        if (seen and task.get('state') == 'R' and task.get('run_ns') == seen['run_ns']
+                and task.get('timeslices') == seen['timeslices']):
+            out[tid] = max(0, int((ended - seen['since']) * 1e9))
+    return out
+
+
+def summarize_activity(pid, first, last, ticks, seconds, clk_tck, frozen, pending_ns=None):
+    """The contract ``consumer_activity`` from two counter readings and the ticks (pure).
+
+    ``pending_ns``: {tid: ns} of waits for a CPU still under way at the window's end
+    (``queued_waits_ns``), not yet in schedstat's run_delay: added to it. A task's
+    delay counts at most the window (a wait booked in it may have begun before).
+    """
     if first is None or last is None:
         return {'pid': pid, 'found': False, 'seconds': round(seconds, 3), 'samples': len(ticks)}
     states = [t['state'] for t in ticks if t.get('state')]
@@ -411,7 +459,8 @@ def summarize_activity(pid, first, last, ticks, seconds, clk_tck, frozen):
         busiest = max(busiest, task['ticks'] - before['ticks'])
         if task['run_delay_ns'] is not None and before.get('run_delay_ns') is not None:
             delay_known = True
-            delay_ns += task['run_delay_ns'] - before['run_delay_ns']
+            waited = task['run_delay_ns'] - before['run_delay_ns'] + (pending_ns or {}).get(tid, 0)
+            delay_ns += min(waited, int(seconds * 1e9)) if seconds > 0 else waited
         if task.get('run_ns') is not None and before.get('run_ns') is not None:
             run_known = True
             run_ns += task['run_ns'] - before['run_ns']

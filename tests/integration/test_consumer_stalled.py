@@ -18,6 +18,7 @@ import pytest
 from ansible_collections.auditgap.fleet.plugins.module_utils import auditfacts, cgroups
 from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosis as D
 from ansible_collections.auditgap.fleet.plugins.module_utils import diagnosegather as G
+from ansible_collections.auditgap.fleet.plugins.module_utils import procinfo
 from ansible_collections.auditgap.fleet.plugins.module_utils.audit import consumer as audit_consumer
 
 from tests.support.kernel import rmdir_cgroup
@@ -141,10 +142,36 @@ def test_consumer_starved_on_a_busy_cpu_without_quota():
     stalled = found.get('audit_consumer_stalled')
     assert stalled is not None, (activity, sorted(found), chain)
     assert stalled['evidence']['cause'] == 'cpu_contended', stalled['evidence']
-    assert activity['run_delay_ms_per_s'] >= 200, activity
+    # it sleeps while the accept4 callers it stalled sleep: waiting is measured against its runnable time
+    assert stalled['evidence']['cpu_wait_share'] >= 0.9, stalled['evidence']
+    assert activity['run_delay_ms_per_s'] >= 50, activity
     assert 'audit_consumer_throttled' not in found
     assert 'waits for a CPU (run delay' in chain
     assert 'raise its CPU priority or weight, not a quota' in chain and 'cpu.shares' in chain
+
+
+def test_a_wait_for_a_cpu_under_way_counts_before_the_kernel_books_it():
+    # schedstat books a wait when it ends: an idle-class busy loop behind two busy loops waits
+    # seconds between its turns, so most 1 s windows would book nothing (or more than the window)
+    code = ('import os\nos.sched_setaffinity(0, {0})\n'
+            'os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass\n')
+    starved = subprocess.Popen([sys.executable, '-c', code])
+    try:
+        with busy_cpu(0):
+            time.sleep(0.5)
+            windows = []
+            for _ in range(4):
+                sampler = procinfo.ActivitySampler(starved.pid)
+                for _ in range(10):
+                    time.sleep(0.1)
+                    sampler.tick()
+                windows.append(sampler.summary())
+    finally:
+        starved.kill()
+        starved.wait()
+    for window in windows:
+        assert window['state_ratios']['R'] == 1.0, window
+        assert 900 <= window['run_delay_ms_per_s'] <= 1000, window
 
 
 def test_consumer_blocked_on_slow_log_writes():

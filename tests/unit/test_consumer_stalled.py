@@ -79,9 +79,27 @@ def test_cpu_contended_without_quota():
     finding, _found, chain = stalled(facts(state_ratios={'T': 0, 'D': 0, 'R': 0.9, 'S': 0.1},
                                            run_delay_ms_per_s=850.0, cpu_cores=0.05))
     assert finding['evidence']['cause'] == 'cpu_contended'
-    assert 'consumer auditd pid 6398 waits for a CPU (run delay 850 ms/s, uses 0.05 CPU' in chain
+    assert 'consumer auditd pid 6398 waits for a CPU (run delay 850 ms/s, 94% of its runnable time, uses 0.05 CPU' \
+        in chain
+    assert finding['evidence']['cpu_wait_share'] == 0.944
     assert chain.endswith('-> raise its CPU priority or weight, not a quota (priority_boost in '
                           '/etc/audit/auditd.conf (now 4) or CPUWeight= on auditd.service)')
+
+
+def test_a_starved_consumer_is_cpu_contended_though_it_mostly_sleeps():
+    # weight 2 beside busy loops: it waits for a CPU nearly every time it has work, and sleeps
+    # between (the producers it stalled sleep too): little run delay per second of wall
+    starved = {'state_ratios': {'T': 0, 'D': 0, 'R': 0.5, 'S': 0.5}, 'run_delay_ms_per_s': 158.0,
+               'cpu_cores': 0.0, 'cpu_seconds': 0.01}
+    finding, _found, chain = stalled(facts(**starved))
+    assert finding['evidence']['cause'] == 'cpu_contended' and finding['evidence']['cpu_wait_share'] == 0.988
+    assert 'waits for a CPU (run delay 158 ms/s, 99% of its runnable time, uses 0 CPU' in chain
+    # the same delay beside real work is not starvation
+    assert stalled(facts(**dict(starved, cpu_cores=0.5, cpu_seconds=2.5)))[0] is None
+    # run time from clock ticks when schedstat's is not read
+    assert D.cpu_wait_share({'run_delay_ms_per_s': 100.0, 'seconds': 2.0, 'cpu_cores': 0.2}) == 0.333
+    assert D.cpu_wait_share({'run_delay_ms_per_s': None, 'seconds': 2.0, 'cpu_cores': 0.2}) is None
+    assert D.cpu_wait_share({'run_delay_ms_per_s': 0.0, 'seconds': 2.0, 'cpu_cores': 0.0}) is None
 
 
 def test_core_saturated_narrows_rules():
@@ -112,11 +130,16 @@ def test_idle_consumer_or_no_stall_gives_nothing():
 
 
 @pytest.mark.parametrize('key,value', [('consumer_stopped_ratio', 0.6), ('consumer_io_blocked_ratio', 0.6),
-                                       ('consumer_run_delay_ms_per_s', 300)])
+                                       ('consumer_run_delay_ms_per_s', 300),
+                                       ('consumer_starved_run_delay_ms_per_s', 100),
+                                       ('consumer_starved_wait_share', 0.95)])
 def test_thresholds_are_boundaries(key, value):
+    starved = {'run_delay_ms_per_s': 100.0, 'cpu_cores': 0.0, 'cpu_seconds': 0.5 / 19, 'seconds': 5.0}
     activity = {'consumer_stopped_ratio': {'state_ratios': {'T': 0.6, 'D': 0, 'R': 0, 'S': 0.4}},
                 'consumer_io_blocked_ratio': {'state_ratios': {'T': 0, 'D': 0.6, 'R': 0, 'S': 0.4}},
-                'consumer_run_delay_ms_per_s': {'run_delay_ms_per_s': 300.0}}[key]
+                'consumer_run_delay_ms_per_s': {'run_delay_ms_per_s': 300.0, 'cpu_cores': 0.5},  # not starved
+                'consumer_starved_run_delay_ms_per_s': starved,     # waited 0.5 s, ran 0.5/19 s: share 0.95
+                'consumer_starved_wait_share': starved}[key]
     assert D.evaluate(facts(**activity), 'h1', {key: value})[0][0]  # at the threshold: found
     findings = D.evaluate(facts(**activity), 'h1', {key: value + 0.01})[0]
     assert 'audit_consumer_stalled' not in {f['id'] for f in findings}
@@ -158,6 +181,34 @@ def test_summarize_activity_rates():
     assert out['d_state_stack'] == 'io_schedule <- folio_wait_bit'
     assert procinfo.summarize_activity(7, None, None, [], 2.0, 100, None)['found'] is False
     assert out['cpu_seconds'] is None      # schedstat run time not read: unknown, not 0
+
+
+def test_a_wait_for_a_cpu_still_under_way_at_the_windows_end_counts():
+    # schedstat books a wait when the task gets the CPU: a task queued through the whole
+    # window shows no run_delay growth; the sampler adds the wait it saw under way
+    runnable = {'state': 'R', 'run_ns': 5_000, 'timeslices': 9}
+    queued = procinfo.track_queued({}, {1: dict(runnable), 2: {'state': 'S', 'run_ns': 1, 'timeslices': 1}}, 10.0)
+    assert queued == {1: {'since': 10.0, 'run_ns': 5_000, 'timeslices': 9}}
+    # still runnable and unrun at the next poll: the wait is dated from when it was first seen
+    queued = procinfo.track_queued(queued, {1: dict(runnable)}, 10.1)
+    assert queued[1]['since'] == 10.0
+    assert procinfo.queued_waits_ns(queued, {1: dict(runnable)}, 11.5) == {1: 1_500_000_000}
+    # it ran at the end (run time or timeslices moved), slept, or is gone: nothing pending
+    for last in ({1: dict(runnable, run_ns=6_000)}, {1: dict(runnable, timeslices=10)},
+                 {1: dict(runnable, state='S')}, {}):
+        assert procinfo.queued_waits_ns(queued, last, 11.5) == {}
+    # it ran between two polls and is runnable again: a new wait, dated from this poll
+    assert procinfo.track_queued(queued, {1: dict(runnable, timeslices=10)}, 10.2)[1]['since'] == 10.2
+    # no schedstat: not tracked
+    assert procinfo.track_queued({}, {1: {'state': 'R', 'run_ns': None, 'timeslices': None}}, 10.0) == {}
+    first = {'stat': {'utime_ticks': 0, 'stime_ticks': 0, 'nice': 0, 'num_threads': 1}, 'io': {},
+             'tasks': {1: {'ticks': 0, 'run_delay_ns': 0}}}
+    out = procinfo.summarize_activity(7, first, first, [], 2.0, 100, False, pending_ns={1: 1_500_000_000})
+    assert out['run_delay_ms_per_s'] == 750.0
+    # a wait booked in the window that began before it counts the window at most, per task
+    last = dict(first, tasks={1: {'ticks': 0, 'run_delay_ns': 2_500_000_000}, 2: {'ticks': 0, 'run_delay_ns': 0}})
+    out = procinfo.summarize_activity(7, first, last, [], 2.0, 100, False, pending_ns={2: 500_000_000})
+    assert out['run_delay_ms_per_s'] == 1250.0
 
 
 def test_summarize_activity_cpu_seconds_from_schedstat_run_time():
