@@ -737,10 +737,10 @@ def cpu_wait_share(activity):
     """Share of the consumer's runnable time it waited for a CPU: run delay / (run delay + run time)
     over the window (run time from schedstat, else clock ticks); None when not measured."""
     act = _d(activity)
-    delay, seconds = num(act.get('run_delay_ms_per_s')), num(act.get('seconds'))
+    delay, seconds, cores = num(act.get('run_delay_ms_per_s')), num(act.get('seconds')), num(act.get('cpu_cores'))
     run = num(act.get('cpu_seconds'))
-    if run is None and num(act.get('cpu_cores')) is not None and seconds is not None:
-        run = num(act.get('cpu_cores')) * seconds
+    if run is None and cores is not None and seconds is not None:
+        run = cores * seconds
     if delay is None or seconds is None or run is None:
         return None
     waited = delay * seconds / 1000.0
@@ -810,9 +810,9 @@ def consumer_stall_cause(view, thr, stall_signs):
             fix = 'give its log writes a faster device than %s (log_file %s)' % (
                 device or 'the current one', conf.get('log_file') or '?')
         return {'cause': 'io_blocked', 'line': line, 'fix': fix, 'remediation': None, 'evidence': evidence}
-    if delay is not None and (delay >= thr['consumer_run_delay_ms_per_s'] or (
-            delay >= thr['consumer_starved_run_delay_ms_per_s'] and share is not None
-            and share >= thr['consumer_starved_wait_share'])):
+    starved = share is not None and share >= thr['consumer_starved_wait_share']
+    if delay is not None and (delay >= thr['consumer_run_delay_ms_per_s']
+                              or (starved and delay >= thr['consumer_starved_run_delay_ms_per_s'])):
         line = '%s waits for a CPU (run delay %s ms/s, %s of its runnable time, uses %s CPU, ' \
             'no CPU limit throttles it)' % (label, fmt(delay, 0), pct(share), fmt(cpu, 3))
         knobs = []

@@ -398,6 +398,12 @@ class ActivitySampler:
 # count); the wait still under way at the window's end is added, from when it was
 # first seen (a lower bound: it was queued before that).
 
+def _still_queued(seen, task):
+    """True when ``task`` is runnable and has not run since ``seen`` (same run time and timeslices)."""
+    return bool(seen) and task.get('state') == 'R' and task.get('run_ns') == seen['run_ns'] \
+        and task.get('timeslices') == seen['timeslices']
+
+
 def track_queued(queued, tasks, now):
     """{tid: {since, run_ns, timeslices}} of the tasks runnable in ``tasks`` that have not run
     since ``since`` (pure: a task that ran, slept or has no schedstat starts over or is dropped)."""
@@ -406,22 +412,16 @@ def track_queued(queued, tasks, now):
         if task.get('state') != 'R' or task.get('run_ns') is None or task.get('timeslices') is None:
             continue
         seen = queued.get(tid)
-        if seen and seen['run_ns'] == task['run_ns'] and seen['timeslices'] == task['timeslices']:
-            out[tid] = seen
-        else:
-            out[tid] = {'since': now, 'run_ns': task['run_ns'], 'timeslices': task['timeslices']}
+        if not _still_queued(seen, task):
+            seen = {'since': now, 'run_ns': task['run_ns'], 'timeslices': task['timeslices']}
+        out[tid] = seen
     return out
 
 
 def queued_waits_ns(queued, last_tasks, ended):
     """{tid: ns} the tasks of ``queued`` still runnable and unrun in ``last_tasks`` have waited by ``ended``."""
-    out = {}
-    for tid, task in last_tasks.items():
-        seen = queued.get(tid)
-        if (seen and task.get('state') == 'R' and task.get('run_ns') == seen['run_ns']
-                and task.get('timeslices') == seen['timeslices']):
-            out[tid] = max(0, int((ended - seen['since']) * 1e9))
-    return out
+    return {tid: max(0, int((ended - queued[tid]['since']) * 1e9))
+            for tid, task in last_tasks.items() if _still_queued(queued.get(tid), task)}
 
 
 def summarize_activity(pid, first, last, ticks, seconds, clk_tck, frozen, pending_ns=None):
