@@ -50,6 +50,13 @@ the statistics are benchlib's, shared with guest_trace_overhead.py.
 leaves out what the sample's set-up leaves behind in its first second (docs/ftrace_sample.md: a
 sample that records nothing cost 2-3% at 0.3, 0.6% at 1.5).
 
+--floor: the traced rounds alternate between the module and the kernel's share of it: the same
+events, filters and trigger in an instance (``tracefs.events_plan``, what the module writes), set up
+by this process with no module and no reader (the ring buffer overwrites), so what the tracepoints
+cost the loop and what the module adds to them (its process, its reads in the window) are measured in
+one run. Printed: both medians and the difference; the verdict is the module's. tracefs stays mounted
+for the run (the module rounds then find it mounted, as the floor's do).
+
 --baseline DIR (another checkout of this project, e.g. ``git worktree add /tmp/base main``): the
 traced rounds alternate between this checkout's module and DIR's, each judged against its own
 untraced neighbours, so a change's effect is measured in one run, under the same host (run to run
@@ -58,9 +65,10 @@ difference, and the verdict for this checkout's rounds.
 
     .venv/bin/python benchmarks/bench_ftrace_sample.py [--mode events|syscalls|offcpu] [--syscall accept4]
         [--window-s 2] [--rounds 20]
-        [--max-rounds 80] [--ci-width 0.04] [--workload-nice -10] [--rate 0] [--settle-s 0.3] [--baseline DIR]
+        [--max-rounds 80] [--ci-width 0.04] [--workload-nice -10] [--rate 0] [--settle-s 0.3] [--baseline DIR | --floor]
 """
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -70,10 +78,12 @@ import tempfile
 import time
 
 from benchlib import COLLECTIONS, ROOT, accept_window, overhead_rounds, start_accept_loop, stop_accept_loop, summary
-from tests.support.kernel import kernel_lock
+from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs
+from tests.support.kernel import kernel_lock, tracefs_mounted
 
 MODULE = os.path.join(ROOT, 'plugins', 'modules', 'ftrace_sample.py')
 TRACEFS = '/sys/kernel/tracing'
+BUFFER_KB = 4096  # the module's default buffer_size_kb (its ARGUMENT_SPEC): the floor's, without --buffer-kb
 
 
 # --mode -> the module's mode, and the modes it must run
@@ -134,10 +144,59 @@ def wait_live(proc, mode, syscall='accept4', timeout_s=30.0):
     return False
 
 
-def sample_round(args, measure, srv_pid, workdir, other_cpus, counts, restored, sources):
+def _write(path, value, how='w'):
+    with open(path, how) as handle:  # a trigger file is appended to ('w' would clear all its triggers)
+        handle.write(value)
+
+
+@contextlib.contextmanager
+def kernel_floor(root, mode, syscall, pid, buffer_kb):
+    """The module's events for --mode on ``pid`` (``tracefs.events_plan``), set up in an instance by this
+    process, tracing on; yields the instance's path, then removes what it wrote in the reverse order and
+    the instance. Its name is ``auditgap-<this pid>``: if this run is killed, the next auditgap run
+    removes it as a stale instance of a dead pid."""
+    inst = os.path.join(root, 'instances', tracefs.instance_name())
+    os.mkdir(inst)
+    undo = [lambda: os.rmdir(inst)]
+    try:
+        _write(os.path.join(inst, 'tracing_on'), '0')
+        _write(os.path.join(inst, 'buffer_size_kb'), str(buffer_kb))
+        for rel, value, restore in tracefs.events_plan(MODES[mode][1], [syscall], [pid]):
+            path = os.path.join(inst, rel)
+            how = 'a' if restore is None else 'w'
+            removal = tracefs.command_trigger_removal(value) if restore is None else restore
+            undo.append(functools.partial(_write, path, removal, how))
+            _write(path, value, how)
+        _write(os.path.join(inst, 'tracing_on'), '1')
+        yield inst
+    finally:
+        if os.path.isdir(inst):
+            _write(os.path.join(inst, 'tracing_on'), '0')
+        for step in reversed(undo):
+            step()
+
+
+def floor_round(args, measure, srv_pid, counts, restored, sources, root):
+    """One middle window traced by the kernel floor (--floor) -> (window, note, valid: events written)."""
+    with kernel_floor(root, args.mode, args.syscall, srv_pid, args.buffer_kb or BUFFER_KB) as inst:
+        time.sleep(args.settle_s)
+        mid = measure()
+        written = tracefs.events_buffered(inst) + tracefs.events_lost(inst)
+    counts.append(written)
+    restored.append(not os.path.exists(inst))
+    if written:
+        sources.append('floor')
+    note = ' (kernel floor %s: %d events written, no reader, restored %s)' % (
+        '+'.join(MODES[args.mode][1]), written, restored[-1])
+    return mid, note, bool(written)
+
+
+def sample_round(args, measure, srv_pid, workdir, other_cpus, counts, restored, sources, root=TRACEFS):
     """One traced middle window: start the sample, measure while it traces, collect its facts;
     -> (window, note, valid: the sample recorded something). With --baseline every other one runs
     the baseline's module; ``sources`` gets which module each valid round ran."""
+    if args.floor and len(counts) % 2:
+        return floor_round(args, measure, srv_pid, counts, restored, sources, root)
     root = args.baseline if args.baseline and len(counts) % 2 else None
     for _attempt in range(30):
         proc = start_sample(srv_pid, args.window_s + args.settle_s + 1.2, workdir, args.mode, args.buffer_kb, other_cpus,
@@ -170,9 +229,9 @@ def sample_round(args, measure, srv_pid, workdir, other_cpus, counts, restored, 
     else:
         counts.append(acc.get('count', 0) if 'syscalls' in facts['modes'] else offcpu)
     restored.append(facts['restored'])
-    note = ' (%ssample %s: %d accept4, p99 %s us, %d off-CPU, events_lost %s, restored %s, reader %s)' % (
+    note = ' (%ssample %s: %d accept4, p99 %s us, %d off-CPU, events_lost %s, restored %s, reader %s, read while tracing %s)' % (
         'baseline ' if root else '', '+'.join(facts['modes']), acc.get('count', 0), acc.get('p99_us'), offcpu,
-        facts.get('events_lost'), facts['restored'], facts.get('reader'))
+        facts.get('events_lost'), facts['restored'], facts.get('reader'), facts.get('read_while_tracing_bytes'))
     if counts[-1]:
         sources.append('baseline' if root else 'this')
     # a sample that recorded nothing in this window (seen on a host at load 20+): the window was not
@@ -210,7 +269,12 @@ def main():
     ap.add_argument('--baseline', metavar='DIR',
                     help="another checkout of this project: traced rounds alternate between this checkout's "
                          "module and DIR's (a change's effect in one run)")
+    ap.add_argument('--floor', action='store_true',
+                    help="traced rounds alternate between the module and the same events set up by this process "
+                         "(no module, no reader): the kernel's share and the module's in one run")
     args = ap.parse_args()
+    if args.floor and args.baseline:
+        ap.error('--floor and --baseline: one comparison a run')
     if args.baseline and not os.path.isfile(os.path.join(args.baseline, 'plugins', 'modules', 'ftrace_sample.py')):
         ap.error('--baseline %s: no plugins/modules/ftrace_sample.py there (a checkout of this project)'
                  % args.baseline)
@@ -233,12 +297,13 @@ def main():
              args.mode + ('' if args.syscall == 'accept4' else ' (tracing %s)' % args.syscall)))
     measure = functools.partial(accept_window, counter, workers, args.window_s)
     counts, restored, sources = [], [], []
-    with kernel_lock(), tempfile.TemporaryDirectory() as workdir:
+    mounted = tracefs_mounted() if args.floor else contextlib.nullcontext(TRACEFS)
+    with kernel_lock(), tempfile.TemporaryDirectory() as workdir, mounted as root:
         try:
             time.sleep(1.0)  # warm up
             ratios, wall_ratios, _invalid = overhead_rounds(
                 measure, functools.partial(sample_round, args, measure, workers[0], workdir, other_cpus, counts,
-                                           restored, sources),
+                                           restored, sources, root),
                 args.rounds, args.max_rounds, args.ci_width)
         except RuntimeError as err:
             print(err)
@@ -251,20 +316,23 @@ def main():
         print('no traced round recorded anything')
         return 1
     print('mode %s, accepts per CPU-second of the workload, middle window / mean of its neighbours:' % args.mode)
-    if args.baseline:
+    other = 'baseline' if args.baseline else 'floor' if args.floor else None
+    if other:
         this = [r for r, src in zip(ratios['traced'], sources) if src == 'this']
-        base = [r for r, src in zip(ratios['traced'], sources) if src == 'baseline']
+        base = [r for r, src in zip(ratios['traced'], sources) if src == other]
         if len(base) < 3 or len(this) < 3:
-            print('NOT RESOLVED: %d rounds of this checkout, %d of the baseline; a comparison needs 3 of each'
-                  % (len(this), len(base)))
+            print('NOT RESOLVED: %d rounds of this checkout, %d of the %s; a comparison needs 3 of each'
+                  % (len(this), len(base), other))
             return 1
-        base_median = summary('baseline / untraced', base)[0]
+        base_median = summary('%s / untraced' % ('baseline' if args.baseline else 'kernel floor'), base)[0]
         ratios['traced'] = this
-    traced, t_low, t_high = summary('this checkout / untraced' if args.baseline else 'traced / untraced',
-                                    ratios['traced'])
+    traced, t_low, t_high = summary('this checkout / untraced' if other else 'traced / untraced', ratios['traced'])
     if args.baseline:
         print('this checkout against the baseline (%s): %+.1f points of accepts per CPU-second'
               % (args.baseline, (traced - base_median) * 100))
+    elif args.floor:
+        print('the kernel floor (the same events, no module, no reader) cost %.1f%% of accepts per CPU-second; '
+              'the module adds %+.1f points' % ((1 - base_median) * 100, (base_median - traced) * 100))
     if ratios['sham']:
         sham, s_low, s_high = summary('untraced / untraced (noise)', ratios['sham'])
     print('accepts per wall second (moves with other load on the host):')

@@ -240,6 +240,38 @@ def offcpu_trigger(pids, exclude=(), stacked_sleeps='blocked'):
     return 'stacktrace if ' + cond + (' && ' + rest if rest else '')
 
 
+def events_plan(modes, syscalls, tids, exclude=(), stacked_sleeps='blocked'):
+    """What an events sample writes in its instance, in order: ``(path under the instance, value,
+    what undoes it)``, the undo a value to write back or ``None`` for a trigger (removed by its
+    ``!`` form, ``command_trigger_removal``). ``syscalls``: each syscall's enter and exit events,
+    filtered to the targets (``tids``) or to every task but ``exclude``; ``offcpu``:
+    ``sched_switch`` filtered to the targets' switch-outs and switch-ins (without targets: every
+    switch-out but the excluded tasks'), its stacktrace trigger (``offcpu_trigger``), then the
+    event enabled. Pure: the module and the benchmark's kernel floor write the same plan."""
+    plan = []
+    if 'syscalls' in modes:
+        flt = pid_filter(['common_pid'], tids, exclude)
+        for name in syscalls:
+            if not is_syscall_name(name):
+                raise TracefsError('not a syscall name: %r' % (name,))
+            for prefix in ('sys_enter_', 'sys_exit_'):
+                event = 'events/syscalls/' + prefix + name
+                if flt:
+                    plan.append((event + '/filter', flt, '0'))
+                plan.append((event + '/enable', '1', '0'))
+    if 'offcpu' in modes:
+        event = 'events/sched/sched_switch'
+        if tids:
+            flt = pid_filter(['prev_pid', 'next_pid'], tids)
+        else:
+            flt = pid_filter(['prev_pid'], [], exclude)
+        if flt:
+            plan.append((event + '/filter', flt, '0'))
+        plan.append((event + '/trigger', offcpu_trigger(tids, exclude, stacked_sleeps), None))
+        plan.append((event + '/enable', '1', '0'))
+    return plan
+
+
 def instance_pid(name):
     match = _INSTANCE_RE.fullmatch(name)
     return int(match.group(1)) if match else None

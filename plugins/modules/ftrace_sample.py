@@ -323,6 +323,14 @@ ftrace_sample:
     lines:
       description: Trace lines read (text reader), or ring buffer records decoded (raw reader).
       type: int
+    read_while_tracing_bytes:
+      description: >-
+        Events modes - bytes of the instance's ring buffer the sample read while it traced (the buffer
+        reached its watermark); 0 when the buffer held the whole window and everything was read after
+        tracing stopped; null when no event was read (C(function_graph), or C(hist) alone). Above 0 the
+        traced tasks paid for those reads beside the tracepoints (1.6-2.2 points of a busy accept loop on a
+        2-CPU host, docs/ftrace_sample.md); a I(buffer_size_kb) that holds the window keeps them out.
+      type: int
     top_buffer_expanded_kb:
       description: >-
         Set when this sample was the kernel's first use of tracing since boot, on a kernel with one
@@ -621,25 +629,14 @@ def sample_events(guard, root, modes, targets, syscalls, params, facts):
         # the events read are offcpu's only (when asked); the syscalls come from the histogram
         modes = [mode for mode in modes if mode != 'syscalls']
         syscalls = []
-    if 'syscalls' in modes:
-        flt = tracefs.pid_filter(['common_pid'], tids, exclude)
-        for sys_name in syscalls:
-            for prefix in ('sys_enter_', 'sys_exit_'):
-                event = os.path.join(inst, 'events', 'syscalls', prefix + sys_name)
-                if flt:
-                    guard.write_file(os.path.join(event, 'filter'), flt, restore_value='0')
-                guard.write_file(os.path.join(event, 'enable'), '1', restore_value='0')
+    stacked = 'blocked'
     if 'offcpu' in modes:
         stacked = facts['offcpu_stacked_sleeps'] = params.get('offcpu_stacked_sleeps') or 'blocked'
-        event = os.path.join(inst, 'events', 'sched', 'sched_switch')
-        if tids:
-            flt = tracefs.pid_filter(['prev_pid', 'next_pid'], tids)
+    for rel, value, undo in tracefs.events_plan(modes, syscalls, tids, exclude, stacked):
+        if undo is None:
+            tracefs.guarded_trigger(guard, os.path.join(inst, rel), value)
         else:
-            flt = tracefs.pid_filter(['prev_pid'], [], exclude)
-        if flt:
-            guard.write_file(os.path.join(event, 'filter'), flt, restore_value='0')
-        tracefs.guarded_trigger(guard, os.path.join(event, 'trigger'), tracefs.offcpu_trigger(tids, exclude, stacked))
-        guard.write_file(os.path.join(event, 'enable'), '1', restore_value='0')
+            guard.write_file(os.path.join(inst, rel), value, restore_value=undo)
     if not modes:  # syscalls in the kernel only: nothing to read until the end
         write_value(os.path.join(inst, 'tracing_on'), '1')
         time.sleep(params['duration_s'])  # the kernel counts; nothing to read before the end
@@ -653,6 +650,7 @@ def sample_events(guard, root, modes, targets, syscalls, params, facts):
     write_value(os.path.join(inst, 'tracing_on'), '1')
     _window(reader, params['duration_s'], feed, inst, params['buffer_size_kb'])
     write_value(os.path.join(inst, 'tracing_on'), '0')
+    facts['read_while_tracing_bytes'] = reader.bytes
     if hist:
         facts['syscalls'], facts['syscalls_hist'] = read_syscall_hist(inst, hist, facts['syscalls_traced'],
                                                                       params['top'])
@@ -844,7 +842,7 @@ def empty_facts(params):
         'offcpu': [], 'offcpu_unstacked': {'count': 0, 'total_us': 0.0, 'max_us': 0.0}, 'offcpu_stacked_sleeps': None,
         'function_graph': None, 'audit_wait_observed': False, 'events': 0, 'events_lost': 0, 'lines': 0,
         'stale_instances_removed': [], 'stale_cleanup_errors': [], 'interrupted': None, 'restored': True, 'restore_errors': [],
-        'reader': None, 'reader_fallback': None, 'top_buffer_expanded_kb': None,
+        'reader': None, 'reader_fallback': None, 'read_while_tracing_bytes': None, 'top_buffer_expanded_kb': None,
         'syscalls_aggregation': None, 'syscalls_aggregation_note': None, 'syscalls_hist': None,
         'recovered_from_crash': [], 'signals_during_restore': [],
     }

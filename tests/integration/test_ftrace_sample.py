@@ -76,6 +76,8 @@ def test_stall_syscalls_and_offcpu_name_audit_log_start(tmp_path, tracefs_root):
     assert facts['function_graph_available'] is False  # this kernel: auto falls back
     # a stall makes few events: the text is read unless the ring buffer's records pay for naming the stacks
     assert facts['reader'] == 'raw' or 'fewer than' in facts['reader_fallback'], facts['reader_fallback']
+    # the default 4 MiB a CPU holds the window: nothing was read beside the traced tasks
+    assert facts['read_while_tracing_bytes'] == 0
     assert 'accept4' in facts['syscalls_traced'] and facts['syscalls_source'].startswith('audit_rules')
     if tracehist.available(root):  # in the kernel (the ftrace VM scenario checks that way live)
         assert facts['syscalls_aggregation'] == 'hist', facts['syscalls_aggregation_note']
@@ -130,6 +132,8 @@ def test_busy_events_sample_reads_the_ring_buffer(tmp_path, tracefs_root):
     assert rc == 0, res
     print({k: facts[k] for k in ('reader', 'reader_fallback', 'events', 'lines', 'events_lost', 'window_s')})
     assert facts['reader'] == 'raw' and facts['reader_fallback'] is None
+    # 256 KiB fill within the window: pages were read while it traced (whole pages of the raw buffer)
+    assert facts['read_while_tracing_bytes'] > 0 and facts['read_while_tracing_bytes'] % 4096 == 0
     assert facts['offcpu_stacked_sleeps'] == 'all'
     calls = facts['syscalls']['getppid']
     assert calls['count'] > 5000 and calls['slowest'][0]['pid'] == busy.pid, calls

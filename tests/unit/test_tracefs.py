@@ -59,6 +59,32 @@ def test_filters_are_built_from_ints_only():
     assert len(tracefs.pid_filter(['common_pid'], range(1, 500)).split('||')) == tracefs.MAX_FILTER_PIDS
 
 
+def test_events_plan_is_what_an_events_sample_writes_in_order():
+    # targets: each syscall's enter and exit filtered then enabled; sched_switch filtered, its trigger, enabled
+    assert tracefs.events_plan(['syscalls', 'offcpu'], ['accept4'], [42]) == [
+        ('events/syscalls/sys_enter_accept4/filter', 'common_pid == 42', '0'),
+        ('events/syscalls/sys_enter_accept4/enable', '1', '0'),
+        ('events/syscalls/sys_exit_accept4/filter', 'common_pid == 42', '0'),
+        ('events/syscalls/sys_exit_accept4/enable', '1', '0'),
+        ('events/sched/sched_switch/filter', 'prev_pid == 42 || next_pid == 42', '0'),
+        ('events/sched/sched_switch/trigger', 'stacktrace if (prev_pid == 42) && prev_state & 2', None),
+        ('events/sched/sched_switch/enable', '1', '0'),
+    ]
+    # every task but the excluded ones: the exclusion filters both parts
+    assert tracefs.events_plan(['offcpu'], [], [], [7], 'all') == [
+        ('events/sched/sched_switch/filter', 'prev_pid != 7', '0'),
+        ('events/sched/sched_switch/trigger', 'stacktrace if prev_state & 2 && prev_pid != 7', None),
+        ('events/sched/sched_switch/enable', '1', '0'),
+    ]
+    # every task: no filter at all
+    assert tracefs.events_plan(['syscalls'], ['getppid'], []) == [
+        ('events/syscalls/sys_enter_getppid/enable', '1', '0'), ('events/syscalls/sys_exit_getppid/enable', '1', '0')]
+    assert tracefs.events_plan(['syscalls'], ['read', 'write'], [1], [9])[0] == (
+        'events/syscalls/sys_enter_read/filter', 'common_pid == 1', '0')
+    with pytest.raises(tracefs.TracefsError):
+        tracefs.events_plan(['syscalls'], ['accept4/../../x'], [1])
+
+
 def test_name_validation():
     assert tracefs.is_symbol('do_syscall_64') and tracefs.is_symbol('do_execveat_common.isra.0')
     for bad in ('', 'a b', 'x;rm', '*', 'foo\n', '!foo', 'a:mod:b'):
