@@ -36,7 +36,9 @@ __metaclass__ = type
 import ast
 import bisect
 import collections
+import ctypes
 import errno
+import fcntl
 import itertools
 import operator
 import os
@@ -800,6 +802,108 @@ def hold_back(records, mark):
     return records[cut:], records[:cut]
 
 
+SPLICE_F_MOVE = 1
+SPLICE_F_NONBLOCK = 2
+F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)  # Linux; named by Python 3.10+
+F_GETPIPE_SZ = getattr(fcntl, 'F_GETPIPE_SZ', 1032)
+_LIBC_SPLICE = []
+
+
+def _libc_splice():
+    """splice(2) from the C library, for a Python without os.splice (before 3.10), or None."""
+    if not _LIBC_SPLICE:
+        try:
+            func = ctypes.CDLL(None, use_errno=True).splice
+            func.restype = ctypes.c_ssize_t
+            func.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
+                             ctypes.c_uint]
+        except (AttributeError, OSError):
+            func = None
+        _LIBC_SPLICE.append(func)
+    return _LIBC_SPLICE[0]
+
+
+def splice_pages(fd_in, fd_out, count):
+    """Move up to ``count`` bytes of whole pages from a ``trace_pipe_raw`` into a pipe without
+    copying them (the kernel hands the pages over). -> the bytes moved; 0 when the CPU has no
+    whole page to give (the writer is still on it: EAGAIN) or the pipe is full; None when this
+    kernel or Python cannot splice (the caller copies with read() instead)."""
+    flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK
+    try:
+        if hasattr(os, 'splice'):
+            return os.splice(fd_in, fd_out, count, flags=flags)
+        func = _libc_splice()
+        if func is None:
+            return None
+        moved = func(fd_in, None, fd_out, None, count, flags)
+        if moved < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return moved
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+            return 0
+        if err.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
+            return None
+        raise
+
+
+def pipe_max_size(path='/proc/sys/fs/pipe-max-size'):
+    """The largest pipe an unprivileged process may ask for (1 MiB by default), or 1 MiB."""
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+class PagePipe:
+    """Whole pages of one CPU spliced out of the ring buffer during a sample's window, held in a
+    pipe (kernel memory, not copied) until they are decoded after tracing stops."""
+
+    def __init__(self, capacity):
+        self.read_fd, self.write_fd = os.pipe()
+        self.size = 0
+        for fd in (self.read_fd, self.write_fd):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+        try:
+            fcntl.fcntl(self.write_fd, F_SETPIPE_SZ, capacity)
+        except OSError:
+            pass  # the default size (64 KiB): more pipes, the same pages
+        self.capacity = fcntl.fcntl(self.write_fd, F_GETPIPE_SZ)
+
+    def room(self, page_size):
+        """Bytes of whole pages the pipe still takes."""
+        return (self.capacity - self.size) // page_size * page_size
+
+    def take(self):
+        """Everything held, then the pipe is closed."""
+        chunks = []
+        while True:
+            try:
+                data = os.read(self.read_fd, max(self.capacity, 1 << 16))
+            except OSError as err:
+                if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    break
+                raise
+            if not data:
+                break
+            chunks.append(data)
+        self.close()
+        return b''.join(chunks)
+
+    def __len__(self):
+        return self.size
+
+    def close(self):
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.read_fd = self.write_fd = -1
+
+
 class RawReader:
     """Reads an instance's ``per_cpu/cpuN/trace_pipe_raw`` files (non-blocking, whole pages)
     and hands the decoded records of all CPUs, merged in time order, to ``on_records``.
@@ -808,15 +912,18 @@ class RawReader:
     are held back until the next read (another CPU may still hand out older ones); ``drain``
     (after tracing stopped) hands out everything.
 
-    During the window (``read_until``) the pages read are kept as they are, up to
-    ``spool_bytes`` (all CPUs), and decoded by ``drain`` after tracing stops: decoding takes
-    CPU time while the traced tasks run, which on this project's 2-CPU VMs slowed a traced
-    loop on the other CPU too (docs/ftrace_sample.md). Above ``spool_bytes`` they are decoded
-    at once, so memory stays bounded whatever the sample's length.
+    During the window (``read_until``) the whole pages are spliced out of the ring buffer into
+    pipes (``PagePipe``: the kernel hands the pages over, nothing is copied while the traced
+    tasks run; copying them with read() cost a busy traced loop on the other CPU 2.5 points,
+    docs/ftrace_sample.md), up to ``spool_bytes`` (all CPUs) and ``MAX_PIPES``, and decoded by
+    ``drain`` after tracing stops. Where splice is not there (or the pipes are used up) the
+    pages are read and kept as they are. Above ``spool_bytes`` they are decoded at once, so
+    memory stays bounded whatever the sample's length.
     """
 
     SPOOL_BYTES = 16 << 20
     READ_BYTES = 4 << 20  # of each CPU, one read
+    MAX_PIPES = 64  # held at once: two descriptors each
 
     def __init__(self, base, plan, spool_bytes=SPOOL_BYTES):
         self.base = base
@@ -827,8 +934,11 @@ class RawReader:
         self.bytes = 0
         self._held = []
         self.spool_bytes = spool_bytes
-        self._spooled = []  # per CPU: the pages read during the window, not decoded yet
+        self._spooled = []  # per CPU: the pages read (bytes) or spliced (PagePipe) during the window, not decoded yet
         self._spooled_bytes = 0
+        self.splicing = True  # until splice_pages says this kernel or Python cannot
+        self.pipes = 0
+        self.pipe_capacity = pipe_max_size()
         try:
             for cpu, path in cpu_dirs(base):
                 self.fds.append(os.open(os.path.join(path, 'trace_pipe_raw'), os.O_RDONLY | os.O_NONBLOCK))
@@ -878,25 +988,61 @@ class RawReader:
         return bool(self._poller.poll(max(0.0, timeout_s) * 1000.0))
 
     def spool(self, on_records, max_bytes=READ_BYTES):
-        """Read up to ``max_bytes`` of each CPU and keep the pages; decode what is kept once it
-        is over ``spool_bytes``. Returns the bytes read."""
+        """Splice (or read) up to ``max_bytes`` of each CPU and keep the pages; decode what is
+        kept once it is over ``spool_bytes``. Returns the bytes taken."""
         got = 0
         for pages, fd in zip(self._spooled, self.fds):
-            data = self._read_cpu(fd, max_bytes)
-            if data:
-                pages.append(data)
-                got += len(data)
+            moved = self._splice_cpu(pages, fd, max_bytes)
+            if moved is None:  # no splice here, or no pipe left: copy
+                data = self._read_cpu(fd, max_bytes)
+                if data:
+                    pages.append(data)
+                moved = len(data)
+            got += moved
         self._spooled_bytes += got
         if self._spooled_bytes > self.spool_bytes:
             self._decode_spooled(on_records)
         return got
 
+    def _splice_cpu(self, pages, fd, max_bytes):
+        """Splice up to ``max_bytes`` of whole pages of one CPU into its last pipe (a new one when
+        it is full) -> bytes moved, or None when the caller must read instead (no splice on this
+        kernel or Python, no pipe left, or the spool's budget used)."""
+        if not self.splicing:
+            return None
+        size = self.plan.layout.page_size
+        got = 0
+        while got < max_bytes:
+            pipe = pages[-1] if pages and isinstance(pages[-1], PagePipe) else None
+            if pipe is None or pipe.room(size) < size:
+                if self.pipes >= self.MAX_PIPES or self._spooled_bytes + got >= self.spool_bytes:
+                    return got or None
+                pipe = PagePipe(self.pipe_capacity)
+                self.pipes += 1
+                pages.append(pipe)
+            moved = splice_pages(fd, pipe.write_fd, min(pipe.room(size), (max_bytes - got) // size * size or size))
+            if moved is None:
+                self.splicing = False
+                return got or None
+            if not moved:
+                break
+            pipe.size += moved
+            self.bytes += moved
+            got += moved
+        return got
+
     def _decode_spooled(self, on_records):
-        """The kept pages, in the rounds they were read in (one read of each CPU a round)."""
+        """The kept pages, in the rounds they were taken in (one read or pipe of each CPU a round)."""
         while self._spooled_bytes:
             datas = [pages.pop(0) if pages else b'' for pages in self._spooled]
             self._spooled_bytes -= sum(len(data) for data in datas)
-            self._decode(datas, on_records)
+            taken = []
+            for data in datas:
+                if isinstance(data, PagePipe):
+                    data = data.take()
+                    self.pipes -= 1  # open pipes: the budget is for the pipes held at once
+                taken.append(data)
+            self._decode(taken, on_records)
 
     def _read_cpu(self, fd, max_bytes):
         size = self.plan.layout.page_size
@@ -945,6 +1091,13 @@ class RawReader:
 
     def close(self):
         self._poller = None
+        for pages in self._spooled:
+            for data in pages:
+                if isinstance(data, PagePipe):
+                    data.close()
+        self._spooled = [[] for _pages in self._spooled]
+        self._spooled_bytes = 0
+        self.pipes = 0
         for fd in self.fds:
             try:
                 os.close(fd)

@@ -325,11 +325,12 @@ ftrace_sample:
       type: int
     read_while_tracing_bytes:
       description: >-
-        Events modes - bytes of the instance's ring buffer the sample read while it traced (the buffer
-        reached its watermark); 0 when the buffer held the whole window and everything was read after
-        tracing stopped; null when no event was read (C(function_graph), or C(hist) alone). Above 0 the
-        traced tasks paid for those reads beside the tracepoints (1.6-2.2 points of a busy accept loop on a
-        2-CPU host, docs/ftrace_sample.md); a I(buffer_size_kb) that holds the window keeps them out.
+        Events modes - bytes of the instance's ring buffer the sample took while it traced (the buffer
+        reached its watermark; whole pages spliced into pipes, or read where splice is missing); 0 when
+        the buffer held the whole window and everything was read after tracing stopped; null when no
+        event was read (C(function_graph), or C(hist) alone). Above 0 the traced tasks may have paid for
+        it beside the tracepoints (docs/ftrace_sample.md); a I(buffer_size_kb) that holds the window keeps
+        it out.
       type: int
     top_buffer_expanded_kb:
       description: >-

@@ -506,15 +506,26 @@ def test_reader_in_small_reads_hands_out_the_same_records(tmp_path, plan, cpus, 
     assert parser.result() == _result(plan, symbols, want)
 
 
+@pytest.mark.parametrize('splicing', [True, False])
 @pytest.mark.parametrize('spool_pages', [0, 4, 10 ** 6])
-def test_pages_spooled_in_the_window_are_decoded_the_same(tmp_path, plan, cpus, merged, symbols, spool_pages):
-    """read_until keeps the pages it reads undecoded up to spool_bytes and drain decodes them
+def test_pages_spooled_in_the_window_are_decoded_the_same(tmp_path, plan, cpus, merged, symbols, spool_pages, splicing):
+    """read_until keeps the pages it takes undecoded up to spool_bytes and drain decodes them
     after tracing stops (everything under the cap: nothing handed out in the window; a small cap:
-    decoded as it comes; none: every read decoded): the same records and result each way."""
+    decoded as it comes; none: every read decoded): the same records and result each way, whether
+    the pages were spliced into pipes (files splice as trace_pipe_raw does) or read (no splice)."""
     _write_pipe_raw(tmp_path, cpus)
     page = plan.layout.page_size
     reader = tr.RawReader(str(tmp_path), plan, spool_bytes=spool_pages * page)
-    got, in_window = [], []
+    reader.splicing = splicing
+    got, in_window, made = [], [], []
+    splice_cpu = reader._splice_cpu
+
+    def counted(*args):
+        moved = splice_cpu(*args)
+        if reader.pipes:
+            made.append(reader.pipes)
+        return moved
+    reader._splice_cpu = counted
     parser = tr.RawEventParser(plan.names, plan.states, symbols, syscalls=SYSCALLS)
 
     def take(records):
@@ -524,6 +535,7 @@ def test_pages_spooled_in_the_window_are_decoded_the_same(tmp_path, plan, cpus, 
         while reader.spool(take, max_bytes=3 * page):
             in_window.append(len(got))
         reader.drain(take)
+        held_after_drain = reader.pipes
     finally:
         reader.close()
     want, _lasts = tr.merge_cpus([tr.Walker(plan.layout, plan.handlers, gaps=True) for _ in cpus], cpus)
@@ -533,6 +545,40 @@ def test_pages_spooled_in_the_window_are_decoded_the_same(tmp_path, plan, cpus, 
         assert in_window[-1] == 0          # all kept for the drain
     else:
         assert 0 < in_window[-1] < len(got)  # decoded as the spool filled
+    # pipes only when splicing and the budget lets any page be kept; none left open after the drain
+    assert bool(made) == (splicing and spool_pages > 0) and max(made or [0]) <= tr.RawReader.MAX_PIPES
+    assert held_after_drain == 0
+
+
+def test_spliced_pages_stay_whole_and_in_order(tmp_path):
+    """A PagePipe takes whole pages only (its room rounds down), hands back what it took in
+    order, and closes; splice_pages says 0 at the end of the data and None where there is no
+    splice (a pipe's read end spliced into a directory's descriptor: the kernel refuses)."""
+    data = bytes(range(256)) * 64  # 4 pages of 4 KiB
+    path = tmp_path / 'cpu0'
+    path.write_bytes(data)
+    pipe = tr.PagePipe(1 << 20)
+    assert pipe.capacity >= 4096 and pipe.room(4096) % 4096 == 0
+    fd = os.open(str(path), os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        moved = 0
+        while True:
+            step = tr.splice_pages(fd, pipe.write_fd, 4096)
+            if not step:
+                break
+            moved += step
+        assert moved == len(data) and tr.splice_pages(fd, pipe.write_fd, 4096) == 0
+    finally:
+        os.close(fd)
+    pipe.size = moved
+    assert len(pipe) == len(data) and pipe.take() == data and pipe.read_fd == -1
+    other = tr.PagePipe(1 << 16)
+    folder = os.open(str(tmp_path), os.O_RDONLY)
+    try:
+        assert tr.splice_pages(other.read_fd, folder, 4096) is None
+    finally:
+        os.close(folder)
+        other.close()
 
 
 def test_small_offcpu_samples_are_read_as_text():
