@@ -848,6 +848,22 @@ def splice_pages(fd_in, fd_out, count):
         raise
 
 
+def read_available(fd, size):
+    """Everything a non-blocking descriptor has now (read in ``size`` pieces until EAGAIN or end)."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, size)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                break
+            raise
+        if not data:
+            break
+        chunks.append(data)
+    return b''.join(chunks)
+
+
 def pipe_max_size(path='/proc/sys/fs/pipe-max-size'):
     """The largest pipe an unprivileged process may ask for (1 MiB by default), or 1 MiB."""
     try:
@@ -878,19 +894,9 @@ class PagePipe:
 
     def take(self):
         """Everything held, then the pipe is closed."""
-        chunks = []
-        while True:
-            try:
-                data = os.read(self.read_fd, max(self.capacity, 1 << 16))
-            except OSError as err:
-                if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    break
-                raise
-            if not data:
-                break
-            chunks.append(data)
+        data = read_available(self.read_fd, max(self.capacity, 1 << 16))
         self.close()
-        return b''.join(chunks)
+        return data
 
     def __len__(self):
         return self.size

@@ -10,13 +10,17 @@ The workload is a child process: loopback connect/accept4 (audited syscall of th
 incident), a 1 ms sleep every 20 accepts (sched_switch with a stacktrace trigger), and one
 200 ms pause (a time extend record on its CPU). The instance is removed afterwards.
 """
-import errno
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+
+_COLLECTIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'collections')
+if _COLLECTIONS not in sys.path:  # run as a script (below), not under pytest
+    sys.path.insert(0, _COLLECTIONS)
+from ansible_collections.auditgap.fleet.plugins.module_utils import tracering  # noqa: E402
 
 WORKLOAD = r'''
 import os, socket, sys, time
@@ -51,21 +55,10 @@ def _write(path, value):
 
 def _read_raw(path, page_size):
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    chunks = []
     try:
-        while True:
-            try:
-                data = os.read(fd, page_size)
-            except OSError as err:
-                if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    break
-                raise
-            if not data:
-                break
-            chunks.append(data)
+        return tracering.read_available(fd, page_size)
     finally:
         os.close(fd)
-    return b''.join(chunks)
 
 
 def capture(root, out, seconds=1.0, buffer_kb=64, syscalls=SYSCALLS):
