@@ -998,13 +998,14 @@ class RawReader:
         kept once it is over ``spool_bytes``. Returns the bytes taken."""
         got = 0
         for pages, fd in zip(self._spooled, self.fds):
-            moved = self._splice_cpu(pages, fd, max_bytes)
-            if moved is None:  # no splice here, or no pipe left: copy
-                data = self._read_cpu(fd, max_bytes)
-                if data:
-                    pages.append(data)
-                moved = len(data)
-            got += moved
+            moved = self._splice_cpu(pages, fd, max_bytes) or 0
+            # then read what splice leaves (the page the writer is on; everything without splice or
+            # pipes): a round takes all of every CPU up to the cap, so a quiet CPU's unfilled page is
+            # not handed out after a busy CPU's newer records (_decode_spooled's hold-back needs it)
+            data = self._read_cpu(fd, max_bytes - moved)
+            if data:
+                pages.append(data)
+            got += moved + len(data)
         self._spooled_bytes += got
         if self._spooled_bytes > self.spool_bytes:
             self._decode_spooled(on_records)
@@ -1027,6 +1028,10 @@ class RawReader:
                 self.pipes += 1
                 pages.append(pipe)
             moved = splice_pages(fd, pipe.write_fd, min(pipe.room(size), (max_bytes - got) // size * size or size))
+            if not moved and not pipe.size:  # a new pipe for nothing: not kept
+                pages.pop()
+                pipe.close()
+                self.pipes -= 1
             if moved is None:
                 self.splicing = False
                 return got or None

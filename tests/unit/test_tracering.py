@@ -506,17 +506,32 @@ def test_reader_in_small_reads_hands_out_the_same_records(tmp_path, plan, cpus, 
     assert parser.result() == _result(plan, symbols, want)
 
 
-@pytest.mark.parametrize('splicing', [True, False])
+def _splice_leaving_the_last_page(page):
+    """splice_pages as trace_pipe_raw does it while the writer is on a CPU's last page: whole pages
+    only, never the one being written (here: a file's last page)."""
+    real = tr.splice_pages
+
+    def splice(fd_in, fd_out, count):
+        left = os.fstat(fd_in).st_size - os.lseek(fd_in, 0, os.SEEK_CUR) - page
+        return real(fd_in, fd_out, min(count, left)) if left >= page else 0
+    return splice
+
+
+@pytest.mark.parametrize('splicing', ['all', 'not the writer page', False])
 @pytest.mark.parametrize('spool_pages', [0, 4, 10 ** 6])
-def test_pages_spooled_in_the_window_are_decoded_the_same(tmp_path, plan, cpus, merged, symbols, spool_pages, splicing):
+def test_pages_spooled_in_the_window_are_decoded_the_same(tmp_path, plan, cpus, merged, symbols, spool_pages, splicing,
+                                                          monkeypatch):
     """read_until keeps the pages it takes undecoded up to spool_bytes and drain decodes them
     after tracing stops (everything under the cap: nothing handed out in the window; a small cap:
-    decoded as it comes; none: every read decoded): the same records and result each way, whether
-    the pages were spliced into pipes (files splice as trace_pipe_raw does) or read (no splice)."""
+    decoded as it comes; none: every read decoded): the same records in the same order and result
+    each way, whether the pages were spliced into pipes (files splice as trace_pipe_raw does; the
+    kernel keeps back the page its writer is on, which is then read) or read (no splice)."""
     _write_pipe_raw(tmp_path, cpus)
     page = plan.layout.page_size
+    if splicing == 'not the writer page':
+        monkeypatch.setattr(tr, 'splice_pages', _splice_leaving_the_last_page(page))
     reader = tr.RawReader(str(tmp_path), plan, spool_bytes=spool_pages * page)
-    reader.splicing = splicing
+    reader.splicing = bool(splicing)
     got, in_window, made = [], [], []
     splice_cpu = reader._splice_cpu
 
@@ -548,6 +563,28 @@ def test_pages_spooled_in_the_window_are_decoded_the_same(tmp_path, plan, cpus, 
     # pipes only when splicing and the budget lets any page be kept; none left open after the drain
     assert bool(made) == (splicing and spool_pages > 0) and max(made or [0]) <= tr.RawReader.MAX_PIPES
     assert held_after_drain == 0
+
+
+def test_a_quiet_cpus_unfilled_page_is_taken_with_the_busy_cpus_pages(tmp_path, plan, cpus, symbols, monkeypatch):
+    """A quiet CPU (one page, never full: splice keeps it back while the writer is on it) beside a
+    busy one: each round reads what splice leaves, so the quiet CPU's old records are merged in time
+    order with the busy CPU's pages, not handed out after them at the drain."""
+    page = plan.layout.page_size
+    quiet = [cpus[0], cpus[1][:page]]
+    _write_pipe_raw(tmp_path, quiet)
+    monkeypatch.setattr(tr, 'splice_pages', _splice_leaving_the_last_page(page))
+    reader = tr.RawReader(str(tmp_path), plan, spool_bytes=4 * page)  # decoded during the window too
+    got = []
+    try:
+        while reader.spool(got.extend, max_bytes=3 * page):
+            pass
+        reader.drain(got.extend)
+    finally:
+        reader.close()
+    want, _lasts = tr.merge_cpus([tr.Walker(plan.layout, plan.handlers, gaps=True) for _ in quiet], quiet)
+    stamps = [record[0] for record in _unfold(got)]
+    assert stamps == sorted(stamps) and _unfold(got) == want
+    assert _result(plan, symbols, _unfold(got)) == _result(plan, symbols, want)
 
 
 def test_spliced_pages_stay_whole_and_in_order(tmp_path):
