@@ -920,7 +920,7 @@ class RawReader:
 
     During the window (``read_until``) the whole pages are spliced out of the ring buffer into
     pipes (``PagePipe``: the kernel hands the pages over, nothing is copied while the traced
-    tasks run; copying them with read() cost a busy traced loop on the other CPU 2.5 points,
+    tasks run; copying them with read() cost a busy traced loop on the other CPU up to 2.5 points,
     docs/ftrace_sample.md), up to ``spool_bytes`` (all CPUs) and ``MAX_PIPES``, and decoded by
     ``drain`` after tracing stops. Where splice is not there (or the pipes are used up) the
     pages are read and kept as they are. Above ``spool_bytes`` they are decoded at once, so
