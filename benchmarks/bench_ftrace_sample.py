@@ -79,6 +79,7 @@ import time
 
 from benchlib import COLLECTIONS, ROOT, accept_window, overhead_rounds, start_accept_loop, stop_accept_loop, summary
 from ansible_collections.auditgap.fleet.plugins.module_utils import tracefs
+from ansible_collections.auditgap.fleet.plugins.module_utils.guard import append_value, write_value
 from tests.support.kernel import kernel_lock, tracefs_mounted
 
 MODULE = os.path.join(ROOT, 'plugins', 'modules', 'ftrace_sample.py')
@@ -144,11 +145,6 @@ def wait_live(proc, mode, syscall='accept4', timeout_s=30.0):
     return False
 
 
-def _write(path, value, how='w'):
-    with open(path, how) as handle:  # a trigger file is appended to ('w' would clear all its triggers)
-        handle.write(value)
-
-
 @contextlib.contextmanager
 def kernel_floor(root, mode, syscall, pid, buffer_kb):
     """The module's events for --mode on ``pid`` (``tracefs.events_plan``), set up in an instance by this
@@ -159,19 +155,19 @@ def kernel_floor(root, mode, syscall, pid, buffer_kb):
     os.mkdir(inst)
     undo = [lambda: os.rmdir(inst)]
     try:
-        _write(os.path.join(inst, 'tracing_on'), '0')
-        _write(os.path.join(inst, 'buffer_size_kb'), str(buffer_kb))
+        write_value(os.path.join(inst, 'tracing_on'), '0')
+        write_value(os.path.join(inst, 'buffer_size_kb'), str(buffer_kb))
         for rel, value, restore in tracefs.events_plan(MODES[mode][1], [syscall], [pid]):
             path = os.path.join(inst, rel)
-            how = 'a' if restore is None else 'w'
+            write = append_value if restore is None else write_value  # O_TRUNC would drop a file's triggers
             removal = tracefs.command_trigger_removal(value) if restore is None else restore
-            undo.append(functools.partial(_write, path, removal, how))
-            _write(path, value, how)
-        _write(os.path.join(inst, 'tracing_on'), '1')
+            undo.append(functools.partial(write, path, removal))
+            write(path, value)
+        write_value(os.path.join(inst, 'tracing_on'), '1')
         yield inst
     finally:
         if os.path.isdir(inst):
-            _write(os.path.join(inst, 'tracing_on'), '0')
+            write_value(os.path.join(inst, 'tracing_on'), '0')
         for step in reversed(undo):
             step()
 
